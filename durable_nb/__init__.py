@@ -1,0 +1,58 @@
+"""durable_nb: durable notebook cells, checkpointed in a per-notebook SQLite log.
+
+``%load_ext durable_nb`` registers the ``%%durable`` magic; ``@step`` marks functions whose
+calls are checkpointed and replayed. Heavy modules (pandas, ipywidgets, boto3, IPython) are
+imported only when the feature that needs them is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engine import Run, Step, current_run, get_store, open_log, step, workflow
+from .errors import (
+    BlobError,
+    DurableError,
+    DurableWarning,
+    LogFileError,
+    ReplicationError,
+    SchemaTooNewError,
+    WorkflowBusyError,
+)
+from .store import Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlobError",
+    "DurableError",
+    "DurableWarning",
+    "LogFileError",
+    "ReplicationError",
+    "Run",
+    "SchemaTooNewError",
+    "Step",
+    "Store",
+    "WorkflowBusyError",
+    "current_run",
+    "get_store",
+    "load_ipython_extension",
+    "open_log",
+    "step",
+    "unload_ipython_extension",
+    "workflow",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext durable_nb``: register the magics (imported only now)."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext durable_nb``: remove the magics and the cell transformer."""
+    from .magics import unload
+
+    unload(ipython)

@@ -1,0 +1,88 @@
+"""Content-addressed files for large values, in a folder beside the log.
+
+A blob is written to a temporary file in the same folder and renamed to its digest, so a
+name never points to partial content; the row that refers to a blob is committed only after
+the rename. Every read checks the digest, so a damaged file is reported, not unpickled.
+
+File layout: ``DNBBLOB1``, segment count (u32), segment lengths (u64 each), segments.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import xxhash
+
+from .errors import BlobError
+
+__all__ = ["BlobStore"]
+
+_MAGIC = b"DNBBLOB1"
+
+
+class BlobStore:
+    """The blob folder of one log: ``<log>.blobs/`` with files named by xxh3-128 digest."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, digest: str) -> Path:
+        """Where the blob with this digest lives."""
+        return self.folder / digest[:2] / digest
+
+    def write(self, segments: Iterable[bytes | memoryview]) -> str:
+        """Store ``segments`` atomically and return their digest (existing blobs are reused)."""
+        parts = [memoryview(s).cast("B") for s in segments]
+        header = _MAGIC + struct.pack(f"<I{len(parts)}Q", len(parts), *(p.nbytes for p in parts))
+        hasher = xxhash.xxh3_128(header)
+        for p in parts:
+            hasher.update(p)
+        digest = hasher.hexdigest()
+        target = self.path(digest)
+        if target.exists():
+            return digest
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # created 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(header)
+                for p in parts:
+                    f.write(p)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest
+
+    def read(self, digest: str) -> list[memoryview]:
+        """The segments of a blob, after checking its digest; ``BlobError`` if missing or bad."""
+        path = self.path(digest)
+        try:
+            with open(path, "rb") as f:
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                f.readinto(data)
+        except FileNotFoundError:
+            raise BlobError(
+                f"blob {digest} is missing from {self.folder}; the step will run again "
+                "(restore the blob folder from your replica to keep its value)",
+                digest=digest,
+            ) from None
+        if xxhash.xxh3_128_hexdigest(data) != digest:
+            raise BlobError(
+                f"blob {path} is damaged (digest mismatch); the step will run again "
+                "(restore the blob folder from your replica to keep its value)",
+                digest=digest,
+            )
+        view = memoryview(data)
+        (count,) = struct.unpack_from("<I", view, len(_MAGIC))
+        lengths = struct.unpack_from(f"<{count}Q", view, len(_MAGIC) + 4)
+        pos = len(_MAGIC) + 4 + 8 * count
+        segments = []
+        for n in lengths:
+            segments.append(view[pos : pos + n])
+            pos += n
+        return segments

@@ -1,0 +1,597 @@
+"""The replay engine: workflows, steps and the rule that decides replay.
+
+A ``workflow`` is a context manager (or decorator) that starts a *run* in the log; inside it,
+each call of a ``step`` looks up its key — (scope, name, argument digest, occurrence) — in
+the workflow's completed records. ``decide()`` is the replay rule, in one place. A step
+called outside any workflow is an ordinary function call.
+
+This module imports nothing from IPython, ipywidgets, pandas or boto3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import io
+import os
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar, overload
+
+from . import serialization
+from .digests import args_digest, code_digest
+from .errors import BlobError, DurableError, DurableWarning
+from .records import StepKey, StepRow, StoredStep
+from .store import Store
+
+__all__ = [
+    "Decision",
+    "Run",
+    "Step",
+    "current_run",
+    "decide",
+    "get_store",
+    "open_log",
+    "step",
+    "workflow",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+REPLAY_MARK = "[replayed] "
+"""Prefix of each line of a replayed step's stdout."""
+
+# -- the log of this process --------------------------------------------------------------
+
+_store_lock = threading.Lock()
+_store: Store | None = None
+_default_path: Path | None = None
+
+
+def default_log_path() -> Path:
+    """Where the log is when nobody said: ``DURABLE_NB_DB``, else the set default, else
+    ``.durable/default.db`` in the working directory."""
+    env = os.environ.get("DURABLE_NB_DB")
+    if env:
+        return Path(env)
+    return _default_path or Path(".durable") / "default.db"
+
+
+def open_log(path: str | os.PathLike[str] | None = None) -> Store:
+    """Open (or create) the log at ``path`` and make it this process's current log."""
+    global _store, _default_path
+    with _store_lock:
+        target = Path(path).expanduser().absolute() if path else default_log_path().absolute()
+        if _store is not None and _store.path == target:
+            return _store
+        new = Store(target)
+        if _store is not None:
+            _store.close()
+        _store, _default_path = new, target
+        return new
+
+
+def set_default_log_path(path: str | os.PathLike[str]) -> None:
+    """Use ``path`` as the log from now on unless ``DURABLE_NB_DB`` says otherwise."""
+    global _default_path, _store
+    with _store_lock:
+        _default_path = Path(path).expanduser().absolute()
+        if _store is not None and _store.path != _default_path:
+            _store.close()
+            _store = None
+
+
+def get_store() -> Store:
+    """The current log, opened on first use."""
+    store = _store
+    if store is not None:
+        return store
+    return open_log(None)
+
+
+def close_log() -> None:
+    """Close the current log, if any."""
+    global _store
+    with _store_lock:
+        if _store is not None:
+            _store.close()
+            _store = None
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+class _Scope:
+    """Where a step is being called: its run, the enclosing step's key, call counts."""
+
+    __slots__ = ("_key", "_text", "counts", "run")
+
+    def __init__(self, run: Run, key: StepKey | None) -> None:
+        self.run = run
+        self._key = key
+        self._text: str | None = None if key else ""
+        self.counts: dict[tuple[str, str], int] = {}
+
+    @property
+    def key(self) -> str:
+        """The enclosing step's key as text ('' at the top level), made when first needed."""
+        if self._text is None:
+            assert self._key is not None
+            scope, name, digest, occurrence = self._key
+            self._text = f"{scope}/{name}:{digest[:16]}:{occurrence}"
+        return self._text
+
+
+_current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+    "durable_nb_scope", default=None
+)
+
+
+def current_run() -> Run | None:
+    """The run that a step called here would belong to, or None."""
+    scope = _current.get()
+    return scope.run if scope else None
+
+
+class Decision(NamedTuple):
+    """What to do with a step call: replay ``record``, or run it (saying ``reason``)."""
+
+    replay: bool
+    record: StoredStep | None = None
+    reason: str | None = None
+
+
+_RUN = Decision(False)
+
+
+def decide(
+    completed: dict[StepKey, StoredStep] | None, key: StepKey, code: str, name: str
+) -> Decision:
+    """The replay rule: replay a completed record with the same key and code digest.
+
+    Anything else runs: no completed record (never run, or it raised, was interrupted or
+    crashed), a record made by other code (the reason says so), or a fresh run.
+    """
+    if completed is None:
+        return Decision(False, reason="fresh run: the log is ignored")
+    record = completed.get(key)
+    if record is None:
+        return _RUN
+    if record.code_digest != code:
+        return Decision(False, reason=f"code of {name} changed since run {record.run_id}")
+    return Decision(True, record)
+
+
+class Run:
+    """One execution of a workflow: the log's run row plus what replay needs in memory."""
+
+    def __init__(
+        self,
+        store: Store,
+        workflow: str,
+        *,
+        fresh: bool = False,
+        source_digest: str | None = None,
+        inputs_digest: str | None = None,
+    ) -> None:
+        self.store = store
+        self.workflow = workflow
+        self.completed = None if fresh else store.completed_steps(workflow)
+        self.id = store.begin_run(
+            workflow, source_digest=source_digest, inputs_digest=inputs_digest
+        )
+        self.started = time.perf_counter()
+        self.steps_run = 0
+        self.steps_replayed = 0
+        self.status = "running"
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def finish(self, exc: BaseException | None) -> None:
+        """Record the run's end: completed, failed (Exception) or interrupted (otherwise)."""
+        if exc is None:
+            status, error = "completed", None
+        elif isinstance(exc, Exception):
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        else:
+            status, error = "interrupted", type(exc).__name__
+        self.status = status
+        self.store.end_run(
+            self.id,
+            status,
+            steps_run=self.steps_run,
+            steps_replayed=self.steps_replayed,
+            error=error,
+        )
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.started
+
+    def load(self, record: StoredStep) -> Any:
+        """The stored value of a completed step (reads its blob and checks its digest)."""
+        if record.result_blob is not None:
+            return serialization.decode(
+                record.result_format, self.store.blobs.read(record.result_blob)
+            )
+        payload = record.payload
+        if payload is None:
+            payload = self.store.step_payload(record.id)
+        return serialization.decode(record.result_format, (payload,))
+
+    def warn_once(self, name: str, message: str) -> None:
+        """Warn about ``name`` once per run."""
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(message, DurableWarning, stacklevel=4)
+
+
+class workflow:
+    """A durable workflow: ``with workflow("name"):``, ``async with ...``, or a decorator.
+
+    Each entry starts a run in the log; steps called inside replay from the workflow's
+    earlier runs. ``fresh=True`` ignores the log (every step runs again).
+    """
+
+    def __init__(
+        self,
+        name: str | Callable[..., Any] | None = None,
+        *,
+        store: Store | None = None,
+        fresh: bool = False,
+        source_digest: str | None = None,
+        inputs_digest: str | None = None,
+    ) -> None:
+        fn = name if callable(name) else None
+        self.name = None if fn is not None else name
+        self.store = store
+        self.fresh = fresh
+        self.source_digest = source_digest
+        self.inputs_digest = inputs_digest
+        self.run: Run | None = None
+        self._token: contextvars.Token[_Scope | None] | None = None
+        self._wrapped: Callable[..., Any] | None = None
+        if fn is not None:
+            self._wrapped = _named_workflow(fn, _display_name(fn), store, fresh)
+            functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._wrapped is not None:  # ``@workflow`` on a function: run it as a workflow
+            return self._wrapped(*args, **kwargs)
+        (fn,) = args  # ``@workflow("name")``: decorate the function
+        return _named_workflow(fn, self.name or _display_name(fn), self.store, self.fresh)
+
+    def __enter__(self) -> Run:
+        if self.name is None:
+            raise DurableError("a workflow needs a name: with workflow('my-sweep'): ...")
+        self.run = Run(
+            self.store or get_store(),
+            self.name,
+            fresh=self.fresh,
+            source_digest=self.source_digest,
+            inputs_digest=self.inputs_digest,
+        )
+        self._token = _current.set(_Scope(self.run, None))
+        return self.run
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        assert self.run is not None and self._token is not None
+        try:
+            _current.reset(self._token)
+        except ValueError:  # exited in another context (e.g. a task): just clear it
+            _current.set(None)
+        self.run.finish(exc)
+
+    async def __aenter__(self) -> Run:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _display_name(fn: Callable[..., Any]) -> str:
+    """A function's qualified name without the ``<locals>`` of enclosing functions."""
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return qualname.rpartition("<locals>.")[2]
+
+
+def _named_workflow(
+    fn: Callable[..., Any], name: str, store: Store | None, fresh: bool
+) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            async with workflow(name, store=store, fresh=fresh):
+                return await fn(*args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run_sync(*args: Any, **kwargs: Any) -> Any:
+        with workflow(name, store=store, fresh=fresh):
+            return fn(*args, **kwargs)
+
+    return run_sync
+
+
+# -- steps ----------------------------------------------------------------------------------
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the real stdout and keeps a copy, so a step's output is live and logged."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.target, "encoding", "utf-8")
+
+
+def _emit_replayed(stdout: str) -> None:
+    lines = stdout.splitlines(keepends=True)
+    sys.stdout.write("".join(REPLAY_MARK + line for line in lines))
+
+
+def _args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts = [serialization.short_repr(a) for a in args]
+    parts += [f"{k}={serialization.short_repr(v)}" for k, v in kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class Step:
+    """A callable whose calls inside a workflow are checkpointed and replayed."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 2.0,
+        retry_delay: float = 1.0,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        self.fn = fn
+        self.name = name or _display_name(fn)
+        self.retries = retries
+        self.backoff = backoff
+        self.retry_delay = retry_delay
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._code: str | None = None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def code_digest(self) -> str:
+        """Digest of the function's code (computed once)."""
+        if self._code is None:
+            self._code = code_digest(self.fn)
+        return self._code
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else functools.partial(self.__call__, obj)
+
+    def __repr__(self) -> str:
+        return f"<durable step {self.name}>"
+
+    def _key(self, scope: _Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepKey:
+        digest = args_digest(args, kwargs)
+        counter = (self.name, digest)
+        occurrence = scope.counts.get(counter, 0)
+        scope.counts[counter] = occurrence + 1
+        return (scope.key, self.name, digest, occurrence)
+
+    def _replay(self, run: Run, key: StepKey) -> tuple[bool, Any, str | None]:
+        """(replayed, value, reason to run) for a call with this key."""
+        decision = decide(run.completed, key, self.code_digest, self.name)
+        if not decision.replay:
+            return False, None, decision.reason
+        assert decision.record is not None
+        try:
+            value = run.load(decision.record)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, BlobError) else f"stored value unreadable: {exc}"
+            run.warn_once(self.name, f"step {self.name}: {reason}")
+            return False, None, reason
+        if decision.record.printed:
+            _emit_replayed(run.store.step_stdout(decision.record.id))
+        run.steps_replayed += 1
+        return True, value, None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        scope = _current.get()
+        if scope is None:
+            return self.fn(*args, **kwargs)
+        if self.is_async:
+            return self._call_async(scope, args, kwargs)
+        run = scope.run
+        key = self._key(scope, args, kwargs)
+        replayed, value, reason = self._replay(run, key)
+        if replayed:
+            return value
+        for attempt in range(1, self.retries + 2):
+            started = time.time()
+            tee = _Tee(sys.stdout)
+            token = _current.set(_Scope(run, key))
+            sys.stdout = tee
+            try:
+                value = self.fn(*args, **kwargs)
+            except BaseException as exc:
+                sys.stdout = tee.target
+                _current.reset(token)
+                if self._record_failure(run, key, attempt, started, args, kwargs, tee, exc, reason):
+                    time.sleep(self._delay(attempt))
+                    continue
+                raise
+            sys.stdout = tee.target
+            _current.reset(token)
+            self._record_success(run, key, attempt, started, args, kwargs, tee, value, reason)
+            return value
+        raise AssertionError("unreachable")
+
+    async def _call_async(
+        self, scope: _Scope, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        run = scope.run
+        key = self._key(scope, args, kwargs)
+        replayed, value, reason = self._replay(run, key)
+        if replayed:
+            return value
+        for attempt in range(1, self.retries + 2):
+            started = time.time()
+            token = _current.set(_Scope(run, key))
+            try:
+                value = await self.fn(*args, **kwargs)
+            except BaseException as exc:
+                _current.reset(token)
+                if self._record_failure(
+                    run, key, attempt, started, args, kwargs, None, exc, reason
+                ):
+                    await asyncio.sleep(self._delay(attempt))
+                    continue
+                raise
+            _current.reset(token)
+            self._record_success(run, key, attempt, started, args, kwargs, None, value, reason)
+            return value
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int) -> float:
+        return self.retry_delay * self.backoff ** (attempt - 1)
+
+    def _row(
+        self, run: Run, key: StepKey, attempt: int, status: str, started: float,
+        args: tuple[Any, ...], kwargs: dict[str, Any], tee: _Tee | None, *,
+        result_format: str | None = None, result_blob: str | None = None,
+        result_size: int | None = None, result_type: str | None = None,
+        result_repr: str | None = None, error_type: str | None = None,
+        error_message: str | None = None, reason: str | None = None,
+        result: bytes | None = None, error_traceback: str | None = None,
+    ) -> StepRow:  # fmt: skip
+        """The log row of one finished attempt of this step."""
+        scope, name, digest, occurrence = key
+        return StepRow(
+            run.id, run.workflow, scope, name, digest, occurrence, self.code_digest, attempt,
+            status, started, time.time(), result_format, result_blob, result_size, result_type,
+            result_repr, _args_repr(args, kwargs), error_type, error_message, reason,
+            ("".join(tee.parts) or None) if tee else None, result, error_traceback,
+        )  # fmt: skip
+
+    def _record_failure(
+        self,
+        run: Run,
+        key: StepKey,
+        attempt: int,
+        started: float,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        tee: _Tee | None,
+        exc: BaseException,
+        reason: str | None,
+    ) -> bool:
+        """Log a failed or interrupted attempt; True when another attempt should follow."""
+        failed = isinstance(exc, Exception)
+        run.store.insert_step(
+            self._row(
+                run, key, attempt, "failed" if failed else "interrupted", started, args, kwargs,
+                tee, error_type=type(exc).__name__, error_message=str(exc)[:2000],
+                error_traceback="".join(traceback.format_exception(exc))[-20000:],
+                reason=reason,
+            )
+        )  # fmt: skip
+        return failed and attempt <= self.retries
+
+    def _record_success(
+        self,
+        run: Run,
+        key: StepKey,
+        attempt: int,
+        started: float,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        tee: _Tee | None,
+        value: Any,
+        reason: str | None,
+    ) -> None:
+        """Commit a completed step; a value that cannot be pickled is logged not durable."""
+        type_name, value_repr = serialization.describe(value)
+        try:
+            encoded = serialization.encode(value)
+        except serialization.NotSerializable as exc:
+            run.store.insert_step(
+                self._row(
+                    run, key, attempt, "not_durable", started, args, kwargs, tee,
+                    result_type=type_name, result_repr=value_repr,
+                    reason=f"result cannot be pickled ({exc.reason}); it runs again next time",
+                )
+            )  # fmt: skip
+            run.steps_run += 1
+            run.warn_once(
+                self.name,
+                f"step {self.name} returned a {type_name} that cannot be pickled "
+                f"({exc.reason}); it is not durable and will run again next time",
+            )
+            return
+        inline = encoded.inline
+        run.store.insert_step(
+            self._row(
+                run, key, attempt, "completed", started, args, kwargs, tee,
+                result_format=encoded.format, result_size=encoded.size,
+                result_type=type_name, result_repr=value_repr, reason=reason,
+                result=encoded.segments[0] if inline else None,
+                result_blob=None if inline else run.store.blobs.write(encoded.segments),
+            )
+        )  # fmt: skip
+        run.steps_run += 1
+
+
+@overload
+def step(fn: F, /) -> F: ...
+@overload
+def step(
+    *, name: str | None = ..., retries: int = ..., backoff: float = ..., retry_delay: float = ...
+) -> Callable[[F], F]: ...
+@overload
+def step(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def step(fn: Any = None, /, *args: Any, **kwargs: Any) -> Any:
+    """Make ``fn`` a durable step: ``@step``, ``@step(retries=3)``, or ``step(fn, *args)``.
+
+    ``step(fn, *args, **kw)`` calls any callable once as a step (named after it).
+    Options: ``name``, ``retries`` (extra attempts after an exception), ``retry_delay``
+    (seconds before the first retry) and ``backoff`` (multiplier of the delay per attempt).
+    """
+    if fn is None:
+        return lambda f: Step(f, **kwargs)
+    if isinstance(fn, Step):
+        return fn(*args, **kwargs)
+    if not args and not kwargs:
+        return Step(fn)
+    return _adhoc_step(fn)(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=512)
+def _adhoc_step(fn: Callable[..., Any]) -> Step:
+    return Step(fn)

@@ -1,0 +1,75 @@
+"""Exceptions raised by durable_nb.
+
+Every error is one readable line that ends with what to do next::
+
+    DurableError
+    ├── LogFileError            the log file cannot be used (not SQLite, corrupted, read-only)
+    │   └── SchemaTooNewError   written by a newer durable_nb
+    ├── WorkflowBusyError       the workflow is running in another process
+    ├── BlobError               a stored large value is missing or damaged
+    └── ReplicationError        Litestream / replica problems
+
+``StepInterrupted`` is not an ``Exception``: like ``KeyboardInterrupt`` it derives from
+``BaseException`` so that a user's ``except Exception`` cannot swallow a cancellation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BlobError",
+    "DurableError",
+    "DurableWarning",
+    "LogFileError",
+    "ReplicationError",
+    "SchemaTooNewError",
+    "WorkflowBusyError",
+]
+
+
+class DurableError(Exception):
+    """Base class of every durable_nb error; ``str()`` is one line ending with what to do."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.fields))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[DurableError], message: str, fields: dict[str, Any]) -> DurableError:
+    err = cls.__new__(cls)
+    DurableError.__init__(err, message, **fields)
+    return err
+
+
+class LogFileError(DurableError):
+    """The log file cannot be opened or written; it has not been modified."""
+
+
+class SchemaTooNewError(LogFileError):
+    """The log was written by a newer version of durable_nb."""
+
+
+class WorkflowBusyError(DurableError):
+    """The workflow is already running in another live process."""
+
+
+class BlobError(DurableError):
+    """A large stored value is missing from the blob folder or fails its digest check."""
+
+
+class ReplicationError(DurableError):
+    """Litestream, the replica URL or the object store refused what was asked."""
+
+
+class DurableWarning(UserWarning):
+    """Something will not be durable (e.g. a result that cannot be pickled)."""

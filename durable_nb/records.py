@@ -1,0 +1,80 @@
+"""Records read from the log: frozen dataclasses, built from rows only in ``store``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = ["CellRecord", "RunRecord", "StepKey", "StepRow", "StoredStep"]
+
+StepKey = tuple[str, str, str, int]
+"""(scope, step name, argument digest, occurrence) within one workflow."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One execution of a workflow."""
+
+    id: int
+    workflow: str
+    status: str
+    started_at: float
+    ended_at: float | None
+    owner: str
+    pid: int
+    source_digest: str | None
+    inputs_digest: str | None
+    steps_run: int
+    steps_replayed: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StoredStep:
+    """A completed step as the replay rule needs it; ``payload`` is None when not preloaded."""
+
+    id: int
+    run_id: int
+    code_digest: str
+    result_format: str
+    payload: bytes | None
+    result_blob: str | None
+    printed: bool
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """What a completed notebook cell left: its variables and its displayed outputs."""
+
+    run_id: int
+    variables: bytes
+    outputs: bytes
+
+
+class StepRow(NamedTuple):
+    """One finished attempt of a step, in the column order of the INSERT (a NamedTuple:
+    built on every checkpoint, so it must be cheap)."""
+
+    run_id: int
+    workflow: str
+    scope: str
+    name: str
+    args_digest: str
+    occurrence: int
+    code_digest: str
+    attempt: int
+    status: str
+    started_at: float
+    ended_at: float
+    result_format: str | None
+    result_blob: str | None
+    result_size: int | None
+    result_type: str | None
+    result_repr: str | None
+    args_repr: str
+    error_type: str | None
+    error_message: str | None
+    reason: str | None
+    stdout: str | None
+    result: bytes | None
+    error_traceback: str | None

@@ -1,0 +1,125 @@
+"""The log's schema: an ordered list of migrations under ``PRAGMA user_version``.
+
+This list is the only definition of the schema. A released migration is never edited; a
+change is a new entry at the end. Times are stored as Unix seconds (REAL) for speed and
+formatted as ISO 8601 UTC by the ``events`` view, so that::
+
+    sqlite3 .durable/x.db "SELECT * FROM events ORDER BY ts;"
+
+prints the whole execution log, readable by a person.
+
+Tables
+    runs    one row per execution of a workflow (status running / completed / failed /
+            interrupted / crashed), with the owning process for the lease.
+    steps   one row per finished attempt of a step (completed / failed / interrupted /
+            not_durable), keyed by (workflow, scope, name, args_digest, occurrence).
+    cells   for a completed notebook cell: its restored variables and displayed outputs.
+    notes   rare events that are not a run or step state change (forget, crash found, ...).
+    events  a VIEW: every state change of runs, steps and notes, in time order.
+"""
+
+from __future__ import annotations
+
+APPLICATION_ID = 0x444E4231  # "DNB1": marks a SQLite file as a durable_nb log
+
+# ISO 8601 UTC with microseconds, so that ORDER BY ts keeps the order of quick steps.
+_ISO = (
+    "(strftime('%Y-%m-%dT%H:%M:%S', {col}, 'unixepoch') "
+    "|| substr(printf('%.6f', {col} - CAST({col} AS INTEGER)), 2) || 'Z')"
+)
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    f"""
+    CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY,
+        workflow      TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN
+                          ('running', 'completed', 'failed', 'interrupted', 'crashed')),
+        started_at    REAL NOT NULL,
+        ended_at      REAL,
+        owner         TEXT NOT NULL,          -- host:boot:pid:start-ticks of the process
+        pid           INTEGER NOT NULL,
+        source_digest TEXT,                   -- digest of a cell's source, for cell skip
+        inputs_digest TEXT,                   -- digest of the values the cell reads
+        steps_run     INTEGER NOT NULL DEFAULT 0,
+        steps_replayed INTEGER NOT NULL DEFAULT 0,
+        error         TEXT
+    );
+    CREATE INDEX runs_by_workflow ON runs (workflow, id);
+
+    -- No secondary index on steps: each index costs one more page written per checkpoint
+    -- (about +40% per step); a run reads its workflow's keys once, by a scan that stops at
+    -- the header of each record (big columns come last, so no overflow page is read).
+    CREATE TABLE steps (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL REFERENCES runs (id),
+        workflow      TEXT NOT NULL,
+        scope         TEXT NOT NULL,          -- key of the enclosing step, '' at top level
+        name          TEXT NOT NULL,
+        args_digest   TEXT NOT NULL,
+        occurrence    INTEGER NOT NULL,
+        code_digest   TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN
+                          ('completed', 'failed', 'interrupted', 'not_durable')),
+        started_at    REAL NOT NULL,
+        ended_at      REAL NOT NULL,
+        result_format TEXT,                   -- 'pickle' (inline) or 'pickle-oob' (blob file)
+        result_blob   TEXT,                   -- digest of the blob file holding the value
+        result_size   INTEGER,
+        result_type   TEXT,
+        result_repr   TEXT,
+        args_repr     TEXT NOT NULL,
+        error_type    TEXT,
+        error_message TEXT,
+        reason        TEXT,                   -- why it ran again (code changed, ...)
+        stdout        TEXT,
+        result        BLOB,                   -- inline serialized value
+        error_traceback TEXT
+    );
+
+    CREATE TABLE cells (
+        run_id        INTEGER PRIMARY KEY REFERENCES runs (id),
+        variables     BLOB NOT NULL,          -- pickled {{name: (format, bytes|None, blob)}}
+        outputs       BLOB NOT NULL,          -- pickled list of (kind, payload) outputs
+        blobs         TEXT NOT NULL DEFAULT '' -- space-separated blob digests referenced
+    );
+
+    CREATE TABLE notes (
+        id            INTEGER PRIMARY KEY,
+        ts            REAL NOT NULL,
+        workflow      TEXT,
+        run_id        INTEGER,
+        step          TEXT,
+        kind          TEXT NOT NULL,
+        detail        TEXT NOT NULL
+    );
+
+    CREATE VIEW events (ts, workflow, run, step, kind, detail) AS
+        SELECT {_ISO.format(col="started_at")}, workflow, id, NULL, 'run started',
+               'pid ' || pid
+          FROM runs
+        UNION ALL
+        SELECT {_ISO.format(col="ended_at")}, workflow, id, NULL, 'run ' || status,
+               steps_run || ' run, ' || steps_replayed || ' replayed'
+               || coalesce('; ' || error, '')
+          FROM runs WHERE ended_at IS NOT NULL
+        UNION ALL
+        SELECT {_ISO.format(col="started_at")}, workflow, run_id, name,
+               'step started', '(' || args_repr || ')'
+               || CASE WHEN attempt > 1 THEN ' attempt ' || attempt ELSE '' END
+               || coalesce(' -- ' || reason, '')
+          FROM steps
+        UNION ALL
+        SELECT {_ISO.format(col="ended_at")}, workflow, run_id, name, 'step ' || status,
+               CASE WHEN error_type IS NOT NULL THEN error_type || ': ' || error_message
+                    ELSE coalesce('-> ' || result_type || ' ' || result_repr, '')
+                         || coalesce(' -- ' || reason, '') END
+          FROM steps
+        UNION ALL
+        SELECT {_ISO.format(col="ts")}, workflow, run_id, step, kind, detail FROM notes;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

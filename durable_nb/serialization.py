@@ -1,0 +1,122 @@
+"""Serialization of step results: pure functions from a value to (format, segments) and back.
+
+``pickle`` (protocol 5, in-band bytes) is the format of small values, stored inline in the
+log. A value whose pickle exceeds ``INLINE_LIMIT`` is encoded ``pickle-oob``: the pickle
+stream plus its out-of-band buffers (numpy arrays, bytes-like data) as separate segments, so
+that large arrays are written and read without an extra copy; those go to a blob file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import reprlib
+from typing import NamedTuple
+
+__all__ = [
+    "INLINE_LIMIT",
+    "Encoded",
+    "NotSerializable",
+    "decode",
+    "describe",
+    "encode",
+    "short_repr",
+]
+
+INLINE_LIMIT = 1 << 20
+PICKLE = "pickle"
+PICKLE_OOB = "pickle-oob"
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
+
+
+class NotSerializable(Exception):
+    """A value cannot be pickled; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Encoded(NamedTuple):
+    """A serialized value: its format name and the byte segments to store, in order."""
+
+    format: str
+    segments: tuple[bytes | memoryview, ...]
+    size: int
+
+    @property
+    def inline(self) -> bool:
+        """Whether the value is small enough to live in the log row itself."""
+        return self.format == PICKLE
+
+
+def encode(value: object) -> Encoded:
+    """Serialize ``value``; raise ``NotSerializable`` when pickle refuses it."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:  # pickle raises many types: PicklingError, TypeError, ...
+        raise NotSerializable(f"{type(exc).__name__}: {exc}") from None
+    if not buffers:
+        return Encoded(PICKLE if len(head) <= INLINE_LIMIT else PICKLE_OOB, (head,), len(head))
+    raws = [b.raw() for b in buffers]
+    size = len(head) + sum(r.nbytes for r in raws)
+    if size > INLINE_LIMIT:
+        return Encoded(PICKLE_OOB, (head, *raws), size)
+    if raws:  # small value with buffers: keep it as one in-band pickle
+        head = pickle.dumps(value, protocol=5)
+    return Encoded(PICKLE, (head,), len(head))
+
+
+def decode(fmt: str, segments: list[bytes | memoryview] | tuple[bytes | memoryview, ...]) -> object:
+    """Rebuild a value from the segments ``encode`` produced for format ``fmt``."""
+    if fmt == PICKLE:
+        return pickle.loads(segments[0])
+    if fmt == PICKLE_OOB:
+        return pickle.loads(segments[0], buffers=segments[1:])
+    raise ValueError(f"unknown serialization format {fmt!r}")
+
+
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def short_repr(value: object) -> str:
+    """A repr of at most 80 characters that stays cheap for huge values."""
+    cls = type(value)
+    if cls in _SCALARS:
+        text = repr(value) if cls is not str or len(value) <= 80 else repr(value[:80])  # type: ignore[index]
+    elif (
+        (cls is dict or cls is list or cls is tuple)
+        and len(value) <= 6
+        and all(  # type: ignore[arg-type]
+            type(v) in _SCALARS
+            for v in (value.values() if cls is dict else value)  # type: ignore[attr-defined]
+        )
+    ):
+        text = repr(value)
+    else:
+        try:
+            text = _repr.repr(value)
+        except Exception:
+            text = f"<{cls.__qualname__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_type_names: dict[type, str] = {}
+
+
+def describe(value: object) -> tuple[str, str]:
+    """A value's type name and a short repr, for views that must not unpickle."""
+    cls = type(value)
+    name = _type_names.get(cls)
+    if name is None:
+        name = (
+            cls.__qualname__
+            if cls.__module__ == "builtins"
+            else f"{cls.__module__}.{cls.__qualname__}"
+        )
+        _type_names[cls] = name
+    return name, short_repr(value)

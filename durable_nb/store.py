@@ -1,0 +1,434 @@
+"""The execution log: one SQLite file, and the only module that speaks SQL.
+
+``Store`` owns the connection, the schema migrations and every query. Writes of a step are a
+single INSERT in autocommit mode (one atomic commit, no explicit transaction), which keeps a
+checkpoint as cheap as a raw sqlite3 insert. Multi-statement changes use
+``with store.transaction():`` (BEGIN IMMEDIATE, SAVEPOINT when nested, rollback on any
+``BaseException``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import owner as owners
+from .blobs import BlobStore
+from .errors import LogFileError, SchemaTooNewError, WorkflowBusyError
+from .records import CellRecord, RunRecord, StepKey, StepRow, StoredStep
+from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["Store", "connect"]
+
+log = logging.getLogger(__name__)
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_QUICK_CHECK_MAX_BYTES = 64 << 20  # a full quick_check of bigger logs would slow every open
+_PRELOAD_MAX_BYTES = 64 << 10  # inline results up to this size are loaded with the index
+
+_RUN_COLUMNS = (
+    "id, workflow, status, started_at, ended_at, owner, pid, source_digest, inputs_digest, "
+    "steps_run, steps_replayed, error"
+)
+_INSERT_STEP = (
+    f"INSERT INTO steps ({', '.join(StepRow._fields)}) "
+    f"VALUES ({', '.join('?' * len(StepRow._fields))})"
+)
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(*row)
+
+
+def _fail(path: Path, exc: BaseException, doing: str) -> LogFileError:
+    """Translate a sqlite3/OS error about the log file into one line saying what to do."""
+    text = str(exc)
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return LogFileError(
+            f"the log {path} is corrupted ({text}); restore it with durable_nb.restore() or "
+            "move it aside to start a new log",
+            path=str(path),
+        )
+    if (
+        "readonly" in text
+        or "read-only" in text
+        or isinstance(exc, PermissionError)
+        or ("unable to open" in text)
+    ):
+        return LogFileError(
+            f"cannot {doing} the log {path} ({text}); make its folder writable, or pick "
+            "another file with %durable open PATH or DURABLE_NB_DB",
+            path=str(path),
+        )
+    if "full" in text:
+        return LogFileError(
+            f"cannot {doing} the log {path}: {text}; free some space and run again "
+            "(nothing was half-written)",
+            path=str(path),
+        )
+    return LogFileError(f"cannot {doing} the log {path}: {text}", path=str(path))
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite before SQLite touches it."""
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if head and head != _SQLITE_MAGIC:
+        raise LogFileError(
+            f"{path} is not a SQLite file, so it cannot be a durable_nb log; move it aside "
+            "or pick another log with %durable open PATH",
+            path=str(path),
+        )
+
+
+def _create(path: Path) -> None:
+    """Create the log file and its folder, user-only (0600 / 0700)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise _fail(path, exc, "create") from None
+    os.close(fd)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open (creating if needed) a log file, check it, set its pragmas and migrate it."""
+    if not path.exists():
+        if readonly:
+            raise LogFileError(f"no log at {path}; check the path", path=str(path))
+        _create(path)
+    _check_header(path)
+    target = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    try:
+        conn = sqlite3.connect(target, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _fail(path, exc, "open") from None
+    try:
+        _check_schema(conn, path)
+        # busy_timeout: another kernel may be writing; wait for it instead of failing.
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not readonly:
+            # WAL: Litestream needs it, and readers (views, other kernels) never block us.
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL: a commit survives a process crash (kill -9); a power loss may
+            # drop the last commits but never corrupts the file. FULL would fsync each step.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _migrate(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _fail(path, exc, "open" if readonly else "write") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse files of other applications, newer schemas and damaged files, read-only."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id != APPLICATION_ID:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != 0 or version != 0 or tables:
+            raise LogFileError(
+                f"{path} is a SQLite database but not a durable_nb log; pick another file "
+                "with %durable open PATH",
+                path=str(path),
+            )
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"the log {path} was written by a newer durable_nb (schema {version}, this one "
+            f"knows {SCHEMA_VERSION}); upgrade durable_nb to use it",
+            path=str(path),
+            version=version,
+        )
+    if path.stat().st_size <= _QUICK_CHECK_MAX_BYTES:
+        result = conn.execute("PRAGMA quick_check").fetchall()
+        if result != [("ok",)]:
+            raise _fail(path, sqlite3.DatabaseError(f"corrupt: {result[0][0]}"), "open")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations this file lacks, each atomically with its version bump."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {script}; PRAGMA application_id = {APPLICATION_ID}; "
+            f"PRAGMA user_version = {number}; COMMIT;"
+        )
+        log.debug("migrated log to schema %d", number)
+
+
+class Store:
+    """One durable_nb log file: runs, steps, cells and notes, plus its blob folder."""
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.readonly = readonly
+        self.blobs = BlobStore(self.path.with_name(self.path.stem + ".blobs"))
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._active: set[int] = set()
+        self._me = owners.current_owner()
+        self.conn = connect(self.path, readonly=readonly)
+        if not readonly:
+            self.recover_crashed()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path}>"
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, a SAVEPOINT when nested; rollback on any exception."""
+        with self._lock:
+            name = f"sp{self._depth}"
+            self._depth += 1
+            try:
+                self.conn.execute("BEGIN IMMEDIATE" if self._depth == 1 else f"SAVEPOINT {name}")
+                try:
+                    yield self.conn
+                except BaseException:
+                    if self._depth == 1:
+                        self.conn.execute("ROLLBACK")
+                    else:
+                        self.conn.execute(f"ROLLBACK TO {name}")
+                        self.conn.execute(f"RELEASE {name}")
+                    raise
+                self.conn.execute("COMMIT" if self._depth == 1 else f"RELEASE {name}")
+            except sqlite3.Error as exc:
+                if self._depth == 1 and self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise _fail(self.path, exc, "write") from None
+            finally:
+                self._depth -= 1
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        """One statement, one atomic commit (autocommit mode); returns the new rowid."""
+        try:
+            with self._lock:
+                return self.conn.execute(sql, params).lastrowid or 0
+        except sqlite3.Error as exc:
+            raise _fail(self.path, exc, "write") from None
+
+    # -- runs ------------------------------------------------------------------------
+
+    def recover_crashed(self) -> list[int]:
+        """Mark runs left ``running`` by processes that are gone as ``crashed``."""
+        rows = self.conn.execute("SELECT id, owner FROM runs WHERE status = 'running'").fetchall()
+        dead = [
+            run_id
+            for run_id, owner in rows
+            if not (owner == self._me and run_id in self._active)
+            and not (owner != self._me and owners.is_alive(owner))
+        ]
+        if dead:
+            with self.transaction() as conn:
+                conn.executemany(
+                    "UPDATE runs SET status = 'crashed', ended_at = ?, "
+                    "error = 'the process running it died' WHERE id = ? AND status = 'running'",
+                    [(time.time(), run_id) for run_id in dead],
+                )
+        return dead
+
+    def begin_run(
+        self,
+        workflow: str,
+        *,
+        source_digest: str | None = None,
+        inputs_digest: str | None = None,
+    ) -> int:
+        """Start a run of ``workflow``; refuse if a live process is running it."""
+        with self.transaction() as conn:
+            for run_id, owner, pid in conn.execute(
+                "SELECT id, owner, pid FROM runs WHERE workflow = ? AND status = 'running'",
+                (workflow,),
+            ).fetchall():
+                mine = owner == self._me
+                if (mine and run_id in self._active) or (not mine and owners.is_alive(owner)):
+                    where = "this process" if mine else f"process {pid}"
+                    raise WorkflowBusyError(
+                        f"workflow {workflow!r} is already running in {where} (pid {pid}); "
+                        "wait for it to finish or stop that kernel, then run again",
+                        workflow=workflow,
+                        pid=pid,
+                    )
+                conn.execute(
+                    "UPDATE runs SET status = 'crashed', ended_at = ?, "
+                    "error = 'the process running it died' WHERE id = ?",
+                    (time.time(), run_id),
+                )
+            run_id = conn.execute(
+                "INSERT INTO runs (workflow, status, started_at, owner, pid, source_digest, "
+                "inputs_digest) VALUES (?, 'running', ?, ?, ?, ?, ?)",
+                (workflow, time.time(), self._me, os.getpid(), source_digest, inputs_digest),
+            ).lastrowid
+        assert run_id is not None
+        self._active.add(run_id)
+        return run_id
+
+    def end_run(
+        self, run_id: int, status: str, *, steps_run: int, steps_replayed: int, error: str | None
+    ) -> None:
+        """Record how a run ended."""
+        try:
+            self._write(
+                "UPDATE runs SET status = ?, ended_at = ?, steps_run = ?, steps_replayed = ?, "
+                "error = ? WHERE id = ?",
+                (status, time.time(), steps_run, steps_replayed, error, run_id),
+            )
+        finally:
+            self._active.discard(run_id)
+
+    def run(self, run_id: int) -> RunRecord:
+        """One run by id."""
+        row = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _run(row.fetchone())
+
+    def runs(self, workflow: str | None = None) -> list[RunRecord]:
+        """All runs, oldest first, optionally of one workflow."""
+        if workflow is None:
+            rows = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id")
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow = ? ORDER BY id", (workflow,)
+            )
+        return [_run(r) for r in rows]
+
+    def last_run(self, workflow: str) -> RunRecord | None:
+        """The newest run of ``workflow`` that is not this process's current one."""
+        row = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow = ? ORDER BY id DESC LIMIT 1",
+            (workflow,),
+        ).fetchone()
+        return _run(row) if row else None
+
+    def workflows(self) -> list[str]:
+        """Names of the workflows in the log, in order of first run."""
+        rows = self.conn.execute("SELECT workflow FROM runs GROUP BY workflow ORDER BY min(id)")
+        return [r[0] for r in rows]
+
+    # -- steps -----------------------------------------------------------------------
+
+    def completed_steps(self, workflow: str) -> dict[StepKey, StoredStep]:
+        """The newest completed record of every step key of ``workflow``."""
+        rows = self.conn.execute(
+            "SELECT scope, name, args_digest, occurrence, id, run_id, code_digest, "
+            "result_format, CASE WHEN length(result) <= ? THEN result END, result_blob, "
+            "stdout IS NOT NULL FROM steps WHERE workflow = ? AND status = 'completed' "
+            "ORDER BY id",
+            (_PRELOAD_MAX_BYTES, workflow),
+        )
+        return {(r[0], r[1], r[2], r[3]): StoredStep(*r[4:]) for r in rows}
+
+    def step_payload(self, step_id: int) -> bytes:
+        """The inline serialized result of one step."""
+        row = self.conn.execute("SELECT result FROM steps WHERE id = ?", (step_id,)).fetchone()
+        return row[0]
+
+    def step_stdout(self, step_id: int) -> str:
+        """What one step printed."""
+        row = self.conn.execute("SELECT stdout FROM steps WHERE id = ?", (step_id,)).fetchone()
+        return row[0] or ""
+
+    def insert_step(self, row: StepRow) -> int:
+        """Record one finished attempt of a step in a single commit."""
+        return self._write(_INSERT_STEP, row)
+
+    def step_value_ref(
+        self, workflow: str, step: str, occurrence: int | None = None
+    ) -> tuple[str, bytes | None, str | None]:
+        """(format, inline bytes, blob digest) of the newest completed call of a step."""
+        sql = (
+            "SELECT result_format, result, result_blob FROM steps WHERE workflow = ? "
+            "AND name = ? AND status = 'completed'"
+        )
+        params: tuple[Any, ...] = (workflow, step)
+        if occurrence is not None:
+            sql += " AND occurrence = ?"
+            params += (occurrence,)
+        row = self.conn.execute(sql + " ORDER BY id DESC LIMIT 1", params).fetchone()
+        if row is None:
+            raise LookupError(f"no completed step {step!r} in workflow {workflow!r}")
+        return row
+
+    # -- cells -----------------------------------------------------------------------
+
+    def save_cell(self, run_id: int, variables: bytes, outputs: bytes, blobs: list[str]) -> None:
+        """Keep what a completed cell assigned and displayed, for a later cell skip."""
+        self._write(
+            "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs) VALUES (?,?,?,?)",
+            (run_id, variables, outputs, " ".join(blobs)),
+        )
+
+    def cell(self, run_id: int) -> CellRecord | None:
+        """What run ``run_id`` of a cell left, if it was saved."""
+        row = self.conn.execute(
+            "SELECT run_id, variables, outputs FROM cells WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return CellRecord(*row) if row else None
+
+    # -- notes and forgetting ------------------------------------------------------------
+
+    def note(
+        self,
+        kind: str,
+        detail: str,
+        *,
+        workflow: str | None = None,
+        run_id: int | None = None,
+        step: str | None = None,
+    ) -> None:
+        """Add an event that is not a run or step state change."""
+        self._write(
+            "INSERT INTO notes (ts, workflow, run_id, step, kind, detail) VALUES (?,?,?,?,?,?)",
+            (time.time(), workflow, run_id, step, kind, detail),
+        )
+
+    def forget(self, workflow: str, step: str | None = None) -> int:
+        """Drop a workflow's records (or one step's) so that they run again; returns a count."""
+        with self.transaction() as conn:
+            if step is None:
+                # foreign_keys is off (it costs every checkpoint): delete children by hand.
+                done = "SELECT id FROM runs WHERE workflow = ? AND status != 'running'"
+                conn.execute(f"DELETE FROM steps WHERE run_id IN ({done})", (workflow,))
+                conn.execute(f"DELETE FROM cells WHERE run_id IN ({done})", (workflow,))
+                count = conn.execute(
+                    "DELETE FROM runs WHERE workflow = ? AND status != 'running'", (workflow,)
+                ).rowcount
+                detail = f"forgot {count} runs"
+            else:
+                count = conn.execute(
+                    "DELETE FROM steps WHERE workflow = ? AND name = ?", (workflow, step)
+                ).rowcount
+                # The cell's saved outputs depend on the step: the cell must run again.
+                conn.execute(
+                    "DELETE FROM cells WHERE run_id IN (SELECT id FROM runs WHERE workflow = ?)",
+                    (workflow,),
+                )
+                detail = f"forgot {count} records of step {step}"
+            conn.execute(
+                "INSERT INTO notes (ts, workflow, step, kind, detail) VALUES (?,?,?,?,?)",
+                (time.time(), workflow, step, "forget", detail),
+            )
+        return count

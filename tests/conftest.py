@@ -1,0 +1,49 @@
+"""Shared fixtures: real files in a temporary folder, real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import durable_nb
+from durable_nb import engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Iterator[Path]:
+    """A fresh log path, made the process's current log."""
+    path = tmp_path / ".durable" / "test.db"
+    durable_nb.open_log(path)
+    yield path
+    engine.close_log()
+
+
+def integrity(path: Path) -> str:
+    """PRAGMA integrity_check of a log, from a separate connection."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def python(script: str, *args: str, cwd: Path, **kw: object) -> subprocess.Popen[str]:
+    """Start ``script`` in a new Python process with the project importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,90 @@
+"""kill -9 of a process in the middle of a 50-step workflow, then a rerun that resumes."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from .conftest import integrity, python
+
+# Each step appends its number to a side file before working: the count of lines per
+# number is how many times it really executed, whatever the log says.
+SCRIPT = r"""
+import os, sys, time
+import durable_nb
+from durable_nb import step, workflow
+
+log, counter = sys.argv[1], sys.argv[2]
+store = durable_nb.Store(log)
+
+@step
+def work(i):
+    with open(counter, "a") as f:
+        f.write(f"{i}\n")
+    print(f"start {i}", flush=True)
+    time.sleep(0.02)
+    if i % 10 == 7:
+        return bytes([i]) * (1_200_000 + i)     # stored as a blob file
+    return {"i": i, "square": i * i}
+
+with workflow("fifty", store=store) as run:
+    results = [work(i) for i in range(50)]
+print("done", run.steps_run, run.steps_replayed, flush=True)
+import hashlib
+print("digest", hashlib.sha256(repr(results).encode()).hexdigest())
+"""
+
+
+def run_until(tmp_path: Path, kill_at: int | None) -> str:
+    """Run the workflow; SIGKILL it once step ``kill_at`` has started. Returns stdout."""
+    proc = python(SCRIPT, "x.db", "counter.txt", cwd=tmp_path)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if kill_at is not None and line.strip() == f"start {kill_at}":
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    if kill_at is None:
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    return "".join(lines)
+
+
+def counts(tmp_path: Path) -> dict[int, int]:
+    seen: dict[int, int] = {}
+    for line in (tmp_path / "counter.txt").read_text().split():
+        seen[int(line)] = seen.get(int(line), 0) + 1
+    return seen
+
+
+@pytest.mark.parametrize("kill_points", [(0,), (5, 17, 18), (7, 27, 49)])
+def test_kill_and_resume(tmp_path: Path, kill_points: tuple[int, ...]) -> None:
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    expected = run_until(reference, None).splitlines()[-1]
+
+    for point in kill_points:
+        run_until(tmp_path, point)
+        assert integrity(tmp_path / "x.db") == "ok"
+    out = run_until(tmp_path, None)
+    done, digest_line = out.splitlines()[-2:]
+    assert digest_line == expected  # same results as an uninterrupted run
+
+    seen = counts(tmp_path)
+    assert sorted(seen) == list(range(50))
+    # the steps that were killed ran twice; every other step exactly once
+    assert {i for i, n in seen.items() if n > 1} == set(kill_points)
+    assert all(n == 2 for i, n in seen.items() if i in kill_points)
+    steps_before_last_kill = max(kill_points)
+    assert done == f"done {50 - steps_before_last_kill} {steps_before_last_kill}"
+
+    conn = sqlite3.connect(tmp_path / "x.db")
+    statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")]
+    assert statuses == ["crashed"] * len(kill_points) + ["completed"]
+    assert integrity(tmp_path / "x.db") == "ok"

@@ -1,0 +1,373 @@
+"""The replay engine on real log files: counters prove what ran and what replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import warnings
+from pathlib import Path
+
+import pytest
+
+import durable_nb
+from durable_nb import DurableWarning, step, workflow
+from durable_nb.engine import REPLAY_MARK, decide
+
+
+def test_completed_steps_replay_without_running(log_path: Path) -> None:
+    calls: list[int] = []
+
+    @step
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    with workflow("sq") as run1:
+        first = [square(i) for i in range(5)]
+    with workflow("sq") as run2:
+        second = [square(i) for i in range(7)]
+    assert first == [0, 1, 4, 9, 16]
+    assert second == [0, 1, 4, 9, 16, 25, 36]
+    assert calls == [0, 1, 2, 3, 4, 5, 6]
+    assert (run1.steps_run, run1.steps_replayed) == (5, 0)
+    assert (run2.steps_run, run2.steps_replayed) == (2, 5)
+
+
+def test_repeated_calls_are_distinct_occurrences(log_path: Path) -> None:
+    import random
+
+    @step
+    def draw(seed: int) -> float:
+        return random.random()
+
+    with workflow("draws"):
+        a = [draw(1), draw(1), draw(1)]
+    with workflow("draws"):
+        b = [draw(1), draw(1), draw(1), draw(1)]
+    assert b[:3] == a
+    assert len(set(a)) == 3
+
+
+def test_keyword_order_and_set_order_do_not_change_the_key(log_path: Path) -> None:
+    calls: list[object] = []
+
+    @step
+    def f(a: object, b: object = None) -> int:
+        calls.append(a)
+        return 1
+
+    with workflow("kw"):
+        f(a={"x", "y", "z"}, b={"k": 1, "j": 2})
+    with workflow("kw"):
+        f(b={"j": 2, "k": 1}, a={"z", "y", "x"})
+    assert len(calls) == 1
+
+
+def test_failed_step_is_recorded_and_runs_again(log_path: Path) -> None:
+    calls: list[int] = []
+
+    @step
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return x
+
+    with pytest.raises(ValueError), workflow("flaky"):
+        flaky(3)
+    with workflow("flaky"):
+        assert flaky(3) == 3
+    assert calls == [3, 3]
+    conn = sqlite3.connect(log_path)
+    rows = conn.execute(
+        "SELECT status, error_type, error_message, error_traceback LIKE '%boom%' FROM steps "
+        "ORDER BY id"
+    ).fetchall()
+    assert rows == [("failed", "ValueError", "boom", 1), ("completed", None, None, None)]
+    statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")]
+    assert statuses == ["failed", "completed"]
+
+
+def test_retries_log_every_attempt(log_path: Path) -> None:
+    attempts: list[int] = []
+
+    @step(retries=3, retry_delay=0.0)
+    def shaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    with workflow("retry"):
+        assert shaky() == "ok"
+    conn = sqlite3.connect(log_path)
+    rows = conn.execute("SELECT attempt, status FROM steps ORDER BY id").fetchall()
+    assert rows == [(1, "failed"), (2, "failed"), (3, "completed")]
+
+
+def test_retries_give_up_after_the_last_attempt(log_path: Path) -> None:
+    @step(retries=1, retry_delay=0.0)
+    def always() -> None:
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError), workflow("giveup"):
+        always()
+    conn = sqlite3.connect(log_path)
+    assert conn.execute("SELECT count(*) FROM steps WHERE status = 'failed'").fetchone() == (2,)
+
+
+def test_keyboard_interrupt_marks_step_and_run_interrupted(log_path: Path) -> None:
+    @step
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), workflow("ctrl-c"):
+        stop()
+    conn = sqlite3.connect(log_path)
+    assert conn.execute("SELECT status FROM steps").fetchone() == ("interrupted",)
+    assert conn.execute("SELECT status FROM runs").fetchone() == ("interrupted",)
+
+
+def test_nested_steps_replay_with_their_parent(log_path: Path) -> None:
+    calls: list[str] = []
+
+    @step
+    def inner(x: int) -> int:
+        calls.append(f"inner{x}")
+        return x + 1
+
+    @step
+    def outer(x: int) -> int:
+        calls.append(f"outer{x}")
+        return inner(x) + inner(x)
+
+    with workflow("nest"):
+        assert outer(1) == 4
+        assert inner(1) == 2  # same name and args at the top level: its own key
+    assert calls == ["outer1", "inner1", "inner1", "inner1"]
+    calls.clear()
+    with workflow("nest"):
+        assert outer(1) == 4
+        assert inner(1) == 2
+    assert calls == []
+    scopes = sqlite3.connect(log_path).execute("SELECT DISTINCT scope FROM steps").fetchall()
+    assert len(scopes) == 2  # top level and inside outer(1)
+
+
+def test_nested_steps_of_a_failed_parent_replay(log_path: Path) -> None:
+    calls: list[str] = []
+    parents: list[int] = []
+
+    @step
+    def child(i: int) -> int:
+        calls.append(f"child{i}")
+        return i
+
+    @step
+    def parent() -> int:
+        parents.append(1)
+        total = child(1) + child(2)
+        if len(parents) == 1:
+            raise RuntimeError("parent fails after its children")
+        return total
+
+    with pytest.raises(RuntimeError), workflow("parent"):
+        parent()
+    with workflow("parent"):
+        assert parent() == 3
+    assert calls == ["child1", "child2"]
+    assert parents == [1, 1]
+
+
+def test_stdout_is_captured_and_reemitted_marked(
+    log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @step
+    def chatty(x: int) -> int:
+        print(f"working on {x}")
+        print("done")
+        return x
+
+    with workflow("out"):
+        chatty(1)
+    assert capsys.readouterr().out == "working on 1\ndone\n"
+    with workflow("out"):
+        chatty(1)
+    assert capsys.readouterr().out == f"{REPLAY_MARK}working on 1\n{REPLAY_MARK}done\n"
+
+
+def test_unpicklable_result_returns_warns_once_and_runs_again(log_path: Path) -> None:
+    calls: list[int] = []
+
+    @step
+    def make_lock(i: int) -> object:
+        import threading
+
+        calls.append(i)
+        return threading.Lock()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with workflow("lock"):
+            lock1 = make_lock(1)
+            make_lock(2)
+    assert hasattr(lock1, "acquire")
+    ours = [w for w in caught if issubclass(w.category, DurableWarning)]
+    assert len(ours) == 1
+    assert "cannot be pickled" in str(ours[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with workflow("lock"):
+            make_lock(1)
+    assert calls == [1, 2, 1]
+    conn = sqlite3.connect(log_path)
+    rows = conn.execute("SELECT DISTINCT status, reason LIKE '%pickle%' FROM steps").fetchall()
+    assert rows == [("not_durable", 1)]
+
+
+def test_large_result_lives_in_a_blob_file(log_path: Path) -> None:
+    calls: list[int] = []
+    data = bytes(range(256)) * (5 * 4096)  # 5 MiB
+
+    @step
+    def big() -> bytes:
+        calls.append(1)
+        return data
+
+    with workflow("big"):
+        big()
+    blobs = list((log_path.parent / "test.blobs").rglob("*"))
+    files = [b for b in blobs if b.is_file()]
+    assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
+    with workflow("big"):
+        assert big() == data
+    assert calls == [1]
+
+
+def test_damaged_blob_is_detected_and_the_step_runs_again(log_path: Path) -> None:
+    calls: list[int] = []
+
+    @step
+    def big() -> bytes:
+        calls.append(1)
+        return b"x" * (2 << 20)
+
+    with workflow("dmg"):
+        big()
+    (blob,) = [b for b in (log_path.parent / "test.blobs").rglob("*") if b.is_file()]
+    raw = bytearray(blob.read_bytes())
+    raw[-1] ^= 0xFF
+    blob.write_bytes(bytes(raw))
+    with pytest.warns(DurableWarning, match="damaged"), workflow("dmg"):
+        assert big() == b"x" * (2 << 20)
+    assert calls == [1, 1]
+
+
+def test_step_outside_a_workflow_is_a_plain_call(log_path: Path) -> None:
+    @step
+    def plain(x: int) -> int:
+        return x + 1
+
+    assert plain(1) == 2
+    assert sqlite3.connect(log_path).execute("SELECT count(*) FROM steps").fetchone() == (0,)
+
+
+def test_adhoc_step_call(log_path: Path) -> None:
+    calls: list[int] = []
+
+    def add(a: int, b: int) -> int:
+        calls.append(a)
+        return a + b
+
+    with workflow("adhoc"):
+        assert step(add, 1, b=2) == 3
+    with workflow("adhoc"):
+        assert step(add, 1, b=2) == 3
+    assert calls == [1]
+
+
+def test_workflow_decorator_sync_and_async(log_path: Path) -> None:
+    calls: list[str] = []
+
+    @step
+    def s(x: int) -> int:
+        calls.append("s")
+        return x
+
+    @step
+    async def a(x: int) -> int:
+        calls.append("a")
+        await asyncio.sleep(0)
+        return x
+
+    @workflow
+    def sync_flow() -> int:
+        return s(1) + s(2)
+
+    @workflow("named-async")
+    async def async_flow() -> int:
+        return await a(1) + s(5)
+
+    assert sync_flow() == 3 and sync_flow() == 3
+    assert asyncio.run(async_flow()) == 6 and asyncio.run(async_flow()) == 6
+    assert calls == ["s", "s", "a", "s"]
+    names = durable_nb.get_store().workflows()
+    assert names == ["sync_flow", "named-async"]
+
+
+def test_fresh_ignores_the_log(log_path: Path) -> None:
+    calls: list[int] = []
+
+    @step
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    with workflow("fresh"):
+        f(1)
+    with workflow("fresh", fresh=True):
+        f(1)
+    with workflow("fresh"):
+        f(1)
+    assert calls == [1, 1]
+
+
+def test_same_workflow_twice_in_one_process_is_refused(log_path: Path) -> None:
+    with (
+        workflow("busy"),
+        pytest.raises(durable_nb.WorkflowBusyError, match="this process"),
+        workflow("busy"),
+    ):
+        pass
+
+
+def test_decide_is_the_replay_rule() -> None:
+    from durable_nb.records import StoredStep
+
+    key = ("", "f", "d", 0)
+    record = StoredStep(1, 7, "code-a", "pickle", b"", None, False)
+    assert decide({key: record}, key, "code-a", "f").replay
+    changed = decide({key: record}, key, "code-b", "f")
+    assert not changed.replay and changed.reason == "code of f changed since run 7"
+    assert not decide({}, key, "code-a", "f").replay
+    assert not decide(None, key, "code-a", "f").replay
+
+
+def test_code_digest_ignores_comments_docstrings_and_decorators(tmp_path: Path) -> None:
+    import importlib.util
+
+    from durable_nb.digests import code_digest
+
+    def load(src: str) -> str:
+        path = tmp_path / f"gen_{abs(hash(src))}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return code_digest(mod.f)
+
+    base = load("def f(x):\n    return x + 1\n")
+    assert load('def f(x):\n    """Doc."""\n    # comment\n    return  x+1  # why\n') == base
+    assert load("import functools\n@functools.lru_cache\ndef f(x):\n    return x + 1\n") == base
+    assert load("def f(x):\n    return x + 2\n") != base
