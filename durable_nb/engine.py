@@ -14,7 +14,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import io
 import os
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, overload
 
 from . import serialization
+from .capture import Tee
 from .digests import args_digest, code_digest
 from .errors import BlobError, DurableError, DurableWarning
 from .records import StepKey, StepRow, StoredStep
@@ -326,28 +326,6 @@ def _named_workflow(
 # -- steps ----------------------------------------------------------------------------------
 
 
-class _Tee(io.TextIOBase):
-    """Writes to the real stdout and keeps a copy, so a step's output is live and logged."""
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        self.parts: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.parts.append(text)
-        return self.target.write(text)
-
-    def flush(self) -> None:
-        self.target.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self.target, "encoding", "utf-8")
-
-
 def _emit_replayed(stdout: str) -> None:
     lines = stdout.splitlines(keepends=True)
     sys.stdout.write("".join(REPLAY_MARK + line for line in lines))
@@ -424,16 +402,16 @@ class Step:
         scope = _current.get()
         if scope is None:
             return self.fn(*args, **kwargs)
-        if self.is_async:
-            return self._call_async(scope, args, kwargs)
         run = scope.run
-        key = self._key(scope, args, kwargs)
+        key = self._key(scope, args, kwargs)  # at call time: deterministic under gather()
+        if self.is_async:
+            return self._call_async(run, key, args, kwargs)
         replayed, value, reason = self._replay(run, key)
         if replayed:
             return value
         for attempt in range(1, self.retries + 2):
             started = time.time()
-            tee = _Tee(sys.stdout)
+            tee = Tee(sys.stdout)
             token = _current.set(_Scope(run, key))
             sys.stdout = tee
             try:
@@ -452,10 +430,8 @@ class Step:
         raise AssertionError("unreachable")
 
     async def _call_async(
-        self, scope: _Scope, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, run: Run, key: StepKey, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        run = scope.run
-        key = self._key(scope, args, kwargs)
         replayed, value, reason = self._replay(run, key)
         if replayed:
             return value
@@ -482,7 +458,7 @@ class Step:
 
     def _row(
         self, run: Run, key: StepKey, attempt: int, status: str, started: float,
-        args: tuple[Any, ...], kwargs: dict[str, Any], tee: _Tee | None, *,
+        args: tuple[Any, ...], kwargs: dict[str, Any], tee: Tee | None, *,
         result_format: str | None = None, result_blob: str | None = None,
         result_size: int | None = None, result_type: str | None = None,
         result_repr: str | None = None, error_type: str | None = None,
@@ -506,7 +482,7 @@ class Step:
         started: float,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        tee: _Tee | None,
+        tee: Tee | None,
         exc: BaseException,
         reason: str | None,
     ) -> bool:
@@ -530,7 +506,7 @@ class Step:
         started: float,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        tee: _Tee | None,
+        tee: Tee | None,
         value: Any,
         reason: str | None,
     ) -> None:

@@ -44,6 +44,10 @@ class DurableError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: one line, no internals."""
+        return [f"{type(self).__name__}: {self.message}"]
+
 
 def _rebuild(cls: type[DurableError], message: str, fields: dict[str, Any]) -> DurableError:
     err = cls.__new__(cls)

@@ -1,0 +1,406 @@
+"""IPython integration: the ``%%durable`` cell and the ``%durable`` line magic.
+
+A ``%%durable`` cell is not run by a cell magic (a magic that calls ``run_cell`` breaks
+top-level ``await`` in ipykernel and hides failures from nbclient). Instead an input
+transformer replaces the ``%%durable`` line with a marker call, and an AST transformer wraps
+the cell's statements in ``with __durable_nb_cell__(...)`` (see ``cells.rewrite``): the shell
+then runs it like any cell, so ``await`` works, an exception fails the cell, and tracebacks
+show the user's lines. ``DurableCell`` is that context manager: it decides skip or run,
+tees the cell's outputs, and delegates the rest to the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import linecache
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import cells, engine
+from .capture import Tee
+from .digests import source_digest
+from .errors import DurableError
+from .location import LogLocation, locate_log
+
+__all__ = ["DurableCell", "DurableMagics", "load", "unload"]
+
+_HEADER = re.compile(r"^\s*%%durable(?![\w?])(.*)$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _split_header(lines: list[str]) -> list[str]:
+    """Input transformer: turn a ``%%durable ARGS`` first line into the marker call."""
+    if not lines:
+        return lines
+    match = _HEADER.match(lines[0].rstrip("\n"))
+    if match is None:
+        return lines
+    body = lines[1:]
+    code = [line.rstrip() for line in body if line.strip()]
+    quiet = bool(code) and code[-1].endswith(";")
+    args = match.group(1).strip()
+    marker = f"{cells.MARKER}({args!r}, {source_digest(''.join(body))!r}, {quiet})\n"
+    return [marker, *body]
+
+
+class _Rewriter:
+    """AST transformer (IPython's ``ast_transformers`` protocol) for durable cells."""
+
+    def visit(self, node: Any) -> Any:
+        return cells.rewrite(node)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _show_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class _Replayed:
+    """A stored rich output, shown again through the display hook."""
+
+    def __init__(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self.data, self.metadata = data, metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return self.data, self.metadata
+
+    def __repr__(self) -> str:
+        return str(self.data.get("text/plain", "<replayed output>"))
+
+
+class _Outputs:
+    """Records what a cell prints and displays, while letting it through live."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.items: list[tuple[str, Any, Any]] = []
+        self.paused = False  # a terminal display hook prints Out[n]: already kept as result
+
+    def _stream(self, name: str) -> Any:
+        def record(text: str) -> None:
+            if self.paused:
+                return
+            if self.items and self.items[-1][0] == "stream" and self.items[-1][1] == name:
+                self.items[-1] = ("stream", name, self.items[-1][2] + text)
+            else:
+                self.items.append(("stream", name, text))
+
+        return record
+
+    def start(self) -> None:
+        self._streams = sys.stdout, sys.stderr
+        sys.stdout = Tee(sys.stdout, self._stream("stdout"))
+        sys.stderr = Tee(sys.stderr, self._stream("stderr"))
+        pub = self.shell.display_pub
+        self._had_own_publish = "publish" in vars(pub)
+        original = pub.publish
+
+        def publish(data: dict[str, Any], metadata: Any = None, *args: Any, **kw: Any) -> Any:
+            if not kw.get("update"):
+                kept = {k: v for k, v in data.items() if k != _WIDGET_VIEW}
+                self.items.append(("display", kept, metadata or {}))
+            return original(data, metadata, *args, **kw)
+
+        self._original = original
+        pub.publish = publish
+
+    def stop(self) -> None:
+        sys.stdout, sys.stderr = self._streams
+        pub = self.shell.display_pub
+        if self._had_own_publish:
+            pub.publish = self._original
+        else:
+            del pub.publish
+
+    def result(self, value: Any) -> None:
+        data, metadata = self.shell.display_formatter.format(value)
+        self.items.append(("result", data, metadata))
+
+    def replay(self, items: list[tuple[str, Any, Any]]) -> None:
+        """Show stored outputs again, in order."""
+        for kind, a, b in items:
+            if kind == "stream":
+                (sys.stdout if a == "stdout" else sys.stderr).write(b)
+            elif kind == "display":
+                self.shell.display_pub.publish(a, b)
+            elif kind == "result":
+                self.shell.displayhook(_Replayed(a, b))
+
+
+def _restore_header(filename: str, header: str) -> None:
+    """Show ``%%durable ...`` (not the marker call) as line 1 of the cell in tracebacks."""
+    entry = linecache.cache.get(filename)
+    if entry and entry[2] and entry[2][0].startswith(cells.MARKER):
+        lines = [header + "\n", *entry[2][1:]]
+        linecache.cache[filename] = (entry[0], entry[1], lines, entry[3])
+
+
+def _flush_inline_figures() -> None:
+    """Show pending inline matplotlib figures now, so they are part of the cell's output."""
+    if "matplotlib_inline.backend_inline" in sys.modules:
+        from matplotlib_inline.backend_inline import flush_figures
+
+        flush_figures()
+
+
+class DurableCell:
+    """The context manager a rewritten ``%%durable`` cell runs in."""
+
+    def __init__(
+        self,
+        ext: Extension,
+        args: str,
+        digest: str,
+        quiet: bool = False,
+        *,
+        reads: tuple[str, ...] = (),
+        writes: tuple[str, ...] = (),
+    ) -> None:
+        self.ext = ext
+        self.header = f"%%durable {args}".rstrip()
+        self.opts = ext.parse_cell_args(args)
+        self.digest = digest
+        self.reads, self.writes = reads, writes
+        self.execute = True
+        self.name = self.opts.name or ext.unnamed(digest)
+        self._outputs = _Outputs(ext.shell)
+        self._flow: engine.workflow | None = None
+
+    @staticmethod
+    def _cell_filename() -> str:
+        """The cell's code name: the first frame outside this module."""
+        frame = sys._getframe(1)
+        while frame.f_code.co_filename == __file__:
+            frame = frame.f_back  # type: ignore[assignment]
+        return frame.f_code.co_filename
+
+    def show(self, value: Any) -> None:
+        """Display the cell's last expression (as the shell would) and record it."""
+        if value is not None:
+            self._outputs.result(value)
+            self._outputs.paused = True
+            try:
+                self.ext.shell.displayhook(value)
+            finally:
+                self._outputs.paused = False
+
+    def __enter__(self) -> DurableCell:
+        __tracebackhide__ = True
+        _restore_header(self._cell_filename(), self.header)
+        shell = self.ext.shell
+        store = self.ext.store()
+        inputs = cells.inputs_digest(shell.user_ns, self.reads)
+        if not (self.opts.force or self.opts.fresh):
+            prior = cells.skippable(store, self.name, self.digest, inputs)
+            if prior is not None:
+                run, cell = prior
+                names = cells.unpack_variables(store, cell.variables, shell.user_ns)
+                self._outputs.replay(cells.load_outputs(cell.outputs))
+                self.execute = False
+                store.note("cell skipped", f"unchanged since run {run.id}", workflow=self.name)
+                print(
+                    f"{self.name}: skipped, unchanged since run {run.id}; "
+                    f"{len(names)} variables restored, log {_show_path(store.path)}"
+                )
+                return self
+        self._flow = engine.workflow(
+            self.name, store=store, fresh=self.opts.fresh, source_digest=self.digest,
+            inputs_digest=inputs,
+        )  # fmt: skip
+        self._flow.__enter__()
+        self._outputs.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        if self._flow is None:
+            return False
+        try:
+            if exc is None:
+                _flush_inline_figures()
+        finally:
+            self._outputs.stop()
+        self._flow.__exit__(exc_type, exc, tb)
+        run = self._flow.run
+        assert run is not None
+        note = ""
+        if exc is None:
+            shell = self.ext.shell
+            saved = cells.save_cell(run, shell.user_ns, self.writes, self._outputs.items)
+            if saved:
+                note = f"; the cell will run again next time: {saved}"
+        outcome = {"completed": "", "failed": ", failed", "interrupted": ", interrupted"}
+        print(
+            f"{self.name}: {run.steps_replayed} steps replayed, {run.steps_run} run "
+            f"({_duration(run.elapsed)}{outcome.get(run.status, '')}), "
+            f"log {_show_path(run.store.path)}{note}"
+        )
+        return False
+
+    async def __aenter__(self) -> DurableCell:
+        __tracebackhide__ = True
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        return self.__exit__(exc_type, exc, tb)
+
+
+class Extension:
+    """State of the extension in one shell: where the log is, the current cell id."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.location: LogLocation = locate_log(shell.user_ns)
+        self.cell_id: str | None = None
+        engine.set_default_log_path(self.location.path)
+
+    def store(self) -> Any:
+        """The log, opened on first use."""
+        return engine.get_store()
+
+    def unnamed(self, digest: str) -> str:
+        """The workflow name of a ``%%durable`` cell without NAME."""
+        return f"cell-{self.cell_id}" if self.cell_id else f"cell-{digest[:10]}"
+
+    def pre_run_cell(self, info: Any) -> None:
+        self.cell_id = getattr(info, "cell_id", None)
+
+    def parse_cell_args(self, line: str) -> argparse.Namespace:
+        __tracebackhide__ = True
+        opts = parse_argstring(DurableMagics.durable_cell, line)
+        if opts.name is not None and not _NAME.match(opts.name):
+            raise UsageError(
+                f"invalid workflow name {opts.name!r}: use letters, digits and - _ . : "
+                "(e.g. %%durable my-sweep)"
+            )
+        return opts
+
+    def cell(self, args: str, digest: str, quiet: bool = False, **kw: Any) -> DurableCell:
+        __tracebackhide__ = True
+        if "reads" not in kw:
+            raise DurableError(
+                "this %%durable cell was not rewritten (the AST transformer is missing); "
+                "run %reload_ext durable_nb and run the cell again"
+            )
+        return DurableCell(self, args, digest, quiet, **kw)
+
+
+@magics_class
+class DurableMagics(Magics):
+    """``%durable`` and ``%%durable``."""
+
+    def __init__(self, shell: Any, ext: Extension) -> None:
+        super().__init__(shell)
+        self.ext = ext
+
+    @magic_arguments()
+    @argument("name", nargs="?", help="workflow name (default: the cell's id)")
+    @argument("--force", action="store_true", help="run even if the cell is unchanged")
+    @argument("--fresh", action="store_true", help="ignore the log: every step runs again")
+    @cell_magic("durable")
+    def durable_cell(self, line: str, cell: str) -> None:
+        """Run the cell as a durable workflow: its @step calls are checkpointed and replayed.
+
+        A cell that completed with the same source and the same inputs is not run again: its
+        variables are restored and its output is shown again. --force runs it anyway (steps
+        still replay); --fresh ignores the log.
+        """
+        return self.shell.run_cell(f"%%durable {line}\n{cell}")
+
+    @magic_arguments()
+    @argument(
+        "command",
+        choices=["info", "open", "forget"],
+        help="info: where the log is; open PATH: use another log; forget NAME: drop records",
+    )
+    @argument("args", nargs="*", help="PATH for open, NAME for forget")
+    @argument("--step", help="with forget: drop only this step's records")
+    @line_magic("durable")
+    def durable_line(self, line: str) -> None:
+        """Look at and manage the durable log: ``%durable info | open PATH | forget NAME``."""
+        opts = parse_argstring(self.durable_line, line)
+        handler = getattr(self, f"_{opts.command}")
+        try:
+            handler(opts)
+        except DurableError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _info(self, opts: argparse.Namespace) -> None:
+        loc = self.ext.location
+        store = self.ext.store()
+        print(f"log: {store.path}")
+        print(f"found by: {loc.how}" + (f" ({loc.notebook})" if loc.notebook else ""))
+        names = store.workflows()
+        if not names:
+            print("workflows: none yet")
+        for name in names:
+            runs = store.runs(name)
+            print(f"workflow {name}: {len(runs)} runs, last {runs[-1].status}")
+
+    def _open(self, opts: argparse.Namespace) -> None:
+        if len(opts.args) != 1:
+            raise UsageError("usage: %durable open PATH")
+        store = engine.open_log(opts.args[0])
+        self.ext.location = LogLocation(store.path, None, "%durable open")
+        print(f"log: {store.path}")
+
+    def _forget(self, opts: argparse.Namespace) -> None:
+        if len(opts.args) != 1:
+            raise UsageError("usage: %durable forget NAME [--step STEP]")
+        name = opts.args[0]
+        store = self.ext.store()
+        if name not in store.workflows():
+            raise UsageError(f"no workflow {name!r} in {store.path}; %durable info lists them")
+        count = store.forget(name, opts.step)
+        what = f"{count} records of step {opts.step}" if opts.step else f"{count} runs"
+        print(f"{name}: forgot {what}; they will run again")
+
+
+_EXTENSIONS: dict[int, Extension] = {}
+
+
+def load(shell: Any) -> None:
+    """Register the transformers, the magics and the error display (idempotent)."""
+    if id(shell) in _EXTENSIONS:
+        return
+    ext = Extension(shell)
+    _EXTENSIONS[id(shell)] = ext
+    shell.input_transformers_cleanup.append(_split_header)
+    shell.ast_transformers.append(_Rewriter())
+    shell.register_magics(DurableMagics(shell, ext))
+    shell.events.register("pre_run_cell", ext.pre_run_cell)
+    shell.push({cells.MARKER: ext.cell}, interactive=False)
+
+
+def unload(shell: Any) -> None:
+    """Undo ``load``."""
+    ext = _EXTENSIONS.pop(id(shell), None)
+    if ext is None:
+        return
+    shell.input_transformers_cleanup.remove(_split_header)
+    shell.ast_transformers[:] = [t for t in shell.ast_transformers if not isinstance(t, _Rewriter)]
+    shell.events.unregister("pre_run_cell", ext.pre_run_cell)
+    shell.user_ns.pop(cells.MARKER, None)
+    magics = shell.magics_manager.magics
+    magics["line"].pop("durable", None)
+    magics["cell"].pop("durable", None)

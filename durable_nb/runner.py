@@ -1,0 +1,90 @@
+"""Run a notebook headless in a real kernel (nbclient), with its own log beside it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from .location import log_path_for
+
+__all__ = ["NotebookRun", "run_notebook"]
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    """How a headless run ended."""
+
+    notebook: Path
+    log: Path
+    cells_run: int
+    error: str | None  # the failing cell's error, one line, or None
+
+
+def _text_outputs(cell: Any) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append(out.get("text", ""))
+        elif out.get("output_type") in ("execute_result", "display_data"):
+            text = out.get("data", {}).get("text/plain")
+            if text:
+                parts.append(text + "\n")
+    return "".join(parts)
+
+
+def run_notebook(
+    notebook: str | os.PathLike[str],
+    *,
+    timeout: float | None = None,
+    output: str | os.PathLike[str] | None = None,
+    kernel_name: str = "python3",
+    echo: TextIO | None = sys.stdout,
+) -> NotebookRun:
+    """Execute every cell of ``notebook`` in a new kernel; stop at the first failing cell.
+
+    The kernel runs in the notebook's folder and is told the notebook's path
+    (``DURABLE_NB_NOTEBOOK``), so the log is ``.durable/<stem>.db`` beside it and a second
+    run after a crash resumes. Text outputs are echoed as cells finish; the executed notebook
+    is written to ``output`` when given.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    path = Path(notebook).absolute()
+    nb = nbformat.read(path, as_version=4)
+    count = 0
+
+    def on_cell_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
+        nonlocal count
+        count += 1
+        if echo is not None:
+            echo.write(_text_outputs(cell))
+            echo.flush()
+
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name=kernel_name,
+        resources={"metadata": {"path": str(path.parent)}},
+        on_cell_executed=on_cell_executed,
+    )
+    env = {**os.environ, "DURABLE_NB_NOTEBOOK": str(path)}
+    env.pop("JPY_SESSION_NAME", None)
+    error = None
+    try:
+        client.execute(env=env)
+    except CellExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else str(exc)
+    except CellTimeoutError as exc:
+        error = f"timeout: {exc}"
+    finally:
+        if output is not None:
+            nbformat.write(nb, str(output))
+    log = (
+        Path(os.environ["DURABLE_NB_DB"]) if os.environ.get("DURABLE_NB_DB") else log_path_for(path)
+    )
+    return NotebookRun(path, log.absolute(), count, error)
