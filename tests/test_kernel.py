@@ -216,7 +216,7 @@ def test_rich_output_is_restored_on_skip(tmp_path: Path) -> None:
     assert ("display_data", ["text/html", "text/plain"]) in kinds
     assert ("execute_result", ["text/html", "text/plain"]) in kinds
     assert [k for k in again if k[0] != "stream"] == [k for k in kinds if k[0] != "stream"]
-    html = [o for o in second.cells[2].outputs if o.output_type == "execute_result"][0]
+    html = next(o for o in second.cells[2].outputs if o.output_type == "execute_result")
     assert "<table" in html.data["text/html"]
     assert "skipped" in cell_text(second.cells[2])
 
