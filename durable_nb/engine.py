@@ -152,20 +152,22 @@ _RUN = Decision(False)
 
 
 def decide(
-    completed: dict[StepKey, StoredStep] | None, key: StepKey, code: str, name: str
+    completed: dict[StepKey, dict[str, StoredStep]] | None, key: StepKey, code: str, name: str
 ) -> Decision:
     """The replay rule: replay a completed record with the same key and code digest.
 
     Anything else runs: no completed record (never run, or it raised, was interrupted or
-    crashed), a record made by other code (the reason says so), or a fresh run.
+    crashed), only records made by other code (the reason says so), or a fresh run.
     """
     if completed is None:
         return Decision(False, reason="fresh run: the log is ignored")
-    record = completed.get(key)
-    if record is None:
+    by_code = completed.get(key)
+    if by_code is None:
         return _RUN
-    if record.code_digest != code:
-        return Decision(False, reason=f"code of {name} changed since run {record.run_id}")
+    record = by_code.get(code)
+    if record is None:
+        newest = max(by_code.values(), key=lambda r: r.id)
+        return Decision(False, reason=f"code of {name} changed since run {newest.run_id}")
     return Decision(True, record)
 
 

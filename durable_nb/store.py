@@ -330,8 +330,8 @@ class Store:
 
     # -- steps -----------------------------------------------------------------------
 
-    def completed_steps(self, workflow: str) -> dict[StepKey, StoredStep]:
-        """The newest completed record of every step key of ``workflow``."""
+    def completed_steps(self, workflow: str) -> dict[StepKey, dict[str, StoredStep]]:
+        """Completed records of ``workflow``: per step key, the newest one per code digest."""
         rows = self.conn.execute(
             "SELECT scope, name, args_digest, occurrence, id, run_id, code_digest, "
             "result_format, CASE WHEN length(result) <= ? THEN result END, result_blob, "
@@ -339,7 +339,10 @@ class Store:
             "ORDER BY id",
             (_PRELOAD_MAX_BYTES, workflow),
         )
-        return {(r[0], r[1], r[2], r[3]): StoredStep(*r[4:]) for r in rows}
+        completed: dict[StepKey, dict[str, StoredStep]] = {}
+        for r in rows:
+            completed.setdefault((r[0], r[1], r[2], r[3]), {})[r[6]] = StoredStep(*r[4:])
+        return completed
 
     def step_payload(self, step_id: int) -> bytes:
         """The inline serialized result of one step."""

@@ -346,8 +346,9 @@ def test_decide_is_the_replay_rule() -> None:
 
     key = ("", "f", "d", 0)
     record = StoredStep(1, 7, "code-a", "pickle", b"", None, False)
-    assert decide({key: record}, key, "code-a", "f").replay
-    changed = decide({key: record}, key, "code-b", "f")
+    log = {key: {"code-a": record}}
+    assert decide(log, key, "code-a", "f").replay
+    changed = decide(log, key, "code-b", "f")
     assert not changed.replay and changed.reason == "code of f changed since run 7"
     assert not decide({}, key, "code-a", "f").replay
     assert not decide(None, key, "code-a", "f").replay
@@ -371,3 +372,22 @@ def test_code_digest_ignores_comments_docstrings_and_decorators(tmp_path: Path) 
     assert load('def f(x):\n    """Doc."""\n    # comment\n    return  x+1  # why\n') == base
     assert load("import functools\n@functools.lru_cache\ndef f(x):\n    return x + 1\n") == base
     assert load("def f(x):\n    return x + 2\n") != base
+
+
+def test_code_changed_back_replays_the_older_record(log_path: Path) -> None:
+    calls: list[str] = []
+
+    def version_a(x: int) -> str:
+        calls.append("a")
+        return "a"
+
+    def version_b(x: int) -> str:
+        calls.append("b")
+        return "b"
+
+    for fn, expected in ((version_a, "a"), (version_b, "b"), (version_a, "a")):
+        with workflow("flip"):
+            assert durable_nb.Step(fn, name="f")(1) == expected
+    assert calls == ["a", "b"]
+    reasons = sqlite3.connect(log_path).execute("SELECT reason FROM steps ORDER BY id").fetchall()
+    assert reasons == [(None,), ("code of f changed since run 1",)]

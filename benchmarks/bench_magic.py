@@ -1,0 +1,79 @@
+"""Cost of the notebook integration, measured in real kernels.
+
+1. ``%load_ext durable_nb`` in a fresh kernel (target <= 0.3 s), vs ``%load_ext autoreload``
+   as the baseline of an ordinary extension.
+2. An empty ``%%durable`` cell vs the same plain cell (target: adds <= 5 ms). The
+   ``%%durable`` cell runs with --force, so each execution starts and ends a run.
+
+Usage: python benchmarks/bench_magic.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jupyter_client.manager import start_new_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(kc, code: str) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: None)
+    elapsed = time.perf_counter() - t0
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return elapsed
+
+
+def in_kernel_seconds(kc, code: str) -> float:  # type: ignore[no-untyped-def]
+    """Time ``code`` inside the kernel (no messaging noise)."""
+    out: list[str] = []
+
+    def hook(msg) -> None:  # type: ignore[no-untyped-def]
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    probe = f"import time as _t; _t0 = _t.perf_counter()\n{code}\nprint('T', _t.perf_counter() - _t0)"
+    kc.execute_interactive(probe, timeout=60, output_hook=hook)
+    line = [x for x in "".join(out).splitlines() if x.startswith("T ")][-1]
+    return float(line.split()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--cells", type=int, default=40)
+    args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    load, baseline_load, plain, durable = [], [], [], []
+    for _ in range(args.repeat):
+        folder = tempfile.mkdtemp(prefix="dnb-magic-")
+        km, kc = start_new_kernel(kernel_name="python3", cwd=folder, env=env)
+        try:
+            baseline_load.append(in_kernel_seconds(kc, "get_ipython().run_line_magic('load_ext', 'autoreload')"))
+            load.append(in_kernel_seconds(kc, "get_ipython().run_line_magic('load_ext', 'durable_nb')"))
+            timed(kc, "x = 1")
+            timed(kc, "%%durable bench --force\nx = 1")
+            for _ in range(args.cells):
+                plain.append(timed(kc, "x = 1"))
+                durable.append(timed(kc, "%%durable bench --force\nx = 1"))
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    med = statistics.median
+    print(f"python {sys.version.split()[0]}, median of {args.repeat} kernels")
+    print(f"1. %load_ext durable_nb: {med(load):.3f} s (baseline %load_ext autoreload "
+          f"{med(baseline_load):.3f} s)   (target <= 0.3 s)")  # fmt: skip
+    added = (med(durable) - med(plain)) * 1000
+    print(f"2. empty cell round trip: plain {med(plain) * 1000:.2f} ms, %%durable "
+          f"{med(durable) * 1000:.2f} ms, added {added:.2f} ms   (target <= 5 ms)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The example notebooks under nbval, twice: computing on an empty log, then replaying."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def nbval(folder: Path, notebook: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--nbval", notebook,
+        "--nbval-sanitize-with", "sanitize.cfg", "--nbval-current-env",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DURABLE_NB_DB", None)
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("notebook", [p.name for p in NOTEBOOKS])
+def test_notebook_computes_then_replays(tmp_path: Path, notebook: str) -> None:
+    folder = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", folder, ignore=shutil.ignore_patterns(".durable"))
+    computing = nbval(folder, notebook)
+    assert computing.returncode == 0, computing.stdout[-3000:]
+    log = folder / ".durable" / f"{Path(notebook).stem}.db"
+    runs_after_first = sqlite3.connect(log).execute("SELECT count(*) FROM runs").fetchone()[0]
+    replaying = nbval(folder, notebook)
+    assert replaying.returncode == 0, replaying.stdout[-3000:]
+    conn = sqlite3.connect(log)
+    assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] >= runs_after_first
+    # the second pass ran on the first pass's log: nothing new was computed
+    first_pass_steps = conn.execute(
+        "SELECT count(*) FROM steps WHERE status = 'completed' AND run_id > ?",
+        (runs_after_first,),
+    ).fetchone()[0]
+    assert first_pass_steps == 0
+    assert re.search(r"\d+ passed", replaying.stdout)
+
+
+def test_readme_first_command_runs_the_quickstart(tmp_path: Path) -> None:
+    """The README's first command, verbatim, on a fresh clone with a new virtualenv."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    first = block.strip().splitlines()[0]
+    assert "durable-nb run" in first
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "DURABLE_NB_DB")}
+    result = subprocess.run(
+        first, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    log = clone / "notebooks" / ".durable" / "01_quickstart.db"
+    assert f"log: {log}" in result.stdout
+    assert log.exists()
