@@ -39,7 +39,9 @@ def in_kernel_seconds(kc, code: str) -> float:  # type: ignore[no-untyped-def]
         if msg["msg_type"] == "stream":
             out.append(msg["content"]["text"])
 
-    probe = f"import time as _t; _t0 = _t.perf_counter()\n{code}\nprint('T', _t.perf_counter() - _t0)"
+    probe = (
+        f"import time as _t\n_t0 = _t.perf_counter()\n{code}\nprint('T', _t.perf_counter() - _t0)"
+    )
     kc.execute_interactive(probe, timeout=60, output_hook=hook)
     line = [x for x in "".join(out).splitlines() if x.startswith("T ")][-1]
     return float(line.split()[1])
@@ -56,8 +58,9 @@ def main() -> None:
         folder = tempfile.mkdtemp(prefix="dnb-magic-")
         km, kc = start_new_kernel(kernel_name="python3", cwd=folder, env=env)
         try:
-            baseline_load.append(in_kernel_seconds(kc, "get_ipython().run_line_magic('load_ext', 'autoreload')"))
-            load.append(in_kernel_seconds(kc, "get_ipython().run_line_magic('load_ext', 'durable_nb')"))
+            load_ext = "get_ipython().run_line_magic('load_ext', '{}')"
+            baseline_load.append(in_kernel_seconds(kc, load_ext.format("autoreload")))
+            load.append(in_kernel_seconds(kc, load_ext.format("durable_nb")))
             timed(kc, "x = 1")
             timed(kc, "%%durable bench --force\nx = 1")
             for _ in range(args.cells):
