@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +30,8 @@ def _text_outputs(cell: Any) -> str:
     for out in cell.get("outputs", []):
         if out.get("output_type") == "stream":
             parts.append(out.get("text", ""))
+        elif out.get("output_type") == "error":
+            parts.append(f"{out.get('ename')}: {out.get('evalue')}\n")
         elif out.get("output_type") in ("execute_result", "display_data"):
             text = out.get("data", {}).get("text/plain")
             if text:
@@ -51,6 +55,7 @@ def run_notebook(
     is written to ``output`` when given.
     """
     import nbformat
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
@@ -65,8 +70,12 @@ def run_notebook(
             echo.write(_text_outputs(cell))
             echo.flush()
 
+    # Unix sockets in a private folder instead of TCP ports other local users could reach.
+    sockets = tempfile.mkdtemp(prefix="durable-nb-")
+    km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockets}/kernel")
     client = NotebookClient(
         nb,
+        km=km,
         timeout=timeout,
         kernel_name=kernel_name,
         resources={"metadata": {"path": str(path.parent)}},
@@ -82,6 +91,9 @@ def run_notebook(
     except CellTimeoutError as exc:
         error = f"timeout: {exc}"
     finally:
+        if km.has_kernel:  # nbclient leaves a kernel it did not create running
+            km.shutdown_kernel()
+        shutil.rmtree(sockets, ignore_errors=True)
         if output is not None:
             nbformat.write(nb, str(output))
     log = (

@@ -107,7 +107,10 @@ def notebook(*sources: str, tags: dict[int, list[str]] | None = None) -> Any:
 def run_all(nb: Any, cwd: Path, env: dict[str, str], timeout: float = 120) -> Any:
     """Run All in a fresh kernel (nbclient), like a user after a restart."""
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(cwd)}},
     )
     client.execute(env=env)
     return nb
