@@ -9,6 +9,7 @@ File layout: ``DNBBLOB1``, segment count (u32), segment lengths (u64 each), segm
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import tempfile
@@ -63,8 +64,9 @@ class BlobStore:
         path = self.path(digest)
         try:
             with open(path, "rb") as f:
-                data = bytearray(os.fstat(f.fileno()).st_size)
-                f.readinto(data)
+                # A private copy-on-write mapping: no copy into a buffer, and the arrays built
+                # on it are writable without touching the file.
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except FileNotFoundError:
             raise BlobError(
                 f"blob {digest} is missing from {self.folder}; the step will run again "

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Tee"]
 
 
-class Tee(io.TextIOBase):
-    """Writes to ``target`` (so output stays live) and keeps what was written."""
+class Tee:
+    """Writes to ``target`` (so output stays live) and keeps what was written.
+
+    A plain class, not an ``io.TextIOBase``: one is made per step call, and the io base
+    costs more than the rest of the capture. Other attributes come from ``target``.
+    """
+
+    __slots__ = ("_on_write", "parts", "target")
 
     def __init__(self, target: Any, on_write: Callable[[str], None] | None = None) -> None:
         self.target = target
         self.parts: list[str] = []
         self._on_write = on_write or self.parts.append
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
 
     def write(self, text: str) -> int:
         self._on_write(text)
@@ -27,6 +35,5 @@ class Tee(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self.target, "encoding", "utf-8")
+    def writable(self) -> bool:
+        return True

@@ -18,6 +18,8 @@ import textwrap
 import types
 from typing import Any
 
+from xxhash import xxh3_128_hexdigest
+
 __all__ = ["args_digest", "code_digest", "source_digest", "value_digest"]
 
 _PRIMITIVES = frozenset({type(None), bool, int, float, complex, str, bytes})
@@ -107,14 +109,22 @@ def _canon(value: Any) -> Any:
 
 
 def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """Canonical digest of a call's arguments (keyword order does not matter)."""
-    if not kwargs and all(type(a) in _PRIMITIVES for a in args):
-        return _hex(pickle.dumps(args, protocol=5))
+    """Canonical digest of a call's arguments (keyword order does not matter).
+
+    xxh3-128, not a cryptographic hash: it runs on every step call, and a key only has to
+    tell apart the calls of one workflow, not resist an adversary.
+    """
+    if not kwargs:
+        for a in args:
+            if type(a) not in _PRIMITIVES:
+                break
+        else:  # only primitives: their pickle is already canonical
+            return xxh3_128_hexdigest(pickle.dumps(args, protocol=5))
     canon = (
         tuple(_canon(a) for a in args),
         tuple(sorted((k, _canon(v)) for k, v in kwargs.items())),
     )
-    return _hex(pickle.dumps(canon, protocol=5))
+    return xxh3_128_hexdigest(pickle.dumps(canon, protocol=5))
 
 
 def value_digest(value: Any) -> str:

@@ -45,6 +45,11 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_Result = tuple[str | None, str | None, int | None, str | None, str | None, bytes | None]
+"""(format, blob digest, size, type name, short repr, inline bytes) of a step's value."""
+_Error = tuple[str | None, str | None, str | None]
+"""(type name, message, traceback text) of a step's exception."""
+
 REPLAY_MARK = "[replayed] "
 """Prefix of each line of a replayed step's stdout."""
 
@@ -334,6 +339,8 @@ def _emit_replayed(stdout: str) -> None:
 
 
 def _args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    if len(args) == 1 and not kwargs:
+        return serialization.short_repr(args[0])
     parts = [serialization.short_repr(a) for a in args]
     parts += [f"{k}={serialization.short_repr(v)}" for k, v in kwargs.items()]
     text = ", ".join(parts)
@@ -383,20 +390,18 @@ class Step:
         scope.counts[counter] = occurrence + 1
         return (scope.key, self.name, digest, occurrence)
 
-    def _replay(self, run: Run, key: StepKey) -> tuple[bool, Any, str | None]:
-        """(replayed, value, reason to run) for a call with this key."""
-        decision = decide(run.completed, key, self.code_digest, self.name)
-        if not decision.replay:
-            return False, None, decision.reason
-        assert decision.record is not None
+    def _replay(self, run: Run, decision: Decision) -> tuple[bool, Any, str | None]:
+        """(replayed, value, reason to run instead) for a call ``decide`` said to replay."""
+        record = decision.record
+        assert record is not None
         try:
-            value = run.load(decision.record)
+            value = run.load(record)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, BlobError) else f"stored value unreadable: {exc}"
             run.warn_once(self.name, f"step {self.name}: {reason}")
             return False, None, reason
-        if decision.record.printed:
-            _emit_replayed(run.store.step_stdout(decision.record.id))
+        if record.printed:
+            _emit_replayed(run.store.step_stdout(record.id))
         run.steps_replayed += 1
         return True, value, None
 
@@ -408,9 +413,12 @@ class Step:
         key = self._key(scope, args, kwargs)  # at call time: deterministic under gather()
         if self.is_async:
             return self._call_async(run, key, args, kwargs)
-        replayed, value, reason = self._replay(run, key)
-        if replayed:
-            return value
+        decision = decide(run.completed, key, self.code_digest, self.name)
+        reason = decision.reason
+        if decision.replay:
+            replayed, value, reason = self._replay(run, decision)
+            if replayed:
+                return value
         for attempt in range(1, self.retries + 2):
             started = time.time()
             tee = Tee(sys.stdout)
@@ -434,9 +442,12 @@ class Step:
     async def _call_async(
         self, run: Run, key: StepKey, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        replayed, value, reason = self._replay(run, key)
-        if replayed:
-            return value
+        decision = decide(run.completed, key, self.code_digest, self.name)
+        reason = decision.reason
+        if decision.replay:
+            replayed, value, reason = self._replay(run, decision)
+            if replayed:
+                return value
         for attempt in range(1, self.retries + 2):
             started = time.time()
             token = _current.set(_Scope(run, key))
@@ -460,20 +471,19 @@ class Step:
 
     def _row(
         self, run: Run, key: StepKey, attempt: int, status: str, started: float,
-        args: tuple[Any, ...], kwargs: dict[str, Any], tee: Tee | None, *,
-        result_format: str | None = None, result_blob: str | None = None,
-        result_size: int | None = None, result_type: str | None = None,
-        result_repr: str | None = None, error_type: str | None = None,
-        error_message: str | None = None, reason: str | None = None,
-        result: bytes | None = None, error_traceback: str | None = None,
+        args: tuple[Any, ...], kwargs: dict[str, Any], tee: Tee | None,
+        result: _Result = (None, None, None, None, None, None),
+        error: _Error = (None, None, None), reason: str | None = None,
     ) -> StepRow:  # fmt: skip
         """The log row of one finished attempt of this step."""
         scope, name, digest, occurrence = key
+        fmt, blob, size, type_name, value_repr, payload = result
+        error_type, message, trace = error
         return StepRow(
             run.id, run.workflow, scope, name, digest, occurrence, self.code_digest, attempt,
-            status, started, time.time(), result_format, result_blob, result_size, result_type,
-            result_repr, _args_repr(args, kwargs), error_type, error_message, reason,
-            ("".join(tee.parts) or None) if tee else None, result, error_traceback,
+            status, started, time.time(), fmt, blob, size, type_name, value_repr,
+            _args_repr(args, kwargs), error_type, message, reason,
+            ("".join(tee.parts) or None) if tee else None, payload, trace,
         )  # fmt: skip
 
     def _record_failure(
@@ -490,14 +500,17 @@ class Step:
     ) -> bool:
         """Log a failed or interrupted attempt; True when another attempt should follow."""
         failed = isinstance(exc, Exception)
+        error = (
+            type(exc).__name__,
+            str(exc)[:2000],
+            "".join(traceback.format_exception(exc))[-20000:],
+        )
+        status = "failed" if failed else "interrupted"
         run.store.insert_step(
             self._row(
-                run, key, attempt, "failed" if failed else "interrupted", started, args, kwargs,
-                tee, error_type=type(exc).__name__, error_message=str(exc)[:2000],
-                error_traceback="".join(traceback.format_exception(exc))[-20000:],
-                reason=reason,
+                run, key, attempt, status, started, args, kwargs, tee, error=error, reason=reason
             )
-        )  # fmt: skip
+        )
         return failed and attempt <= self.retries
 
     def _record_success(
@@ -517,13 +530,13 @@ class Step:
         try:
             encoded = serialization.encode(value)
         except serialization.NotSerializable as exc:
+            result: _Result = (None, None, None, type_name, value_repr, None)
+            why = f"result cannot be pickled ({exc.reason}); it runs again next time"
             run.store.insert_step(
                 self._row(
-                    run, key, attempt, "not_durable", started, args, kwargs, tee,
-                    result_type=type_name, result_repr=value_repr,
-                    reason=f"result cannot be pickled ({exc.reason}); it runs again next time",
+                    run, key, attempt, "not_durable", started, args, kwargs, tee, result, reason=why
                 )
-            )  # fmt: skip
+            )
             run.steps_run += 1
             run.warn_once(
                 self.name,
@@ -531,16 +544,23 @@ class Step:
                 f"({exc.reason}); it is not durable and will run again next time",
             )
             return
-        inline = encoded.inline
+        if encoded.inline:
+            result = (
+                encoded.format,
+                None,
+                encoded.size,
+                type_name,
+                value_repr,
+                encoded.segments[0],
+            )  # type: ignore[assignment]
+        else:  # the blob file exists before the row that points to it commits
+            blob = run.store.blobs.write(encoded.segments)
+            result = (encoded.format, blob, encoded.size, type_name, value_repr, None)
         run.store.insert_step(
             self._row(
-                run, key, attempt, "completed", started, args, kwargs, tee,
-                result_format=encoded.format, result_size=encoded.size,
-                result_type=type_name, result_repr=value_repr, reason=reason,
-                result=encoded.segments[0] if inline else None,
-                result_blob=None if inline else run.store.blobs.write(encoded.segments),
+                run, key, attempt, "completed", started, args, kwargs, tee, result, reason=reason
             )
-        )  # fmt: skip
+        )
         run.steps_run += 1
 
 

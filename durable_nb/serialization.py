@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import reprlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "INLINE_LIMIT",
@@ -53,8 +53,17 @@ class Encoded(NamedTuple):
         return self.format == PICKLE
 
 
+_PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, set})
+
+
 def encode(value: object) -> Encoded:
     """Serialize ``value``; raise ``NotSerializable`` when pickle refuses it."""
+    if type(value) in _PLAIN:  # no out-of-band buffers at the top: one plain pickle (fast path)
+        try:
+            head = pickle.dumps(value, protocol=5)
+        except Exception as exc:
+            raise NotSerializable(f"{type(exc).__name__}: {exc}") from None
+        return Encoded(PICKLE if len(head) <= INLINE_LIMIT else PICKLE_OOB, (head,), len(head))
     buffers: list[pickle.PickleBuffer] = []
     try:
         head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -81,6 +90,13 @@ def decode(fmt: str, segments: list[bytes | memoryview] | tuple[bytes | memoryvi
 
 
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def _flat(value: Any) -> bool:
+    for v in value.values() if type(value) is dict else value:  # noqa: SIM110 - faster than all()
+        if type(v) not in _SCALARS:
+            return False
+    return True
 
 
 def short_repr(value: object) -> str:

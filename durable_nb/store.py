@@ -10,6 +10,7 @@ checkpoint as cheap as a raw sqlite3 insert. Multi-statement changes use
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -41,6 +42,15 @@ _INSERT_STEP = (
     f"INSERT INTO steps ({', '.join(StepRow._fields)}) "
     f"VALUES ({', '.join('?' * len(StepRow._fields))})"
 )
+# The common checkpoint (completed, inline result, nothing printed) binds only the columns it
+# sets: 6 fewer parameters save ~15% of a checkpoint. The others are NULL by default.
+_RARE = ("result_blob", "error_type", "error_message", "reason", "stdout", "error_traceback")
+_LEAN_COLUMNS = [i for i, f in enumerate(StepRow._fields) if f not in _RARE]
+_INSERT_LEAN = (
+    f"INSERT INTO steps ({', '.join(StepRow._fields[i] for i in _LEAN_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_LEAN_COLUMNS))})"
+)
+_lean_params = operator.itemgetter(*_LEAN_COLUMNS)
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -356,6 +366,13 @@ class Store:
 
     def insert_step(self, row: StepRow) -> int:
         """Record one finished attempt of a step in a single commit."""
+        if (
+            row.result_blob is None
+            and row.stdout is None
+            and row.error_type is None
+            and (row.reason is None)
+        ):
+            return self._write(_INSERT_LEAN, _lean_params(row))
         return self._write(_INSERT_STEP, row)
 
     def step_value_ref(
