@@ -23,6 +23,8 @@ from .store import Store
 
 __version__ = "0.1.0"
 
+_VIEWS = ("events", "result", "runs", "steps", "timeline")
+
 __all__ = [
     "BlobError",
     "DurableError",
@@ -35,13 +37,27 @@ __all__ = [
     "Store",
     "WorkflowBusyError",
     "current_run",
+    "events",
     "get_store",
     "load_ipython_extension",
     "open_log",
+    "result",
+    "runs",
     "step",
+    "steps",
+    "timeline",
     "unload_ipython_extension",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Views import pandas: load them on first use, so ``import durable_nb`` stays light."""
+    if name in _VIEWS:
+        from . import views
+
+        return getattr(views, name)
+    raise AttributeError(f"module 'durable_nb' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -196,7 +196,7 @@ class Run:
         )
         self.started = time.perf_counter()
         self.steps_run = 0
-        self.steps_replayed = 0
+        self.replayed: list[int] = []  # ids of the step records this run replayed
         self.status = "running"
         self._lock = threading.Lock()
         self._warned: set[str] = set()
@@ -214,9 +214,14 @@ class Run:
             self.id,
             status,
             steps_run=self.steps_run,
-            steps_replayed=self.steps_replayed,
+            replayed=self.replayed,
             error=error,
         )
+
+    @property
+    def steps_replayed(self) -> int:
+        """How many step calls this run answered from the log."""
+        return len(self.replayed)
 
     @property
     def elapsed(self) -> float:
@@ -402,7 +407,7 @@ class Step:
             return False, None, reason
         if record.printed:
             _emit_replayed(run.store.step_stdout(record.id))
-        run.steps_replayed += 1
+        run.replayed.append(record.id)
         return True, value, None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

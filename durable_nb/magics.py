@@ -330,14 +330,15 @@ class DurableMagics(Magics):
     @magic_arguments()
     @argument(
         "command",
-        choices=["info", "open", "forget"],
-        help="info: where the log is; open PATH: use another log; forget NAME: drop records",
+        choices=["info", "open", "forget", "log", "timeline"],
+        help="info: where the log is; open PATH: use another log; forget NAME: drop records; "
+        "log [NAME]: the steps as a table; timeline [NAME]: the steps over time",
     )
-    @argument("args", nargs="*", help="PATH for open, NAME for forget")
+    @argument("args", nargs="*", help="PATH for open, NAME for forget, log and timeline")
     @argument("--step", help="with forget: drop only this step's records")
     @line_magic("durable")
     def durable_line(self, line: str) -> None:
-        """Look at and manage the durable log: ``%durable info | open PATH | forget NAME``."""
+        """The log: ``%durable info | open PATH | forget NAME | log [NAME] | timeline [NAME]``."""
         opts = parse_argstring(self.durable_line, line)
         handler = getattr(self, f"_{opts.command}")
         try:
@@ -356,6 +357,34 @@ class DurableMagics(Magics):
         for name in names:
             runs = store.runs(name)
             print(f"workflow {name}: {len(runs)} runs, last {runs[-1].status}")
+
+    def _name(self, opts: argparse.Namespace) -> str | None:
+        if len(opts.args) > 1:
+            raise UsageError(f"usage: %durable {opts.command} [NAME]")
+        return opts.args[0] if opts.args else None
+
+    def _log(self, opts: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        from . import views
+
+        name = self._name(opts)
+        df = views.steps(workflow=name)
+        columns = ["run", "workflow", "step", "args", "attempt", "status", "started",
+                   "duration", "result_type", "result_repr", "error_type", "error_message",
+                   "replayed"]  # fmt: skip
+        display(df[columns].set_index("run"))
+
+    def _timeline(self, opts: argparse.Namespace) -> None:
+        import io
+
+        from IPython.display import Image, display
+
+        from . import views
+
+        png = io.BytesIO()
+        views.timeline(workflow=self._name(opts)).savefig(png, format="png", dpi=100)
+        display(Image(png.getvalue()))
 
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:

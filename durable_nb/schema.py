@@ -120,6 +120,10 @@ MIGRATIONS: list[str] = [
         UNION ALL
         SELECT {_ISO.format(col="ts")}, workflow, run_id, step, kind, detail FROM notes;
     """,
+    # 2: which completed steps each run replayed (a JSON list of step ids, written at run end)
+    """
+    ALTER TABLE runs ADD COLUMN replayed_steps TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

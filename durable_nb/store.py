@@ -9,6 +9,7 @@ checkpoint as cheap as a raw sqlite3 insert. Multi-statement changes use
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 import os
@@ -298,14 +299,22 @@ class Store:
         return run_id
 
     def end_run(
-        self, run_id: int, status: str, *, steps_run: int, steps_replayed: int, error: str | None
+        self, run_id: int, status: str, *, steps_run: int, replayed: list[int], error: str | None
     ) -> None:
-        """Record how a run ended."""
+        """Record how a run ended, with the ids of the step records it replayed."""
         try:
             self._write(
                 "UPDATE runs SET status = ?, ended_at = ?, steps_run = ?, steps_replayed = ?, "
-                "error = ? WHERE id = ?",
-                (status, time.time(), steps_run, steps_replayed, error, run_id),
+                "replayed_steps = ?, error = ? WHERE id = ?",
+                (
+                    status,
+                    time.time(),
+                    steps_run,
+                    len(replayed),
+                    json.dumps(replayed),
+                    error,
+                    run_id,
+                ),
             )
         finally:
             self._active.discard(run_id)

@@ -197,6 +197,11 @@ def test_cell_skip_follows_the_variables_it_reads(tmp_path: Path) -> None:
         info = kernel.execute("%durable info")
         assert "found by: notebook from DURABLE_NB_NOTEBOOK" in info.stdout
         assert "workflow scaled: 4 runs, last completed" in info.stdout
+        table = kernel.execute("%durable log scaled")
+        assert table.status == "ok" and "<table" in table.results[0]["text/html"]
+        assert "work" in table.results[0]["text/html"]
+        plot = kernel.execute("%durable timeline scaled")
+        assert plot.status == "ok" and "image/png" in plot.results[0]
     finally:
         kernel.close()
     assert counts(tmp_path) == {1: 2, 2: 2, 3: 2}

@@ -1,0 +1,184 @@
+"""The execution log as pandas DataFrames, and a timeline plot.
+
+Views read columns only: they never unpickle a stored value, so a log from someone else's
+machine is safe to look at. ``result()`` loads one value, explicitly. Every view takes
+``log=``: a path to a ``.db`` log or to a notebook (its ``.durable/<stem>.db``), or a
+``Store``; by default the current log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from . import engine, serialization
+from .errors import LogFileError
+from .location import log_path_for
+from .store import Store
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["events", "result", "runs", "steps", "timeline"]
+
+LogArg = str | os.PathLike[str] | Store | None
+
+RUN_STATUSES = ["running", "completed", "failed", "interrupted", "crashed"]
+STEP_STATUSES = ["completed", "failed", "interrupted", "not_durable"]
+STATUS_COLOURS = {
+    "completed": "#2e7d32",
+    "failed": "#c62828",
+    "interrupted": "#ef6c00",
+    "not_durable": "#6a1b9a",
+    "running": "#1565c0",
+}
+
+
+def resolve_log(log: str | os.PathLike[str]) -> Path:
+    """The log file a path names: a ``.db`` file, or a notebook's ``.durable/<stem>.db``."""
+    path = Path(log).expanduser()
+    if path.suffix == ".ipynb":
+        path = log_path_for(path)
+    if not path.exists():
+        raise LogFileError(f"no log at {path}; give a .db log file or a notebook that has one")
+    return path
+
+
+@contextmanager
+def _opened(log: LogArg) -> Iterator[Store]:
+    if log is None:
+        yield engine.get_store()
+    elif isinstance(log, Store):
+        yield log
+    else:
+        store = Store(resolve_log(log), readonly=True)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def _times(seconds: pd.Series) -> pd.Series:
+    return pd.to_datetime(seconds, unit="s", utc=True)
+
+
+def runs(log: LogArg = None) -> pd.DataFrame:
+    """One row per run: workflow, status, start, end, duration, steps run and replayed."""
+    with _opened(log) as store:
+        rows = store.conn.execute(
+            "SELECT id, workflow, status, started_at, ended_at, steps_run, steps_replayed, pid, "
+            "error FROM runs ORDER BY id"
+        ).fetchall()
+    df = pd.DataFrame.from_records(
+        rows,
+        columns=["run", "workflow", "status", "started", "ended", "steps_run",
+                 "steps_replayed", "pid", "error"],
+    )  # fmt: skip
+    df["status"] = pd.Categorical(df["status"], categories=RUN_STATUSES)
+    df["started"] = _times(df["started"])
+    df["ended"] = _times(df["ended"])
+    df["duration"] = df["ended"] - df["started"]
+    df = df.astype({"run": "int64", "steps_run": "int64", "steps_replayed": "int64"})
+    return df[["run", "workflow", "status", "started", "ended", "duration", "steps_run",
+               "steps_replayed", "pid", "error"]]  # fmt: skip
+
+
+_STEP_COLUMNS = [
+    "id", "run", "workflow", "step", "args", "occurrence", "attempt", "status", "started",
+    "ended", "result_type", "result_size", "result_repr", "error_type", "error_message",
+    "reason",
+]  # fmt: skip
+
+
+def steps(workflow: str | None = None, run: int | None = None, log: LogArg = None) -> pd.DataFrame:
+    """One row per step attempt, with its status, timing, result summary and replay count."""
+    where, params = [], []
+    if workflow is not None:
+        where.append("workflow = ?")
+        params.append(workflow)
+    if run is not None:
+        where.append("run_id = ?")
+        params.append(run)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    with _opened(log) as store:
+        rows = store.conn.execute(
+            "SELECT id, run_id, workflow, name, args_repr, occurrence, attempt, status, "
+            "started_at, ended_at, result_type, result_size, result_repr, error_type, "
+            f"error_message, reason FROM steps {clause} ORDER BY id",
+            params,
+        ).fetchall()
+        replays = store.conn.execute(
+            "SELECT replayed_steps FROM runs WHERE replayed_steps IS NOT NULL "
+            "AND replayed_steps != '[]'"
+        ).fetchall()
+    df = pd.DataFrame.from_records(rows, columns=_STEP_COLUMNS)
+    df["status"] = pd.Categorical(df["status"], categories=STEP_STATUSES)
+    df["started"] = _times(df["started"])
+    df["ended"] = _times(df["ended"])
+    df["duration"] = df["ended"] - df["started"]
+    counts = pd.Series([i for (text,) in replays for i in json.loads(text)], dtype="int64")
+    df["replayed"] = df["id"].map(counts.value_counts()).fillna(0).astype("int64")
+    df["result_size"] = df["result_size"].astype("Int64")
+    return df.astype({"id": "int64", "run": "int64", "occurrence": "int64", "attempt": "int64"})
+
+
+def events(log: LogArg = None) -> pd.DataFrame:
+    """Every state change of runs and steps, in time order (the ``events`` view)."""
+    with _opened(log) as store:
+        rows = store.conn.execute("SELECT * FROM events ORDER BY ts").fetchall()
+    df = pd.DataFrame.from_records(
+        rows, columns=["ts", "workflow", "run", "step", "kind", "detail"]
+    )
+    df["ts"] = pd.to_datetime(df["ts"], utc=True, format="ISO8601")
+    df["kind"] = df["kind"].astype("category")
+    df["run"] = df["run"].astype("Int64")
+    return df
+
+
+def result(workflow: str, step: str, occurrence: int | None = None, log: LogArg = None) -> Any:
+    """Load one stored step result (this unpickles it: only for logs you trust)."""
+    with _opened(log) as store:
+        try:
+            fmt, inline, blob = store.step_value_ref(workflow, step, occurrence)
+        except LookupError as exc:
+            raise LogFileError(f"{exc}; durable_nb.steps() lists what the log has") from None
+        segments = store.blobs.read(blob) if blob else [inline]
+        return serialization.decode(fmt, segments)
+
+
+def timeline(
+    workflow: str | None = None, run: int | None = None, log: LogArg = None, ax: Any = None
+) -> Figure:
+    """Steps over time: one bar per step attempt, coloured by status (matplotlib)."""
+    import matplotlib.dates as mdates
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    df = steps(workflow, run, log)
+    if ax is None:
+        fig = Figure(figsize=(9, max(2.0, 0.25 * len(df) + 1.2)))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    starts = mdates.date2num(df["started"].dt.tz_localize(None))
+    widths = df["duration"].dt.total_seconds() / 86400.0
+    widths = widths.clip(lower=1e-3 / 86400)  # a bar for every step, even the instant ones
+    colours = [STATUS_COLOURS.get(s, "#757575") for s in df["status"].astype(str)]
+    labels = [f"{name}({args})"[:40] for name, args in zip(df["step"], df["args"], strict=True)]
+    ax.barh(range(len(df)), widths, left=starts, color=colours, height=0.7)
+    ax.set_yticks(range(len(df)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+    ax.set_xlabel("time (UTC)")
+    title = workflow or "all workflows"
+    ax.set_title(f"{title}: {len(df)} step attempts")
+    present = [s for s in STEP_STATUSES if s in set(df["status"].astype(str))]
+    ax.legend(handles=[Patch(color=STATUS_COLOURS[s], label=s) for s in present], loc="lower right")
+    fig.tight_layout()
+    return fig
