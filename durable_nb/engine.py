@@ -22,7 +22,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from . import serialization
 from .capture import Tee
@@ -30,6 +30,9 @@ from .digests import args_digest, code_digest
 from .errors import BlobError, DurableError, DurableWarning
 from .records import StepKey, StepRow, StoredStep
 from .store import Store
+
+if TYPE_CHECKING:
+    from .store_async import AsyncStore
 
 __all__ = [
     "Decision",
@@ -198,8 +201,25 @@ class Run:
         self.steps_run = 0
         self.replayed: list[int] = []  # ids of the step records this run replayed
         self.status = "running"
-        self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self._aio: AsyncStore | None = None
+        self._aio_ready: asyncio.Future[AsyncStore] | None = None
+
+    async def async_store(self) -> AsyncStore:
+        """The aiosqlite twin of the store, opened by the first async step that needs it."""
+        if self._aio_ready is None:
+            from .store_async import AsyncStore
+
+            self._aio = AsyncStore(self.store.path)
+            self._aio_ready = asyncio.ensure_future(self._aio.open())
+        return await asyncio.shield(self._aio_ready)  # a cancelled step does not cancel it
+
+    async def afinish(self, exc: BaseException | None) -> None:
+        """``finish`` for async code: closes the async twin first."""
+        if self._aio is not None:
+            aio, self._aio = self._aio, None
+            await aio.close()
+        self.finish(exc)
 
     def finish(self, exc: BaseException | None) -> None:
         """Record the run's end: completed, failed (Exception) or interrupted (otherwise)."""
@@ -210,6 +230,8 @@ class Run:
         else:
             status, error = "interrupted", type(exc).__name__
         self.status = status
+        if self._aio is not None:
+            self._aio.stop()
         self.store.end_run(
             self.id,
             status,
@@ -294,19 +316,22 @@ class workflow:
         self._token = _current.set(_Scope(self.run, None))
         return self.run
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def _leave(self) -> Run:
         assert self.run is not None and self._token is not None
         try:
             _current.reset(self._token)
         except ValueError:  # exited in another context (e.g. a task): just clear it
             _current.set(None)
-        self.run.finish(exc)
+        return self.run
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._leave().finish(exc)
 
     async def __aenter__(self) -> Run:
         return self.__enter__()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit__(exc_type, exc, tb)
+        await self._leave().afinish(exc)
 
 
 def _display_name(fn: Callable[..., Any]) -> str:
@@ -467,7 +492,16 @@ class Step:
                     continue
                 raise
             _current.reset(token)
-            self._record_success(run, key, attempt, started, args, kwargs, None, value, reason)
+            result, pending, why = self._prepare(value)
+            if pending is not None:  # write the blob off the event loop, before its row
+                blob = await asyncio.to_thread(run.store.blobs.write, pending.segments)
+                result = (result[0], blob, *result[2:])
+            row = self._row(
+                run, key, attempt, "not_durable" if why else "completed", started, args,
+                kwargs, None, result, reason=why or reason,
+            )  # fmt: skip
+            await (await run.async_store()).insert_step(row)
+            self._completed(run, result, why)
             return value
         raise AssertionError("unreachable")
 
@@ -518,6 +552,29 @@ class Step:
         )
         return failed and attempt <= self.retries
 
+    def _prepare(self, value: Any) -> tuple[_Result, serialization.Encoded | None, str | None]:
+        """(result columns, encoding still to write to a blob, why not durable) of a value."""
+        type_name, value_repr = serialization.describe(value)
+        try:
+            encoded = serialization.encode(value)
+        except serialization.NotSerializable as exc:
+            why = f"result cannot be pickled ({exc.reason}); it runs again next time"
+            return (None, None, None, type_name, value_repr, None), None, why
+        if encoded.inline:
+            payload = encoded.segments[0]
+            return (encoded.format, None, encoded.size, type_name, value_repr, payload), None, None  # type: ignore[return-value]
+        return (encoded.format, None, encoded.size, type_name, value_repr, None), encoded, None
+
+    def _completed(self, run: Run, result: _Result, why: str | None) -> None:
+        """Count a finished call; warn once if its value is not durable."""
+        run.steps_run += 1
+        if why is not None:
+            run.warn_once(
+                self.name,
+                f"step {self.name} returned a {result[3]} that cannot be pickled; "
+                f"it is not durable and will run again next time ({why.split(';')[0]})",
+            )
+
     def _record_success(
         self,
         run: Run,
@@ -531,42 +588,16 @@ class Step:
         reason: str | None,
     ) -> None:
         """Commit a completed step; a value that cannot be pickled is logged not durable."""
-        type_name, value_repr = serialization.describe(value)
-        try:
-            encoded = serialization.encode(value)
-        except serialization.NotSerializable as exc:
-            result: _Result = (None, None, None, type_name, value_repr, None)
-            why = f"result cannot be pickled ({exc.reason}); it runs again next time"
-            run.store.insert_step(
-                self._row(
-                    run, key, attempt, "not_durable", started, args, kwargs, tee, result, reason=why
-                )
-            )
-            run.steps_run += 1
-            run.warn_once(
-                self.name,
-                f"step {self.name} returned a {type_name} that cannot be pickled "
-                f"({exc.reason}); it is not durable and will run again next time",
-            )
-            return
-        if encoded.inline:
-            result = (
-                encoded.format,
-                None,
-                encoded.size,
-                type_name,
-                value_repr,
-                encoded.segments[0],
-            )  # type: ignore[assignment]
-        else:  # the blob file exists before the row that points to it commits
-            blob = run.store.blobs.write(encoded.segments)
-            result = (encoded.format, blob, encoded.size, type_name, value_repr, None)
+        result, pending, why = self._prepare(value)
+        if pending is not None:  # the blob file exists before the row that points to it
+            result = (result[0], run.store.blobs.write(pending.segments), *result[2:])
+        status = "not_durable" if why else "completed"
         run.store.insert_step(
             self._row(
-                run, key, attempt, "completed", started, args, kwargs, tee, result, reason=reason
+                run, key, attempt, status, started, args, kwargs, tee, result, reason=why or reason
             )
         )
-        run.steps_run += 1
+        self._completed(run, result, why)
 
 
 @overload

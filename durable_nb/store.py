@@ -27,7 +27,7 @@ from .errors import LogFileError, SchemaTooNewError, WorkflowBusyError
 from .records import CellRecord, RunRecord, StepKey, StepRow, StoredStep
 from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["Store", "connect"]
+__all__ = ["Store", "connect", "fail", "insert_statement", "pragmas"]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,23 @@ _INSERT_LEAN = (
 _lean_params = operator.itemgetter(*_LEAN_COLUMNS)
 
 
+def insert_statement(row: StepRow) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT (SQL text and parameters) that records one step attempt."""
+    if (
+        row.result_blob is None
+        and row.stdout is None
+        and row.error_type is None
+        and (row.reason is None)
+    ):
+        return _INSERT_LEAN, _lean_params(row)
+    return _INSERT_STEP, row
+
+
 def _run(row: tuple[Any, ...]) -> RunRecord:
     return RunRecord(*row)
 
 
-def _fail(path: Path, exc: BaseException, doing: str) -> LogFileError:
+def fail(path: Path, exc: BaseException, doing: str) -> LogFileError:
     """Translate a sqlite3/OS error about the log file into one line saying what to do."""
     text = str(exc)
     if "malformed" in text or "not a database" in text or "corrupt" in text:
@@ -107,8 +119,25 @@ def _create(path: Path) -> None:
     except FileExistsError:
         return
     except OSError as exc:
-        raise _fail(path, exc, "create") from None
+        raise fail(path, exc, "create") from None
     os.close(fd)
+
+
+def pragmas(*, readonly: bool = False) -> list[str]:
+    """The pragmas of every connection to a log (sync and async)."""
+    settings = [
+        # busy_timeout: another kernel (or our async twin) may be writing; wait, don't fail.
+        "PRAGMA busy_timeout = 10000",
+    ]
+    if not readonly:
+        settings += [
+            # WAL: Litestream needs it, and readers (views, other kernels) never block us.
+            "PRAGMA journal_mode = WAL",
+            # NORMAL in WAL: a commit survives a process crash (kill -9); a power loss may
+            # drop the last commits but never corrupts the file. FULL would fsync each step.
+            "PRAGMA synchronous = NORMAL",
+        ]
+    return settings
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -122,21 +151,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(target, uri=True, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise _fail(path, exc, "open") from None
+        raise fail(path, exc, "open") from None
     try:
         _check_schema(conn, path)
-        # busy_timeout: another kernel may be writing; wait for it instead of failing.
-        conn.execute("PRAGMA busy_timeout = 10000")
+        for pragma in pragmas(readonly=readonly):
+            conn.execute(pragma)
         if not readonly:
-            # WAL: Litestream needs it, and readers (views, other kernels) never block us.
-            conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL: a commit survives a process crash (kill -9); a power loss may
-            # drop the last commits but never corrupts the file. FULL would fsync each step.
-            conn.execute("PRAGMA synchronous = NORMAL")
             _migrate(conn)
     except sqlite3.Error as exc:
         conn.close()
-        raise _fail(path, exc, "open" if readonly else "write") from None
+        raise fail(path, exc, "open" if readonly else "write") from None
     except BaseException:
         conn.close()
         raise
@@ -165,7 +189,7 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     if path.stat().st_size <= _QUICK_CHECK_MAX_BYTES:
         result = conn.execute("PRAGMA quick_check").fetchall()
         if result != [("ok",)]:
-            raise _fail(path, sqlite3.DatabaseError(f"corrupt: {result[0][0]}"), "open")
+            raise fail(path, sqlite3.DatabaseError(f"corrupt: {result[0][0]}"), "open")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -230,7 +254,7 @@ class Store:
             except sqlite3.Error as exc:
                 if self._depth == 1 and self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
-                raise _fail(self.path, exc, "write") from None
+                raise fail(self.path, exc, "write") from None
             finally:
                 self._depth -= 1
 
@@ -240,7 +264,7 @@ class Store:
             with self._lock:
                 return self.conn.execute(sql, params).lastrowid or 0
         except sqlite3.Error as exc:
-            raise _fail(self.path, exc, "write") from None
+            raise fail(self.path, exc, "write") from None
 
     # -- runs ------------------------------------------------------------------------
 

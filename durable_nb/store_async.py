@@ -1,0 +1,57 @@
+"""The async twin of ``Store`` for checkpoints of async steps, on aiosqlite.
+
+It shares the SQL text, the pragmas and the error translation with ``store``; it differs
+only in I/O: statements run on aiosqlite's thread, so the event loop never waits on a commit
+while hundreds of steps are in flight.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from .records import StepRow
+from .store import fail, insert_statement, pragmas
+
+__all__ = ["AsyncStore"]
+
+
+class AsyncStore:
+    """Writes step records to a log through an aiosqlite connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+
+    async def open(self) -> AsyncStore:
+        """Connect (the file exists and is migrated: the sync ``Store`` opened it first)."""
+        try:
+            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in pragmas():
+                await self._conn.execute(pragma)
+        except sqlite3.Error as exc:
+            raise fail(self.path, exc, "open") from None
+        return self
+
+    async def insert_step(self, row: StepRow) -> None:
+        """Record one finished attempt of a step in a single commit."""
+        assert self._conn is not None, "AsyncStore.open() first"
+        sql, params = insert_statement(row)
+        try:
+            await self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise fail(self.path, exc, "write") from None
+
+    async def close(self) -> None:
+        """Close the connection and its thread."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    def stop(self) -> None:
+        """Close without awaiting (from sync code, or when the event loop is gone)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.stop()
