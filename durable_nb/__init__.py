@@ -23,7 +23,13 @@ from .store import Store
 
 __version__ = "0.1.0"
 
-_VIEWS = ("events", "result", "runs", "steps", "timeline")
+_LAZY = {  # name -> module: these import pandas / boto3, so they load on first use
+    **dict.fromkeys(("events", "result", "runs", "steps", "timeline"), "views"),
+    **dict.fromkeys(
+        ("replicate", "replication_status", "restore", "restore_points", "stop_replication"),
+        "replication",
+    ),
+}
 
 __all__ = [
     "BlobError",
@@ -41,10 +47,15 @@ __all__ = [
     "get_store",
     "load_ipython_extension",
     "open_log",
+    "replicate",
+    "replication_status",
+    "restore",
+    "restore_points",
     "result",
     "runs",
     "step",
     "steps",
+    "stop_replication",
     "timeline",
     "unload_ipython_extension",
     "workflow",
@@ -52,11 +63,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Views import pandas: load them on first use, so ``import durable_nb`` stays light."""
-    if name in _VIEWS:
-        from . import views
+    """Load views and replication on first use, so ``import durable_nb`` stays light."""
+    if name in _LAZY:
+        import importlib
 
-        return getattr(views, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'durable_nb' has no attribute {name!r}")
 
 

@@ -13,16 +13,28 @@ import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import xxhash
 
 from .errors import BlobError
 
-__all__ = ["BlobStore"]
+__all__ = ["BlobStore", "set_mirror"]
 
 _MAGIC = b"DNBBLOB1"
+
+Mirror = Callable[[str, Path], None]
+_mirrors: dict[Path, Mirror] = {}
+
+
+def set_mirror(folder: Path, mirror: Mirror | None) -> None:
+    """Call ``mirror(digest, path)`` after each new blob in ``folder`` is written, before
+    ``write`` returns (so before the row pointing to it commits); None removes it."""
+    if mirror is None:
+        _mirrors.pop(folder, None)
+    else:
+        _mirrors[folder] = mirror
 
 
 class BlobStore:
@@ -44,7 +56,10 @@ class BlobStore:
             hasher.update(p)
         digest = hasher.hexdigest()
         target = self.path(digest)
+        mirror = _mirrors.get(self.folder)
         if target.exists():
+            if mirror is not None:
+                mirror(digest, target)
             return digest
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # created 0600
@@ -57,6 +72,8 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if mirror is not None:
+            mirror(digest, target)
         return digest
 
     def read(self, digest: str) -> list[memoryview]:

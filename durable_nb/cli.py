@@ -56,6 +56,63 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from . import replication, views
+
+    log = views.resolve_log(args.path)
+    replicator = replication.replicate(args.url, log=log)
+    print(f"replicating {log} to {replicator.url}; Ctrl-C stops (after a final sync)")
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager stops us like Ctrl-C
+    try:
+        while replicator.process is not None and replicator.process.poll() is None:
+            time.sleep(0.5)
+        print(
+            f"litestream stopped: {replicator.last_error() or 'no error logged'}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        replicator.stop()
+        print("replication stopped")
+        return 0
+
+
+def _restore_points(args: argparse.Namespace) -> int:
+    from . import replication
+
+    _emit(replication.restore_points(args.url), args.format)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import replication
+    from .replica import parse_url
+
+    target, log = args.output, None
+    if (
+        target is None
+    ):  # the default file replica .durable/replica/<stem> belongs to .durable/<stem>.db
+        replica = parse_url(args.url)
+        folder = Path(replica.path)
+        if replica.scheme != "file" or folder.parent.name != "replica":
+            raise SystemExit("durable-nb restore: give -o OUT (where to write the restored log)")
+        log = folder.parent.parent / f"{folder.name}.db"
+    path = replication.restore(
+        args.url, timestamp=args.timestamp, txid=args.txid, to=target, log=log,
+        progress=lambda message: print(message, file=sys.stderr),
+    )  # fmt: skip
+    print(f"restored: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``durable-nb`` (every command has help)."""
     parser = argparse.ArgumentParser(
@@ -82,6 +139,35 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--workflow", help="only this workflow")
         cmd.add_argument("--format", choices=["table", "csv", "json"], default="table")
         cmd.set_defaults(handler=handler)
+
+    rep = sub.add_parser(
+        "replicate", help="replicate a log with Litestream, in the foreground",
+        description="Replicate PATH's log to URL (default: a file replica beside it) until "
+        "Ctrl-C, which stops after a final sync.",
+    )  # fmt: skip
+    rep.add_argument("path", help="a notebook (.ipynb) or a log file (.db)")
+    rep.add_argument("url", nargs="?", help="file:///dir or s3://bucket/prefix")
+    rep.set_defaults(handler=_replicate)
+
+    points = sub.add_parser(
+        "restore-points", help="list what a replica can restore",
+        description="List the restore points of the replica at URL, newest first.",
+    )  # fmt: skip
+    points.add_argument("url", help="file:///dir or s3://bucket/prefix")
+    points.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    points.set_defaults(handler=_restore_points)
+
+    res = sub.add_parser(
+        "restore", help="restore a log from a replica",
+        description="Restore the newest point of URL (or the one at --timestamp / --txid) to "
+        "OUT; without -o, a default file replica restores over its own log, keeping a backup.",
+    )  # fmt: skip
+    res.add_argument("url", help="file:///dir or s3://bucket/prefix")
+    when = res.add_mutually_exclusive_group()
+    when.add_argument("--timestamp", help="ISO 8601 time, e.g. 2026-11-21T22:39:04.420Z")
+    when.add_argument("--txid", type=int, help="transaction id (from restore-points)")
+    res.add_argument("-o", "--output", help="write the restored log here (must not exist)")
+    res.set_defaults(handler=_restore)
     return parser
 
 

@@ -104,6 +104,12 @@ def get_store() -> Store:
     return open_log(None)
 
 
+def current_store_path() -> Path | None:
+    """The path of the open current log, if one is open."""
+    store = _store
+    return store.path if store is not None else None
+
+
 def close_log() -> None:
     """Close the current log, if any."""
     global _store

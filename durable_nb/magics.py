@@ -330,11 +330,12 @@ class DurableMagics(Magics):
     @magic_arguments()
     @argument(
         "command",
-        choices=["info", "open", "forget", "log", "timeline"],
+        choices=["info", "open", "forget", "log", "timeline", "replicate", "replication"],
         help="info: where the log is; open PATH: use another log; forget NAME: drop records; "
-        "log [NAME]: the steps as a table; timeline [NAME]: the steps over time",
+        "log [NAME]: the steps as a table; timeline [NAME]: the steps over time; "
+        "replicate [URL]: back the log up with Litestream; replication: its state",
     )
-    @argument("args", nargs="*", help="PATH for open, NAME for forget, log and timeline")
+    @argument("args", nargs="*", help="PATH, NAME or URL, as the command needs")
     @argument("--step", help="with forget: drop only this step's records")
     @line_magic("durable")
     def durable_line(self, line: str) -> None:
@@ -385,6 +386,19 @@ class DurableMagics(Magics):
         png = io.BytesIO()
         views.timeline(workflow=self._name(opts)).savefig(png, format="png", dpi=100)
         display(Image(png.getvalue()))
+
+    def _replicate(self, opts: argparse.Namespace) -> None:
+        from . import replication
+
+        url = self._name(opts)
+        replicator = replication.replicate(url, log=self.ext.store().path)
+        pid = replicator.process.pid if replicator.process else "?"
+        print(f"replicating {_show_path(replicator.log_path)} to {replicator.url} (pid {pid})")
+
+    def _replication(self, opts: argparse.Namespace) -> None:
+        from . import replication
+
+        print(replication.replication_status(log=self.ext.store().path))
 
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:

@@ -1,0 +1,299 @@
+"""Replica URLs and the object stores behind them: parsing, checks, blob copies.
+
+A replica is ``file:///abs/dir`` or ``s3://bucket/prefix``. S3 settings (endpoint, region,
+credentials) come from the ordinary AWS environment and config, or ``?endpoint=`` /
+``?region=`` in the URL; credentials written into a URL are refused. Every error from
+botocore is translated here, in one place, into a one-line ``ReplicationError``.
+
+Layout: Litestream writes ``<replica>/ltx/...``; durable_nb copies blob files to
+``<replica>/blobs/<xx>/<digest>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from .errors import ReplicationError
+
+__all__ = ["Replica", "child_environment", "parse_url"]
+
+_CHECK_TIMEOUT = 3  # seconds: litestream itself hangs ~2 minutes on a dead endpoint
+
+
+def redact(url: str) -> str:
+    """A URL with any user:password part hidden, for messages."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        return parts._replace(netloc=f"***@{host}").geturl()
+    return url
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Where a log is replicated, and how to reach it."""
+
+    scheme: str  # "file" or "s3"
+    path: str  # folder for file://, key prefix for s3:// (no leading or trailing /)
+    bucket: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL as the user knows it (no credentials are ever in it)."""
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        query = {k: v for k, v in (("endpoint", self.endpoint), ("region", self.region)) if v}
+        return f"s3://{self.bucket}/{self.path}" + (f"?{urlencode(query)}" if query else "")
+
+    def litestream_url(self) -> str:
+        """The URL for ``litestream restore`` / ``ltx`` (endpoint and region spelled out)."""
+        if self.scheme == "file":
+            return self.url
+        query = {"region": self.region or "us-east-1"}
+        if self.endpoint:
+            query |= {"endpoint": self.endpoint, "force-path-style": "true"}
+        return f"s3://{self.bucket}/{self.path}?{urlencode(query)}"
+
+    def litestream_config(self) -> dict[str, Any]:
+        """The ``replica:`` section of a Litestream config for this replica."""
+        if self.scheme == "file":
+            return {"type": "file", "path": self.path}
+        config: dict[str, Any] = {
+            "type": "s3", "bucket": self.bucket, "path": self.path,
+            "region": self.region or "us-east-1",
+        }  # fmt: skip
+        if self.endpoint:
+            config |= {"endpoint": self.endpoint, "force-path-style": True}
+        return config
+
+    # -- the object store ------------------------------------------------------------
+
+    def _client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            connect_timeout=_CHECK_TIMEOUT,
+            read_timeout=30,
+            retries={"max_attempts": 1},
+        )
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
+        )
+
+    def check(self) -> None:
+        """Fail fast, in one line, if the replica cannot be used (before litestream hangs)."""
+        if self.scheme == "file":
+            try:
+                Path(self.path).mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ReplicationError(
+                    f"cannot create the replica folder {self.path} ({exc.strerror}); "
+                    "pick another URL"
+                ) from None
+            return
+        with self._translate("reach"):
+            self._client().head_bucket(Bucket=self.bucket)
+
+    def _blob_key(self, digest: str) -> str:
+        return f"{self.path}/blobs/{digest[:2]}/{digest}".lstrip("/")
+
+    def put_blob(self, digest: str, source: Path) -> None:
+        """Copy one blob file to the replica (atomically for file://)."""
+        if self.scheme == "file":
+            target = Path(self.path) / "blobs" / digest[:2] / digest
+            if target.exists():
+                return
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            os.close(fd)
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+            return
+        with self._translate("upload a blob to"):
+            self._client().upload_file(str(source), self.bucket, self._blob_key(digest))
+
+    def blob_exists(self, digest: str) -> bool:
+        """Whether the replica has this blob."""
+        if self.scheme == "file":
+            return (Path(self.path) / "blobs" / digest[:2] / digest).exists()
+        import botocore.exceptions
+
+        try:
+            with self._translate("look up a blob in"):
+                self._client().head_object(Bucket=self.bucket, Key=self._blob_key(digest))
+        except ReplicationError as exc:
+            if isinstance(exc.__cause__, botocore.exceptions.ClientError):
+                return False
+            raise
+        return True
+
+    def get_blob(self, digest: str, target: Path) -> None:
+        """Fetch one blob file from the replica into ``target`` (atomically)."""
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            if self.scheme == "file":
+                source = Path(self.path) / "blobs" / digest[:2] / digest
+                if not source.exists():
+                    raise ReplicationError(
+                        f"the replica {self.url} lacks blob {digest}; its step will run again"
+                    )
+                shutil.copyfile(source, tmp)
+            else:
+                with self._translate("download a blob from"):
+                    self._client().download_file(self.bucket, self._blob_key(digest), tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def ltx_headers(self, names: list[tuple[int, str]]) -> dict[tuple[int, str], bytes]:
+        """The first 40 bytes of LTX files (their exact millisecond timestamps)."""
+        out: dict[tuple[int, str], bytes] = {}
+        if self.scheme == "file":
+            for level, name in names:
+                path = Path(self.path) / "ltx" / str(level) / name
+                try:
+                    with open(path, "rb") as f:
+                        out[(level, name)] = f.read(40)
+                except OSError:
+                    continue
+            return out
+        client = self._client()
+        with self._translate("read restore points from"):
+            keys: dict[tuple[int, str], str] = {}
+            paginator = client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=f"{self.path}/ltx/".lstrip("/")
+            ):
+                for obj in page.get("Contents", []):
+                    parts = obj["Key"].rsplit("/", 2)
+                    try:
+                        level = int(parts[-2], 16) if len(parts[-2]) == 4 else int(parts[-2])
+                    except ValueError:
+                        continue
+                    keys[(level, parts[-1])] = obj["Key"]
+            for ident in names:
+                if ident in keys:
+                    body = client.get_object(
+                        Bucket=self.bucket, Key=keys[ident], Range="bytes=0-39"
+                    )
+                    out[ident] = body["Body"].read()
+        return out
+
+    def _translate(self, doing: str) -> Any:
+        return _BotoErrors(self, doing)
+
+
+class _BotoErrors:
+    """Turns botocore exceptions into one ``ReplicationError`` line, chained ``from``."""
+
+    def __init__(self, replica: Replica, doing: str) -> None:
+        self.replica, self.doing = replica, doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, ReplicationError):
+            return False
+        import botocore.exceptions as bex
+
+        where = f"s3://{self.replica.bucket}/{self.replica.path}"
+        endpoint = self.replica.endpoint or "the default AWS endpoint"
+        if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
+            message = (
+                f"no AWS credentials to {self.doing} {where}; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws) in the kernel's environment"
+            )
+        elif isinstance(exc, bex.EndpointConnectionError | bex.ConnectTimeoutError):
+            message = (
+                f"cannot reach the S3 endpoint {endpoint} to {self.doing} {where}; check "
+                "AWS_ENDPOINT_URL_S3 or ?endpoint= and that the service is up"
+            )
+        elif isinstance(exc, bex.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                message = (
+                    f"the bucket {self.replica.bucket!r} does not exist at {endpoint}; "
+                    "create it or fix the replica URL"
+                )
+            elif code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                message = (
+                    f"access denied to {where} ({code}): wrong or insufficient AWS "
+                    "credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                )
+            else:
+                message = f"S3 refused to {self.doing} {where}: {code or exc}"
+        elif isinstance(exc, bex.BotoCoreError):
+            message = f"cannot {self.doing} {where}: {exc}"
+        else:
+            return False
+        raise ReplicationError(message, url=self.replica.url) from exc
+
+
+def parse_url(url: str) -> Replica:
+    """Parse a replica URL; refuse what Litestream or we cannot use, saying what to do."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ReplicationError(
+            f"credentials in the replica URL ({redact(url)}) are refused: they would end up "
+            "in logs and notebooks; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY instead"
+        )
+    if parts.scheme == "file":
+        path = parts.path
+        if parts.netloc or not path.startswith("/"):
+            raise ReplicationError(
+                f"replica URL {url!r} is not understood: a file replica is file:///absolute/dir"
+            )
+        return Replica("file", path.rstrip("/") or "/")
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ReplicationError(
+                f"replica URL {url!r} is not understood: it needs a bucket, s3://bucket/prefix"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"endpoint", "region"}
+        if unknown:
+            raise ReplicationError(
+                f"replica URL {redact(url)!r} has unknown options {sorted(unknown)}; "
+                "only ?endpoint= and ?region= are understood"
+            )
+        endpoint = (
+            query.get("endpoint")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        region = (
+            query.get("region")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+        )
+        return Replica("s3", parts.path.strip("/"), parts.netloc, endpoint, region)
+    raise ReplicationError(
+        f"replica URL {redact(url)!r} is not understood: use file:///absolute/dir or "
+        "s3://bucket/prefix"
+    )
+
+
+_PASSED = (
+    "PATH", "HOME", "TMPDIR", "TZ", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+)  # fmt: skip
+
+
+def child_environment() -> dict[str, str]:
+    """A clean environment for litestream: AWS settings only, without AWS_CA_BUNDLE (with
+    it, litestream 0.5 exits at once: "unable to add custom RootCAs")."""
+    return {k: os.environ[k] for k in _PASSED if k in os.environ}

