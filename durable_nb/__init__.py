@@ -29,6 +29,7 @@ _LAZY = {  # name -> module: these import pandas / boto3, so they load on first 
         ("replicate", "replication_status", "restore", "restore_points", "stop_replication"),
         "replication",
     ),
+    "RestorePanel": "panel",
 }
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "DurableWarning",
     "LogFileError",
     "ReplicationError",
+    "RestorePanel",
     "Run",
     "SchemaTooNewError",
     "Step",

@@ -33,6 +33,7 @@ __all__ = ["DurableCell", "DurableMagics", "load", "unload"]
 _HEADER = re.compile(r"^\s*%%durable(?![\w?])(.*)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_COMMANDS = ["info", "open", "forget", "log", "timeline", "replicate", "replication", "restore"]
 
 
 def _split_header(lines: list[str]) -> list[str]:
@@ -330,10 +331,11 @@ class DurableMagics(Magics):
     @magic_arguments()
     @argument(
         "command",
-        choices=["info", "open", "forget", "log", "timeline", "replicate", "replication"],
+        choices=_COMMANDS,
         help="info: where the log is; open PATH: use another log; forget NAME: drop records; "
         "log [NAME]: the steps as a table; timeline [NAME]: the steps over time; "
-        "replicate [URL]: back the log up with Litestream; replication: its state",
+        "replicate [URL]: back the log up with Litestream; replication: its state; "
+        "restore [URL]: the restore panel",
     )
     @argument("args", nargs="*", help="PATH, NAME or URL, as the command needs")
     @argument("--step", help="with forget: drop only this step's records")
@@ -399,6 +401,13 @@ class DurableMagics(Magics):
         from . import replication
 
         print(replication.replication_status(log=self.ext.store().path))
+
+    def _restore(self, opts: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        from .panel import RestorePanel
+
+        display(RestorePanel(self._name(opts), log=self.ext.store().path))
 
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:
