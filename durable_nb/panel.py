@@ -165,7 +165,8 @@ class RestorePanel:
             )
             runs = views.runs(log=copy)
             diff = diff_logs(copy, self.log)
-        shown = runs[["run", "workflow", "status", "started", "steps_run", "steps_replayed"]]
+        shown = runs[["run", "workflow", "status", "started", "steps_run", "steps_replayed"]].copy()
+        shown["started"] = shown["started"].dt.strftime("%Y-%m-%d %H:%M:%S UTC")
         diff_html = (
             diff.to_html(index=False, classes="durable-diff")
             if len(diff)
