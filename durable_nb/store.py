@@ -189,7 +189,8 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     if path.stat().st_size <= _QUICK_CHECK_MAX_BYTES:
         result = conn.execute("PRAGMA quick_check").fetchall()
         if result != [("ok",)]:
-            raise fail(path, sqlite3.DatabaseError(f"corrupt: {result[0][0]}"), "open")
+            first = " ".join(str(result[0][0]).split())[:200]  # one line
+            raise fail(path, sqlite3.DatabaseError(f"corrupt: {first}"), "open")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -409,9 +410,10 @@ class Store:
         return self._write(_INSERT_STEP, row)
 
     def step_value_ref(
-        self, workflow: str, step: str, occurrence: int | None = None
+        self, workflow: str, step: str, occurrence: int | None = None, args: str | None = None
     ) -> tuple[str, bytes | None, str | None]:
-        """(format, inline bytes, blob digest) of the newest completed call of a step."""
+        """(format, inline bytes, blob digest) of the newest completed call of a step,
+        optionally the call with this occurrence and this argument text (``args_repr``)."""
         sql = (
             "SELECT result_format, result, result_blob FROM steps WHERE workflow = ? "
             "AND name = ? AND status = 'completed'"
@@ -420,6 +422,9 @@ class Store:
         if occurrence is not None:
             sql += " AND occurrence = ?"
             params += (occurrence,)
+        if args is not None:
+            sql += " AND args_repr = ?"
+            params += (args,)
         row = self.conn.execute(sql + " ORDER BY id DESC LIMIT 1", params).fetchone()
         if row is None:
             raise LookupError(f"no completed step {step!r} in workflow {workflow!r}")

@@ -141,11 +141,22 @@ def events(log: LogArg = None) -> pd.DataFrame:
     return df
 
 
-def result(workflow: str, step: str, occurrence: int | None = None, log: LogArg = None) -> Any:
-    """Load one stored step result (this unpickles it: only for logs you trust)."""
+def result(
+    workflow: str,
+    step: str,
+    occurrence: int | None = None,
+    *,
+    args: str | None = None,
+    log: LogArg = None,
+) -> Any:
+    """Load one stored step result (this unpickles it: only for logs you trust).
+
+    The newest completed call of ``step``; ``args`` picks the call whose arguments read so
+    in ``steps()["args"]``, ``occurrence`` the n-th call with the same arguments in its run.
+    """
     with _opened(log) as store:
         try:
-            fmt, inline, blob = store.step_value_ref(workflow, step, occurrence)
+            fmt, inline, blob = store.step_value_ref(workflow, step, occurrence, args)
         except LookupError as exc:
             raise LogFileError(f"{exc}; durable_nb.steps() lists what the log has") from None
         segments = store.blobs.read(blob) if blob else [inline]
