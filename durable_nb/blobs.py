@@ -61,7 +61,8 @@ class BlobStore:
             if mirror is not None:
                 mirror(digest, target)
             return digest
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, exist_ok=True)  # user-only, like the log beside it
+        target.parent.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # created 0600
         try:
             with os.fdopen(fd, "wb") as f:

@@ -21,7 +21,18 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .errors import ReplicationError
 
-__all__ = ["Replica", "child_environment", "parse_url"]
+__all__ = ["Replica", "child_environment", "parse_url", "private_dirs"]
+
+
+def private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each user-only (mkdir's mode skips parents)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
 
 _CHECK_TIMEOUT = 3  # seconds: litestream itself hangs ~2 minutes on a dead endpoint
 
@@ -93,7 +104,7 @@ class Replica:
         """Fail fast, in one line, if the replica cannot be used (before litestream hangs)."""
         if self.scheme == "file":
             try:
-                Path(self.path).mkdir(mode=0o700, parents=True, exist_ok=True)
+                private_dirs(Path(self.path))
             except OSError as exc:
                 raise ReplicationError(
                     f"cannot create the replica folder {self.path} ({exc.strerror}); "
@@ -112,7 +123,7 @@ class Replica:
             target = Path(self.path) / "blobs" / digest[:2] / digest
             if target.exists():
                 return
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dirs(target.parent)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
             os.close(fd)
             shutil.copyfile(source, tmp)
@@ -138,7 +149,7 @@ class Replica:
 
     def get_blob(self, digest: str, target: Path) -> None:
         """Fetch one blob file from the replica into ``target`` (atomically)."""
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dirs(target.parent)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         os.close(fd)
         try:

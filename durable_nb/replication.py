@@ -325,12 +325,12 @@ def replicate(
     """Start replicating a log (default: the current one) to ``url`` (default: a local file
     replica beside it). Stopped with the interpreter; a second start says it is running."""
     path = _log_path(log)
+    replicator = Replicator(  # parses the URL: a bad one is refused first
+        path, url, sync_interval=sync_interval, monitor_interval=monitor_interval
+    )
     current = _replicators.get(path)
     if current is not None and current.state is State.RUNNING:
         current.start()  # raises "already running" while its process lives
-    replicator = Replicator(
-        path, url, sync_interval=sync_interval, monitor_interval=monitor_interval
-    )
     _replicators[path] = replicator
     return replicator.start()
 

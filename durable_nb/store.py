@@ -114,7 +114,9 @@ def _check_header(path: Path) -> None:
 def _create(path: Path) -> None:
     """Create the log file and its folder, user-only (0600 / 0700)."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.parent.mkdir(parents=True, exist_ok=True)  # the user's own folders
+            path.parent.mkdir(mode=0o700)  # .durable/: user-only
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return
@@ -302,9 +304,9 @@ class Store:
             ).fetchall():
                 mine = owner == self._me
                 if (mine and run_id in self._active) or (not mine and owners.is_alive(owner)):
-                    where = "this process" if mine else f"process {pid}"
+                    where = f"this process (pid {pid})" if mine else f"process {pid}"
                     raise WorkflowBusyError(
-                        f"workflow {workflow!r} is already running in {where} (pid {pid}); "
+                        f"workflow {workflow!r} is already running in {where}; "
                         "wait for it to finish or stop that kernel, then run again",
                         workflow=workflow,
                         pid=pid,

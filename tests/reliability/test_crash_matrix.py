@@ -1,0 +1,110 @@
+"""The crash matrix, small enough for every test run (the script runs it bigger)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..conftest import ROOT, integrity
+from ..kernels import Kernel, kernel_env
+
+
+def test_crash_matrix_20_kills() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "crash_matrix.py"), "-n", "20", "--json"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout  # fmt: skip
+    figures = json.loads(out)
+    assert figures["kills"] == 20
+    assert figures["double_executions"] == 0
+    assert figures["integrity_failures"] == 0
+    assert figures["mismatches"] == 0
+    assert figures["restarts"] > 0 and figures["resumed"] == figures["restarts"]
+    assert figures["cycles"] >= 1
+
+
+SETUP = """\
+import time
+from durable_nb import step
+@step
+def work(i):
+    with open("executions.txt", "a") as f:
+        f.write(f"{ATTEMPT} {i}\\n")
+    time.sleep(0.01 + (i % 7) * 0.004)
+    return i * i
+"""
+CELL = "%%durable sixty\nsquares = [work(i) for i in range(60)]\nprint(sum(squares))"
+
+
+def executions(folder: Path) -> list[tuple[int, int]]:
+    path = folder / "executions.txt"
+    if not path.exists():
+        return []
+    return [tuple(map(int, line.split())) for line in path.read_text().split("\n") if line]  # type: ignore[misc]
+
+
+def committed(log: Path) -> set[int]:
+    import sqlite3
+
+    if not log.exists():
+        return set()
+    conn = sqlite3.connect(log)
+    try:
+        rows = conn.execute("SELECT args_repr FROM steps WHERE status = 'completed'").fetchall()
+    finally:
+        conn.close()
+    return {int(r[0]) for r in rows}
+
+
+def drive(folder: Path, disrupt: str, n: int, seed: int) -> None:
+    """Run the cell, disrupt it (kill the kernel or interrupt it) at random moments, n
+    times, then let it finish; no completed step may ever run again."""
+    rng = random.Random(seed)
+    log = folder / ".durable" / "nb.db"
+    env = kernel_env(folder / "nb.ipynb")
+    snapshots: dict[int, set[int]] = {}
+    kernel = None
+    for attempt in range(1, n + 2):
+        if kernel is None:
+            kernel = Kernel(folder, env)
+            kernel.execute("%load_ext durable_nb")
+        kernel.execute(f"ATTEMPT = {attempt}\n" + SETUP)
+        snapshots[attempt] = committed(log)
+        msg_id = kernel.send(CELL)
+        if attempt == n + 1:
+            reply = kernel.wait(msg_id, timeout=120)
+            assert reply["content"]["status"] == "ok"
+            break
+        time.sleep(rng.uniform(0.0, 0.9))
+        if disrupt == "kill":
+            kernel.kill()
+            kernel = None
+        else:
+            kernel.km.interrupt_kernel()
+            kernel.wait(msg_id, timeout=60)
+        assert integrity(log) == "ok"
+    assert kernel is not None
+    result = kernel.execute("print(squares == [i * i for i in range(60)])")
+    kernel.close()
+    assert result.stdout.strip() == "True"
+    for attempt, step in executions(folder):
+        assert step not in snapshots[attempt], f"step {step} ran again in attempt {attempt}"
+    assert {s for _, s in executions(folder)} == set(range(60))
+
+
+def test_kernel_sigkill_at_random_moments(tmp_path: Path) -> None:
+    drive(tmp_path, "kill", n=4, seed=7)
+
+
+def test_kernel_interrupt_at_random_moments(tmp_path: Path) -> None:
+    drive(tmp_path, "interrupt", n=20, seed=11)
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / ".durable" / "nb.db")
+    statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")]
+    assert statuses[-1] == "completed"
+    assert set(statuses[:-1]) <= {"interrupted", "completed"}
