@@ -23,6 +23,7 @@ from typing import Any
 
 from . import owner as owners
 from .blobs import BlobStore
+from .checkpoint import Checkpointer
 from .errors import LogFileError, SchemaTooNewError, WorkflowBusyError
 from .records import CellRecord, RunRecord, StepKey, StepRow, StoredStep
 from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
@@ -138,6 +139,8 @@ def pragmas(*, readonly: bool = False) -> list[str]:
             # NORMAL in WAL: a commit survives a process crash (kill -9); a power loss may
             # drop the last commits but never corrupts the file. FULL would fsync each step.
             "PRAGMA synchronous = NORMAL",
+            # No checkpoint inside a step's commit: the Checkpointer thread does it.
+            "PRAGMA wal_autocheckpoint = 0",
         ]
     return settings
 
@@ -218,13 +221,16 @@ class Store:
         self._active: set[int] = set()
         self._me = owners.current_owner()
         self.conn = connect(self.path, readonly=readonly)
+        self._checkpointer = None if readonly else Checkpointer(self.path)
         if not readonly:
             self.recover_crashed()
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection and stop the checkpoint thread (idempotent)."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.conn.close()
 
     def __enter__(self) -> Store:

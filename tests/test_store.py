@@ -234,3 +234,21 @@ def test_forget_drops_a_workflow_or_one_step(tmp_path: Path) -> None:
         assert store.runs("w") == []
         kinds = [r[0] for r in store.conn.execute("SELECT kind FROM events ORDER BY ts")]
         assert kinds == ["forget", "forget"]
+
+
+def test_wal_is_folded_in_by_the_background_checkpointer(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+
+    @step
+    def chunk(i: int) -> bytes:
+        return bytes(200_000)  # under the blob threshold: 30 of them grow the WAL past 4 MiB
+
+    with Store(path) as store:
+        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        with workflow("w", store=store):
+            for i in range(30):
+                chunk(i)
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < 4 << 20:  # the pages reached the main file
+            assert time.monotonic() < deadline, "no checkpoint happened"
+            time.sleep(0.1)
