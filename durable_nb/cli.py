@@ -113,6 +113,14 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+_PATH_HELP = "a notebook (.ipynb) or a log file (.db)"
+_URL_HELP = "file:///dir or s3://bucket/prefix"
+
+
+def _format_option(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``durable-nb`` (every command has help)."""
     parser = argparse.ArgumentParser(
@@ -134,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("runs", _runs, "print the runs of a log"),
     ):
         cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
-        cmd.add_argument("path", help="a notebook (.ipynb) or a log file (.db)")
+        cmd.add_argument("path", help=_PATH_HELP)
         if name == "log":
             cmd.add_argument("--workflow", help="only this workflow")
-        cmd.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        _format_option(cmd)
         cmd.set_defaults(handler=handler)
 
     rep = sub.add_parser(
@@ -145,16 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replicate PATH's log to URL (default: a file replica beside it) until "
         "Ctrl-C, which stops after a final sync.",
     )  # fmt: skip
-    rep.add_argument("path", help="a notebook (.ipynb) or a log file (.db)")
-    rep.add_argument("url", nargs="?", help="file:///dir or s3://bucket/prefix")
+    rep.add_argument("path", help=_PATH_HELP)
+    rep.add_argument("url", nargs="?", help=_URL_HELP)
     rep.set_defaults(handler=_replicate)
 
     points = sub.add_parser(
         "restore-points", help="list what a replica can restore",
         description="List the restore points of the replica at URL, newest first.",
     )  # fmt: skip
-    points.add_argument("url", help="file:///dir or s3://bucket/prefix")
-    points.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    points.add_argument("url", help=_URL_HELP)
+    _format_option(points)
     points.set_defaults(handler=_restore_points)
 
     res = sub.add_parser(
@@ -162,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore the newest point of URL (or the one at --timestamp / --txid) to "
         "OUT; without -o, a default file replica restores over its own log, keeping a backup.",
     )  # fmt: skip
-    res.add_argument("url", help="file:///dir or s3://bucket/prefix")
+    res.add_argument("url", help=_URL_HELP)
     when = res.add_mutually_exclusive_group()
     when.add_argument("--timestamp", help="ISO 8601 time, e.g. 2026-11-21T22:39:04.420Z")
     when.add_argument("--txid", type=int, help="transaction id (from restore-points)")

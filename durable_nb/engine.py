@@ -426,10 +426,12 @@ class Step:
         scope.counts[counter] = occurrence + 1
         return (scope.key, self.name, digest, occurrence)
 
-    def _replay(self, run: Run, decision: Decision) -> tuple[bool, Any, str | None]:
-        """(replayed, value, reason to run instead) for a call ``decide`` said to replay."""
+    def _lookup(self, run: Run, key: StepKey) -> tuple[bool, Any, str | None]:
+        """(replayed, value, reason to run instead): the replay rule applied to one call."""
+        decision = decide(run.completed, key, self.code_digest, self.name)
         record = decision.record
-        assert record is not None
+        if record is None:
+            return False, None, decision.reason
         try:
             value = run.load(record)
         except Exception as exc:
@@ -449,12 +451,9 @@ class Step:
         key = self._key(scope, args, kwargs)  # at call time: deterministic under gather()
         if self.is_async:
             return self._call_async(run, key, args, kwargs)
-        decision = decide(run.completed, key, self.code_digest, self.name)
-        reason = decision.reason
-        if decision.replay:
-            replayed, value, reason = self._replay(run, decision)
-            if replayed:
-                return value
+        replayed, value, reason = self._lookup(run, key)
+        if replayed:
+            return value
         for attempt in range(1, self.retries + 2):
             started = time.time()
             tee = Tee(sys.stdout)
@@ -478,12 +477,9 @@ class Step:
     async def _call_async(
         self, run: Run, key: StepKey, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        decision = decide(run.completed, key, self.code_digest, self.name)
-        reason = decision.reason
-        if decision.replay:
-            replayed, value, reason = self._replay(run, decision)
-            if replayed:
-                return value
+        replayed, value, reason = self._lookup(run, key)
+        if replayed:
+            return value
         for attempt in range(1, self.retries + 2):
             started = time.time()
             token = _current.set(_Scope(run, key))
