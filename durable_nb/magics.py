@@ -212,9 +212,14 @@ class DurableCell:
         inputs = cells.inputs_digest(shell.user_ns, self.reads)
         if not (self.opts.force or self.opts.fresh):
             prior = cells.skippable(store, self.name, self.digest, inputs)
+            names = None
             if prior is not None:
+                try:
+                    names = cells.unpack_variables(store, prior[1].variables, shell.user_ns)
+                except Exception as exc:  # a lost or damaged blob, say: run the cell instead
+                    print(f"{self.name}: cannot restore the saved cell ({exc}); running it")
+            if prior is not None and names is not None:
                 run, cell = prior
-                names = cells.unpack_variables(store, cell.variables, shell.user_ns)
                 self._outputs.replay(cells.load_outputs(cell.outputs))
                 self.execute = False
                 store.note("cell skipped", f"unchanged since run {run.id}", workflow=self.name)

@@ -268,3 +268,21 @@ def test_durable_nb_run_cli(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "a cell failed: RuntimeError: nope" in failed.stderr
     assert "after" not in failed.stdout
+
+
+def test_a_lost_cell_blob_runs_the_cell_again(tmp_path: Path) -> None:
+    import shutil
+
+    kernel = Kernel(tmp_path, kernel_env(tmp_path / "big.ipynb"))
+    cell = "%%durable big\narr = bytes(3_000_000)\nprint(len(arr))"
+    try:
+        kernel.execute(SETUP)
+        assert "big: 0 steps replayed" in kernel.execute(cell).stdout
+        assert "big: skipped" in kernel.execute(cell).stdout
+        shutil.rmtree(tmp_path / ".durable" / "big.blobs")
+        again = kernel.execute(cell)
+        assert again.status == "ok", again.error
+        assert "cannot restore the saved cell" in again.stdout and "is missing" in again.stdout
+        assert "3000000" in again.stdout and "big: 0 steps replayed" in again.stdout
+    finally:
+        kernel.close()
