@@ -319,3 +319,47 @@ def test_second_load_ext_and_unknown_notebook_path(kernel: Kernel) -> None:
     info = kernel.execute("%durable info")
     assert "notebook path unknown" in info.stdout and "default.db" in info.stdout
     assert kernel.execute("%%durable ok\nx = 1\n").stdout.count("ok: skipped") == 1
+
+
+def test_read_only_log_directory(tmp_path: Path) -> None:
+    from .test_store import _as_unprivileged
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        result = _as_unprivileged(
+            "import durable_nb\n"
+            "try:\n"
+            "    durable_nb.open_log('ro/.durable/x.db')\n"
+            "except durable_nb.LogFileError as e:\n"
+            "    print(e)\n",
+            tmp_path,
+        )
+    finally:
+        folder.chmod(0o755)
+    one_line(result.stdout, "cannot create the log", "%durable open PATH")
+    assert list(folder.iterdir()) == []
+
+
+def test_wrong_credentials(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from .test_replication import make_bucket, start_moto
+
+    proc, endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="1")
+    try:
+        make_bucket(endpoint, "guarded")
+        before = state(log)
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "AKIANOTAREALKEY00001",
+            "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        message = fails(lambda: durable_nb.replicate("s3://guarded/x"))
+        one_line(message, "access denied", "AWS_ACCESS_KEY_ID")
+        assert "not-the-secret" not in message
+        assert state(log) == before
+    finally:
+        proc.terminate()
+        proc.wait()
