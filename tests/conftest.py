@@ -47,3 +47,12 @@ def python(script: str, *args: str, cwd: Path, **kw: object) -> subprocess.Popen
         text=True,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def unprivileged_python(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a script without the power to ignore file permissions (drops root's override)."""
+    cmd = [sys.executable, "-c", script]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)

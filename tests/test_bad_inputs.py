@@ -322,13 +322,13 @@ def test_second_load_ext_and_unknown_notebook_path(kernel: Kernel) -> None:
 
 
 def test_read_only_log_directory(tmp_path: Path) -> None:
-    from .test_store import _as_unprivileged
+    from .conftest import unprivileged_python
 
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        result = _as_unprivileged(
+        result = unprivileged_python(
             "import durable_nb\n"
             "try:\n"
             "    durable_nb.open_log('ro/.durable/x.db')\n"
