@@ -55,6 +55,12 @@ _INSERT_LEAN = (
 _lean_params = operator.itemgetter(*_LEAN_COLUMNS)
 
 
+_MARK_CRASHED = (
+    "UPDATE runs SET status = 'crashed', ended_at = ?, "
+    "error = 'the process running it died' WHERE id = ? AND status = 'running'"
+)
+
+
 def insert_statement(row: StepRow) -> tuple[str, tuple[Any, ...]]:
     """The INSERT (SQL text and parameters) that records one step attempt."""
     if (
@@ -277,22 +283,19 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------
 
+    def _held(self, run_id: int, owner: str) -> bool:
+        """Whether a ``running`` run still has a live owner (this process counts its own)."""
+        if owner == self._me:
+            return run_id in self._active
+        return owners.is_alive(owner)
+
     def recover_crashed(self) -> list[int]:
         """Mark runs left ``running`` by processes that are gone as ``crashed``."""
         rows = self.conn.execute("SELECT id, owner FROM runs WHERE status = 'running'").fetchall()
-        dead = [
-            run_id
-            for run_id, owner in rows
-            if not (owner == self._me and run_id in self._active)
-            and not (owner != self._me and owners.is_alive(owner))
-        ]
+        dead = [run_id for run_id, owner in rows if not self._held(run_id, owner)]
         if dead:
             with self.transaction() as conn:
-                conn.executemany(
-                    "UPDATE runs SET status = 'crashed', ended_at = ?, "
-                    "error = 'the process running it died' WHERE id = ? AND status = 'running'",
-                    [(time.time(), run_id) for run_id in dead],
-                )
+                conn.executemany(_MARK_CRASHED, [(time.time(), run_id) for run_id in dead])
         return dead
 
     def begin_run(
@@ -308,20 +311,15 @@ class Store:
                 "SELECT id, owner, pid FROM runs WHERE workflow = ? AND status = 'running'",
                 (workflow,),
             ).fetchall():
-                mine = owner == self._me
-                if (mine and run_id in self._active) or (not mine and owners.is_alive(owner)):
-                    where = f"this process (pid {pid})" if mine else f"process {pid}"
+                if self._held(run_id, owner):
+                    where = f"this process (pid {pid})" if owner == self._me else f"process {pid}"
                     raise WorkflowBusyError(
                         f"workflow {workflow!r} is already running in {where}; "
                         "wait for it to finish or stop that kernel, then run again",
                         workflow=workflow,
                         pid=pid,
                     )
-                conn.execute(
-                    "UPDATE runs SET status = 'crashed', ended_at = ?, "
-                    "error = 'the process running it died' WHERE id = ?",
-                    (time.time(), run_id),
-                )
+                conn.execute(_MARK_CRASHED, (time.time(), run_id))
             run_id = conn.execute(
                 "INSERT INTO runs (workflow, status, started_at, owner, pid, source_digest, "
                 "inputs_digest) VALUES (?, 'running', ?, ?, ?, ?, ?)",
