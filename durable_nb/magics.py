@@ -204,30 +204,33 @@ class DurableCell:
             finally:
                 self._outputs.paused = False
 
+    def _skip(self, store: Any, inputs: str) -> bool:
+        """Restore an unchanged cell's variables and outputs; False if it must run."""
+        prior = cells.skippable(store, self.name, self.digest, inputs)
+        if prior is None:
+            return False
+        run, cell = prior
+        try:
+            names = cells.unpack_variables(store, cell.variables, self.ext.shell.user_ns)
+        except Exception as exc:  # a lost or damaged blob, say: run the cell instead
+            print(f"{self.name}: cannot restore the saved cell ({exc}); running it")
+            return False
+        self._outputs.replay(cells.load_outputs(cell.outputs))
+        store.note("cell skipped", f"unchanged since run {run.id}", workflow=self.name)
+        print(
+            f"{self.name}: skipped, unchanged since run {run.id}; "
+            f"{len(names)} variables restored, log {_show_path(store.path)}"
+        )
+        return True
+
     def __enter__(self) -> DurableCell:
         __tracebackhide__ = True
         _restore_header(self._cell_filename(), self.header)
-        shell = self.ext.shell
         store = self.ext.store()
-        inputs = cells.inputs_digest(shell.user_ns, self.reads)
-        if not (self.opts.force or self.opts.fresh):
-            prior = cells.skippable(store, self.name, self.digest, inputs)
-            names = None
-            if prior is not None:
-                try:
-                    names = cells.unpack_variables(store, prior[1].variables, shell.user_ns)
-                except Exception as exc:  # a lost or damaged blob, say: run the cell instead
-                    print(f"{self.name}: cannot restore the saved cell ({exc}); running it")
-            if prior is not None and names is not None:
-                run, cell = prior
-                self._outputs.replay(cells.load_outputs(cell.outputs))
-                self.execute = False
-                store.note("cell skipped", f"unchanged since run {run.id}", workflow=self.name)
-                print(
-                    f"{self.name}: skipped, unchanged since run {run.id}; "
-                    f"{len(names)} variables restored, log {_show_path(store.path)}"
-                )
-                return self
+        inputs = cells.inputs_digest(self.ext.shell.user_ns, self.reads)
+        if not (self.opts.force or self.opts.fresh) and self._skip(store, inputs):
+            self.execute = False
+            return self
         self._flow = engine.workflow(
             self.name, store=store, fresh=self.opts.fresh, source_digest=self.digest,
             inputs_digest=inputs,
@@ -250,8 +253,7 @@ class DurableCell:
         assert run is not None
         note = ""
         if exc is None:
-            shell = self.ext.shell
-            saved = cells.save_cell(run, shell.user_ns, self.writes, self._outputs.items)
+            saved = cells.save_cell(run, self.ext.shell.user_ns, self.writes, self._outputs.items)
             if saved:
                 note = f"; the cell will run again next time: {saved}"
         outcome = {"completed": "", "failed": ", failed", "interrupted": ", interrupted"}
