@@ -20,9 +20,15 @@ import xxhash
 
 from .errors import BlobError
 
-__all__ = ["BlobStore", "set_mirror"]
+__all__ = ["BlobStore", "blob_folder", "set_mirror"]
 
 _MAGIC = b"DNBBLOB1"
+
+
+def blob_folder(log: Path) -> Path:
+    """The blob folder of a log: ``<stem>.blobs/`` beside ``<stem>.db``."""
+    return log.with_name(log.stem + ".blobs")
+
 
 Mirror = Callable[[str, Path], None]
 _mirrors: dict[Path, Mirror] = {}

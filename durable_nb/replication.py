@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import engine
-from .blobs import set_mirror
+from .blobs import blob_folder, set_mirror
 from .errors import ReplicationError
 from .replica import Replica, child_environment, parse_url
 from .store import Store
@@ -248,7 +248,7 @@ class Replicator:
         return False
 
     def _blob_folder(self) -> Path:
-        return self.log_path.with_name(self.log_path.stem + ".blobs")
+        return blob_folder(self.log_path)
 
     def _copy_blobs(self) -> None:
         folder = self._blob_folder()
@@ -501,7 +501,7 @@ def restore(
                 f"the restored log fails its integrity check ({check}); nothing was replaced"
             )
         blobs = _referenced_blobs(temp)
-        folder = target.with_name(target.stem + ".blobs")
+        folder = blob_folder(target)
         missing = [d for d in sorted(blobs) if not (folder / d[:2] / d).exists()]
         for i, digest in enumerate(missing, 1):
             say(f"fetching blob {i}/{len(missing)}")

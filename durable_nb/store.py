@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import owner as owners
-from .blobs import BlobStore
+from .blobs import BlobStore, blob_folder
 from .checkpoint import Checkpointer
 from .errors import LogFileError, SchemaTooNewError, WorkflowBusyError
 from .records import CellRecord, RunRecord, StepKey, StepRow, StoredStep
@@ -221,7 +221,7 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path).expanduser().absolute()
         self.readonly = readonly
-        self.blobs = BlobStore(self.path.with_name(self.path.stem + ".blobs"))
+        self.blobs = BlobStore(blob_folder(self.path))
         self._lock = threading.RLock()
         self._depth = 0
         self._active: set[int] = set()
