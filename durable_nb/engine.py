@@ -157,12 +157,16 @@ def current_run() -> Run | None:
 class Decision(NamedTuple):
     """What to do with a step call: replay ``record``, or run it (saying ``reason``)."""
 
-    replay: bool
     record: StoredStep | None = None
     reason: str | None = None
 
+    @property
+    def replay(self) -> bool:
+        """Whether the call is answered from the log."""
+        return self.record is not None
 
-_RUN = Decision(False)
+
+_RUN = Decision()
 
 
 def decide(
@@ -174,15 +178,15 @@ def decide(
     crashed), only records made by other code (the reason says so), or a fresh run.
     """
     if completed is None:
-        return Decision(False, reason="fresh run: the log is ignored")
+        return Decision(reason="fresh run: the log is ignored")
     by_code = completed.get(key)
     if by_code is None:
         return _RUN
     record = by_code.get(code)
     if record is None:
         newest = max(by_code.values(), key=lambda r: r.id)
-        return Decision(False, reason=f"code of {name} changed since run {newest.run_id}")
-    return Decision(True, record)
+        return Decision(reason=f"code of {name} changed since run {newest.run_id}")
+    return Decision(record)
 
 
 class Run:
