@@ -276,16 +276,13 @@ class Replicator:
             self.state = State.FAILED
         txid = at = None
         try:
-            points = _ltx_points(self.replica)
+            points = _ltx_points(self.replica, newest_only=True)
         except ReplicationError:
             points = []
         if points:
-            newest = max(points, key=lambda p: p["txid"])
-            txid, at = newest["txid"], newest["time"]
+            txid, at = points[0]["txid"], points[0]["time"]
         local = _last_local_change(self.log_path)
-        lag = None
-        if local is not None:
-            lag = max(0.0, local - at.timestamp()) if at else None
+        lag = max(0.0, local - at.timestamp()) if local is not None and at else None
         return ReplicationStatus(
             self.state.value, self.url, self.process.pid if running and self.process else None,
             txid, at, lag, self.last_error(),
@@ -355,10 +352,12 @@ def stop_replication(log: str | os.PathLike[str] | None = None) -> None:
 _LTX_HEADER = struct.Struct(">4sIIIQQq")
 
 
-def _ltx_points(replica: Replica) -> list[dict[str, Any]]:
-    """Every LTX file of a replica: level, txid range, size and millisecond timestamp."""
+def _ltx_points(replica: Replica, *, newest_only: bool = False) -> list[dict[str, Any]]:
+    """The LTX files of a replica (or just the newest): level, txids, size, time in ms."""
     out = _run_litestream(["ltx", "-json", "-level", "all", replica.litestream_url()], timeout=60)
     files = json.loads(out or "[]") or []
+    if newest_only and files:  # one header to read, not one per file (status polls this)
+        files = [max(files, key=lambda f: (int(f["max_txid"], 16), -f["level"]))]
     names = [(f["level"], f"{f['min_txid']}-{f['max_txid']}.ltx") for f in files]
     headers = replica.ltx_headers(names)
     points = []
