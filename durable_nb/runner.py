@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .location import log_path_for
+from .location import locate_log
 
 __all__ = ["NotebookRun", "run_notebook"]
 
@@ -96,7 +96,4 @@ def run_notebook(
         shutil.rmtree(sockets, ignore_errors=True)
         if output is not None:
             nbformat.write(nb, str(output))
-    log = (
-        Path(os.environ["DURABLE_NB_DB"]) if os.environ.get("DURABLE_NB_DB") else log_path_for(path)
-    )
-    return NotebookRun(path, log.absolute(), count, error)
+    return NotebookRun(path, locate_log({}, env).path, count, error)  # as the kernel found it
