@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,8 @@ def item(i: int) -> int:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A JupyterLab server on 127.0.0.1 with a token, serving ``tmp_path``."""
+    """A JupyterLab server on 127.0.0.1 with a token, serving ``tmp_path``; its log goes to
+    ``tmp_path / "jupyter.log"``."""
     port, token = free_port(), secrets.token_hex(16)
     settings = tmp_path / ".jlab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
@@ -49,6 +51,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     }
     env.pop("DURABLE_NB_DB", None)
     env.pop("DURABLE_NB_NOTEBOOK", None)
+    log = (tmp_path / "jupyter.log").open("wb")
     server = subprocess.Popen(
         [
             sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
@@ -57,7 +60,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.extension_manager=readonly", "--allow-root",
         ],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_port(port, timeout=60)
@@ -65,14 +68,23 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 def wait_for_idle_kernel(url: str, token: str, timeout: float = 90) -> None:
     """Until the notebook's kernel has started and is idle (keys sent before are lost)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=5) as reply:
-            kernels = json.load(reply)
+        try:
+            with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=5) as reply:
+                kernels = json.load(reply)
+        except urllib.error.HTTPError as e:
+            # jupyter_server answers 500 to a listing that lands while a kernel is being
+            # registered (its model has no last_activity yet): ask again
+            if e.code < 500:
+                raise
+            time.sleep(0.25)
+            continue
         if kernels and all(k["execution_state"] == "idle" for k in kernels):
             time.sleep(1)
             return
