@@ -93,6 +93,7 @@ _SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 
 def _flat(value: Any) -> bool:
+    """Whether a dict's values, or a list's or tuple's items, are all scalars."""
     for v in value.values() if type(value) is dict else value:  # noqa: SIM110 - faster than all()
         if type(v) not in _SCALARS:
             return False
@@ -104,14 +105,7 @@ def short_repr(value: object) -> str:
     cls = type(value)
     if cls in _SCALARS:
         text = repr(value) if cls is not str or len(value) <= 80 else repr(value[:80])  # type: ignore[index]
-    elif (
-        (cls is dict or cls is list or cls is tuple)
-        and len(value) <= 6
-        and all(  # type: ignore[arg-type]
-            type(v) in _SCALARS
-            for v in (value.values() if cls is dict else value)  # type: ignore[attr-defined]
-        )
-    ):
+    elif (cls is dict or cls is list or cls is tuple) and len(value) <= 6 and _flat(value):  # type: ignore[arg-type]
         text = repr(value)
     else:
         try:
