@@ -1,11 +1,20 @@
-"""A text stream that writes through to the real one and keeps a copy."""
+"""Capture of what steps print, while letting it through live.
+
+A sync step swaps ``sys.stdout`` for a ``Tee`` for the length of its call. Async steps run
+interleaved on one event loop, so a swap per step would mix their outputs; instead, while any
+async step runs, ``sys.stdout`` is one ``_TaskRouter`` that appends each write to the capture
+lists held in the writing task's context (``contextvars``: every asyncio task has its own).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextvars
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Tee"]
+__all__ = ["Tee", "task_output"]
 
 
 class Tee:
@@ -37,3 +46,49 @@ class Tee:
 
     def writable(self) -> bool:
         return True
+
+
+# The capture lists of the async steps the current task (or thread) is inside, outermost first.
+_sinks: contextvars.ContextVar[tuple[list[str], ...]] = contextvars.ContextVar(
+    "durable_nb_task_output", default=()
+)
+
+
+class _TaskRouter(Tee):
+    """``sys.stdout`` while async steps run: a write goes to ``target`` and to the capture
+    lists of the task that made it (writes outside any async step are only passed on)."""
+
+    __slots__ = ()
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target, self._route)
+
+    @staticmethod
+    def _route(text: str) -> None:
+        for parts in _sinks.get():
+            parts.append(text)
+
+
+_users = 0  # async step calls inside task_output() right now, in every task
+
+
+@contextmanager
+def task_output() -> Iterator[list[str]]:
+    """What the current asyncio task, and the tasks it starts, print while the block runs.
+
+    Output still reaches the screen as it is written; concurrent tasks keep apart, and an
+    inner capture's text is part of the outer one's, as for nested sync steps.
+    """
+    global _users
+    parts: list[str] = []
+    token = _sinks.set((*_sinks.get(), parts))
+    _users += 1
+    if not isinstance(sys.stdout, _TaskRouter):
+        sys.stdout = _TaskRouter(sys.stdout)
+    try:
+        yield parts
+    finally:
+        _sinks.reset(token)
+        _users -= 1
+        if _users == 0 and isinstance(sys.stdout, _TaskRouter):
+            sys.stdout = sys.stdout.target

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from . import serialization
-from .capture import Tee
+from .capture import Tee, task_output
 from .digests import args_digest, code_digest
 from .errors import BlobError, DurableError, DurableWarning
 from .records import StepKey, StepRow, StoredStep
@@ -468,13 +468,15 @@ class Step:
             except BaseException as exc:
                 sys.stdout = tee.target
                 _current.reset(token)
-                if self._record_failure(run, key, attempt, started, args, kwargs, tee, exc, reason):
+                if self._record_failure(
+                    run, key, attempt, started, args, kwargs, tee.parts, exc, reason
+                ):
                     time.sleep(self._delay(attempt))
                     continue
                 raise
             sys.stdout = tee.target
             _current.reset(token)
-            self._record_success(run, key, attempt, started, args, kwargs, tee, value, reason)
+            self._record_success(run, key, attempt, started, args, kwargs, tee.parts, value, reason)
             return value
         raise AssertionError("unreachable")
 
@@ -487,16 +489,17 @@ class Step:
         for attempt in range(1, self.retries + 2):
             started = time.time()
             token = _current.set(_Scope(run, key))
-            try:
-                value = await self.fn(*args, **kwargs)
-            except BaseException as exc:
-                _current.reset(token)
-                if self._record_failure(
-                    run, key, attempt, started, args, kwargs, None, exc, reason
-                ):
-                    await asyncio.sleep(self._delay(attempt))
-                    continue
-                raise
+            with task_output() as printed:
+                try:
+                    value = await self.fn(*args, **kwargs)
+                except BaseException as exc:
+                    _current.reset(token)
+                    if self._record_failure(
+                        run, key, attempt, started, args, kwargs, printed, exc, reason
+                    ):
+                        await asyncio.sleep(self._delay(attempt))
+                        continue
+                    raise
             _current.reset(token)
             result, pending, why = self._prepare(value)
             if pending is not None:  # write the blob off the event loop, before its row
@@ -504,7 +507,7 @@ class Step:
                 result = (result[0], blob, *result[2:])
             row = self._row(
                 run, key, attempt, "not_durable" if why else "completed", started, args,
-                kwargs, None, result, reason=why or reason,
+                kwargs, printed, result, reason=why or reason,
             )  # fmt: skip
             await (await run.async_store()).insert_step(row)
             self._completed(run, result, why)
@@ -516,7 +519,7 @@ class Step:
 
     def _row(
         self, run: Run, key: StepKey, attempt: int, status: str, started: float,
-        args: tuple[Any, ...], kwargs: dict[str, Any], tee: Tee | None,
+        args: tuple[Any, ...], kwargs: dict[str, Any], printed: list[str],
         result: _Result = (None, None, None, None, None, None),
         error: _Error = (None, None, None), reason: str | None = None,
     ) -> StepRow:  # fmt: skip
@@ -528,7 +531,7 @@ class Step:
             run.id, run.workflow, scope, name, digest, occurrence, self.code_digest, attempt,
             status, started, time.time(), fmt, blob, size, type_name, value_repr,
             _args_repr(args, kwargs), error_type, message, reason,
-            ("".join(tee.parts) or None) if tee else None, payload, trace,
+            "".join(printed) or None, payload, trace,
         )  # fmt: skip
 
     def _record_failure(
@@ -539,7 +542,7 @@ class Step:
         started: float,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        tee: Tee | None,
+        printed: list[str],
         exc: BaseException,
         reason: str | None,
     ) -> bool:
@@ -553,7 +556,16 @@ class Step:
         status = "failed" if failed else "interrupted"
         run.store.insert_step(
             self._row(
-                run, key, attempt, status, started, args, kwargs, tee, error=error, reason=reason
+                run,
+                key,
+                attempt,
+                status,
+                started,
+                args,
+                kwargs,
+                printed,
+                error=error,
+                reason=reason,
             )
         )
         return failed and attempt <= self.retries
@@ -589,7 +601,7 @@ class Step:
         started: float,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        tee: Tee | None,
+        printed: list[str],
         value: Any,
         reason: str | None,
     ) -> None:
@@ -600,7 +612,16 @@ class Step:
         status = "not_durable" if why else "completed"
         run.store.insert_step(
             self._row(
-                run, key, attempt, status, started, args, kwargs, tee, result, reason=why or reason
+                run,
+                key,
+                attempt,
+                status,
+                started,
+                args,
+                kwargs,
+                printed,
+                result,
+                reason=why or reason,
             )
         )
         self._completed(run, result, why)

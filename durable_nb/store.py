@@ -67,7 +67,7 @@ def insert_statement(row: StepRow) -> tuple[str, tuple[Any, ...]]:
         row.result_blob is None
         and row.stdout is None
         and row.error_type is None
-        and (row.reason is None)
+        and row.reason is None
     ):
         return _INSERT_LEAN, _lean_params(row)
     return _INSERT_STEP, row
@@ -406,14 +406,7 @@ class Store:
 
     def insert_step(self, row: StepRow) -> int:
         """Record one finished attempt of a step in a single commit."""
-        if (
-            row.result_blob is None
-            and row.stdout is None
-            and row.error_type is None
-            and (row.reason is None)
-        ):
-            return self._write(_INSERT_LEAN, _lean_params(row))
-        return self._write(_INSERT_STEP, row)
+        return self._write(*insert_statement(row))
 
     def step_value_ref(
         self, workflow: str, step: str, occurrence: int | None = None, args: str | None = None

@@ -206,3 +206,67 @@ def test_top_level_await_concurrent_steps_survive_a_kernel_kill(tmp_path: Path) 
     seen = executions(tmp_path)
     assert all(seen[i] == 1 for i in committed)
     assert sorted(seen) == list(range(200))
+
+
+def test_concurrent_steps_each_keep_their_own_printed_output(tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import sys
+
+    @step
+    def note(i: int) -> None:
+        print(f"inner {i}")
+
+    @step
+    async def talk(i: int) -> int:
+        print(f"start {i}")
+        await asyncio.sleep(0.01 * (3 - i))  # the others print in between
+        note(i)
+        print(f"end {i}")
+        return i
+
+    async def flow(store: Store) -> list[int]:
+        async with workflow("talk", store=store):
+            results = await asyncio.gather(*(talk(i) for i in range(3)))
+            print("body")  # not inside any step
+            return results
+
+    screen = sys.stdout
+    with Store(tmp_path / "x.db") as store:
+        first = io.StringIO()
+        with contextlib.redirect_stdout(first):
+            assert asyncio.run(flow(store)) == [0, 1, 2]
+        rows = dict(store.conn.execute("SELECT args_repr, stdout FROM steps WHERE name = 'talk'"))
+        again = io.StringIO()
+        with contextlib.redirect_stdout(again):
+            assert asyncio.run(flow(store)) == [0, 1, 2]
+    assert sys.stdout is screen
+    assert rows == {str(i): f"start {i}\ninner {i}\nend {i}\n" for i in range(3)}
+    assert sorted(first.getvalue().splitlines()) == sorted(
+        [f"{w} {i}" for i in range(3) for w in ("start", "inner", "end")] + ["body"]
+    )
+    assert again.getvalue().splitlines() == [
+        *(f"[replayed] {w} {i}" for i in range(3) for w in ("start", "inner", "end")),
+        "body",
+    ]
+
+
+def test_async_steps_printed_output_replays_in_a_fresh_kernel(tmp_path: Path) -> None:
+    setup = (
+        "import asyncio, sys\nfrom durable_nb import step\n"
+        "@step\nasync def talk(i):\n"
+        "    print(f'hello {i}')\n    await asyncio.sleep(0.02 * (3 - i))\n"
+        "    print(f'bye {i}')\n    return i\n"
+    )
+    cell = "%%durable talk --force\nsum(await asyncio.gather(*(talk(i) for i in range(3))))"
+    env = kernel_env(tmp_path / "talk.ipynb")
+    nb = notebook("%load_ext durable_nb", setup, cell, "print(type(sys.stdout).__name__)")
+    run_all(nb, tmp_path, env)
+    assert "talk: 0 steps replayed, 3 run" in cell_text(nb.cells[2])
+    nb = notebook("%load_ext durable_nb", setup, cell, "print(type(sys.stdout).__name__)")
+    run_all(nb, tmp_path, env)
+    out = cell_text(nb.cells[2])
+    assert "talk: 3 steps replayed, 0 run" in out
+    for i in range(3):
+        assert f"[replayed] hello {i}\n[replayed] bye {i}\n" in out
+    assert cell_text(nb.cells[3]) == "OutStream\n"
