@@ -13,7 +13,7 @@ import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import xxhash
@@ -64,6 +64,8 @@ class BlobStore:
         target = self.path(digest)
         mirror = _mirrors.get(self.folder)
         if target.exists():
+            # fresh mtime: collect_blobs() spares young files until the row pointing here commits
+            os.utime(target)
             if mirror is not None:
                 mirror(digest, target)
             return digest
@@ -82,6 +84,14 @@ class BlobStore:
         if mirror is not None:
             mirror(digest, target)
         return digest
+
+    def files(self) -> Iterator[Path]:
+        """Every file in the folder: blobs, and temporary files of writes under way or killed."""
+        if not self.folder.is_dir():
+            return
+        for sub in self.folder.iterdir():
+            if sub.is_dir():
+                yield from (f for f in sub.iterdir() if f.is_file())
 
     def read(self, digest: str) -> list[memoryview]:
         """The segments of a blob, after checking its digest; ``BlobError`` if missing or bad."""

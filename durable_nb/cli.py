@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import DurableError
+from .location import resolve_log
 
 __all__ = ["main"]
 
@@ -56,6 +57,14 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    with Store(resolve_log(args.path)) as store:
+        print(f"{store.collect_blobs(grace=args.grace)} from {store.blobs.folder}")
+    return 0
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -64,9 +73,9 @@ def _replicate(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from . import replication, views
+    from . import replication
 
-    log = views.resolve_log(args.path)
+    log = resolve_log(args.path)
     replicator = replication.replicate(args.url, log=log)
     print(f"replicating {log} to {replicator.url}; Ctrl-C stops (after a final sync)")
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager stops us like Ctrl-C
@@ -147,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--workflow", help="only this workflow")
         _format_option(cmd)
         cmd.set_defaults(handler=handler)
+
+    gc = sub.add_parser(
+        "gc", help="delete blob files that no row of a log refers to",
+        description="Delete the blob files of PATH's log that no row refers to (left by "
+        "forget, or by a process killed while storing a value), once older than --grace.",
+    )  # fmt: skip
+    gc.add_argument("path", help=_PATH_HELP)
+    gc.add_argument("--grace", type=float, default=60.0, help="seconds (default 60)")
+    gc.set_defaults(handler=_gc)
 
     rep = sub.add_parser(
         "replicate", help="replicate a log with Litestream, in the foreground",

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LogLocation", "locate_log", "log_path_for"]
+from .errors import LogFileError
+
+__all__ = ["LogLocation", "locate_log", "log_path_for", "resolve_log"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,16 @@ def log_path_for(notebook: str | os.PathLike[str]) -> Path:
     """The log file of a notebook: ``.durable/<stem>.db`` in the notebook's folder."""
     nb = Path(notebook).expanduser().absolute()
     return nb.parent / ".durable" / f"{nb.stem}.db"
+
+
+def resolve_log(log: str | os.PathLike[str]) -> Path:
+    """The log file a path names: a ``.db`` file, or a notebook's ``.durable/<stem>.db``."""
+    path = Path(log).expanduser()
+    if path.suffix == ".ipynb":
+        path = log_path_for(path)
+    if not path.exists():
+        raise LogFileError(f"no log at {path}; give a .db log file or a notebook that has one")
+    return path
 
 
 def _notebook_hint(namespace: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str]:

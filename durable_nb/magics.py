@@ -33,7 +33,9 @@ __all__ = ["DurableCell", "DurableMagics", "load", "unload"]
 _HEADER = re.compile(r"^\s*%%durable(?![\w?])(.*)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-_COMMANDS = ["info", "open", "forget", "log", "timeline", "replicate", "replication", "restore"]
+_COMMANDS = [
+    "info", "open", "forget", "gc", "log", "timeline", "replicate", "replication", "restore",
+]  # fmt: skip
 
 
 def _split_header(lines: list[str]) -> list[str]:
@@ -340,6 +342,7 @@ class DurableMagics(Magics):
         "command",
         choices=_COMMANDS,
         help="info: where the log is; open PATH: use another log; forget NAME: drop records; "
+        "gc: delete blob files no record uses; "
         "log [NAME]: the steps as a table; timeline [NAME]: the steps over time; "
         "replicate [URL]: back the log up with Litestream; replication: its state; "
         "restore [URL]: the restore panel",
@@ -348,7 +351,8 @@ class DurableMagics(Magics):
     @argument("--step", help="with forget: drop only this step's records")
     @line_magic("durable")
     def durable_line(self, line: str) -> None:
-        """The log: ``%durable info | open PATH | forget NAME | log [NAME] | timeline [NAME]``."""
+        """The log: ``%durable info | open PATH | forget NAME | gc | log [NAME] | timeline [NAME]``,
+        and its backup: ``replicate [URL] | replication | restore [URL]``."""
         opts = parse_argstring(self.durable_line, line)
         handler = getattr(self, f"_{opts.command}")
         try:
@@ -432,7 +436,13 @@ class DurableMagics(Magics):
             raise UsageError(f"no workflow {name!r} in {store.path}; %durable info lists them")
         count = store.forget(name, opts.step)
         what = f"{count} records of step {opts.step}" if opts.step else f"{count} runs"
-        print(f"{name}: forgot {what}; they will run again")
+        print(f"{name}: forgot {what}; they will run again (%durable gc frees their blob files)")
+
+    def _gc(self, opts: argparse.Namespace) -> None:
+        if opts.args:
+            raise UsageError("usage: %durable gc")
+        store = self.ext.store()
+        print(f"{store.collect_blobs()} from {_show_path(store.blobs.folder)}")
 
 
 _EXTENSIONS: dict[int, Extension] = {}

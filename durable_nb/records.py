@@ -51,6 +51,18 @@ class CellRecord:
     outputs: bytes
 
 
+class BlobsCollected(NamedTuple):
+    """What ``Store.collect_blobs`` removed."""
+
+    files: int
+    bytes: int
+
+    def __str__(self) -> str:
+        if not self.files:
+            return "no unreferenced blob files to remove"
+        return f"removed {self.files} unreferenced blob files ({self.bytes / 2**20:.1f} MiB)"
+
+
 class StepRow(NamedTuple):
     """One finished attempt of a step, in the column order of the INSERT (a NamedTuple:
     built on every checkpoint, so it must be cheap)."""

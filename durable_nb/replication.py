@@ -35,7 +35,7 @@ from . import engine
 from .blobs import blob_folder, set_mirror
 from .errors import ReplicationError
 from .replica import Replica, child_environment, parse_url
-from .store import Store
+from .store import Store, referenced_blobs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -434,17 +434,9 @@ def _txid_at(replica: Replica, timestamp: Any) -> int:
 def _referenced_blobs(db: Path) -> set[str]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        blobs = {
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT result_blob FROM steps WHERE result_blob IS NOT NULL"
-            )
-        }
-        for (text,) in conn.execute("SELECT blobs FROM cells WHERE blobs != ''"):
-            blobs.update(text.split())
+        return referenced_blobs(conn)
     finally:
         conn.close()
-    return blobs
 
 
 def _integrity(db: Path) -> str:

@@ -25,10 +25,10 @@ from . import owner as owners
 from .blobs import BlobStore, blob_folder
 from .checkpoint import Checkpointer
 from .errors import LogFileError, SchemaTooNewError, WorkflowBusyError
-from .records import CellRecord, RunRecord, StepKey, StepRow, StoredStep
+from .records import BlobsCollected, CellRecord, RunRecord, StepKey, StepRow, StoredStep
 from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["Store", "connect", "fail", "insert_statement", "pragmas"]
+__all__ = ["Store", "connect", "fail", "insert_statement", "pragmas", "referenced_blobs"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,19 @@ def insert_statement(row: StepRow) -> tuple[str, tuple[Any, ...]]:
     ):
         return _INSERT_LEAN, _lean_params(row)
     return _INSERT_STEP, row
+
+
+def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
+    """The digests of every blob a log's rows point to (step results and cell variables)."""
+    used = {
+        digest
+        for (digest,) in conn.execute(
+            "SELECT DISTINCT result_blob FROM steps WHERE result_blob IS NOT NULL"
+        )
+    }
+    for (digests,) in conn.execute("SELECT blobs FROM cells WHERE blobs != ''"):
+        used.update(digests.split())
+    return used
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -461,6 +474,37 @@ class Store:
             "INSERT INTO notes (ts, workflow, run_id, step, kind, detail) VALUES (?,?,?,?,?,?)",
             (time.time(), workflow, run_id, step, kind, detail),
         )
+
+    def collect_blobs(self, grace: float = 60.0) -> BlobsCollected:
+        """Delete the blob files no row refers to, once older than ``grace`` seconds.
+
+        They are left by ``forget`` and by processes killed between writing a blob and
+        committing its row. Runs in a write transaction, so no row commits meanwhile; a blob
+        written (or reused) for a row still to commit is younger than ``grace`` and stays.
+        Replicas keep their copies (older restore points may need them).
+        """
+        cutoff = time.time() - grace
+        removed = size = 0
+        with self.transaction() as conn:
+            used = referenced_blobs(conn)
+            for path in self.blobs.files():
+                if path.name in used:
+                    continue
+                try:
+                    info = path.stat()
+                    if info.st_mtime > cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed += 1
+                size += info.st_size
+            if removed:
+                conn.execute(
+                    "INSERT INTO notes (ts, kind, detail) VALUES (?, 'collect blobs', ?)",
+                    (time.time(), f"removed {removed} unreferenced blob files ({size} bytes)"),
+                )
+        return BlobsCollected(removed, size)
 
     def forget(self, workflow: str, step: str | None = None) -> int:
         """Drop a workflow's records (or one step's) so that they run again; returns a count."""

@@ -12,14 +12,13 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from . import engine, serialization
 from .errors import LogFileError
-from .location import log_path_for
+from .location import resolve_log
 from .store import Store
 
 if TYPE_CHECKING:
@@ -38,16 +37,6 @@ STATUS_COLOURS = {
     "not_durable": "#6a1b9a",
     "running": "#1565c0",
 }
-
-
-def resolve_log(log: str | os.PathLike[str]) -> Path:
-    """The log file a path names: a ``.db`` file, or a notebook's ``.durable/<stem>.db``."""
-    path = Path(log).expanduser()
-    if path.suffix == ".ipynb":
-        path = log_path_for(path)
-    if not path.exists():
-        raise LogFileError(f"no log at {path}; give a .db log file or a notebook that has one")
-    return path
 
 
 @contextmanager
