@@ -10,6 +10,7 @@ commits and inside blob writes. Counted over all kills:
 - integrity failures: ``PRAGMA integrity_check`` not ok after a kill (must be 0)
 - mismatches: final results differing from an uninterrupted run (must be 0)
 - orphan blobs: blob files no row points to (written, then killed before the row committed)
+  and how many ``Store.collect_blobs`` removes once the process is gone (left: must be 0)
 
 Usage: python benchmarks/crash_matrix.py [-n 100] [--seed 1] [--json]
 """
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import durable_nb
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 200
@@ -111,6 +114,18 @@ def orphans(folder: Path) -> int:
     return sum(1 for p in files if p.name.startswith(".tmp-") or p.name not in referenced)
 
 
+def collect(folder: Path) -> int:
+    """Blob files removed by ``collect_blobs`` once the cycle's process is gone."""
+    with durable_nb.Store(folder / ".durable" / "matrix.db") as store:
+        return store.collect_blobs(grace=0).files
+
+
+def tally_orphans(figures: dict[str, float], folder: Path) -> None:
+    figures["orphan_blobs"] += orphans(folder)
+    figures["gc_removed"] += collect(folder)
+    figures["orphans_after_gc"] += orphans(folder)
+
+
 def run_matrix(n: int, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     base = Path(tempfile.mkdtemp(prefix="dnb-matrix-"))
@@ -124,7 +139,8 @@ def run_matrix(n: int, seed: int) -> dict[str, float]:
 
         figures = dict.fromkeys(
             ("kills", "in_blob_write", "cycles", "restarts", "resumed", "double_executions",
-             "integrity_failures", "mismatches", "orphan_blobs"), 0,
+             "integrity_failures", "mismatches", "orphan_blobs", "gc_removed",
+             "orphans_after_gc"), 0,
         )  # fmt: skip
         cycle, attempt = 0, 0
         folder = base / f"cycle{cycle}"
@@ -147,7 +163,7 @@ def run_matrix(n: int, seed: int) -> dict[str, float]:
                 continue
             out, _ = proc.communicate()
             figures["mismatches"] += out.strip().splitlines()[-1] != expected if out else 1
-            figures["orphan_blobs"] += orphans(folder)
+            tally_orphans(figures, folder)
             figures = _score(figures, folder, snapshot)
             figures["cycles"] += 1
             cycle += 1
@@ -159,7 +175,7 @@ def run_matrix(n: int, seed: int) -> dict[str, float]:
         snapshot[attempt] = committed(folder / ".durable" / "matrix.db")
         out, _ = start(folder, attempt).communicate(timeout=300)
         figures["mismatches"] += out.strip().splitlines()[-1] != expected
-        figures["orphan_blobs"] += orphans(folder)
+        tally_orphans(figures, folder)
         figures = _score(figures, folder, snapshot)
         figures["cycles"] += 1
         figures["seconds_uninterrupted"] = round(duration, 2)
@@ -205,7 +221,8 @@ def main() -> None:
     print(f"  completed steps run twice:   {figures['double_executions']}   (must be 0)")
     print(f"  integrity_check failures:    {figures['integrity_failures']}   (must be 0)")
     print(f"  final results mismatching:   {figures['mismatches']}   (must be 0)")
-    print(f"  orphan blob files left:      {figures['orphan_blobs']}")
+    print(f"  orphan blob files left:      {figures['orphan_blobs']}; removed by collect_blobs: "
+          f"{figures['gc_removed']}, left after it: {figures['orphans_after_gc']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def test_crash_matrix_20_kills() -> None:
     assert figures["mismatches"] == 0
     assert figures["restarts"] > 0 and figures["resumed"] == figures["restarts"]
     assert figures["cycles"] >= 1
+    assert figures["gc_removed"] == figures["orphan_blobs"]  # every orphan is collected
+    assert figures["orphans_after_gc"] == 0
 
 
 SETUP = """\
