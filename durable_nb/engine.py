@@ -554,20 +554,10 @@ class Step:
             "".join(traceback.format_exception(exc))[-20000:],
         )
         status = "failed" if failed else "interrupted"
-        run.store.insert_step(
-            self._row(
-                run,
-                key,
-                attempt,
-                status,
-                started,
-                args,
-                kwargs,
-                printed,
-                error=error,
-                reason=reason,
-            )
+        row = self._row(
+            run, key, attempt, status, started, args, kwargs, printed, error=error, reason=reason
         )
+        run.store.insert_step(row)
         return failed and attempt <= self.retries
 
     def _prepare(self, value: Any) -> tuple[_Result, serialization.Encoded | None, str | None]:
@@ -610,20 +600,10 @@ class Step:
         if pending is not None:  # the blob file exists before the row that points to it
             result = (result[0], run.store.blobs.write(pending.segments), *result[2:])
         status = "not_durable" if why else "completed"
-        run.store.insert_step(
-            self._row(
-                run,
-                key,
-                attempt,
-                status,
-                started,
-                args,
-                kwargs,
-                printed,
-                result,
-                reason=why or reason,
-            )
+        row = self._row(
+            run, key, attempt, status, started, args, kwargs, printed, result, reason=why or reason
         )
+        run.store.insert_step(row)
         self._completed(run, result, why)
 
 
