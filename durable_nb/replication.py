@@ -511,6 +511,23 @@ def restore(
     return live
 
 
+def _open_elsewhere(path: Path) -> bool:
+    """Whether another connection has the log open, idle or not: SQLite then refuses this
+    one the exclusive lock of ``locking_mode = EXCLUSIVE`` (ours must be closed first)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return True
+        raise
+    finally:
+        conn.close()
+    return False
+
+
 def _replace_live(live: Path, restored: Path) -> None:
     """Swap the restored file in for the live log, keeping a dated backup of the old one."""
     was_replicating = _replicators.get(live)
@@ -519,6 +536,15 @@ def _replace_live(live: Path, restored: Path) -> None:
     reopen = engine.current_store_path() == live
     if reopen:
         engine.close_log()
+    if live.exists() and _open_elsewhere(live):
+        if reopen:
+            engine.open_log(live)
+        if was_replicating is not None:
+            _replicators[live] = was_replicating.start()
+        raise ReplicationError(
+            f"{live} is open in another process (another kernel, or durable-nb replicate); "
+            "close it there and restore again, or restore to a copy with to=PATH"
+        )
     if live.exists():
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         backup = live.with_name(f"{live.name}.{stamp}.bak")

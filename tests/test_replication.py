@@ -19,7 +19,7 @@ import durable_nb
 from durable_nb import ReplicationError, Store, engine, step, workflow
 from durable_nb.replica import parse_url
 
-from .conftest import ROOT
+from .conftest import ROOT, python
 
 
 def free_port() -> int:
@@ -283,6 +283,38 @@ def test_live_restore_keeps_a_dated_backup(notebook_log: Path) -> None:
     assert len(backups) == 1 and backups[0].stat().st_mode & 0o777 == 0o600
     assert len(durable_nb.runs(log=backups[0])) == before
     assert durable_nb.get_store().path == notebook_log  # reopened
+
+
+def test_live_restore_refused_while_another_process_has_the_log_open(
+    notebook_log: Path,
+) -> None:
+    replicator = durable_nb.replicate(sync_interval="100ms", monitor_interval="100ms")
+    with workflow("shared"):
+        work(1)
+    assert replicator.wait_synced(15)
+    holder = python(  # another kernel with this notebook's log open, idle
+        "import sys, time, durable_nb\n"
+        "store = durable_nb.Store(sys.argv[1])\nprint('open', flush=True)\ntime.sleep(60)\n",
+        str(notebook_log), cwd=notebook_log.parent,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        before = notebook_log.read_bytes()
+        with pytest.raises(ReplicationError, match="open in another process"):
+            durable_nb.restore()
+        assert notebook_log.read_bytes() == before
+        assert not list(notebook_log.parent.glob("exp.db.*.bak"))
+        # as it was: the log reopened, replication running again
+        assert durable_nb.get_store().path == notebook_log
+        assert durable_nb.replication_status().state == "running"
+        with workflow("shared"):
+            work(2)
+    finally:
+        holder.kill()
+        holder.wait()
+    durable_nb.stop_replication()
+    assert durable_nb.restore(replicator.url) == notebook_log  # nobody else: it goes ahead
+    assert len(list(notebook_log.parent.glob("exp.db.*.bak"))) == 1
 
 
 def test_cli_restore_points_and_restore(notebook_log: Path) -> None:
