@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -69,7 +70,8 @@ class _TaskRouter(Tee):
             parts.append(text)
 
 
-_users = 0  # async step calls inside task_output() right now, in every task
+_users = 0  # async step calls inside task_output() right now, in every task and thread
+_users_lock = threading.Lock()
 
 
 @contextmanager
@@ -82,13 +84,15 @@ def task_output() -> Iterator[list[str]]:
     global _users
     parts: list[str] = []
     token = _sinks.set((*_sinks.get(), parts))
-    _users += 1
-    if not isinstance(sys.stdout, _TaskRouter):
-        sys.stdout = _TaskRouter(sys.stdout)
+    with _users_lock:
+        _users += 1
+        if not isinstance(sys.stdout, _TaskRouter):
+            sys.stdout = _TaskRouter(sys.stdout)
     try:
         yield parts
     finally:
         _sinks.reset(token)
-        _users -= 1
-        if _users == 0 and isinstance(sys.stdout, _TaskRouter):
-            sys.stdout = sys.stdout.target
+        with _users_lock:
+            _users -= 1
+            if _users == 0 and isinstance(sys.stdout, _TaskRouter):
+                sys.stdout = sys.stdout.target
