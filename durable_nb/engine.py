@@ -28,7 +28,7 @@ from . import serialization
 from .capture import Tee, task_output
 from .digests import args_digest, code_digest
 from .errors import BlobError, DurableError, DurableWarning
-from .records import StepKey, StepRow, StoredStep
+from .records import CompletedRow, StepKey, StepRow, StoredStep
 from .store import Store
 
 if TYPE_CHECKING:
@@ -378,6 +378,23 @@ def _emit_replayed(stdout: str) -> None:
     sys.stdout.write("".join(REPLAY_MARK + line for line in lines))
 
 
+def _encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
+    """A step value's encoding, or None and why it is not durable."""
+    try:
+        return serialization.encode(value), None
+    except serialization.NotSerializable as exc:
+        return None, f"result cannot be pickled ({exc.reason}); it runs again next time"
+
+
+def _result(value: Any, encoded: serialization.Encoded | None, blob: str | None) -> _Result:
+    """The result columns of a value: inline bytes, or the digest of its blob file."""
+    type_name, value_repr = serialization.describe(value)
+    if encoded is None:
+        return None, None, None, type_name, value_repr, None
+    inline = encoded.segments[0] if encoded.inline else None
+    return encoded.format, blob, encoded.size, type_name, value_repr, inline  # type: ignore[return-value]
+
+
 def _args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     if len(args) == 1 and not kwargs:
         return serialization.short_repr(args[0])
@@ -501,16 +518,24 @@ class Step:
                         continue
                     raise
             _current.reset(token)
-            result, pending, why = self._prepare(value)
-            if pending is not None:  # write the blob off the event loop, before its row
-                blob = await asyncio.to_thread(run.store.blobs.write, pending.segments)
-                result = (result[0], blob, *result[2:])
-            row = self._row(
-                run, key, attempt, "not_durable" if why else "completed", started, args,
-                kwargs, printed, result, reason=why or reason,
-            )  # fmt: skip
-            await (await run.async_store()).insert_step(row)
-            self._completed(run, result, why)
+            encoded, why = _encode(value)
+            store = await run.async_store()
+            if encoded is not None and encoded.inline and not printed and reason is None:
+                await store.insert_completed(
+                    self._completed_row(run, key, attempt, started, args, kwargs, value, encoded)
+                )
+            else:
+                blob = None
+                if encoded is not None and not encoded.inline:  # off the loop, before its row
+                    blob = await asyncio.to_thread(run.store.blobs.write, encoded.segments)
+                result = _result(value, encoded, blob)
+                await store.insert_step(
+                    self._row(
+                        run, key, attempt, "not_durable" if why else "completed", started,
+                        args, kwargs, printed, result, reason=why or reason,
+                    )
+                )  # fmt: skip
+            self._completed(run, value, why)
             return value
         raise AssertionError("unreachable")
 
@@ -560,27 +585,28 @@ class Step:
         run.store.insert_step(row)
         return failed and attempt <= self.retries
 
-    def _prepare(self, value: Any) -> tuple[_Result, serialization.Encoded | None, str | None]:
-        """(result columns, encoding still to write to a blob, why not durable) of a value."""
+    def _completed_row(
+        self, run: Run, key: StepKey, attempt: int, started: float, args: tuple[Any, ...],
+        kwargs: dict[str, Any], value: Any, encoded: serialization.Encoded,
+    ) -> CompletedRow:  # fmt: skip
+        """The log row of the common checkpoint: completed, value inline, nothing printed."""
+        scope, name, digest, occurrence = key
         type_name, value_repr = serialization.describe(value)
-        try:
-            encoded = serialization.encode(value)
-        except serialization.NotSerializable as exc:
-            why = f"result cannot be pickled ({exc.reason}); it runs again next time"
-            return (None, None, None, type_name, value_repr, None), None, why
-        if encoded.inline:
-            payload = encoded.segments[0]
-            return (encoded.format, None, encoded.size, type_name, value_repr, payload), None, None  # type: ignore[return-value]
-        return (encoded.format, None, encoded.size, type_name, value_repr, None), encoded, None
+        return CompletedRow(
+            run.id, run.workflow, scope, name, digest, occurrence, self.code_digest, attempt,
+            started, time.time(), encoded.size, type_name, value_repr, _args_repr(args, kwargs),
+            encoded.segments[0],  # type: ignore[arg-type]
+        )  # fmt: skip
 
-    def _completed(self, run: Run, result: _Result, why: str | None) -> None:
+    def _completed(self, run: Run, value: Any, why: str | None) -> None:
         """Count a finished call; warn once if its value is not durable."""
         run.steps_run += 1
         if why is not None:
             run.warn_once(
                 self.name,
-                f"step {self.name} returned a {result[3]} that cannot be pickled; "
-                f"it is not durable and will run again next time ({why.split(';')[0]})",
+                f"step {self.name} returned a {serialization.describe(value)[0]} that cannot "
+                f"be pickled; it is not durable and will run again next time "
+                f"({why.split(';')[0]})",
             )
 
     def _record_success(
@@ -596,15 +622,24 @@ class Step:
         reason: str | None,
     ) -> None:
         """Commit a completed step; a value that cannot be pickled is logged not durable."""
-        result, pending, why = self._prepare(value)
-        if pending is not None:  # the blob file exists before the row that points to it
-            result = (result[0], run.store.blobs.write(pending.segments), *result[2:])
-        status = "not_durable" if why else "completed"
-        row = self._row(
-            run, key, attempt, status, started, args, kwargs, printed, result, reason=why or reason
-        )
-        run.store.insert_step(row)
-        self._completed(run, result, why)
+        encoded, why = _encode(value)
+        if encoded is not None and encoded.inline and not printed and reason is None:
+            run.store.insert_completed(
+                self._completed_row(run, key, attempt, started, args, kwargs, value, encoded)
+            )
+        else:
+            blob = None
+            if encoded is not None and not encoded.inline:  # the blob exists before its row
+                blob = run.store.blobs.write(encoded.segments)
+            status = "not_durable" if why else "completed"
+            result = _result(value, encoded, blob)
+            run.store.insert_step(
+                self._row(
+                    run, key, attempt, status, started, args, kwargs, printed, result,
+                    reason=why or reason,
+                )
+            )  # fmt: skip
+        self._completed(run, value, why)
 
 
 @overload

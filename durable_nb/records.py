@@ -63,9 +63,31 @@ class BlobsCollected(NamedTuple):
         return f"removed {self.files} unreferenced blob files ({self.bytes / 2**20:.1f} MiB)"
 
 
+class CompletedRow(NamedTuple):
+    """The common checkpoint: a completed step whose value is pickled inline, that printed
+    nothing and has no reason to note. Its INSERT binds only these columns (status and
+    format are literals), about 3 us less per step than a ``StepRow``."""
+
+    run_id: int
+    workflow: str
+    scope: str
+    name: str
+    args_digest: str
+    occurrence: int
+    code_digest: str
+    attempt: int
+    started_at: float
+    ended_at: float
+    result_size: int
+    result_type: str
+    result_repr: str
+    args_repr: str
+    result: bytes
+
+
 class StepRow(NamedTuple):
-    """One finished attempt of a step, in the column order of the INSERT (a NamedTuple:
-    built on every checkpoint, so it must be cheap)."""
+    """One finished attempt of a step (failed, interrupted, not durable, or completed with a
+    blob, printed output or a reason), in the column order of its INSERT."""
 
     run_id: int
     workflow: str

@@ -28,6 +28,32 @@ _ISO = (
     "|| substr(printf('%.6f', {col} - CAST({col} AS INTEGER)), 2) || 'Z')"
 )
 
+_EVENTS_VIEW = f"""
+    CREATE VIEW events (ts, workflow, run, step, kind, detail) AS
+        SELECT {_ISO.format(col="started_at")}, workflow, id, NULL, 'run started',
+               'pid ' || pid
+          FROM runs
+        UNION ALL
+        SELECT {_ISO.format(col="ended_at")}, workflow, id, NULL, 'run ' || status,
+               steps_run || ' run, ' || steps_replayed || ' replayed'
+               || coalesce('; ' || error, '')
+          FROM runs WHERE ended_at IS NOT NULL
+        UNION ALL
+        SELECT {_ISO.format(col="started_at")}, workflow, run_id, name,
+               'step started', '(' || args_repr || ')'
+               || CASE WHEN attempt > 1 THEN ' attempt ' || attempt ELSE '' END
+               || coalesce(' -- ' || reason, '')
+          FROM steps
+        UNION ALL
+        SELECT {_ISO.format(col="ended_at")}, workflow, run_id, name, 'step ' || status,
+               CASE WHEN error_type IS NOT NULL THEN error_type || ': ' || error_message
+                    ELSE coalesce('-> ' || result_type || ' ' || result_repr, '')
+                         || coalesce(' -- ' || reason, '') END
+          FROM steps
+        UNION ALL
+        SELECT {_ISO.format(col="ts")}, workflow, run_id, step, kind, detail FROM notes;
+"""
+
 MIGRATIONS: list[str] = [
     # 1: initial schema
     f"""
@@ -96,33 +122,49 @@ MIGRATIONS: list[str] = [
         detail        TEXT NOT NULL
     );
 
-    CREATE VIEW events (ts, workflow, run, step, kind, detail) AS
-        SELECT {_ISO.format(col="started_at")}, workflow, id, NULL, 'run started',
-               'pid ' || pid
-          FROM runs
-        UNION ALL
-        SELECT {_ISO.format(col="ended_at")}, workflow, id, NULL, 'run ' || status,
-               steps_run || ' run, ' || steps_replayed || ' replayed'
-               || coalesce('; ' || error, '')
-          FROM runs WHERE ended_at IS NOT NULL
-        UNION ALL
-        SELECT {_ISO.format(col="started_at")}, workflow, run_id, name,
-               'step started', '(' || args_repr || ')'
-               || CASE WHEN attempt > 1 THEN ' attempt ' || attempt ELSE '' END
-               || coalesce(' -- ' || reason, '')
-          FROM steps
-        UNION ALL
-        SELECT {_ISO.format(col="ended_at")}, workflow, run_id, name, 'step ' || status,
-               CASE WHEN error_type IS NOT NULL THEN error_type || ': ' || error_message
-                    ELSE coalesce('-> ' || result_type || ' ' || result_repr, '')
-                         || coalesce(' -- ' || reason, '') END
-          FROM steps
-        UNION ALL
-        SELECT {_ISO.format(col="ts")}, workflow, run_id, step, kind, detail FROM notes;
+
+    {_EVENTS_VIEW}
     """,
     # 2: which completed steps each run replayed (a JSON list of step ids, written at run end)
     """
     ALTER TABLE runs ADD COLUMN replayed_steps TEXT;
+    """,
+    # 3: steps.status checked with OR instead of IN: SQLite builds an ephemeral index for an
+    # IN list on every INSERT, a fifth of a checkpoint's cost. SQLite cannot alter a CHECK, so
+    # the table is rebuilt (same columns, same order, same rows); the view is made again.
+    f"""
+    DROP VIEW events;
+    CREATE TABLE steps_3 (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL REFERENCES runs (id),
+        workflow      TEXT NOT NULL,
+        scope         TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        args_digest   TEXT NOT NULL,
+        occurrence    INTEGER NOT NULL,
+        code_digest   TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        status        TEXT NOT NULL CHECK (status = 'completed' OR status = 'failed'
+                          OR status = 'interrupted' OR status = 'not_durable'),
+        started_at    REAL NOT NULL,
+        ended_at      REAL NOT NULL,
+        result_format TEXT,
+        result_blob   TEXT,
+        result_size   INTEGER,
+        result_type   TEXT,
+        result_repr   TEXT,
+        args_repr     TEXT NOT NULL,
+        error_type    TEXT,
+        error_message TEXT,
+        reason        TEXT,
+        stdout        TEXT,
+        result        BLOB,
+        error_traceback TEXT
+    );
+    INSERT INTO steps_3 SELECT * FROM steps;
+    DROP TABLE steps;
+    ALTER TABLE steps_3 RENAME TO steps;
+    {_EVENTS_VIEW}
     """,
 ]
 

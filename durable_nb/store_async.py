@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from .records import StepRow
-from .store import fail, insert_statement, pragmas
+from .records import CompletedRow, StepRow
+from .store import INSERT_COMPLETED, INSERT_STEP, fail, pragmas
 
 __all__ = ["AsyncStore"]
 
@@ -37,8 +37,14 @@ class AsyncStore:
 
     async def insert_step(self, row: StepRow) -> None:
         """Record one finished attempt of a step in a single commit."""
+        await self._write(INSERT_STEP, row)
+
+    async def insert_completed(self, row: CompletedRow) -> None:
+        """Record the common checkpoint (see ``CompletedRow``) in a single commit."""
+        await self._write(INSERT_COMPLETED, row)
+
+    async def _write(self, sql: str, params: tuple[object, ...]) -> None:
         assert self._conn is not None, "AsyncStore.open() first"
-        sql, params = insert_statement(row)
         try:
             await self._conn.execute(sql, params)
         except sqlite3.Error as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import sqlite3
 import sys
 import warnings
@@ -277,11 +278,28 @@ def test_log_from_an_older_durable_nb_is_migrated(tmp_path: Path) -> None:
         "INSERT INTO runs (workflow, status, started_at, ended_at, owner, pid) "
         "VALUES ('w', 'completed', 1, 2, 'gone:host:1:1', 1)"
     )
+    conn.execute(
+        "INSERT INTO steps (run_id, workflow, scope, name, args_digest, occurrence, "
+        "code_digest, attempt, status, started_at, ended_at, result_format, args_repr, result) "
+        "VALUES (1, 'w', '', 'train', 'a1', 0, 'c1', 1, 'completed', 1, 2, 'pickle', '3', ?)",
+        (pickle.dumps({"loss": 0.5}),),
+    )
     conn.commit()
     conn.close()
     with Store(old) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
         assert [r.workflow for r in store.runs()] == ["w"]
+        with workflow("w", store=store) as run:
+            assert run.completed is not None and len(run.completed) == 1  # the step is kept
+        events = store.conn.execute("SELECT kind FROM events ORDER BY ts").fetchall()
+        assert ("step completed",) in events
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # still checked
+            store.conn.execute(
+                "INSERT INTO steps (run_id, workflow, scope, name, args_digest, occurrence, "
+                "code_digest, attempt, status, started_at, ended_at, args_repr) "
+                "VALUES (1, 'w', '', 'x', 'a', 0, 'c', 1, 'done', 1, 2, '')"
+            )
+    assert sqlite3.connect(old).execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 # -- the notebook side, in a real kernel ------------------------------------------------
