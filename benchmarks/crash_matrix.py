@@ -114,6 +114,11 @@ def orphans(folder: Path) -> int:
     return sum(1 for p in files if p.name.startswith(".tmp-") or p.name not in referenced)
 
 
+def partial_blobs(folder: Path) -> set[str]:
+    """The temporary files of blob writes in the folder (one is left by a kill mid-write)."""
+    return {p.name for p in (folder / ".durable" / "matrix.blobs").glob("??/.tmp-*")}
+
+
 def collect(folder: Path) -> int:
     """Blob files removed by ``collect_blobs`` once the cycle's process is gone."""
     with durable_nb.Store(folder / ".durable" / "matrix.db") as store:
@@ -149,15 +154,14 @@ def run_matrix(n: int, seed: int) -> dict[str, float]:
         while figures["kills"] < n:
             attempt += 1
             snapshot[attempt] = committed(folder / ".durable" / "matrix.db")
+            partial_before = partial_blobs(folder)
             proc = start(folder, attempt)
             time.sleep(rng.uniform(0.05, duration))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 figures["kills"] += 1
-                figures["in_blob_write"] += any(
-                    (folder / ".durable" / "matrix.blobs").glob("??/.tmp-*")
-                )
+                figures["in_blob_write"] += bool(partial_blobs(folder) - partial_before)
                 if integrity(folder / ".durable" / "matrix.db") != "ok":
                     figures["integrity_failures"] += 1
                 continue
