@@ -35,7 +35,7 @@ from . import engine
 from .blobs import blob_folder, set_mirror
 from .errors import ReplicationError
 from .replica import Replica, child_environment, parse_url
-from .store import Store, referenced_blobs
+from .store import Store, fail, referenced_blobs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -522,7 +522,7 @@ def _open_elsewhere(path: Path) -> bool:
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             return True
-        raise
+        raise fail(path, exc, "write") from None
     finally:
         conn.close()
     return False
