@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def log_path(tmp_path: Path) -> Iterator[Path]:
     durable_nb.open_log(path)
     yield path
     engine.close_log()
+
+
+def executions(folder: Path) -> dict[int, int]:
+    """How many times each step really ran: the numbers the test steps append to
+    ``counter.txt`` before working, whatever the log says ({} before any has run)."""
+    path = folder / "counter.txt"
+    return dict(Counter(int(n) for n in path.read_text().split())) if path.exists() else {}
 
 
 def integrity(path: Path) -> str:

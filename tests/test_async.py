@@ -13,7 +13,7 @@ import pytest
 
 from durable_nb import Store, step, workflow
 
-from .conftest import integrity, python
+from .conftest import executions, integrity, python
 from .kernels import Kernel, cell_text, kernel_env, notebook, run_all
 
 
@@ -136,13 +136,6 @@ def run_script(folder: Path, kill_after: int | None) -> str:
             break
     proc.wait(timeout=120)
     return "".join(out)
-
-
-def executions(folder: Path) -> dict[int, int]:
-    seen: dict[int, int] = {}
-    for line in (folder / "counter.txt").read_text().split():
-        seen[int(line)] = seen.get(int(line), 0) + 1
-    return seen
 
 
 def test_200_concurrent_steps_killed_and_resumed(tmp_path: Path) -> None:

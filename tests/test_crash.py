@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import integrity, python
+from .conftest import executions, integrity, python
 
 # Each step appends its number to a side file before working: the count of lines per
 # number is how many times it really executed, whatever the log says.
@@ -56,13 +56,6 @@ def run_until(tmp_path: Path, kill_at: int | None) -> str:
     return "".join(lines)
 
 
-def counts(tmp_path: Path) -> dict[int, int]:
-    seen: dict[int, int] = {}
-    for line in (tmp_path / "counter.txt").read_text().split():
-        seen[int(line)] = seen.get(int(line), 0) + 1
-    return seen
-
-
 @pytest.mark.parametrize("kill_points", [(0,), (5, 17, 18), (7, 27, 49)])
 def test_kill_and_resume(tmp_path: Path, kill_points: tuple[int, ...]) -> None:
     reference = tmp_path / "reference"
@@ -76,7 +69,7 @@ def test_kill_and_resume(tmp_path: Path, kill_points: tuple[int, ...]) -> None:
     done, digest_line = out.splitlines()[-2:]
     assert digest_line == expected  # same results as an uninterrupted run
 
-    seen = counts(tmp_path)
+    seen = executions(tmp_path)
     assert sorted(seen) == list(range(50))
     # the steps that were killed ran twice; every other step exactly once
     assert {i for i, n in seen.items() if n > 1} == set(kill_points)

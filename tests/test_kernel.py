@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from nbclient.exceptions import CellExecutionError
 
+from .conftest import executions
 from .kernels import Kernel, cell_text, kernel_env, notebook, run_all
 
 SETUP = "%load_ext durable_nb"
@@ -34,17 +35,9 @@ print("total", total)
 EXPECTED = [i * i for i in range(1, 11)]
 
 
-def counts(folder: Path) -> dict[int, int]:
-    seen: dict[int, int] = {}
-    path = folder / "counter.txt"
-    for line in path.read_text().split() if path.exists() else []:
-        seen[int(line)] = seen.get(int(line), 0) + 1
-    return seen
-
-
 def wait_for_step(folder: Path, i: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while counts(folder).get(i, 0) < 1:
+    while executions(folder).get(i, 0) < 1:
         assert time.monotonic() < deadline, f"step {i} never started"
         time.sleep(0.02)
 
@@ -60,12 +53,12 @@ def test_sigkill_during_step_then_run_all_resumes_then_skips(tmp_path: Path) -> 
         wait_for_step(tmp_path, 6)
     finally:
         kernel.kill()
-    assert counts(tmp_path) == {i: 1 for i in range(1, 7)}
+    assert executions(tmp_path) == {i: 1 for i in range(1, 7)}
 
     nb = notebook(SETUP, "SLOW = {}\n" + STEPS, SWEEP, "print(squares, total)")
     run_all(nb, tmp_path, env)
     # steps 1-5 replayed (not executed again), 6 ran again, 7-10 ran once
-    assert counts(tmp_path) == {i: (2 if i == 6 else 1) for i in range(1, 11)}
+    assert executions(tmp_path) == {i: (2 if i == 6 else 1) for i in range(1, 11)}
     out = cell_text(nb.cells[2])
     assert "[replayed] step 5" in out and "[replayed] step 6" not in out
     assert "ten: 5 steps replayed, 5 run" in out
@@ -77,7 +70,7 @@ def test_sigkill_during_step_then_run_all_resumes_then_skips(tmp_path: Path) -> 
 
     again = notebook(SETUP, "SLOW = {}\n" + STEPS, SWEEP, "print(squares, total)")
     run_all(again, tmp_path, env)
-    assert counts(tmp_path) == {i: (2 if i == 6 else 1) for i in range(1, 11)}  # nothing ran
+    assert executions(tmp_path) == {i: (2 if i == 6 else 1) for i in range(1, 11)}  # nothing ran
     skipped = cell_text(again.cells[2])
     assert "ten: skipped, unchanged since run 2; 2 variables restored" in skipped
     assert "total 385\n" in skipped  # the cell's own output, shown again
@@ -164,7 +157,7 @@ def test_interrupt_during_a_step_then_rerun_resumes(tmp_path: Path) -> None:
         assert "ten: 2 steps replayed, 8 run" in again.stdout
     finally:
         kernel.close()
-    assert counts(tmp_path) == {i: (2 if i == 3 else 1) for i in range(1, 11)}
+    assert executions(tmp_path) == {i: (2 if i == 3 else 1) for i in range(1, 11)}
     conn = sqlite3.connect(tmp_path / ".durable" / "ctrlc.db")
     assert [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")] == [
         "interrupted",
@@ -204,7 +197,7 @@ def test_cell_skip_follows_the_variables_it_reads(tmp_path: Path) -> None:
         assert plot.status == "ok" and "image/png" in plot.results[0]
     finally:
         kernel.close()
-    assert counts(tmp_path) == {1: 2, 2: 2, 3: 2}
+    assert executions(tmp_path) == {1: 2, 2: 2, 3: 2}
 
 
 def test_rich_output_is_restored_on_skip(tmp_path: Path) -> None:
