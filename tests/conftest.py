@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,23 @@ from durable_nb import engine
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@contextmanager
+def current_log(path: Path) -> Iterator[Path]:
+    """``path`` as the process's current log; afterwards its replication (if any) is stopped
+    and the log closed."""
+    durable_nb.open_log(path)
+    try:
+        yield path
+    finally:
+        durable_nb.stop_replication(log=path)
+        engine.close_log()
+
+
 @pytest.fixture
 def log_path(tmp_path: Path) -> Iterator[Path]:
     """A fresh log path, made the process's current log."""
-    path = tmp_path / ".durable" / "test.db"
-    durable_nb.open_log(path)
-    yield path
-    engine.close_log()
+    with current_log(tmp_path / ".durable" / "test.db") as path:
+        yield path
 
 
 def executions(folder: Path) -> dict[int, int]:

@@ -22,6 +22,7 @@ import durable_nb
 from durable_nb import DurableError, DurableWarning, Store, engine, step, workflow
 from durable_nb.schema import MIGRATIONS
 
+from .conftest import current_log
 from .kernels import Kernel, kernel_env
 
 
@@ -32,14 +33,11 @@ def payload(i: int) -> object:
 
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / ".durable" / "bad.db"
-    durable_nb.open_log(path)
-    with workflow("good"):
-        payload(1)
-        payload(100)  # a blob
-    yield path
-    durable_nb.stop_replication(log=path)
-    engine.close_log()
+    with current_log(tmp_path / ".durable" / "bad.db") as path:
+        with workflow("good"):
+            payload(1)
+            payload(100)  # a blob
+        yield path
 
 
 def state(path: Path) -> str:

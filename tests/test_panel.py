@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 import durable_nb
-from durable_nb import engine, step, workflow
+from durable_nb import step, workflow
 from durable_nb.panel import RestorePanel
 
+from .conftest import current_log
 from .test_replication import aws, make_bucket, moto_endpoint  # noqa: F401 - fixtures
 
 
@@ -21,11 +22,8 @@ def item(i: int) -> int:
 
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / ".durable" / "panel.db"
-    durable_nb.open_log(path)
-    yield path
-    durable_nb.stop_replication(log=path)
-    engine.close_log()
+    with current_log(tmp_path / ".durable" / "panel.db") as path:
+        yield path
 
 
 def history(url: str | None) -> str:

@@ -19,7 +19,7 @@ import durable_nb
 from durable_nb import ReplicationError, Store, engine, step, workflow
 from durable_nb.replica import parse_url
 
-from .conftest import ROOT, python
+from .conftest import ROOT, current_log, python
 
 
 def free_port() -> int:
@@ -77,11 +77,8 @@ def make_bucket(endpoint: str, name: str) -> None:
 
 @pytest.fixture
 def notebook_log(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / ".durable" / "exp.db"
-    durable_nb.open_log(path)
-    yield path
-    durable_nb.stop_replication(log=path)
-    engine.close_log()
+    with current_log(tmp_path / ".durable" / "exp.db") as path:
+        yield path
 
 
 calls: list[int] = []
