@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import durable_nb
+from durable_nb.store import referenced_blobs
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 200
@@ -104,10 +105,7 @@ def orphans(folder: Path) -> int:
         return 0
     conn = sqlite3.connect(log)
     try:
-        referenced = {
-            r[0]
-            for r in conn.execute("SELECT result_blob FROM steps WHERE result_blob IS NOT NULL")
-        }
+        referenced = referenced_blobs(conn)
     finally:
         conn.close()
     files = [p for p in blobs.glob("??/*")]

@@ -386,6 +386,12 @@ def _encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
         return None, f"result cannot be pickled ({exc.reason}); it runs again next time"
 
 
+def _common(encoded: serialization.Encoded | None, printed: list[str], reason: str | None) -> bool:
+    """Whether a finished call is the common checkpoint (``CompletedRow``): its value pickled
+    inline, nothing printed, no reason to note."""
+    return encoded is not None and encoded.inline and not printed and reason is None
+
+
 def _result(value: Any, encoded: serialization.Encoded | None, blob: str | None) -> _Result:
     """The result columns of a value: inline bytes, or the digest of its blob file."""
     type_name, value_repr = serialization.describe(value)
@@ -520,7 +526,7 @@ class Step:
             _current.reset(token)
             encoded, why = _encode(value)
             store = await run.async_store()
-            if encoded is not None and encoded.inline and not printed and reason is None:
+            if _common(encoded, printed, reason):
                 await store.insert_completed(
                     self._completed_row(run, key, attempt, started, args, kwargs, value, encoded)
                 )
@@ -528,11 +534,10 @@ class Step:
                 blob = None
                 if encoded is not None and not encoded.inline:  # off the loop, before its row
                     blob = await asyncio.to_thread(run.store.blobs.write, encoded.segments)
-                result = _result(value, encoded, blob)
                 await store.insert_step(
-                    self._row(
-                        run, key, attempt, "not_durable" if why else "completed", started,
-                        args, kwargs, printed, result, reason=why or reason,
+                    self._success_row(
+                        run, key, attempt, started, args, kwargs, printed, value, encoded, blob,
+                        why or reason,
                     )
                 )  # fmt: skip
             self._completed(run, value, why)
@@ -585,6 +590,19 @@ class Step:
         run.store.insert_step(row)
         return failed and attempt <= self.retries
 
+    def _success_row(
+        self, run: Run, key: StepKey, attempt: int, started: float, args: tuple[Any, ...],
+        kwargs: dict[str, Any], printed: list[str], value: Any,
+        encoded: serialization.Encoded | None, blob: str | None, reason: str | None,
+    ) -> StepRow:  # fmt: skip
+        """The log row of a finished call outside the common case: not durable (``encoded``
+        None), a value in a blob file, printed output, or a reason to note."""
+        status = "completed" if encoded is not None else "not_durable"
+        result = _result(value, encoded, blob)
+        return self._row(
+            run, key, attempt, status, started, args, kwargs, printed, result, reason=reason
+        )
+
     def _completed_row(
         self, run: Run, key: StepKey, attempt: int, started: float, args: tuple[Any, ...],
         kwargs: dict[str, Any], value: Any, encoded: serialization.Encoded,
@@ -623,7 +641,7 @@ class Step:
     ) -> None:
         """Commit a completed step; a value that cannot be pickled is logged not durable."""
         encoded, why = _encode(value)
-        if encoded is not None and encoded.inline and not printed and reason is None:
+        if _common(encoded, printed, reason):
             run.store.insert_completed(
                 self._completed_row(run, key, attempt, started, args, kwargs, value, encoded)
             )
@@ -631,12 +649,10 @@ class Step:
             blob = None
             if encoded is not None and not encoded.inline:  # the blob exists before its row
                 blob = run.store.blobs.write(encoded.segments)
-            status = "not_durable" if why else "completed"
-            result = _result(value, encoded, blob)
             run.store.insert_step(
-                self._row(
-                    run, key, attempt, status, started, args, kwargs, printed, result,
-                    reason=why or reason,
+                self._success_row(
+                    run, key, attempt, started, args, kwargs, printed, value, encoded, blob,
+                    why or reason,
                 )
             )  # fmt: skip
         self._completed(run, value, why)
