@@ -4,6 +4,9 @@
    file with the same pragmas (WAL, synchronous=NORMAL). Target ratio <= 2.0.
 2. Replay cost per completed step (target <= 10 us) and a 10,000-step replay (< 0.2 s).
 3. Store and load of a 100 MiB numpy array result vs joblib.Memory (target <= 1.5x each).
+4. Dependencies: a step calling 3 helpers and reading 3 globals, one a 10 MB numpy array;
+   checkpoint overhead per call vs a raw commit (target <= 2.5x), replay per call, and the
+   first call of a run (which hashes the array once).
 
 Usage: python benchmarks/bench_steps.py [--repeat 7]
 """
@@ -95,6 +98,57 @@ def replay_cost(folder: Path, n: int) -> tuple[float, float]:
     return (t2 - t1) / n * 1e6, total
 
 
+RATE = 0.5
+NAMES = ("a", "b", "c")
+WEIGHTS = np.random.default_rng(1).random(10 * 2**20 // 8)  # 10 MB, hashed once per run
+
+
+def scale(x: float) -> float:
+    return x * RATE
+
+
+def offset(x: float) -> float:
+    return x + len(NAMES)
+
+
+def pick(i: int) -> float:
+    return float(WEIGHTS[i % 1000])
+
+
+def rich(i: int) -> dict[str, float]:
+    return {"i": i, "v": scale(i) + offset(i) + pick(i)}
+
+
+durable_rich = step(rich)
+
+
+def dependencies_us(folder: Path, n: int) -> tuple[float, float, float, float]:
+    """(us per checkpointed call, us per plain call, us per replayed call, ms of the first
+    call of a replaying run) for the step with helpers and globals."""
+    store = Store(folder / "deps.db")
+    settle()
+    t0 = time.perf_counter()
+    for i in range(n):
+        rich(i)
+    plain = (time.perf_counter() - t0) / n * 1e6
+    with workflow("deps", store=store):
+        t0 = time.perf_counter()
+        for i in range(n):
+            durable_rich(i)
+        durable = (time.perf_counter() - t0) / n * 1e6
+    with workflow("deps", store=store) as run:
+        t0 = time.perf_counter()
+        durable_rich(0)
+        first = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        for i in range(1, n):
+            durable_rich(i)
+        replay = (time.perf_counter() - t0) / (n - 1) * 1e6
+    assert run.steps_replayed == n
+    store.close()
+    return durable, plain, replay, first
+
+
 BIG = np.random.default_rng(0).random(100 * 2**20 // 8)
 
 
@@ -140,7 +194,7 @@ def main() -> None:
           f"median of {args.repeat} runs")  # fmt: skip
 
     raw, raw_off, ours, plain, replay_us, replay_10k = [], [], [], [], [], []
-    big_ours, big_job = [], []
+    big_ours, big_job, deps = [], [], []
     for r in range(args.repeat):
         folder = Path(tempfile.mkdtemp(prefix="dnb-bench-"))
         try:
@@ -152,6 +206,7 @@ def main() -> None:
                 d, p = step_overhead_us(folder, args.n)
             ours.append(d)
             plain.append(p)
+            deps.append(dependencies_us(folder, args.n))
             us, total = replay_cost(folder, 10_000)
             replay_us.append(us)
             replay_10k.append(total)
@@ -184,6 +239,12 @@ def main() -> None:
           f"ratio {store_o / store_j:.2f}   (target <= 1.5)")  # fmt: skip
     print(f"   load:  durable_nb {load_o:.3f} s, joblib.Memory {load_j:.3f} s, "
           f"ratio {load_o / load_j:.2f}   (target <= 1.5)")  # fmt: skip
+    deps_ratio = med((d[0] - d[1]) / b for d, b in zip(deps, raw, strict=True))
+    print("\n4. a step calling 3 helpers and reading 3 globals (one a 10 MB array)")
+    print(f"   checkpoint overhead: {med(d[0] - d[1] for d in deps):.1f} us, ratio to the raw "
+          f"commit {deps_ratio:.2f}   (target <= 2.5)")  # fmt: skip
+    print(f"   replay per call: {med(d[2] for d in deps):.2f} us; first call of a run (hashes "
+          f"the array): {med(d[3] for d in deps):.2f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

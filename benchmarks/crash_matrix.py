@@ -37,17 +37,19 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 200
 
 WORKER = r"""
-import hashlib, sys
+import hashlib, os, sys
 import durable_nb
 from durable_nb import step, workflow
 
-folder, attempt = sys.argv[1], sys.argv[2]
-counter = open(f"{folder}/executions.txt", "a")
+folder = sys.argv[1]
+os.environ["ATTEMPT"] = sys.argv[2]
 
 @step
 def work(i):
-    counter.write(f"{attempt} {i}\n")
-    counter.flush()
+    # The attempt number comes from the environment, which replay does not see: a global
+    # that changes with every attempt would be a dependency of the step.
+    with open(f"{folder}/executions.txt", "a") as counter:
+        counter.write(f"{os.environ['ATTEMPT']} {i}\n")
     total = sum(range(20_000 + i))
     if i % 10 == 9:
         return bytes([i % 256]) * (1_100_000 + i)   # a blob file

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import Run, Step, current_run, get_store, open_log, step, workflow
+from .engine import (
+    Plan,
+    Run,
+    Step,
+    accept,
+    current_run,
+    get_store,
+    open_log,
+    plan,
+    step,
+    workflow,
+)
 from .errors import (
     BlobError,
     DurableError,
     DurableWarning,
     LogFileError,
+    PlanStop,
     ReplicationError,
     SchemaTooNewError,
     WorkflowBusyError,
@@ -37,6 +49,8 @@ __all__ = [
     "DurableError",
     "DurableWarning",
     "LogFileError",
+    "Plan",
+    "PlanStop",
     "ReplicationError",
     "RestorePanel",
     "Run",
@@ -44,11 +58,13 @@ __all__ = [
     "Step",
     "Store",
     "WorkflowBusyError",
+    "accept",
     "current_run",
     "events",
     "get_store",
     "load_ipython_extension",
     "open_log",
+    "plan",
     "replicate",
     "replication_status",
     "restore",

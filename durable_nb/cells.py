@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import inspect
 import json
 import pickle
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
-from .digests import code_digest, value_digest
+from .dependencies import code_digest
+from .digests import value_digest
 from .records import CellRecord, RunRecord
 from .store import Store
 
@@ -37,6 +39,7 @@ __all__ = [
     "MARKER",
     "RUNNER",
     "CellVariables",
+    "NamespaceGuard",
     "inputs_digest",
     "load_outputs",
     "pack_variables",
@@ -217,6 +220,40 @@ def unpack_variables(
             values[name] = serialization.decode(fmt, (data,))
     namespace.update(values)  # all or nothing: a damaged blob raised before any update
     return list(values)
+
+
+class NamespaceGuard:
+    """Lets a cell run in ``namespace`` and then puts the namespace back (for ``--plan``).
+
+    Names the cell binds are unbound or rebound as they were; the values it reads are
+    replaced, while it runs, by deep copies, so that in-place changes (``results.append``)
+    touch only the copies. Values that cannot be deep-copied, and what helpers change
+    through globals the cell does not read, are not protected.
+    """
+
+    def __init__(self, namespace: MutableMapping[str, Any], reads: Iterable[str]) -> None:
+        self.namespace = namespace
+        self.saved = dict(namespace)
+        for name in reads:
+            value = namespace.get(name)
+            if value is None or callable(value) or isinstance(value, types.ModuleType):
+                continue
+            try:
+                namespace[name] = copy.deepcopy(value)
+            except Exception:  # a client, a lock: left as it is
+                continue
+
+    def restore(self) -> None:
+        """Put every name back as it was before the cell ran."""
+        namespace, saved = self.namespace, self.saved
+        for name in [n for n in namespace if n not in saved]:
+            del namespace[name]
+        for name, value in saved.items():
+            if namespace.get(name, _UNSET) is not value:
+                namespace[name] = value
+
+
+_UNSET = object()
 
 
 def skippable(

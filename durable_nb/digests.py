@@ -1,138 +1,255 @@
-"""Digests that decide replay: of a step's code, of its arguments, of a cell's inputs.
+"""Digests that decide replay: of a call's arguments, of values, of a cell's source.
 
-The code digest ignores comments, whitespace, docstrings and decorators (it hashes the
-function's AST) but not the body. The argument digest is canonical: dicts, keyword arguments
-and sets are sorted so that equal arguments give equal digests in every process, whatever
-``PYTHONHASHSEED`` is. An argument that cannot be pickled (a client, a connection) counts by
-its type only.
+The digests are canonical: equal values give equal digests in every process, whatever
+``PYTHONHASHSEED`` is. Dicts, keyword arguments and sets are sorted; dataclasses and plain
+objects are digested by their fields (not by their pickle, which depends on set order);
+numpy arrays by dtype (field names included), shape and data. A value that cannot be digested
+(a client, a connection) counts by its type only, and ``ValueDigest.opaque`` says so.
+
+A call's arguments are first bound to the function's signature (``Arguments``), so that
+``f(5)``, ``f(x=5)`` and ``f(5, y=<its default>)`` are one key, and the bound arguments of a
+``functools.partial`` are part of it.
+
+xxh3-128, not a cryptographic hash: digests run on every step call, and a key only has to
+tell apart the calls of one workflow, not resist an adversary.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import inspect
 import pickle
-import textwrap
-import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from xxhash import xxh3_128_hexdigest
 
-__all__ = ["args_digest", "code_digest", "source_digest", "value_digest"]
+__all__ = [
+    "Arguments",
+    "ValueDigest",
+    "args_digest",
+    "digest_value",
+    "source_digest",
+    "value_digest",
+]
 
 _PRIMITIVES = frozenset({type(None), bool, int, float, complex, str, bytes})
+_NO_STATE = getattr(object, "__getstate__", None)
 
 
-def _hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:32]
+class ValueDigest(NamedTuple):
+    """The digest of a value, what it cost, and whether it was by type only."""
+
+    digest: str
+    cost: int  # about how many bytes were read to make it
+    opaque: bool  # some part of it could not be digested and counts by its type
 
 
-class _StripDocs(ast.NodeTransformer):
-    """Remove docstrings and decorators, which do not change what a function computes."""
+class _Acc:
+    __slots__ = ("cost", "opaque")
 
-    def _strip(self, node: Any) -> Any:
-        self.generic_visit(node)
-        body = node.body
-        if (
-            body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
-        if hasattr(node, "decorator_list"):
-            node.decorator_list = []
-        return node
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
+    def __init__(self) -> None:
+        self.cost = 0
+        self.opaque = False
 
 
-def _bytecode_digest(code: types.CodeType) -> bytes:
-    parts = [code.co_code, repr(code.co_names).encode()]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            parts.append(_bytecode_digest(const))
-        else:
-            parts.append(repr(const).encode())
-    return hashlib.sha256(b"\0".join(parts)).digest()
-
-
-def code_digest(fn: Any) -> str:
-    """Digest of what a callable computes: its AST, or its bytecode when no source exists."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    fn = inspect.unwrap(fn)
+def _sorted(items: list[Any]) -> list[Any]:
     try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        tree = _StripDocs().visit(ast.parse(source))
-        return _hex(ast.dump(tree, annotate_fields=False, include_attributes=False).encode())
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        pass
-    code = getattr(fn, "__code__", None)
-    if isinstance(code, types.CodeType):
-        return _hex(_bytecode_digest(code))
-    name = getattr(fn, "__qualname__", type(fn).__qualname__)
-    return _hex(f"{getattr(fn, '__module__', '')}.{name}".encode())
+        items.sort()
+    except TypeError:
+        items.sort(key=repr)
+    return items
 
 
-def _canon(value: Any) -> Any:
+def _plain_object(t: type) -> bool:
+    """Whether instances pickle as their ``__dict__`` (no custom reduce or state)."""
+    return (
+        t.__reduce_ex__ is object.__reduce_ex__
+        and t.__reduce__ is object.__reduce__
+        and getattr(t, "__getstate__", None) is _NO_STATE
+    )
+
+
+def _canon(value: Any, acc: _Acc) -> Any:
     """A structure of primitives equal for equal values, with type tags where it matters."""
     t = type(value)
     if t in _PRIMITIVES:
+        if t is str or t is bytes:
+            acc.cost += len(value)
         return value
+    acc.cost += 8
     if t is tuple or t is list:
-        return (t.__name__, *map(_canon, value))
+        return (t.__name__, *[_canon(v, acc) for v in value])
     if t is dict:
-        items = [(_canon(k), _canon(v)) for k, v in value.items()]
-        try:
-            items.sort()
-        except TypeError:
-            items.sort(key=repr)
-        return ("dict", *items)
+        return ("dict", *_sorted([(_canon(k, acc), _canon(v, acc)) for k, v in value.items()]))
     if t is set or t is frozenset:
-        members = [_canon(v) for v in value]
-        try:
-            members.sort()
-        except TypeError:
-            members.sort(key=repr)
-        return (t.__name__, *members)
-    if t.__module__ == "numpy" and t.__name__ == "ndarray" and value.dtype.hasobject is False:
-        return ("ndarray", value.dtype.str, value.shape, _hex(value.tobytes()))
-    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return (t.__name__, *_sorted([_canon(v, acc) for v in value]))
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+        if value.dtype.hasobject:
+            return ("ndarray-object", value.shape, _canon(value.tolist(), acc))
+        acc.cost += value.nbytes
+        dtype = value.dtype.descr if value.dtype.names else value.dtype.str
+        data = value if value.flags.c_contiguous else value.copy(order="C")
+        return ("ndarray", dtype, value.shape, xxh3_128_hexdigest(data.view("u1").data))
+    if callable(value) and (inspect.isroutine(value) or isinstance(value, type)):
         return ("callable", getattr(value, "__module__", ""), value.__qualname__)
+    fields = getattr(t, "__dataclass_fields__", None)
+    if fields is not None:
+        state = [(name, _canon(getattr(value, name, None), acc)) for name in fields]
+        return ("dataclass", t.__module__, t.__qualname__, *state)
+    if isinstance(value, tuple) and hasattr(t, "_fields"):  # a NamedTuple
+        return ("namedtuple", t.__module__, t.__qualname__, *[_canon(v, acc) for v in value])
+    if hasattr(value, "__dict__") and _plain_object(t):
+        return ("object", t.__module__, t.__qualname__, _canon(vars(value), acc))
     try:
-        return ("pickle", t.__module__, t.__qualname__, _hex(pickle.dumps(value, protocol=5)))
+        data = pickle.dumps(value, protocol=5)
     except Exception:
+        acc.opaque = True
         return ("type", t.__module__, t.__qualname__)
+    acc.cost += len(data)
+    return ("pickle", t.__module__, t.__qualname__, xxh3_128_hexdigest(data))
+
+
+def digest_value(value: Any) -> ValueDigest:
+    """Canonical digest of one value, with its cost and whether part of it was opaque."""
+    acc = _Acc()
+    try:
+        canon = _canon(value, acc)
+    except RecursionError:  # a structure that refers to itself
+        t = type(value)
+        return ValueDigest(f"type:{t.__module__}.{t.__qualname__}", 0, True)
+    return ValueDigest(xxh3_128_hexdigest(pickle.dumps(canon, protocol=5)), acc.cost, acc.opaque)
+
+
+def value_digest(value: Any) -> str:
+    """Canonical digest of one value (used for globals and the variables a cell reads)."""
+    return digest_value(value).digest
 
 
 def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """Canonical digest of a call's arguments (keyword order does not matter).
-
-    xxh3-128, not a cryptographic hash: it runs on every step call, and a key only has to
-    tell apart the calls of one workflow, not resist an adversary.
-    """
+    """Canonical digest of a call's (bound) arguments; keyword order does not matter."""
     if not kwargs:
         for a in args:
             if type(a) not in _PRIMITIVES:
                 break
         else:  # only primitives: their pickle is already canonical
             return xxh3_128_hexdigest(pickle.dumps(args, protocol=5))
-    canon = (
-        tuple(_canon(a) for a in args),
-        tuple(sorted((k, _canon(v)) for k, v in kwargs.items())),
-    )
+    acc = _Acc()
+    try:
+        canon = (
+            tuple(_canon(a, acc) for a in args),
+            tuple(sorted((k, _canon(v, acc)) for k, v in kwargs.items())),
+        )
+    except RecursionError:
+        canon = (tuple(type(a).__qualname__ for a in args), tuple(sorted(kwargs)))
     return xxh3_128_hexdigest(pickle.dumps(canon, protocol=5))
 
 
-def value_digest(value: Any) -> str:
-    """Canonical digest of one value (used for the variables a cell reads)."""
-    return _hex(pickle.dumps(_canon(value), protocol=5))
+def _same(value: Any, default: Any) -> bool:
+    return value is default or (
+        type(value) is type(default) and type(value) in _PRIMITIVES and value == default
+    )
+
+
+class Arguments:
+    """Binds a call's arguments to a function's signature, for its key.
+
+    Keyword arguments given by position and positional ones given by keyword come out the
+    same; arguments equal to their default are left out (so adding a parameter with a
+    default keeps old keys); a ``functools.partial``'s own arguments come first.
+    """
+
+    __slots__ = (
+        "_bound",
+        "_defaults",
+        "_first_default",
+        "_params",
+        "_positional",
+        "_sig",
+        "_simple",
+    )  # fmt: skip
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        bound_args: tuple[Any, ...] = ()
+        bound_kw: dict[str, Any] = {}
+        target = fn
+        while isinstance(target, functools.partial):
+            bound_args = target.args + bound_args
+            bound_kw = {**target.keywords, **bound_kw}
+            target = target.func
+        self._bound = (bound_args, bound_kw)
+        try:
+            self._sig: inspect.Signature | None = inspect.signature(target)
+        except (TypeError, ValueError):
+            self._sig = None
+        params = list(self._sig.parameters.values()) if self._sig else []
+        kinds = {p.kind for p in params}
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self._params = params
+        self._positional = len(positional)
+        self._defaults = [p.default for p in positional]
+        first = len(positional)
+        while first > 0 and positional[first - 1].default is not inspect.Parameter.empty:
+            first -= 1
+        self._first_default = first
+        self._simple = (
+            self._sig is not None
+            and not bound_args
+            and not bound_kw
+            and kinds
+            <= {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+        )
+
+    def merged(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call as the underlying function sees it (a partial's arguments included)."""
+        bound_args, bound_kw = self._bound
+        if not bound_args and not bound_kw:
+            return args, kwargs
+        return bound_args + args, {**bound_kw, **kwargs}
+
+    def key(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The canonical (args, kwargs) of a call, for ``args_digest``."""
+        if self._simple and not kwargs and len(args) <= self._positional:
+            end = len(args)
+            defaults = self._defaults
+            while end > self._first_default and _same(args[end - 1], defaults[end - 1]):
+                end -= 1
+            return (args if end == len(args) else args[:end]), kwargs
+        args, kwargs = self.merged(args, kwargs)
+        if self._sig is None:
+            return args, kwargs
+        try:
+            bound = self._sig.bind(*args, **kwargs)
+        except TypeError:  # the call itself will raise it
+            return args, kwargs
+        given = bound.arguments
+        positional: list[Any] = []
+        named: dict[str, Any] = {}
+        rest: tuple[Any, ...] = ()
+        for p in self._params:
+            if p.kind is p.VAR_POSITIONAL:
+                rest = given.get(p.name, ())
+            elif p.kind is p.VAR_KEYWORD:
+                named.update(given.get(p.name, {}))
+            elif p.kind is p.KEYWORD_ONLY:
+                if p.name in given and not _same(given[p.name], p.default):
+                    named[p.name] = given[p.name]
+            else:
+                positional.append(given.get(p.name, p.default))
+        if not rest:
+            end = len(positional)
+            while end > self._first_default and _same(positional[end - 1], self._defaults[end - 1]):
+                end -= 1
+            del positional[end:]
+        return (*positional, *rest), named
 
 
 def source_digest(source: str) -> str:
     """Digest of a cell's source text, ignoring trailing whitespace."""
     lines = [line.rstrip() for line in source.strip().splitlines()]
-    return _hex("\n".join(lines).encode())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]

@@ -18,16 +18,25 @@ import os
 import sys
 import threading
 import time
-import traceback
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from . import serialization
+from .calls import Call, args_repr, encode
 from .capture import Tee, task_output
-from .digests import args_digest, code_digest
-from .errors import BlobError, DurableError, DurableWarning
+from .dependencies import (
+    ACCEPTED,
+    RunDependencies,
+    StepDependencies,
+    code_digest,
+    explain,
+    package_version,
+)
+from .digests import Arguments, args_digest
+from .errors import BlobError, DurableError, DurableWarning, PlanStop
 from .records import CompletedRow, StepKey, StepRow, StoredStep
 from .store import Store
 
@@ -36,22 +45,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Decision",
+    "Plan",
     "Run",
     "Step",
+    "accept",
     "current_run",
     "decide",
     "get_store",
     "open_log",
+    "plan",
     "step",
     "workflow",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_Result = tuple[str | None, str | None, int | None, str | None, str | None, bytes | None]
-"""(format, blob digest, size, type name, short repr, inline bytes) of a step's value."""
-_Error = tuple[str | None, str | None, str | None]
-"""(type name, message, traceback text) of a step's exception."""
+_PYTHON = sys.version.split()[0]
 
 REPLAY_MARK = "[replayed] "
 """Prefix of each line of a replayed step's stdout."""
@@ -155,10 +164,12 @@ def current_run() -> Run | None:
 
 
 class Decision(NamedTuple):
-    """What to do with a step call: replay ``record``, or run it (saying ``reason``)."""
+    """What to do with a step call: replay ``record``, or run it (saying ``reason``, or
+    ``stale``: the newest record of the call, made by other code or dependencies)."""
 
     record: StoredStep | None = None
     reason: str | None = None
+    stale: StoredStep | None = None
 
     @property
     def replay(self) -> bool:
@@ -170,27 +181,37 @@ _RUN = Decision()
 
 
 def decide(
-    completed: dict[StepKey, dict[str, StoredStep]] | None, key: StepKey, code: str, name: str
+    completed: dict[StepKey, dict[str, StoredStep]] | None,
+    key: StepKey,
+    digest: str,
+    base: str | None = None,
 ) -> Decision:
-    """The replay rule: replay a completed record with the same key and code digest.
+    """The replay rule: replay a completed record with the same key and dependency digest.
 
-    Anything else runs: no completed record (never run, or it raised, was interrupted or
-    crashed), only records made by other code (the reason says so), or a fresh run.
+    A record that ``accept`` marked valid for the step's current ``base`` digest (its code
+    and dependencies, without what the call's arguments bring) counts as the same. Anything
+    else runs: no completed record (never run, or it raised, was interrupted or crashed),
+    only records made by other code or dependencies (``stale``), or a fresh run.
     """
     if completed is None:
         return Decision(reason="fresh run: the log is ignored")
-    by_code = completed.get(key)
-    if by_code is None:
+    by_digest = completed.get(key)
+    if by_digest is None:
         return _RUN
-    record = by_code.get(code)
+    record = by_digest.get(digest)
+    if record is None and base is not None:
+        record = by_digest.get(ACCEPTED + base)
     if record is None:
-        newest = max(by_code.values(), key=lambda r: r.id)
-        return Decision(reason=f"code of {name} changed since run {newest.run_id}")
+        return Decision(stale=max(by_digest.values(), key=lambda r: r.id))
     return Decision(record)
 
 
 class Run:
-    """One execution of a workflow: the log's run row plus what replay needs in memory."""
+    """One execution of a workflow: the log's run row plus what replay needs in memory.
+
+    With ``plan=True`` nothing is written: the first step that would run raises
+    ``PlanStop`` instead of running.
+    """
 
     def __init__(
         self,
@@ -198,19 +219,29 @@ class Run:
         workflow: str,
         *,
         fresh: bool = False,
+        plan: bool = False,
         source_digest: str | None = None,
         inputs_digest: str | None = None,
     ) -> None:
         self.store = store
         self.workflow = workflow
+        self.plan = plan
         self.completed = None if fresh else store.completed_steps(workflow)
-        self.id = store.begin_run(
-            workflow, source_digest=source_digest, inputs_digest=inputs_digest
+        self.id = (
+            0
+            if plan
+            else store.begin_run(workflow, source_digest=source_digest, inputs_digest=inputs_digest)
         )
         self.started = time.perf_counter()
         self.steps_run = 0
         self.replayed: list[int] = []  # ids of the step records this run replayed
         self.status = "running"
+        self.deps = RunDependencies()
+        self.remarks: list[str] = []  # said once at the end of the run (version changes, ...)
+        self.plan_result: Plan | None = None
+        self._versions: dict[tuple[str, str, str], list[str]] = {}
+        self._environments: dict[int, dict[str, str]] = {}
+        self._predating = 0
         self._warned: set[str] = set()
         self._aio: AsyncStore | None = None
         self._aio_ready: asyncio.Future[AsyncStore] | None = None
@@ -233,13 +264,16 @@ class Run:
 
     def finish(self, exc: BaseException | None) -> None:
         """Record the run's end: completed, failed (Exception) or interrupted (otherwise)."""
-        if exc is None:
+        if exc is None or isinstance(exc, PlanStop):
             status, error = "completed", None
         elif isinstance(exc, Exception):
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         else:
             status, error = "interrupted", type(exc).__name__
         self.status = status
+        self._remark()
+        if self.plan:
+            return
         if self._aio is not None:
             self._aio.stop()
         self.store.end_run(
@@ -248,7 +282,18 @@ class Run:
             steps_run=self.steps_run,
             replayed=self.replayed,
             error=error,
+            environment=self.deps.environment(),
         )
+
+    def _remark(self) -> None:
+        for (package, then, now), names in self._versions.items():
+            which = ", ".join(dict.fromkeys(names))
+            self.remarks.append(f"{package} {then} -> {now} since the stored results of {which}")
+        if self._predating:
+            self.remarks.append(
+                f"{self._predating} steps ran again: their records predate dependency digests "
+                f"(durable_nb 0.2); %durable accept {self.workflow} replays them"
+            )
 
     @property
     def steps_replayed(self) -> int:
@@ -271,6 +316,37 @@ class Run:
             payload = self.store.step_payload(record.id)
         return serialization.decode(record.result_format, (payload,))
 
+    def explain(self, stale: StoredStep, call: Call) -> str:
+        """Why ``call`` runs although the log has ``stale`` for its key."""
+        doc = self.store.digest_document(stale.code_digest)
+        if doc is None:
+            self._predating += 1
+        return explain(doc, call.digest, call.name, stale.run_id)
+
+    def record(self, call: Call, row: StepRow | CompletedRow) -> None:
+        """Commit a finished attempt (its digest's document first, once per process)."""
+        self.store.remember_digest(row.code_digest, call.document)
+        self.store.insert(row)
+
+    async def arecord(self, call: Call, row: StepRow | CompletedRow) -> None:
+        """``record`` for async steps: the row goes through the aiosqlite twin."""
+        self.store.remember_digest(row.code_digest, call.document)
+        store = await self.async_store()
+        await store.insert(row)
+
+    def compare_environment(self, record: StoredStep, call: Call) -> None:
+        """Note packages whose version changed since ``record`` was made (said at the end)."""
+        then = self._environments.get(record.run_id)
+        if then is None:
+            then = self._environments[record.run_id] = self.store.run_environment(record.run_id)
+        if not then:
+            return
+        for package in (*call.digest.packages, "python"):
+            old = then.get(package)
+            now = _PYTHON if package == "python" else package_version(package)
+            if old and now and old != now:
+                self._versions.setdefault((package, old, now), []).append(call.name)
+
     def warn_once(self, name: str, message: str) -> None:
         """Warn about ``name`` once per run."""
         if name not in self._warned:
@@ -278,11 +354,30 @@ class Run:
             warnings.warn(message, DurableWarning, stacklevel=4)
 
 
+class Plan(NamedTuple):
+    """What running a workflow would do now: how many steps replay, and the first that runs."""
+
+    workflow: str
+    replayed: int
+    step: str | None = None  # None: every step call replays
+    args: str | None = None
+    reason: str | None = None
+
+    def __str__(self) -> str:
+        head = f"plan {self.workflow}: {self.replayed} steps replay"
+        if self.step is None:
+            return f"{head}; nothing would run"
+        why = f" ({self.reason})" if self.reason else " (not in the log)"
+        return f"{head}, then {self.step}({self.args}) would run{why}; nothing was run"
+
+
 class workflow:
     """A durable workflow: ``with workflow("name"):``, ``async with ...``, or a decorator.
 
     Each entry starts a run in the log; steps called inside replay from the workflow's
-    earlier runs. ``fresh=True`` ignores the log (every step runs again).
+    earlier runs. ``fresh=True`` ignores the log (every step runs again). ``plan=True``
+    writes nothing and stops at the first step that would run; ``run.plan_result`` (a
+    ``Plan``) says which and why.
     """
 
     def __init__(
@@ -291,6 +386,7 @@ class workflow:
         *,
         store: Store | None = None,
         fresh: bool = False,
+        plan: bool = False,
         source_digest: str | None = None,
         inputs_digest: str | None = None,
     ) -> None:
@@ -298,6 +394,7 @@ class workflow:
         self.name = None if fn is not None else name
         self.store = store
         self.fresh = fresh
+        self.plan = plan
         self.source_digest = source_digest
         self.inputs_digest = inputs_digest
         self.run: Run | None = None
@@ -320,32 +417,49 @@ class workflow:
             self.store or get_store(),
             self.name,
             fresh=self.fresh,
+            plan=self.plan,
             source_digest=self.source_digest,
             inputs_digest=self.inputs_digest,
         )
         self._token = _current.set(_Scope(self.run, None))
         return self.run
 
-    def _leave(self) -> Run:
+    def _leave(self, exc: BaseException | None) -> bool:
         assert self.run is not None and self._token is not None
         try:
             _current.reset(self._token)
         except ValueError:  # exited in another context (e.g. a task): just clear it
             _current.set(None)
-        return self.run
+        if not self.plan:
+            return False
+        run = self.run
+        if isinstance(exc, PlanStop):
+            run.plan_result = Plan(run.workflow, run.steps_replayed, exc.step, exc.args_repr,
+                                   exc.reason)  # fmt: skip
+            return True
+        run.plan_result = Plan(run.workflow, run.steps_replayed)
+        return False
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self._leave().finish(exc)
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        planned = self._leave(exc)
+        assert self.run is not None
+        self.run.finish(exc)
+        return planned
 
     async def __aenter__(self) -> Run:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        await self._leave().afinish(exc)
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        planned = self._leave(exc)
+        assert self.run is not None
+        await self.run.afinish(exc)
+        return planned
 
 
 def _display_name(fn: Callable[..., Any]) -> str:
     """A function's qualified name without the ``<locals>`` of enclosing functions."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return qualname.rpartition("<locals>.")[2]
 
@@ -360,6 +474,7 @@ def _named_workflow(
             async with workflow(name, store=store, fresh=fresh):
                 return await fn(*args, **kwargs)
 
+        run_async.__durable_workflow__ = (name, store)  # type: ignore[attr-defined]
         return run_async
 
     @functools.wraps(fn)
@@ -367,10 +482,42 @@ def _named_workflow(
         with workflow(name, store=store, fresh=fresh):
             return fn(*args, **kwargs)
 
+    run_sync.__durable_workflow__ = (name, store)  # type: ignore[attr-defined]
     return run_sync
 
 
+def plan(target: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """What calling a ``@workflow`` function would do now, without running any step.
+
+    Calls ``target(*args, **kwargs)`` with replay only: completed steps replay; at the first
+    step that would run, it stops and returns a ``Plan`` naming it and why. Nothing is
+    written to the log. For an ``async def`` workflow it returns an awaitable.
+    """
+    spec = getattr(target, "__durable_workflow__", None)
+    if spec is None:
+        raise DurableError(
+            f"plan() takes a @workflow function, not {target!r}; for a block of code use "
+            "with workflow(NAME, plan=True) as run: ... then run.plan_result"
+        )
+    name, store = spec
+    fn = target.__wrapped__  # type: ignore[attr-defined]
+    if inspect.iscoroutinefunction(fn):
+
+        async def planned() -> Plan:
+            async with workflow(name, store=store, plan=True) as run:
+                await fn(*args, **kwargs)
+            return run.plan_result
+
+        return planned()
+    with workflow(name, store=store, plan=True) as run:
+        fn(*args, **kwargs)
+    return run.plan_result
+
+
 # -- steps ----------------------------------------------------------------------------------
+
+_steps: weakref.WeakValueDictionary[str, Step] = weakref.WeakValueDictionary()
+"""The newest step of each name defined in this process (for ``accept``)."""
 
 
 def _emit_replayed(stdout: str) -> None:
@@ -378,40 +525,14 @@ def _emit_replayed(stdout: str) -> None:
     sys.stdout.write("".join(REPLAY_MARK + line for line in lines))
 
 
-def _encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
-    """A step value's encoding, or None and why it is not durable."""
-    try:
-        return serialization.encode(value), None
-    except serialization.NotSerializable as exc:
-        return None, f"result cannot be pickled ({exc.reason}); it runs again next time"
-
-
-def _common(encoded: serialization.Encoded | None, printed: list[str], reason: str | None) -> bool:
-    """Whether a finished call is the common checkpoint (``CompletedRow``): its value pickled
-    inline, nothing printed, no reason to note."""
-    return encoded is not None and encoded.inline and not printed and reason is None
-
-
-def _result(value: Any, encoded: serialization.Encoded | None, blob: str | None) -> _Result:
-    """The result columns of a value: inline bytes, or the digest of its blob file."""
-    type_name, value_repr = serialization.describe(value)
-    if encoded is None:
-        return None, None, None, type_name, value_repr, None
-    inline = encoded.segments[0] if encoded.inline else None
-    return encoded.format, blob, encoded.size, type_name, value_repr, inline  # type: ignore[return-value]
-
-
-def _args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    if len(args) == 1 and not kwargs:
-        return serialization.short_repr(args[0])
-    parts = [serialization.short_repr(a) for a in args]
-    parts += [f"{k}={serialization.short_repr(v)}" for k, v in kwargs.items()]
-    text = ", ".join(parts)
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 class Step:
-    """A callable whose calls inside a workflow are checkpointed and replayed."""
+    """A callable whose calls inside a workflow are checkpointed and replayed.
+
+    ``track_versions=True`` makes the versions of the installed packages its code
+    references (and Python's) part of its dependency digest: an upgrade runs it again.
+    """
+
+    __durable_step__ = True
 
     def __init__(
         self,
@@ -421,6 +542,7 @@ class Step:
         retries: int = 0,
         backoff: float = 2.0,
         retry_delay: float = 1.0,
+        track_versions: bool = False,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be 0 or more")
@@ -430,15 +552,15 @@ class Step:
         self.backoff = backoff
         self.retry_delay = retry_delay
         self.is_async = inspect.iscoroutinefunction(fn)
-        self._code: str | None = None
+        self.dependencies = StepDependencies(fn, self.name, track_versions=track_versions)
+        self._arguments = Arguments(fn)
         functools.update_wrapper(self, fn)
+        _steps[self.name] = self
 
     @property
     def code_digest(self) -> str:
-        """Digest of the function's code (computed once)."""
-        if self._code is None:
-            self._code = code_digest(self.fn)
-        return self._code
+        """Digest of the function's own code (its dependencies not included)."""
+        return code_digest(self.fn)
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         return self if obj is None else functools.partial(self.__call__, obj)
@@ -446,100 +568,106 @@ class Step:
     def __repr__(self) -> str:
         return f"<durable step {self.name}>"
 
-    def _key(self, scope: _Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepKey:
-        digest = args_digest(args, kwargs)
+    def _call(self, scope: _Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        """Key and digest a call, at call time (so occurrences are deterministic under
+        ``gather()``)."""
+        bound = self._arguments.key(args, kwargs)
+        digest = args_digest(*bound)
         counter = (self.name, digest)
         occurrence = scope.counts.get(counter, 0)
         scope.counts[counter] = occurrence + 1
-        return (scope.key, self.name, digest, occurrence)
+        key = (scope.key, self.name, digest, occurrence)
+        merged = self._arguments.merged(args, kwargs)
+        run = scope.run
+        return Call(run, self.name, key, self.dependencies.digest(run.deps, *merged), *merged)
 
-    def _lookup(self, run: Run, key: StepKey) -> tuple[bool, Any, str | None]:
-        """(replayed, value, reason to run instead): the replay rule applied to one call."""
-        decision = decide(run.completed, key, self.code_digest, self.name)
+    def _lookup(self, call: Call) -> tuple[bool, Any]:
+        """(replayed, value): the replay rule applied to one call; sets ``call.reason``."""
+        run = call.run
+        digest = call.digest
+        decision = decide(run.completed, call.key, digest.value, digest.base)
         record = decision.record
         if record is None:
-            return False, None, decision.reason
-        try:
-            value = run.load(record)
-        except Exception as exc:
-            reason = str(exc) if isinstance(exc, BlobError) else f"stored value unreadable: {exc}"
-            run.warn_once(self.name, f"step {self.name}: {reason}")
-            return False, None, reason
-        if record.printed:
-            _emit_replayed(run.store.step_stdout(record.id))
-        run.replayed.append(record.id)
-        return True, value, None
+            stale = decision.stale
+            call.reason = run.explain(stale, call) if stale is not None else decision.reason
+        else:
+            try:
+                value = run.load(record)
+            except Exception as exc:
+                why = str(exc) if isinstance(exc, BlobError) else f"stored value unreadable: {exc}"
+                call.reason = why
+                run.warn_once(self.name, f"step {self.name}: {call.reason}")
+            else:
+                if record.printed and not run.plan:
+                    _emit_replayed(run.store.step_stdout(record.id))
+                run.replayed.append(record.id)
+                run.compare_environment(record, call)
+                return True, value
+        if run.plan:
+            raise PlanStop(self.name, args_repr(call.args, call.kwargs), call.reason)
+        return False, None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         scope = _current.get()
         if scope is None:
             return self.fn(*args, **kwargs)
-        run = scope.run
-        key = self._key(scope, args, kwargs)  # at call time: deterministic under gather()
+        call = self._call(scope, args, kwargs)
         if self.is_async:
-            return self._call_async(run, key, args, kwargs)
-        replayed, value, reason = self._lookup(run, key)
+            return self._call_async(call, args, kwargs)
+        replayed, value = self._lookup(call)
         if replayed:
             return value
+        run = call.run
         for attempt in range(1, self.retries + 2):
             started = time.time()
             tee = Tee(sys.stdout)
-            token = _current.set(_Scope(run, key))
+            token = _current.set(_Scope(run, call.key))
             sys.stdout = tee
             try:
                 value = self.fn(*args, **kwargs)
             except BaseException as exc:
                 sys.stdout = tee.target
                 _current.reset(token)
-                if self._record_failure(
-                    run, key, attempt, started, args, kwargs, tee.parts, exc, reason
-                ):
+                if self._failed(call, attempt, started, tee.parts, exc):
                     time.sleep(self._delay(attempt))
                     continue
                 raise
             sys.stdout = tee.target
             _current.reset(token)
-            self._record_success(run, key, attempt, started, args, kwargs, tee.parts, value, reason)
+            encoded, why = encode(value)
+            blob = None
+            if encoded is not None and not encoded.inline:  # the blob exists before its row
+                blob = run.store.blobs.write(encoded.segments)
+            run.record(call, call.row(attempt, started, tee.parts, value=value, encoded=encoded,
+                                      blob=blob, note=why))  # fmt: skip
+            self._completed(run, value, why)
             return value
         raise AssertionError("unreachable")
 
-    async def _call_async(
-        self, run: Run, key: StepKey, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        replayed, value, reason = self._lookup(run, key)
+    async def _call_async(self, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        replayed, value = self._lookup(call)
         if replayed:
             return value
+        run = call.run
         for attempt in range(1, self.retries + 2):
             started = time.time()
-            token = _current.set(_Scope(run, key))
+            token = _current.set(_Scope(run, call.key))
             with task_output() as printed:
                 try:
                     value = await self.fn(*args, **kwargs)
                 except BaseException as exc:
                     _current.reset(token)
-                    if self._record_failure(
-                        run, key, attempt, started, args, kwargs, printed, exc, reason
-                    ):
+                    if self._failed(call, attempt, started, printed, exc):
                         await asyncio.sleep(self._delay(attempt))
                         continue
                     raise
             _current.reset(token)
-            encoded, why = _encode(value)
-            store = await run.async_store()
-            if _common(encoded, printed, reason):
-                await store.insert_completed(
-                    self._completed_row(run, key, attempt, started, args, kwargs, value, encoded)
-                )
-            else:
-                blob = None
-                if encoded is not None and not encoded.inline:  # off the loop, before its row
-                    blob = await asyncio.to_thread(run.store.blobs.write, encoded.segments)
-                await store.insert_step(
-                    self._success_row(
-                        run, key, attempt, started, args, kwargs, printed, value, encoded, blob,
-                        why or reason,
-                    )
-                )  # fmt: skip
+            encoded, why = encode(value)
+            blob = None
+            if encoded is not None and not encoded.inline:  # off the loop, before its row
+                blob = await asyncio.to_thread(run.store.blobs.write, encoded.segments)
+            await run.arecord(call, call.row(attempt, started, printed, value=value,
+                                             encoded=encoded, blob=blob, note=why))  # fmt: skip
             self._completed(run, value, why)
             return value
         raise AssertionError("unreachable")
@@ -547,74 +675,12 @@ class Step:
     def _delay(self, attempt: int) -> float:
         return self.retry_delay * self.backoff ** (attempt - 1)
 
-    def _row(
-        self, run: Run, key: StepKey, attempt: int, status: str, started: float,
-        args: tuple[Any, ...], kwargs: dict[str, Any], printed: list[str],
-        result: _Result = (None, None, None, None, None, None),
-        error: _Error = (None, None, None), reason: str | None = None,
-    ) -> StepRow:  # fmt: skip
-        """The log row of one finished attempt of this step."""
-        scope, name, digest, occurrence = key
-        fmt, blob, size, type_name, value_repr, payload = result
-        error_type, message, trace = error
-        return StepRow(
-            run.id, run.workflow, scope, name, digest, occurrence, self.code_digest, attempt,
-            status, started, time.time(), fmt, blob, size, type_name, value_repr,
-            _args_repr(args, kwargs), error_type, message, reason,
-            "".join(printed) or None, payload, trace,
-        )  # fmt: skip
-
-    def _record_failure(
-        self,
-        run: Run,
-        key: StepKey,
-        attempt: int,
-        started: float,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        printed: list[str],
-        exc: BaseException,
-        reason: str | None,
+    def _failed(
+        self, call: Call, attempt: int, started: float, printed: list[str], exc: BaseException
     ) -> bool:
         """Log a failed or interrupted attempt; True when another attempt should follow."""
-        failed = isinstance(exc, Exception)
-        error = (
-            type(exc).__name__,
-            str(exc)[:2000],
-            "".join(traceback.format_exception(exc))[-20000:],
-        )
-        status = "failed" if failed else "interrupted"
-        row = self._row(
-            run, key, attempt, status, started, args, kwargs, printed, error=error, reason=reason
-        )
-        run.store.insert_step(row)
-        return failed and attempt <= self.retries
-
-    def _success_row(
-        self, run: Run, key: StepKey, attempt: int, started: float, args: tuple[Any, ...],
-        kwargs: dict[str, Any], printed: list[str], value: Any,
-        encoded: serialization.Encoded | None, blob: str | None, reason: str | None,
-    ) -> StepRow:  # fmt: skip
-        """The log row of a finished call outside the common case: not durable (``encoded``
-        None), a value in a blob file, printed output, or a reason to note."""
-        status = "completed" if encoded is not None else "not_durable"
-        result = _result(value, encoded, blob)
-        return self._row(
-            run, key, attempt, status, started, args, kwargs, printed, result, reason=reason
-        )
-
-    def _completed_row(
-        self, run: Run, key: StepKey, attempt: int, started: float, args: tuple[Any, ...],
-        kwargs: dict[str, Any], value: Any, encoded: serialization.Encoded,
-    ) -> CompletedRow:  # fmt: skip
-        """The log row of the common checkpoint: completed, value inline, nothing printed."""
-        scope, name, digest, occurrence = key
-        type_name, value_repr = serialization.describe(value)
-        return CompletedRow(
-            run.id, run.workflow, scope, name, digest, occurrence, self.code_digest, attempt,
-            started, time.time(), encoded.size, type_name, value_repr, _args_repr(args, kwargs),
-            encoded.segments[0],  # type: ignore[arg-type]
-        )  # fmt: skip
+        call.run.record(call, call.row(attempt, started, printed, error=exc))
+        return isinstance(exc, Exception) and attempt <= self.retries
 
     def _completed(self, run: Run, value: Any, why: str | None) -> None:
         """Count a finished call; warn once if its value is not durable."""
@@ -627,42 +693,17 @@ class Step:
                 f"({why.split(';')[0]})",
             )
 
-    def _record_success(
-        self,
-        run: Run,
-        key: StepKey,
-        attempt: int,
-        started: float,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        printed: list[str],
-        value: Any,
-        reason: str | None,
-    ) -> None:
-        """Commit a completed step; a value that cannot be pickled is logged not durable."""
-        encoded, why = _encode(value)
-        if _common(encoded, printed, reason):
-            run.store.insert_completed(
-                self._completed_row(run, key, attempt, started, args, kwargs, value, encoded)
-            )
-        else:
-            blob = None
-            if encoded is not None and not encoded.inline:  # the blob exists before its row
-                blob = run.store.blobs.write(encoded.segments)
-            run.store.insert_step(
-                self._success_row(
-                    run, key, attempt, started, args, kwargs, printed, value, encoded, blob,
-                    why or reason,
-                )
-            )  # fmt: skip
-        self._completed(run, value, why)
-
 
 @overload
 def step(fn: F, /) -> F: ...
 @overload
 def step(
-    *, name: str | None = ..., retries: int = ..., backoff: float = ..., retry_delay: float = ...
+    *,
+    name: str | None = ...,
+    retries: int = ...,
+    backoff: float = ...,
+    retry_delay: float = ...,
+    track_versions: bool = ...,
 ) -> Callable[[F], F]: ...
 @overload
 def step(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
@@ -671,9 +712,11 @@ def step(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
 def step(fn: Any = None, /, *args: Any, **kwargs: Any) -> Any:
     """Make ``fn`` a durable step: ``@step``, ``@step(retries=3)``, or ``step(fn, *args)``.
 
-    ``step(fn, *args, **kw)`` calls any callable once as a step (named after it).
+    ``step(fn, *args, **kw)`` calls any callable once as a step (named after it; a
+    ``functools.partial`` after its function, with its bound arguments in the key).
     Options: ``name``, ``retries`` (extra attempts after an exception), ``retry_delay``
-    (seconds before the first retry) and ``backoff`` (multiplier of the delay per attempt).
+    (seconds before the first retry), ``backoff`` (multiplier of the delay per attempt) and
+    ``track_versions`` (package upgrades invalidate its records).
     """
     if fn is None:
         return lambda f: Step(f, **kwargs)
@@ -687,3 +730,38 @@ def step(fn: Any = None, /, *args: Any, **kwargs: Any) -> Any:
 @functools.lru_cache(maxsize=512)
 def _adhoc_step(fn: Callable[..., Any]) -> Step:
     return Step(fn)
+
+
+def accept(workflow: str, step: str | None = None, *, store: Store | None = None) -> int:
+    """Make the stored results of a workflow's steps (or of one step) replay although their
+    code or dependencies changed: after a cosmetic or known-safe change.
+
+    The records are marked valid for each step's *current* code and dependencies (as
+    defined in this process, read now); a note in the log records who, when, and the
+    digests replaced. ``forget`` undoes it (the records run again). Returns how many
+    records were accepted.
+    """
+    import getpass
+    import json
+    import socket
+
+    store = store or get_store()
+    names = [step] if step else store.step_names(workflow)
+    if not names:
+        raise DurableError(
+            f"workflow {workflow!r} has no completed steps in {store.path}; "
+            "%durable info lists the workflows"
+        )
+    who = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    count = 0
+    for name in names:
+        live = _steps.get(name)
+        if live is None:
+            raise DurableError(
+                f"step {name!r} is not defined in this process; run the cell that defines "
+                "it, then accept again"
+            )
+        digest = live.dependencies.digest(RunDependencies())
+        accepted = ACCEPTED + digest.base
+        count += store.accept(workflow, name, accepted, json.dumps(digest.doc(name)), who)
+    return count

@@ -9,8 +9,8 @@ Every error is one readable line that ends with what to do next::
     ├── BlobError               a stored large value is missing or damaged
     └── ReplicationError        Litestream / replica problems
 
-``StepInterrupted`` is not an ``Exception``: like ``KeyboardInterrupt`` it derives from
-``BaseException`` so that a user's ``except Exception`` cannot swallow a cancellation.
+``PlanStop`` is not an ``Exception``: like ``KeyboardInterrupt`` it derives from
+``BaseException``, so that a user's ``except Exception`` cannot swallow it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "DurableError",
     "DurableWarning",
     "LogFileError",
+    "PlanStop",
     "ReplicationError",
     "SchemaTooNewError",
     "WorkflowBusyError",
@@ -77,3 +78,12 @@ class ReplicationError(DurableError):
 
 class DurableWarning(UserWarning):
     """Something will not be durable (e.g. a result that cannot be pickled)."""
+
+
+class PlanStop(BaseException):
+    """Raised in a plan run (``workflow(..., plan=True)``) at the first step that would run;
+    the workflow catches it. Nothing has been run or written."""
+
+    def __init__(self, step: str, args_repr: str, reason: str | None) -> None:
+        super().__init__(step, args_repr, reason)
+        self.step, self.args_repr, self.reason = step, args_repr, reason

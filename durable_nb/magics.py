@@ -12,6 +12,7 @@ tees the cell's outputs, and delegates the rest to the engine.
 from __future__ import annotations
 
 import argparse
+import io
 import linecache
 import re
 import sys
@@ -34,7 +35,8 @@ _HEADER = re.compile(r"^\s*%%durable(?![\w?])(.*)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _COMMANDS = [
-    "info", "open", "forget", "gc", "log", "timeline", "replicate", "replication", "restore",
+    "info", "open", "forget", "accept", "gc", "log", "timeline", "replicate", "replication",
+    "restore",
 ]  # fmt: skip
 
 
@@ -187,6 +189,7 @@ class DurableCell:
         self.name = self.opts.name or ext.unnamed(digest)
         self._outputs = _Outputs(ext.shell)
         self._flow: engine.workflow | None = None
+        self._guard: cells.NamespaceGuard | None = None  # while planning
 
     @staticmethod
     def _cell_filename() -> str:
@@ -198,7 +201,7 @@ class DurableCell:
 
     def show(self, value: Any) -> None:
         """Display the cell's last expression (as the shell would) and record it."""
-        if value is not None:
+        if value is not None and self._guard is None:
             self._outputs.result(value)
             self._outputs.paused = True
             try:
@@ -225,11 +228,40 @@ class DurableCell:
         )
         return True
 
+    def _plan(self, store: Any, inputs: str) -> None:
+        """Start a plan: the cell runs with replay only, in a namespace put back after."""
+        if not self.opts.force:
+            prior = cells.skippable(store, self.name, self.digest, inputs)
+            if prior is not None:
+                print(f"plan {self.name}: the cell would be skipped (unchanged since run "
+                      f"{prior[0].id}); nothing was run")  # fmt: skip
+                self.execute = False
+                return
+        self._guard = cells.NamespaceGuard(self.ext.shell.user_ns, self.reads)
+        self._flow = engine.workflow(self.name, store=store, fresh=self.opts.fresh, plan=True)
+        self._flow.__enter__()
+        self._quiet = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = io.StringIO()  # the cell's own output is not the plan
+
+    def _end_plan(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        assert self._flow is not None and self._guard is not None
+        sys.stdout, sys.stderr = self._quiet
+        self._guard.restore()
+        stopped = self._flow.__exit__(exc_type, exc, tb)
+        run = self._flow.run
+        if run is not None and run.plan_result is not None and (exc is None or stopped):
+            print(run.plan_result)
+        return stopped
+
     def __enter__(self) -> DurableCell:
         __tracebackhide__ = True
         _restore_header(self._cell_filename(), self.header)
         store = self.ext.store()
         inputs = cells.inputs_digest(self.ext.shell.user_ns, self.reads)
+        if self.opts.plan:
+            self._plan(store, inputs)
+            return self
         if not (self.opts.force or self.opts.fresh) and self._skip(store, inputs):
             self.execute = False
             return self
@@ -245,6 +277,8 @@ class DurableCell:
         __tracebackhide__ = True
         if self._flow is None:
             return False
+        if self._guard is not None:
+            return self._end_plan(exc_type, exc, tb)
         try:
             if exc is None:
                 _flush_inline_figures()
@@ -259,10 +293,11 @@ class DurableCell:
             if saved:
                 note = f"; the cell will run again next time: {saved}"
         outcome = {"completed": "", "failed": ", failed", "interrupted": ", interrupted"}
+        remarks = "".join(f"; {remark}" for remark in run.remarks)
         print(
             f"{self.name}: {run.steps_replayed} steps replayed, {run.steps_run} run "
             f"({_duration(run.elapsed)}{outcome.get(run.status, '')}), "
-            f"log {_show_path(run.store.path)}{note}"
+            f"log {_show_path(run.store.path)}{remarks}{note}"
         )
         return False
 
@@ -327,13 +362,20 @@ class DurableMagics(Magics):
     @argument("name", nargs="?", help="workflow name (default: the cell's id)")
     @argument("--force", action="store_true", help="run even if the cell is unchanged")
     @argument("--fresh", action="store_true", help="ignore the log: every step runs again")
+    @argument(
+        "--plan",
+        action="store_true",
+        help="run nothing: say which step would run first, and why (replays the others)",
+    )
     @cell_magic("durable")
     def durable_cell(self, line: str, cell: str) -> None:
         """Run the cell as a durable workflow: its @step calls are checkpointed and replayed.
 
         A cell that completed with the same source and the same inputs is not run again: its
         variables are restored and its output is shown again. --force runs it anyway (steps
-        still replay); --fresh ignores the log.
+        still replay); --fresh ignores the log; --plan runs the cell with replay only and
+        stops before the first step that would run, saying which and why (the log and the
+        namespace are left as they were).
         """
         return self.shell.run_cell(f"%%durable {line}\n{cell}")
 
@@ -342,17 +384,18 @@ class DurableMagics(Magics):
         "command",
         choices=_COMMANDS,
         help="info: where the log is; open PATH: use another log; forget NAME: drop records; "
+        "accept NAME: replay records although code or dependencies changed; "
         "gc: delete blob files no record uses; "
         "log [NAME]: the steps as a table; timeline [NAME]: the steps over time; "
         "replicate [URL]: back the log up with Litestream; replication: its state; "
         "restore [URL]: the restore panel",
     )
     @argument("args", nargs="*", help="PATH, NAME or URL, as the command needs")
-    @argument("--step", help="with forget: drop only this step's records")
+    @argument("--step", help="with forget or accept: only this step's records")
     @line_magic("durable")
     def durable_line(self, line: str) -> None:
-        """The log: ``%durable info | open PATH | forget NAME | gc | log [NAME] | timeline [NAME]``,
-        and its backup: ``replicate [URL] | replication | restore [URL]``."""
+        """The log: ``%durable info | open PATH | forget NAME | accept NAME | gc | log [NAME] |
+        timeline [NAME]``, and its backup: ``replicate [URL] | replication | restore [URL]``."""
         opts = parse_argstring(self.durable_line, line)
         handler = getattr(self, f"_{opts.command}")
         try:
@@ -437,6 +480,18 @@ class DurableMagics(Magics):
         count = store.forget(name, opts.step)
         what = f"{count} records of step {opts.step}" if opts.step else f"{count} runs"
         print(f"{name}: forgot {what}; they will run again (%durable gc frees their blob files)")
+
+    def _accept(self, opts: argparse.Namespace) -> None:
+        if len(opts.args) != 1:
+            raise UsageError("usage: %durable accept NAME [--step STEP]")
+        name = opts.args[0]
+        count = engine.accept(name, opts.step, store=self.ext.store())
+        what = f"step {opts.step}" if opts.step else "its steps"
+        print(
+            f"{name}: {count} records of {what} accepted for their current code and "
+            f"dependencies; they replay from now on (noted in the log; %durable forget {name}"
+            f"{' --step ' + opts.step if opts.step else ''} makes them run again)"
+        )
 
     def _gc(self, opts: argparse.Namespace) -> None:
         if opts.args:

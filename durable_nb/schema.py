@@ -14,6 +14,9 @@ Tables
     steps   one row per finished attempt of a step (completed / failed / interrupted /
             not_durable), keyed by (workflow, scope, name, args_digest, occurrence).
     cells   for a completed notebook cell: its restored variables and displayed outputs.
+    digests what each dependency digest (``steps.code_digest``) covers: a JSON document
+            ``{"step", "base", "entries": [[label, digest, short repr or null], ...]}``,
+            written once per digest, so that a step that runs again can say what changed.
     notes   rare events that are not a run or step state change (forget, crash found, ...).
     events  a VIEW: every state change of runs, steps and notes, in time order.
 """
@@ -165,6 +168,16 @@ MIGRATIONS: list[str] = [
     DROP TABLE steps;
     ALTER TABLE steps_3 RENAME TO steps;
     {_EVENTS_VIEW}
+    """,
+    # 4: dependency digests. steps.code_digest now covers what a step depends on (helpers,
+    # globals, closures); each digest's document says what. runs.environment: the versions
+    # of the packages a run's steps reference, and Python's (JSON).
+    """
+    CREATE TABLE digests (
+        digest        TEXT PRIMARY KEY,
+        doc           TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE runs ADD COLUMN environment TEXT;
     """,
 ]
 

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,7 @@ class Store:
         self._depth = 0
         self._active: set[int] = set()
         self._me = owners.current_owner()
+        self._digests: set[str] = set()  # digests whose document is stored (this process)
         self.conn = connect(self.path, readonly=readonly)
         self._checkpointer = None if readonly else Checkpointer(self.path)
         if not readonly:
@@ -343,13 +344,21 @@ class Store:
         return run_id
 
     def end_run(
-        self, run_id: int, status: str, *, steps_run: int, replayed: list[int], error: str | None
+        self,
+        run_id: int,
+        status: str,
+        *,
+        steps_run: int,
+        replayed: list[int],
+        error: str | None,
+        environment: dict[str, str] | None = None,
     ) -> None:
-        """Record how a run ended, with the ids of the step records it replayed."""
+        """Record how a run ended, with the ids of the step records it replayed and the
+        versions of the packages its steps referenced."""
         try:
             self._write(
                 "UPDATE runs SET status = ?, ended_at = ?, steps_run = ?, steps_replayed = ?, "
-                "replayed_steps = ?, error = ? WHERE id = ?",
+                "replayed_steps = ?, error = ?, environment = ? WHERE id = ?",
                 (
                     status,
                     time.time(),
@@ -357,11 +366,17 @@ class Store:
                     len(replayed),
                     json.dumps(replayed),
                     error,
+                    json.dumps(environment) if environment else None,
                     run_id,
                 ),
             )
         finally:
             self._active.discard(run_id)
+
+    def run_environment(self, run_id: int) -> dict[str, str]:
+        """The package versions a run recorded ({} when it recorded none)."""
+        row = self.conn.execute("SELECT environment FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
 
     def run(self, run_id: int) -> RunRecord:
         """One run by id."""
@@ -416,6 +431,66 @@ class Store:
         """What one step printed."""
         row = self.conn.execute("SELECT stdout FROM steps WHERE id = ?", (step_id,)).fetchone()
         return row[0] or ""
+
+    def insert(self, row: StepRow | CompletedRow) -> int:
+        """Record one finished attempt of a step in a single commit."""
+        if type(row) is CompletedRow:
+            return self.insert_completed(row)
+        return self.insert_step(row)  # type: ignore[arg-type]
+
+    def remember_digest(self, digest: str, document: Callable[[], str]) -> None:
+        """Store what ``digest`` covers (``document()``, JSON) unless already stored."""
+        if digest in self._digests:
+            return
+        sql = "INSERT OR IGNORE INTO digests (digest, doc) VALUES (?, ?)"
+        self._write(sql, (digest, document()))
+        self._digests.add(digest)
+
+    def digest_document(self, digest: str) -> dict[str, Any] | None:
+        """What a stored digest covers, or None for a record older than dependency digests."""
+        row = self.conn.execute("SELECT doc FROM digests WHERE digest = ?", (digest,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def step_names(self, workflow: str) -> list[str]:
+        """The names of the steps with completed records in ``workflow``."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT name FROM steps WHERE workflow = ? AND status = 'completed' "
+            "ORDER BY name",
+            (workflow,),
+        )
+        return [r[0] for r in rows]
+
+    def accept(self, workflow: str, step: str, digest: str, document: str, who: str) -> int:
+        """Make the completed records of a step valid for ``digest``; returns how many.
+
+        The replaced digests are kept in the note this writes (an audit trail)."""
+        with self.transaction() as conn:
+            where = "WHERE workflow = ? AND name = ? AND status = 'completed'"
+            old = [
+                d
+                for (d,) in conn.execute(
+                    f"SELECT DISTINCT code_digest FROM steps {where}", (workflow, step)
+                )
+            ]
+            count = conn.execute(
+                f"UPDATE steps SET code_digest = ? {where}", (digest, workflow, step)
+            ).rowcount
+            conn.execute(
+                "INSERT OR REPLACE INTO digests (digest, doc) VALUES (?, ?)", (digest, document)
+            )
+            conn.execute(
+                "INSERT INTO notes (ts, workflow, step, kind, detail) VALUES (?,?,?,?,?)",
+                (
+                    time.time(),
+                    workflow,
+                    step,
+                    "accept",
+                    f"{count} records accepted for digest {digest} by {who}; "
+                    f"their digests were {', '.join(old) or 'none'}",
+                ),
+            )
+        self._digests.add(digest)
+        return count
 
     def insert_step(self, row: StepRow) -> int:
         """Record one finished attempt of a step in a single commit."""

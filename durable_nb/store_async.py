@@ -35,6 +35,13 @@ class AsyncStore:
             raise fail(self.path, exc, "open") from None
         return self
 
+    async def insert(self, row: StepRow | CompletedRow) -> None:
+        """Record one finished attempt of a step in a single commit."""
+        if type(row) is CompletedRow:
+            await self._write(INSERT_COMPLETED, row)
+        else:
+            await self._write(INSERT_STEP, row)
+
     async def insert_step(self, row: StepRow) -> None:
         """Record one finished attempt of a step in a single commit."""
         await self._write(INSERT_STEP, row)

@@ -54,9 +54,11 @@ def integrity(path: Path) -> str:
         conn.close()
 
 
-def python(script: str, *args: str, cwd: Path, **kw: object) -> subprocess.Popen[str]:
+def python(
+    script: str, *args: str, cwd: Path, env_extra: dict[str, str] | None = None, **kw: object
+) -> subprocess.Popen[str]:
     """Start ``script`` in a new Python process with the project importable."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         cwd=cwd,

@@ -38,12 +38,13 @@ def test_occurrences_follow_call_order_not_finish_order(tmp_path: Path) -> None:
 
 
 def test_async_retries_and_sync_steps_inside(tmp_path: Path) -> None:
-    attempts: list[int] = []
+    attempts = tmp_path / "attempts.txt"  # a file: what the step reads of it is not a dependency
 
     @step(retries=2, retry_delay=0.0)
     async def shaky() -> str:
-        attempts.append(1)
-        if len(attempts) < 3:
+        with attempts.open("a") as f:
+            f.write("1")
+        if len(attempts.read_text()) < 3:
             raise TimeoutError("slow service")
         return "ok"
 
@@ -59,7 +60,7 @@ def test_async_retries_and_sync_steps_inside(tmp_path: Path) -> None:
         assert asyncio.run(flow(store)) == ("ok", 2)
         assert asyncio.run(flow(store)) == ("ok", 2)
         rows = store.conn.execute("SELECT name, attempt, status FROM steps ORDER BY id").fetchall()
-    assert len(attempts) == 3
+    assert attempts.read_text() == "111"
     assert rows == [
         ("shaky", 1, "failed"),
         ("shaky", 2, "failed"),
@@ -165,7 +166,8 @@ def test_top_level_await_concurrent_steps_survive_a_kernel_kill(tmp_path: Path) 
         "import asyncio\nfrom durable_nb import step\n"
         "@step\nasync def call(i):\n"
         "    with open('counter.txt', 'a') as f:\n        f.write(f'{i}\\n')\n"
-        "    await asyncio.sleep(DELAY + (i % 5) * 0.02)\n    return i * 2\n"
+        "    with open('delay.txt') as f:\n        delay = float(f.read())\n"
+        "    await asyncio.sleep(delay + (i % 5) * 0.02)\n    return i * 2\n"
     )
     cell = (
         "%%durable agents\nsem = asyncio.Semaphore(20)\n"
@@ -176,7 +178,8 @@ def test_top_level_await_concurrent_steps_survive_a_kernel_kill(tmp_path: Path) 
     kernel = Kernel(tmp_path, env)
     try:
         kernel.execute("%load_ext durable_nb")
-        kernel.execute("DELAY = 0.1\n" + setup)
+        (tmp_path / "delay.txt").write_text("0.1")  # a file: not a dependency of the step
+        kernel.execute(setup)
         kernel.send(cell)
         counter = tmp_path / "counter.txt"
         deadline = time.monotonic() + 60
@@ -191,7 +194,8 @@ def test_top_level_await_concurrent_steps_survive_a_kernel_kill(tmp_path: Path) 
     }
     conn.close()
     assert 0 < len(committed) < 200
-    nb = notebook("%load_ext durable_nb", "DELAY = 0\n" + setup, cell)
+    (tmp_path / "delay.txt").write_text("0")
+    nb = notebook("%load_ext durable_nb", setup, cell)
     run_all(nb, tmp_path, env)
     out = cell_text(nb.cells[2])
     assert str(sum(i * 2 for i in range(200))) in out

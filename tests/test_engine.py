@@ -346,18 +346,23 @@ def test_decide_is_the_replay_rule() -> None:
 
     key = ("", "f", "d", 0)
     record = StoredStep(1, 7, "code-a", "pickle", b"", None, False)
-    log = {key: {"code-a": record}}
-    assert decide(log, key, "code-a", "f").replay
-    changed = decide(log, key, "code-b", "f")
-    assert not changed.replay and changed.reason == "code of f changed since run 7"
-    assert not decide({}, key, "code-a", "f").replay
-    assert not decide(None, key, "code-a", "f").replay
+    newer = StoredStep(2, 8, "code-c", "pickle", b"", None, False)
+    log = {key: {"code-a": record, "code-c": newer}}
+    assert decide(log, key, "code-a").record is record
+    changed = decide(log, key, "code-b", "base-b")
+    assert not changed.replay and changed.stale is newer  # the newest, to say what changed
+    accepted = {key: {"accepted:base-b": record}}
+    assert decide(accepted, key, "code-b", "base-b").record is record
+    assert not decide(accepted, key, "code-b", "base-c").replay
+    assert not decide({}, key, "code-a").replay
+    fresh = decide(None, key, "code-a")
+    assert not fresh.replay and fresh.reason == "fresh run: the log is ignored"
 
 
 def test_code_digest_ignores_comments_docstrings_and_decorators(tmp_path: Path) -> None:
     import importlib.util
 
-    from durable_nb.digests import code_digest
+    from durable_nb.dependencies import code_digest
 
     def load(src: str) -> str:
         path = tmp_path / f"gen_{abs(hash(src))}.py"

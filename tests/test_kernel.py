@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -14,8 +15,10 @@ from .conftest import executions
 from .kernels import Kernel, cell_text, kernel_env, notebook, run_all
 
 SETUP = "%load_ext durable_nb"
+# How long each step sleeps is read from slow.json (a file replay does not see), so the tests
+# can make a step slow in one kernel and fast in the next without changing its dependencies.
 STEPS = """\
-import time
+import json, time
 from durable_nb import step
 
 @step
@@ -23,9 +26,17 @@ def work(i):
     with open("counter.txt", "a") as f:
         f.write(f"{i}\\n")
     print(f"step {i}")
-    time.sleep(SLOW.get(i, 0.01))
+    with open("slow.json") as f:
+        time.sleep(json.load(f).get(str(i), 0.01))
     return i * i
 """
+
+
+def slow(folder: Path, **seconds: float) -> None:
+    """Make steps sleep: ``slow(folder, **{"6": 30})``; ``slow(folder)`` makes all quick."""
+    (folder / "slow.json").write_text(json.dumps(seconds))
+
+
 SWEEP = """\
 %%durable ten
 squares = [work(i) for i in range(1, 11)]
@@ -48,14 +59,16 @@ def test_sigkill_during_step_then_run_all_resumes_then_skips(tmp_path: Path) -> 
     kernel = Kernel(tmp_path, env)
     try:
         assert kernel.execute(SETUP).status == "ok"
-        assert kernel.execute("SLOW = {6: 30}\n" + STEPS).status == "ok"
+        slow(tmp_path, **{"6": 30})
+        assert kernel.execute(STEPS).status == "ok"
         kernel.send(SWEEP)
         wait_for_step(tmp_path, 6)
     finally:
         kernel.kill()
     assert executions(tmp_path) == {i: 1 for i in range(1, 7)}
 
-    nb = notebook(SETUP, "SLOW = {}\n" + STEPS, SWEEP, "print(squares, total)")
+    slow(tmp_path)
+    nb = notebook(SETUP, STEPS, SWEEP, "print(squares, total)")
     run_all(nb, tmp_path, env)
     # steps 1-5 replayed (not executed again), 6 ran again, 7-10 ran once
     assert executions(tmp_path) == {i: (2 if i == 6 else 1) for i in range(1, 11)}
@@ -68,7 +81,7 @@ def test_sigkill_during_step_then_run_all_resumes_then_skips(tmp_path: Path) -> 
     statuses = [r[0] for r in sqlite3.connect(log).execute("SELECT status FROM runs ORDER BY id")]
     assert statuses == ["crashed", "completed"]
 
-    again = notebook(SETUP, "SLOW = {}\n" + STEPS, SWEEP, "print(squares, total)")
+    again = notebook(SETUP, STEPS, SWEEP, "print(squares, total)")
     run_all(again, tmp_path, env)
     assert executions(tmp_path) == {i: (2 if i == 6 else 1) for i in range(1, 11)}  # nothing ran
     skipped = cell_text(again.cells[2])
@@ -143,7 +156,8 @@ def test_interrupt_during_a_step_then_rerun_resumes(tmp_path: Path) -> None:
     kernel = Kernel(tmp_path, env)
     try:
         kernel.execute(SETUP)
-        kernel.execute("SLOW = {3: 30}\n" + STEPS)
+        slow(tmp_path, **{"3": 30})
+        kernel.execute(STEPS)
         msg_id = kernel.send(SWEEP)
         wait_for_step(tmp_path, 3)
         time.sleep(0.2)
@@ -151,7 +165,7 @@ def test_interrupt_during_a_step_then_rerun_resumes(tmp_path: Path) -> None:
         reply = kernel.wait(msg_id)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        kernel.execute("SLOW = {}")
+        slow(tmp_path)
         again = kernel.execute(SWEEP)
         assert again.status == "ok", again.error
         assert "ten: 2 steps replayed, 8 run" in again.stdout
@@ -173,7 +187,8 @@ def test_cell_skip_follows_the_variables_it_reads(tmp_path: Path) -> None:
     cell = "%%durable scaled\nscaled = [work(i) * factor for i in range(1, 4)]\nprint(scaled)"
     try:
         kernel.execute(SETUP)
-        kernel.execute("SLOW = {}\n" + STEPS)
+        slow(tmp_path)
+        kernel.execute(STEPS)
         kernel.execute("factor = 2")
         first = kernel.execute(cell)
         assert "[2, 8, 18]" in first.stdout and "3 run" in first.stdout
@@ -241,9 +256,8 @@ def test_durable_nb_run_cli(tmp_path: Path) -> None:
     import nbformat
 
     nb_path = tmp_path / "job.ipynb"
-    nbformat.write(
-        notebook(SETUP, "SLOW = {}\n" + STEPS, SWEEP.replace("ten", "job")), str(nb_path)
-    )
+    slow(tmp_path)
+    nbformat.write(notebook(SETUP, STEPS, SWEEP.replace("ten", "job")), str(nb_path))
     cmd = [sys.executable, "-m", "durable_nb.cli", "run", str(nb_path)]
     first = subprocess.run(cmd, env=kernel_env(), capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr

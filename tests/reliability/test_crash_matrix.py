@@ -29,13 +29,17 @@ def test_crash_matrix_20_kills() -> None:
     assert figures["orphans_after_gc"] == 0
 
 
+# The attempt number is read from a file: a global that changes with every attempt would be a
+# dependency of the step (and rightly make it run again).
 SETUP = """\
 import time
 from durable_nb import step
 @step
 def work(i):
+    with open("attempt.txt") as f:
+        attempt = f.read()
     with open("executions.txt", "a") as f:
-        f.write(f"{ATTEMPT} {i}\\n")
+        f.write(f"{attempt} {i}\\n")
     time.sleep(0.01 + (i % 7) * 0.004)
     return i * i
 """
@@ -74,7 +78,8 @@ def drive(folder: Path, disrupt: str, n: int, seed: int) -> None:
         if kernel is None:
             kernel = Kernel(folder, env)
             kernel.execute("%load_ext durable_nb")
-        kernel.execute(f"ATTEMPT = {attempt}\n" + SETUP)
+        (folder / "attempt.txt").write_text(str(attempt))
+        kernel.execute(SETUP)
         snapshots[attempt] = committed(log)
         msg_id = kernel.send(CELL)
         if attempt == n + 1:

@@ -1,0 +1,110 @@
+"""One call of a step inside a run, and the log row of each of its finished attempts.
+
+Every row a step writes is built here, by ``Call.row``: the key, the dependency digest, the
+result or the error, what it printed. ``record`` stores the digest's document (once per
+digest and process) before the row, so every row's digest can be explained later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from . import serialization
+from .records import CompletedRow, StepKey, StepRow
+
+if TYPE_CHECKING:
+    from .dependencies import Digest
+    from .engine import Run
+
+__all__ = ["Call", "args_repr"]
+
+
+def args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The arguments of a call as shown in the log, at most 200 characters."""
+    if len(args) == 1 and not kwargs:
+        return serialization.short_repr(args[0])
+    parts = [serialization.short_repr(a) for a in args]
+    parts += [f"{k}={serialization.short_repr(v)}" for k, v in kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
+    """A step value's encoding, or None and why it is not durable."""
+    try:
+        return serialization.encode(value), None
+    except serialization.NotSerializable as exc:
+        return None, f"result cannot be pickled ({exc.reason}); it runs again next time"
+
+
+class Call:
+    """One call of a step in a run: its key, its digest, its arguments, why it runs."""
+
+    __slots__ = ("args", "digest", "key", "kwargs", "name", "reason", "run")
+
+    def __init__(
+        self,
+        run: Run,
+        name: str,
+        key: StepKey,
+        digest: Digest,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.run = run
+        self.name = name
+        self.key = key
+        self.digest = digest
+        self.args = args
+        self.kwargs = kwargs
+        self.reason: str | None = None
+
+    def row(
+        self,
+        attempt: int,
+        started: float,
+        printed: list[str],
+        *,
+        value: Any = None,
+        encoded: serialization.Encoded | None = None,
+        blob: str | None = None,
+        error: BaseException | None = None,
+        note: str | None = None,
+    ) -> StepRow | CompletedRow:
+        """The row of one finished attempt: failed or interrupted (``error``), else completed
+        with ``value`` (not durable when ``encoded`` is None). The common checkpoint (value
+        inline, nothing printed, nothing to note) is the smaller ``CompletedRow``."""
+        run, (scope, name, digest, occurrence) = self.run, self.key
+        reason = note or self.reason
+        shown = args_repr(self.args, self.kwargs)
+        if error is None and encoded is not None and encoded.inline and not printed and not reason:
+            type_name, value_repr = serialization.describe(value)
+            return CompletedRow(
+                run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
+                attempt, started, time.time(), encoded.size, type_name, value_repr, shown,
+                encoded.segments[0],  # type: ignore[arg-type]
+            )  # fmt: skip
+        fmt = size = type_name = value_repr = payload = None
+        error_type = message = trace = None
+        if error is not None:
+            status = "failed" if isinstance(error, Exception) else "interrupted"
+            error_type, message = type(error).__name__, str(error)[:2000]
+            trace = "".join(traceback.format_exception(error))[-20000:]
+        else:
+            status = "completed" if encoded is not None else "not_durable"
+            type_name, value_repr = serialization.describe(value)
+            if encoded is not None:
+                fmt, size = encoded.format, encoded.size
+                payload = encoded.segments[0] if encoded.inline else None
+        return StepRow(
+            run.id, run.workflow, scope, name, digest, occurrence, self.digest.value, attempt,
+            status, started, time.time(), fmt, blob, size, type_name, value_repr, shown,
+            error_type, message, reason, "".join(printed) or None, payload, trace,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def document(self) -> str:
+        """The JSON document of this call's digest (what it covers)."""
+        return json.dumps(self.digest.doc(self.name))

@@ -1,0 +1,651 @@
+"""What a step depends on, and its digest: the part of the replay rule that sees code changes.
+
+A step's *dependency digest* decides, with its key, whether a stored result may be replayed
+(PRODUCT §3). It covers, transitively, starting from the step's function:
+
+- the code of the function and of every function, class (its methods and class attributes),
+  ``functools.partial``, bound method and nested ``@step`` it references that is the user's
+  own: defined in the notebook (``__main__``) or in a module outside site-packages and the
+  standard library, reached through a global name, a closure cell, a default value, an
+  attribute of a user module (``helpers.f``) or an argument (a callback, an instance of a
+  notebook class);
+- the values of the module-level globals and closure variables those functions read, by the
+  canonical value digest (``digests.value_digest``);
+- not installed packages: their modules, functions and classes are *recorded* (name and
+  version, for the run's environment) and count only with ``track_versions=True``.
+
+A name the code only mutates through a statement such as ``log.append(x)`` or
+``logger.info(...)`` (and never reads otherwise) is an output of the step, not an input, and
+is left out. Values that cannot be digested count by their type and are listed as such.
+
+When values are read: at each call. A value whose digest is costly (more than ~1 MiB of data:
+a big array, a DataFrame, a model) is hashed once per run per object; binding the name to
+another object is seen at the next call, an in-place change of the same big object during a
+run is seen from the next run on.
+
+Code digests ignore comments, whitespace, docstrings and decorators (they hash the AST). A
+function from a file that was edited on disk but not re-imported is digested by its bytecode,
+so the digest always describes the code that runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import dis
+import functools
+import hashlib
+import inspect
+import os
+import pickle
+import sys
+import sysconfig
+import textwrap
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from xxhash import xxh3_128_hexdigest
+
+from .digests import digest_value
+from .serialization import short_repr
+
+__all__ = [
+    "ACCEPTED",
+    "Digest",
+    "Entry",
+    "RunDependencies",
+    "StepDependencies",
+    "code_digest",
+    "explain",
+    "is_user_module",
+    "package_version",
+]
+
+ACCEPTED = "accepted:"
+"""Prefix of the digest that ``accept`` gives stored records: valid for this base digest."""
+
+BIG = 1 << 20
+"""A value whose digest reads more than this many bytes is hashed once per run."""
+
+# Statement calls that only change the object they are called on (or log): `x.append(v)`.
+_MUTATORS = frozenset(
+    {
+        "append", "appendleft", "add", "clear", "discard", "extend", "extendleft", "insert",
+        "put", "put_nowait", "remove", "update", "write", "writelines", "debug", "info",
+        "warning", "error", "exception", "critical",
+    }
+)  # fmt: skip
+_PRIMITIVES = frozenset({type(None), bool, int, float, complex, str, bytes})
+_BUILTIN_NAMES = frozenset(dir(builtins))
+_CLASS_SKIP = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__", "__doc__"})
+
+
+# -- code: per code object, cached for the process ---------------------------------------
+
+
+class CodeInfo(NamedTuple):
+    """What one code object is, and which names it reads."""
+
+    digest: str  # of its AST (or bytecode when the source is unknown or stale)
+    globals: tuple[str, ...]  # global names it reads (write-only ones left out)
+    freevars: tuple[bool, ...]  # per closure variable: whether it is read
+    attrs: frozenset[str]  # every name it uses, attribute names included
+
+
+class _StripDocs(ast.NodeTransformer):
+    """Remove docstrings and decorators, which do not change what a function computes."""
+
+    def _strip(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+        if hasattr(node, "decorator_list"):
+            node.decorator_list = []
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
+
+
+def _hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _bytecode(code: types.CodeType) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _bytecode(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return hashlib.sha256(b"\0".join(parts)).digest()
+
+
+def _codes(code: types.CodeType) -> Iterable[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
+
+
+def _compiled_matches(code: types.CodeType, source: str) -> bool:
+    """Whether ``source`` compiles to ``code`` (false when the file changed since import)."""
+    try:
+        compiled = compile(source, code.co_filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return any(
+        c.co_name == code.co_name and c.co_code == code.co_code and c.co_names == code.co_names
+        for c in _codes(compiled)
+    )
+
+
+def _written_only(tree: ast.AST) -> set[str]:
+    """Names used only as ``NAME.mutator(...)`` statements (appended to, logged to)."""
+    mutated: set[int] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and node.value.func.attr in _MUTATORS
+            and isinstance(node.value.func.value, ast.Name)
+        ):
+            mutated.add(id(node.value.func.value))
+    used: dict[str, bool] = {}  # name -> only mutated so far
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            used[node.id] = used.get(node.id, True) and id(node) in mutated
+    return {name for name, only in used.items() if only}
+
+
+_infos: dict[int, tuple[types.CodeType, CodeInfo]] = {}
+
+
+def code_info(code: types.CodeType) -> CodeInfo:
+    """What ``code`` is and reads (computed once per code object)."""
+    hit = _infos.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    info = _analyse(code)
+    _infos[id(code)] = (code, info)
+    return info
+
+
+def _analyse(code: types.CodeType) -> CodeInfo:
+    tree: ast.AST | None = None
+    digest = None
+    try:
+        source = textwrap.dedent(inspect.getsource(code))
+        tree = ast.parse(source)
+        if not os.path.isfile(code.co_filename) or _compiled_matches(code, source):
+            stripped = _StripDocs().visit(ast.parse(source))
+            digest = _hex(ast.dump(stripped, annotate_fields=False).encode())
+    except (OSError, TypeError, SyntaxError, IndentationError, ValueError):
+        tree = None
+    if digest is None:  # no source, or the file on disk is not what runs
+        digest = "b" + _hex(_bytecode(code))[1:]
+    written = _written_only(tree) if tree is not None else set()
+    names: set[str] = set()
+    attrs: set[str] = set()
+    for c in _codes(code):
+        attrs.update(c.co_names)
+        for ins in dis.get_instructions(c):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                names.add(ins.argval)
+    freevars = tuple(name not in written for name in code.co_freevars)
+    return CodeInfo(digest, tuple(sorted(names - written)), freevars, frozenset(attrs))
+
+
+def code_digest(fn: Any) -> str:
+    """Digest of a callable's own code (AST, or bytecode when there is no source)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, types.CodeType):
+        return code_info(code).digest
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return _hex(f"{getattr(fn, '__module__', '')}.{name}".encode())
+
+
+# -- whose code it is -------------------------------------------------------------------
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.add(os.path.dirname(os.__file__))
+    return tuple(os.path.realpath(r) + os.sep for r in roots)
+
+
+_ROOTS: tuple[str, ...] | None = None
+_user_modules: dict[str, bool] = {}
+
+
+def is_user_module(name: str | None) -> bool:
+    """Whether module ``name`` is the user's own: the notebook, or a file outside
+    site-packages and the standard library (durable_nb itself is not)."""
+    if name is None:
+        return False
+    known = _user_modules.get(name)
+    if known is not None:
+        return known
+    global _ROOTS
+    if _ROOTS is None:
+        _ROOTS = _installed_roots()
+    top = name.partition(".")[0]
+    mine = name == "__main__"
+    if not mine and top != "durable_nb" and top not in sys.stdlib_module_names:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            path = os.path.realpath(file)
+            mine = not path.startswith(_ROOTS) and (
+                os.sep + "site-packages" + os.sep not in path
+                and os.sep + "dist-packages" + os.sep not in path
+            )
+    _user_modules[name] = mine
+    return mine
+
+
+_versions: dict[str, str | None] = {}
+
+
+def package_version(top: str) -> str | None:
+    """The version of the installed distribution that provides top-level module ``top``."""
+    if top in _versions:
+        return _versions[top]
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if not isinstance(version, str):
+        version = None
+        try:
+            from importlib import metadata
+
+            for dist in metadata.packages_distributions().get(top, [top]):
+                try:
+                    version = metadata.version(dist)
+                    break
+                except metadata.PackageNotFoundError:
+                    continue
+        except Exception:  # a broken distribution's metadata is not the user's problem
+            version = None
+    _versions[top] = version
+    return version
+
+
+def _package(module: str | None) -> str | None:
+    """The top-level package of an installed module, or None for the stdlib and builtins."""
+    if not module:
+        return None
+    top = module.partition(".")[0]
+    if top in sys.stdlib_module_names or top == "builtins" or top.startswith("_"):
+        return None
+    return top
+
+
+# -- one call's digest ------------------------------------------------------------------
+
+
+class Entry(NamedTuple):
+    """One thing a call depends on: ``label`` is e.g. ``code helper``, ``global FACTOR``."""
+
+    label: str
+    digest: str
+    value: Any = None  # the value, kept for a short repr in a reason (only when small)
+
+
+class Digest:
+    """A call's dependency digest, with the entries it was made from."""
+
+    __slots__ = ("base", "entries", "opaque", "packages", "value")
+
+    def __init__(
+        self,
+        value: str,
+        base: str,
+        entries: list[Entry],
+        packages: set[str],
+        opaque: list[str],
+    ) -> None:
+        self.value = value  # the digest stored with a record
+        self.base = base  # the same without what the arguments brought (for ``accept``)
+        self.entries = entries
+        self.packages = packages  # installed top-level packages the code references
+        self.opaque = opaque  # labels of values digested by their type only
+
+    def doc(self, step: str) -> dict[str, Any]:
+        """The JSON document stored beside the digest: what it covers, with short reprs."""
+        return {
+            "step": step,
+            "base": self.base,
+            "entries": [[e.label, e.digest, _shown(e.value)] for e in self.entries],
+        }
+
+
+_SHOWN = frozenset({*_PRIMITIVES, tuple, list, dict, set, frozenset})
+
+
+def _shown(value: Any) -> str | None:
+    """A short repr of a small value, for a reason such as ``(10 -> 100)``."""
+    if value is None or type(value) not in _SHOWN:
+        return None
+    if type(value) not in _PRIMITIVES and len(value) > 8:
+        return None
+    text = short_repr(value)
+    return text if len(text) <= 40 else None
+
+
+_warned: set[tuple[str, str]] = set()  # (step, label) said once per process
+
+
+class RunDependencies:
+    """Per-run caches: digests of big values by object, and the packages seen."""
+
+    __slots__ = ("big", "packages")
+
+    def __init__(self) -> None:
+        self.big: dict[int, tuple[Any, str]] = {}
+        self.packages: set[str] = set()
+
+    def environment(self) -> dict[str, str]:
+        """Versions of the packages this run's steps reference, and Python's."""
+        env = {"python": sys.version.split()[0]}
+        for top in sorted(self.packages):
+            version = package_version(top)
+            if version:
+                env[top] = version
+        return env
+
+
+class _Walk:
+    """One traversal from a step's function: the entries, in a deterministic order."""
+
+    __slots__ = ("entries", "opaque", "packages", "run", "seen")
+
+    def __init__(self, run: RunDependencies) -> None:
+        self.run = run
+        self.entries: list[Entry] = []
+        self.seen: set[int] = set()
+        self.packages: set[str] = set()
+        self.opaque: list[str] = []
+
+    # functions, classes, modules
+
+    def function(self, fn: types.FunctionType, label: str) -> None:
+        if id(fn) in self.seen:
+            return
+        self.seen.add(id(fn))
+        code = fn.__code__
+        info = code_info(code)
+        self.entries.append(Entry(f"code {label}", info.digest))
+        if fn.__defaults__ or fn.__kwdefaults__:
+            self.value(f"defaults {label}", (fn.__defaults__, fn.__kwdefaults__))
+        glob = fn.__globals__
+        module = glob.get("__name__")
+        prefix = "" if module == "__main__" else f"{module}."
+        for name in info.globals:
+            if name in glob:
+                self.reference(f"{prefix}{name}", glob[name], info.attrs)
+            elif name not in _BUILTIN_NAMES:
+                self.entries.append(Entry(f"global {prefix}{name}", "undefined"))
+        if fn.__closure__:
+            names = code.co_freevars
+            for name, read, cell in zip(names, info.freevars, fn.__closure__, strict=True):
+                if not read:
+                    continue
+                try:
+                    contents = cell.cell_contents
+                except ValueError:  # not assigned yet
+                    continue
+                inner = name if label.startswith("step ") else f"{label}.{name}"
+                self.reference(inner, contents, info.attrs, kind="closure")
+
+    def cls(self, cls: type) -> None:
+        if id(cls) in self.seen:
+            return
+        self.seen.add(id(cls))
+        qualname = _label(cls)
+        for base in cls.__bases__:
+            if base is not object:
+                self.reference(f"{qualname} base", base, frozenset())
+        members = vars(cls)
+        for name in sorted(members):
+            if name in _CLASS_SKIP:
+                continue
+            attr = members[name]
+            if isinstance(attr, (staticmethod, classmethod)):
+                attr = attr.__func__
+            if isinstance(attr, property):
+                for part in (attr.fget, attr.fset, attr.fdel):
+                    if isinstance(part, types.FunctionType):
+                        self.function(part, f"{qualname}.{name}")
+            elif isinstance(attr, types.FunctionType):
+                self.function(attr, f"{qualname}.{name}")
+            elif isinstance(attr, type):
+                self.reference(f"{qualname}.{name}", attr, frozenset())
+            elif not (name.startswith("__") and name.endswith("__")) and name != "_abc_impl":
+                self.value(f"global {qualname}.{name}", attr)
+
+    def reference(
+        self, name: str, obj: Any, attrs: frozenset[str], *, kind: str = "global"
+    ) -> None:
+        """What a name found in code (global, closure cell, argument) brings in."""
+        t = type(obj)
+        if t in _PRIMITIVES:
+            digest = xxh3_128_hexdigest(pickle.dumps(obj, protocol=5))
+            self.entries.append(Entry(f"{kind} {name}", digest, obj))
+            return
+        if t is types.FunctionType:
+            if is_user_module(obj.__module__):
+                self.function(obj, _label(obj))
+            else:
+                self._package(obj.__module__)
+            return
+        if t is types.ModuleType:
+            if is_user_module(obj.__name__):
+                self._module(obj, attrs)
+            else:
+                self._package(obj.__name__)
+            return
+        if isinstance(obj, type):
+            if is_user_module(obj.__module__):
+                self.cls(obj)
+            else:
+                self._package(obj.__module__)
+            return
+        if getattr(t, "__durable_step__", False):  # a nested step: its result is made of it
+            self.reference(name, inspect.unwrap(obj.fn), attrs, kind=kind)
+            return
+        if t is functools.partial:
+            self.reference(f"{name}.func", obj.func, attrs, kind=kind)
+            self.value(f"{kind} {name}", (obj.args, obj.keywords))
+            return
+        if t is types.MethodType:
+            self.reference(f"{name}.__func__", obj.__func__, attrs, kind=kind)
+            self.reference(f"{name}.__self__", obj.__self__, attrs, kind=kind)
+            return
+        if t is types.BuiltinFunctionType or t is types.BuiltinMethodType:
+            self._package(getattr(obj, "__module__", None))
+            return
+        try:
+            wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and other wrappers
+        except Exception:  # a proxy that raises on unknown attributes
+            wrapped = None
+        if wrapped is not None and callable(obj) and id(obj) not in self.seen:
+            self.seen.add(id(obj))
+            self.reference(name, wrapped, attrs, kind=kind)
+            return
+        module = getattr(t, "__module__", None)
+        if is_user_module(module):
+            self.cls(t)
+        else:
+            self._package(module)
+        self.value(f"{kind} {name}", obj)
+
+    def _module(self, module: types.ModuleType, attrs: frozenset[str]) -> None:
+        members = vars(module)
+        for attr in sorted(attrs & members.keys()):
+            self.reference(f"{module.__name__}.{attr}", members[attr], attrs)
+
+    def _package(self, module: str | None) -> None:
+        top = _package(module)
+        if top is not None:
+            self.packages.add(top)
+
+    def value(self, label: str, obj: Any) -> None:
+        """A value by its canonical digest; big ones once per run per object."""
+        big = self.run.big
+        hit = big.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            self.entries.append(Entry(label, hit[1]))
+            return
+        try:
+            digest, cost, opaque = digest_value(obj)
+        except Exception:  # a value whose own methods raise (e.g. a broken __eq__ or buffer)
+            t = type(obj)
+            digest, cost, opaque = f"type:{t.__module__}.{t.__qualname__}", 0, True
+        if opaque:
+            self.opaque.append(label)
+        if cost > BIG:
+            big[id(obj)] = (obj, digest)
+        self.entries.append(Entry(label, digest, obj))
+
+
+def _label(obj: types.FunctionType | type) -> str:
+    """``helper`` for the notebook's own, ``helpers.helper`` for a user module's."""
+    name = obj.__qualname__.rpartition("<locals>.")[2]
+    return name if obj.__module__ == "__main__" else f"{obj.__module__}.{name}"
+
+
+def _combine(entries: Iterable[Entry]) -> str:
+    return xxh3_128_hexdigest("\0".join(f"{e.label}\1{e.digest}" for e in entries).encode())
+
+
+class StepDependencies:
+    """How to digest the calls of one step function."""
+
+    __slots__ = ("fn", "name", "track_versions")
+
+    def __init__(self, fn: Callable[..., Any], name: str, *, track_versions: bool = False) -> None:
+        self.fn = fn
+        self.name = name
+        self.track_versions = track_versions
+
+    def digest(
+        self,
+        run: RunDependencies,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Digest:
+        """The dependency digest of a call with these arguments, read now."""
+        walk = _Walk(run)
+        fn = self.fn
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        fn = inspect.unwrap(fn)
+        if isinstance(fn, types.FunctionType):
+            walk.function(fn, f"step {self.name}")
+        else:  # a callable object: its class's code, or an installed function's name
+            walk.entries.append(Entry(f"code step {self.name}", code_digest(fn)))
+            walk.reference(self.name, fn, frozenset(), kind="callable")
+        if self.track_versions:
+            walk.packages.add("python")
+        self._versions(walk)
+        base_entries = len(walk.entries)
+        # A step that depends on nothing but its own code keeps the digest of that code: the
+        # digest older logs stored, so their records of such steps still replay.
+        own = walk.entries[0]
+        alone = base_entries == 1 and own.label == f"code step {self.name}"
+        base = own.digest if alone else _combine(walk.entries)
+        for i, arg in enumerate(args):
+            if type(arg) not in _PRIMITIVES:
+                self._argument(walk, f"argument {i}", arg)
+        if kwargs:
+            for key in sorted(kwargs):
+                if type(kwargs[key]) not in _PRIMITIVES:
+                    self._argument(walk, f"argument {key}", kwargs[key])
+        value = base if len(walk.entries) == base_entries else _combine(walk.entries)
+        run.packages |= walk.packages
+        if walk.opaque:
+            self._warn_opaque(walk.opaque)
+        return Digest(value, base, walk.entries, walk.packages, walk.opaque)
+
+    def _versions(self, walk: _Walk) -> None:
+        if not self.track_versions:
+            return
+        for top in sorted(walk.packages):
+            version = sys.version.split()[0] if top == "python" else package_version(top)
+            walk.entries.append(Entry(f"version {top}", version or "unknown", version))
+
+    @staticmethod
+    def _argument(walk: _Walk, label: str, arg: Any) -> None:
+        """What an argument brings besides its value: code (a callback, a notebook class)."""
+        t = type(arg)
+        if t is types.FunctionType or t is functools.partial or isinstance(arg, type):
+            walk.reference(label, arg, frozenset(), kind="argument")
+        elif is_user_module(getattr(t, "__module__", None)):
+            walk.cls(t)
+
+    def _warn_opaque(self, opaque: list[str]) -> None:
+        for label in opaque:
+            if (self.name, label) not in _warned:
+                _warned.add((self.name, label))
+                import warnings
+
+                from .errors import DurableWarning
+
+                warnings.warn(
+                    f"step {self.name}: {label.partition(' ')[2]} cannot be digested, so only "
+                    "its type counts for replay; pass it as an argument, or make it picklable",
+                    DurableWarning,
+                    stacklevel=5,
+                )
+
+
+# -- saying why -------------------------------------------------------------------------
+
+_KINDS = {"code": 0, "defaults": 1, "global": 2, "closure": 3, "argument": 4, "version": 5}
+
+
+def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> str:
+    """Why a call whose stored record has document ``old`` runs again with ``new``."""
+    if old is None:
+        return (
+            f"the record of {name} (run {run_id}) predates dependency digests; "
+            "accept it to replay it"
+        )
+    before = {label: (digest, shown) for label, digest, shown in old["entries"]}
+    now = {e.label: (e.digest, _shown(e.value)) for e in new.entries}
+    changes: list[tuple[int, str]] = []
+    for label, (digest, shown) in now.items():
+        kind, _, what = label.partition(" ")
+        rank = _KINDS.get(kind, 9)
+        if label not in before:
+            changes.append((rank + 10, f"new dependency {what}"))
+        elif before[label][0] != digest:
+            if kind == "version":  # a version entry's digest is the version itself
+                changes.append((rank, f"{what} {before[label][0]} -> {digest}"))
+            else:
+                changes.append((rank, _changed(kind, what, before[label][1], shown)))
+    for label in before.keys() - now.keys():
+        changes.append((20, f"no longer depends on {label.partition(' ')[2]}"))
+    if not changes:
+        return f"dependencies of {name} changed since run {run_id}"
+    changes.sort(key=lambda c: c[0])
+    texts = [text for _, text in changes[:3]]
+    if len(changes) > 3:
+        texts.append(f"{len(changes) - 3} more")
+    return "; ".join(texts) + f" since run {run_id}"
+
+
+def _changed(kind: str, what: str, old: str | None, new: str | None) -> str:
+    if kind == "code":
+        return f"code of {what.removeprefix('step ')} changed"
+    noun = {"closure": "closure variable", "defaults": "defaults of", "argument": "code of"}
+    detail = f" ({old} -> {new})" if old is not None and new is not None else ""
+    return f"{noun.get(kind, kind)} {what} changed{detail}"

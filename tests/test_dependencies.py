@@ -1,0 +1,405 @@
+"""What a step depends on: helpers, globals, closures, user modules, packages, and the keys.
+
+Each test counts real executions and reads the reasons from the log on disk. Globals live in
+modules written to ``tmp_path`` and imported, as the user's own ``.py`` files would be.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import sqlite3
+import sys
+import textwrap
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import durable_nb
+from durable_nb import DurableWarning, Step, step, workflow
+from durable_nb.digests import args_digest, value_digest
+
+from .conftest import python
+
+
+@pytest.fixture
+def module(tmp_path: Path, log_path: Path) -> Iterator[object]:
+    """``module(name, source)`` writes ``tmp_path/name.py`` and imports (or reloads) it."""
+    sys.path.insert(0, str(tmp_path))
+    loaded: list[str] = []
+
+    def write(name: str, source: str) -> ModuleType:
+        path = tmp_path / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        if name in sys.modules:
+            return importlib.reload(sys.modules[name])
+        loaded.append(name)
+        return importlib.import_module(name)
+
+    yield write
+    sys.path.remove(str(tmp_path))
+    for name in loaded:
+        sys.modules.pop(name, None)
+
+
+def reasons(log: Path, name: str) -> list[str | None]:
+    rows = sqlite3.connect(log).execute(
+        "SELECT reason FROM steps WHERE name = ? ORDER BY id", (name,)
+    )
+    return [r[0] for r in rows]
+
+
+NOTEBOOK = """
+    FACTOR = 10
+    calls = []
+
+    def double(x):
+        return 2 * x
+
+    def helper(x):
+        return double(x) * FACTOR
+
+    def s(x):
+        calls.append(x)
+        return helper(x)
+"""
+
+
+def test_globals_helpers_and_helpers_of_helpers_invalidate(module, log_path: Path) -> None:
+    nb = module("nb_globals", NOTEBOOK)
+    s = Step(nb.s)
+    for expected, change in [
+        (20, None),
+        (20, None),  # unchanged: replays
+        (200, lambda: setattr(nb, "FACTOR", 100)),
+        (40, lambda: module("nb_globals", NOTEBOOK.replace("2 * x", "4 * x"))),
+    ]:
+        if change:
+            change()
+        with workflow("g"):
+            assert s(1) == expected
+    nb = sys.modules["nb_globals"]
+    assert nb.calls == [1]  # the reloaded module has its own list: one call since
+    assert reasons(log_path, "s") == [
+        None,
+        "global nb_globals.FACTOR changed (10 -> 100) since run 1",
+        "code of nb_globals.double changed; global nb_globals.FACTOR changed (100 -> 10) "
+        "since run 3",
+    ]
+
+
+def test_a_comment_or_docstring_in_a_helper_changes_nothing(module, log_path: Path) -> None:
+    nb = module("nb_cosmetic", NOTEBOOK)
+    with workflow("c"):
+        Step(nb.s)(2)
+    edited = NOTEBOOK.replace(
+        "def double(x):\n", 'def double(x):\n        """Twice x."""\n        # why: tests\n'
+    )
+    nb = module("nb_cosmetic", edited)
+    with workflow("c") as run:
+        assert Step(nb.s)(2) == 40
+    assert (run.steps_replayed, run.steps_run) == (1, 0)
+    assert nb.calls == []
+
+
+def test_closure_variables_count_and_write_only_names_do_not(log_path: Path) -> None:
+    seen: list[int] = []  # only appended to by the step: an output, not an input
+
+    def make(k: int) -> object:
+        @step(name="add")
+        def add(x: int) -> int:
+            seen.append(x)
+            return x + k
+
+        return add
+
+    for k, expected in [(1, 2), (1, 2), (5, 6)]:
+        with workflow("closure"):
+            assert make(k)(1) == expected  # type: ignore[operator]
+    assert seen == [1, 1]
+    assert reasons(log_path, "add") == [None, "closure variable k changed (1 -> 5) since run 1"]
+
+
+def test_methods_of_user_classes_count_through_globals_and_arguments(
+    module, log_path: Path
+) -> None:
+    source = """
+        class Scaler:
+            offset = 1
+            def scale(self, x):
+                return x + self.offset
+
+        model = Scaler()
+
+        def by_global(x):
+            return model.scale(x)
+
+        def by_argument(m, x):
+            return m.scale(x)
+    """
+    nb = module("nb_classes", source)
+    steps = lambda nb: (Step(nb.by_global), Step(nb.by_argument))  # noqa: E731
+    with workflow("cls"):
+        g, a = steps(nb)
+        assert (g(1), a(nb.Scaler(), 1)) == (2, 2)
+    nb = module("nb_classes", source.replace("x + self.offset", "x + 2 * self.offset"))
+    with workflow("cls") as run:
+        g, a = steps(nb)
+        assert (g(1), a(nb.Scaler(), 1)) == (3, 3)
+    assert run.steps_run == 2
+    assert reasons(log_path, "by_global")[1].startswith("code of nb_classes.Scaler.scale changed")
+    assert reasons(log_path, "by_argument")[1].startswith("code of nb_classes.Scaler.scale changed")
+    nb = module("nb_classes", source.replace("offset = 1", "offset = 3"))
+    with workflow("cls") as run:
+        g, _ = steps(nb)
+        assert g(1) == 4
+    assert "global nb_classes.Scaler.offset changed (1 -> 3)" in reasons(log_path, "by_global")[2]
+
+
+def test_a_user_module_reached_as_an_attribute_is_followed(module, log_path: Path) -> None:
+    module("user_helpers", "def triple(x):\n    return 3 * x\n")
+    nb = module("nb_attr", "import user_helpers\ndef s(x):\n    return user_helpers.triple(x)\n")
+    with workflow("attr"):
+        assert Step(nb.s)(2) == 6
+    with workflow("attr") as run:
+        assert Step(nb.s)(2) == 6
+    assert run.steps_replayed == 1
+    module("user_helpers", "def triple(x):\n    return 30 * x\n")  # edited and reloaded
+    with workflow("attr") as run:
+        assert Step(nb.s)(2) == 60
+    assert reasons(log_path, "s")[1] == "code of user_helpers.triple changed since run 1"
+
+
+def test_nested_steps_are_part_of_their_parent(module, log_path: Path) -> None:
+    source = """
+        from durable_nb import step
+        @step
+        def inner(x):
+            return x + 1
+        @step
+        def outer(x):
+            return inner(x) * 10
+    """
+    nb = module("nb_nested", source)
+    with workflow("nested"):
+        assert nb.outer(1) == 20
+    nb = module("nb_nested", source.replace("x + 1", "x + 2"))
+    with workflow("nested") as run:
+        assert nb.outer(1) == 30  # the parent's stored 20 was made by the old inner
+    assert run.steps_run == 2
+    assert reasons(log_path, "outer")[1] == "code of nb_nested.inner changed since run 1"
+
+
+def test_installed_packages_are_recorded_not_hashed(log_path: Path) -> None:
+    @step
+    def stats(i: int) -> float:
+        return float(np.mean(np.arange(i)))
+
+    with workflow("np"):
+        stats(10)
+    env = sqlite3.connect(log_path).execute("SELECT environment FROM runs").fetchone()[0]
+    recorded = json.loads(env)
+    assert recorded["numpy"] == np.__version__
+    assert recorded["python"] == sys.version.split()[0]
+    doc = json.loads(sqlite3.connect(log_path).execute("SELECT doc FROM digests").fetchone()[0])
+    assert [e[0] for e in doc["entries"]] == ["code step stats"]  # numpy is not hashed
+
+
+def test_big_globals_are_hashed_once_per_run(module, log_path: Path) -> None:
+    nb = module(
+        "nb_big",
+        "import numpy as np\nBIG = np.ones(2_000_000)\ndef s(i):\n    return float(BIG[i])\n",
+    )
+    s = Step(nb.s)
+    with workflow("big") as run:
+        assert [s(i) for i in range(3)] == [1.0, 1.0, 1.0]
+    assert list(run.deps.big) == [id(nb.BIG)]  # cached by object for the rest of the run
+    nb.BIG[0] = 7.0  # in place: seen from the next run on
+    with workflow("big") as run:
+        assert s(0) == 7.0 and s(1) == 1.0
+    assert run.steps_run == 2  # the array's digest changed for every call
+    nb.BIG = np.ones(3)  # rebound: seen at the next call
+    with workflow("big") as run:
+        assert s(1) == 1.0
+
+
+def test_values_that_cannot_be_digested_count_by_type_and_warn_once(module, log_path: Path) -> None:
+    nb = module(
+        "nb_opaque",
+        "import threading\nLOCK = threading.Lock()\ndef s(x):\n    return x if LOCK else 0\n",
+    )
+    s = Step(nb.s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with workflow("opaque"):
+                assert s(1) == 1 and s(2) == 2
+    said = [str(w.message) for w in caught if issubclass(w.category, DurableWarning)]
+    assert len(said) == 1 and "nb_opaque.LOCK cannot be digested" in said[0]
+    runs = sqlite3.connect(log_path).execute("SELECT steps_run, steps_replayed FROM runs")
+    assert runs.fetchall() == [(2, 0), (0, 2)]
+
+
+def test_partial_arguments_are_part_of_the_key(log_path: Path) -> None:
+    calls: list[int] = []
+
+    def base(a: int, b: int) -> int:
+        calls.append(a)
+        return a * b
+
+    for a, expected in [(3, 21), (3, 21), (4, 28)]:
+        with workflow("partial"):
+            assert step(functools.partial(base, a), 7) == expected
+    assert calls == [3, 4]
+    names = sqlite3.connect(log_path).execute("SELECT DISTINCT name, args_repr FROM steps")
+    assert names.fetchall() == [("base", "3, 7"), ("base", "4, 7")]
+
+
+def test_arguments_are_bound_to_the_signature(log_path: Path) -> None:
+    calls: list[int] = []
+
+    @step
+    def g(x: int, y: int = 2, *, z: int = 0) -> int:
+        calls.append(x)
+        return x * y + z
+
+    with workflow("bind"):
+        assert g(5) == 10
+    for call in (lambda: g(x=5), lambda: g(5, 2), lambda: g(5, y=2, z=0)):
+        with workflow("bind"):
+            assert call() == 10
+    with workflow("bind"):
+        assert g(5, z=1) == 11
+    assert calls == [5, 5]
+
+
+def test_structured_arrays_with_other_fields_differ() -> None:
+    xy = np.zeros(3, dtype=[("x", "f8"), ("y", "f8")])
+    latlon = np.zeros(3, dtype=[("lat", "f8"), ("lon", "f8")])
+    assert args_digest((xy,), {}) != args_digest((latlon,), {})
+    assert args_digest((xy,), {}) == args_digest((xy.copy(),), {})
+    assert value_digest(np.arange(6.0)[::2]) == value_digest(np.array([0.0, 2.0, 4.0]))
+
+
+def test_digests_of_sets_inside_objects_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    script = (
+        "import dataclasses\nfrom durable_nb.digests import args_digest, value_digest\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Cfg:\n    tags: frozenset\n    lr: float = 0.1\n"
+        "class Plain:\n    def __init__(self):\n        self.names = {'a', 'b', 'c', 'd'}\n"
+        "print(value_digest(Cfg(frozenset('abcdefg'))), args_digest((Plain(),), {}))\n"
+    )
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        proc = python(script, cwd=tmp_path, env_extra={"PYTHONHASHSEED": seed})
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        outputs.add(out)
+    assert len(outputs) == 1
+
+
+def test_plan_writes_nothing_and_names_the_first_step_to_run(module, log_path: Path) -> None:
+    nb = module("nb_plan", NOTEBOOK)
+    s = Step(nb.s)
+
+    @workflow("planned")
+    def flow() -> list[int]:
+        return [s(1), s(2), s(3)]
+
+    flow()
+    before = log_path.read_bytes(), Path(f"{log_path}-wal").read_bytes()
+    everything = durable_nb.plan(flow)
+    assert (everything.step, everything.replayed) == (None, 3)
+    assert str(everything) == "plan planned: 3 steps replay; nothing would run"
+    nb.FACTOR = 11
+    stop = durable_nb.plan(flow)
+    assert (stop.step, stop.args, stop.replayed) == ("s", "1", 0)
+    assert stop.reason == "global nb_plan.FACTOR changed (10 -> 11) since run 1"
+    assert (log_path.read_bytes(), Path(f"{log_path}-wal").read_bytes()) == before
+    assert nb.calls == [1, 2, 3]  # the plan ran no step
+
+
+def test_accept_makes_changed_steps_replay_and_leaves_a_note(module, log_path: Path) -> None:
+    nb = module("nb_accept", NOTEBOOK)
+    with workflow("acc"):
+        Step(nb.s)(1)
+    nb = module("nb_accept", NOTEBOOK.replace("return 2 * x", "y = 2 * x\n        return y"))
+    s = Step(nb.s)
+    assert durable_nb.plan(workflow("acc")(lambda: s(1))).step == "s"
+    assert durable_nb.accept("acc", "s") == 1
+    with workflow("acc") as run:
+        assert s(1) == 20
+    assert run.steps_replayed == 1 and nb.calls == []
+    note = sqlite3.connect(log_path).execute("SELECT kind, detail FROM notes").fetchone()
+    assert note[0] == "accept" and "1 records accepted for digest accepted:" in note[1]
+    nb.FACTOR = 3  # a later change still counts
+    with workflow("acc") as run:
+        assert s(1) == 6
+    assert run.steps_run == 1
+    with pytest.raises(durable_nb.DurableError, match="no completed steps"):
+        durable_nb.accept("nothing-here")
+
+
+def test_records_older_than_dependency_digests(module, log_path: Path) -> None:
+    """A log written before dependency digests: its records of steps with no dependencies
+    still replay; those of steps with dependencies run again, said once."""
+    nb = module("nb_old", NOTEBOOK + "\n    def alone(x):\n        return x + 1\n")
+    s, alone = Step(nb.s), Step(nb.alone)
+    with workflow("old"):
+        s(1), alone(1)
+    conn = sqlite3.connect(log_path)
+    with conn:  # what durable_nb 0.1 wrote: the step's own code digest, no document
+        conn.execute("UPDATE steps SET code_digest = ? WHERE name = 's'", (s.code_digest,))
+        conn.execute("DELETE FROM digests")
+    with workflow("old") as run:
+        assert (s(1), alone(1)) == (20, 2)
+    assert (run.steps_run, run.steps_replayed) == (1, 1)
+    assert "predate dependency digests" in run.remarks[-1]
+    assert "predates dependency digests" in reasons(log_path, "s")[1]
+
+
+VERSIONED = """
+import sys
+import durable_nb, fakepkg
+from durable_nb import step, workflow
+
+@step
+def recorded(x):
+    return fakepkg.f(x)
+
+@step(track_versions=True)
+def tracked(x):
+    return fakepkg.f(x)
+
+durable_nb.open_log(sys.argv[1])
+with workflow("versions") as run:
+    recorded(1), tracked(1)
+print(run.steps_replayed, run.steps_run)
+print(run.remarks)
+print(durable_nb.steps(workflow="versions")["reason"].tolist()[-1])
+"""
+
+
+def test_package_versions_are_recorded_and_tracked_on_demand(tmp_path: Path) -> None:
+    site = tmp_path / "site-packages"  # an installed package, as pip lays it out
+    (site / "fakepkg").mkdir(parents=True)
+    env = {"PYTHONPATH": f"{Path(__file__).resolve().parents[1]}:{site}"}
+    outputs = []
+    for version in ("1.0", "2.0"):
+        (site / "fakepkg" / "__init__.py").write_text(
+            f"__version__ = {version!r}\ndef f(x):\n    return x * 2\n"
+        )
+        proc = python(VERSIONED, str(tmp_path / "v.db"), cwd=tmp_path, env_extra=env)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outputs.append(out.splitlines())
+    assert outputs[0][:2] == ["0 2", "[]"]
+    assert outputs[1][0] == "1 1"  # recorded replays, tracked runs again
+    assert outputs[1][1] == "['fakepkg 1.0 -> 2.0 since the stored results of recorded']"
+    assert outputs[1][2] == "fakepkg 1.0 -> 2.0 since run 1"
