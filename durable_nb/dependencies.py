@@ -344,13 +344,15 @@ _warned: set[tuple[str, str]] = set()  # (step, label) said once per process
 
 
 class RunDependencies:
-    """Per-run caches: digests of big values by object, and the packages seen."""
+    """Per-run caches: each step's last walk, digests of big values by object, and the
+    installed packages seen (for the run's environment)."""
 
-    __slots__ = ("big", "packages")
+    __slots__ = ("big", "packages", "walks")
 
     def __init__(self) -> None:
         self.big: dict[int, tuple[Any, str]] = {}
         self.packages: set[str] = set()
+        self.walks: dict[StepDependencies, _Walk] = {}
 
     def environment(self) -> dict[str, str]:
         """Versions of the packages this run's steps reference, and Python's."""
@@ -362,10 +364,24 @@ class RunDependencies:
         return env
 
 
-class _Walk:
-    """One traversal from a step's function: the entries, in a deterministic order."""
+_MISSING = object()
 
-    __slots__ = ("entries", "opaque", "packages", "run", "seen")
+
+def _immutable(obj: Any) -> bool:
+    """A primitive, or a tuple or frozenset of primitives (and tuples of them)."""
+    t = type(obj)
+    if t in _PRIMITIVES:
+        return True
+    return (t is tuple or t is frozenset) and all(_immutable(v) for v in obj)
+
+
+class _Walk:
+    """One traversal from a step's function: the entries, in a deterministic order, and
+    what it read on the way, so that the next call can check that nothing changed by
+    identity (and, for mutable values, by digest) instead of walking again."""
+
+    __slots__ = ("attrs", "digest", "entries", "functions", "keys", "opaque", "packages",
+                 "reads", "rehash", "run", "seen")  # fmt: skip
 
     def __init__(self, run: RunDependencies) -> None:
         self.run = run
@@ -373,6 +389,38 @@ class _Walk:
         self.seen: set[int] = set()
         self.packages: set[str] = set()
         self.opaque: list[str] = []
+        self.functions: list[tuple[Any, Any, Any, Any]] = []  # (fn, code, defaults, kw)
+        self.reads: list[tuple[Any, str, Any]] = []  # (mapping, key, value it had)
+        self.attrs: list[tuple[Any, str, Any]] = []  # (object, attribute, value it had)
+        self.keys: list[tuple[Any, tuple[str, ...]]] = []  # (class dict, its keys)
+        self.rehash: list[tuple[Any, str]] = []  # (mutable value, its digest)
+        self.digest: Digest | None = None
+
+    def unchanged(self) -> bool:
+        """Whether everything this walk read is as it was (so its digest still holds)."""
+        try:
+            for fn, code, defaults, kwdefaults in self.functions:
+                if (
+                    fn.__code__ is not code
+                    or fn.__defaults__ is not defaults
+                    or fn.__kwdefaults__ is not kwdefaults
+                ):
+                    return False
+            for mapping, key, value in self.reads:
+                if mapping.get(key, _MISSING) is not value:
+                    return False
+            for obj, attr, value in self.attrs:
+                if getattr(obj, attr) is not value:
+                    return False
+            for mapping, keys in self.keys:
+                if tuple(mapping) != keys:
+                    return False
+            for obj, digest in self.rehash:
+                if digest_value(obj).digest != digest:
+                    return False
+        except Exception:  # e.g. a closure cell emptied since: walk again
+            return False
+        return True
 
     # functions, classes, modules
 
@@ -383,14 +431,18 @@ class _Walk:
         code = fn.__code__
         info = code_info(code)
         self.entries.append(Entry(f"code {label}", info.digest))
-        if fn.__defaults__ or fn.__kwdefaults__:
-            self.value(f"defaults {label}", (fn.__defaults__, fn.__kwdefaults__))
+        defaults, kwdefaults = fn.__defaults__, fn.__kwdefaults__
+        self.functions.append((fn, code, defaults, kwdefaults))  # autoreload swaps __code__
+        if defaults or kwdefaults:
+            self.value(f"defaults {label}", (defaults, kwdefaults))
         glob = fn.__globals__
         module = glob.get("__name__")
         prefix = "" if module == "__main__" else f"{module}."
         for name in info.globals:
-            if name in glob:
-                self.reference(f"{prefix}{name}", glob[name], info.attrs)
+            obj = glob.get(name, _MISSING)
+            self.reads.append((glob, name, obj))
+            if obj is not _MISSING:
+                self.reference(f"{prefix}{name}", obj, info.attrs)
             elif name not in _BUILTIN_NAMES:
                 self.entries.append(Entry(f"global {prefix}{name}", "undefined"))
         if fn.__closure__:
@@ -402,6 +454,7 @@ class _Walk:
                     contents = cell.cell_contents
                 except ValueError:  # not assigned yet
                     continue
+                self.attrs.append((cell, "cell_contents", contents))
                 inner = name if label.startswith("step ") else f"{label}.{name}"
                 self.reference(inner, contents, info.attrs, kind="closure")
 
@@ -410,14 +463,17 @@ class _Walk:
             return
         self.seen.add(id(cls))
         qualname = _label(cls)
+        self.attrs.append((cls, "__bases__", cls.__bases__))
         for base in cls.__bases__:
             if base is not object:
                 self.reference(f"{qualname} base", base, frozenset())
         members = vars(cls)
+        self.keys.append((members, tuple(members)))
         for name in sorted(members):
             if name in _CLASS_SKIP:
                 continue
             attr = members[name]
+            self.reads.append((members, name, attr))
             if isinstance(attr, (staticmethod, classmethod)):
                 attr = attr.__func__
             if isinstance(attr, property):
@@ -459,6 +515,7 @@ class _Walk:
                 self._package(obj.__module__)
             return
         if getattr(t, "__durable_step__", False):  # a nested step: its result is made of it
+            self.attrs.append((obj, "fn", obj.fn))
             self.reference(name, inspect.unwrap(obj.fn), attrs, kind=kind)
             return
         if t is functools.partial:
@@ -478,6 +535,7 @@ class _Walk:
             wrapped = None
         if wrapped is not None and callable(obj) and id(obj) not in self.seen:
             self.seen.add(id(obj))
+            self.attrs.append((obj, "__wrapped__", wrapped))
             self.reference(name, wrapped, attrs, kind=kind)
             return
         module = getattr(t, "__module__", None)
@@ -490,7 +548,9 @@ class _Walk:
     def _module(self, module: types.ModuleType, attrs: frozenset[str]) -> None:
         members = vars(module)
         for attr in sorted(attrs & members.keys()):
-            self.reference(f"{module.__name__}.{attr}", members[attr], attrs)
+            obj = members[attr]
+            self.reads.append((members, attr, obj))
+            self.reference(f"{module.__name__}.{attr}", obj, attrs)
 
     def _package(self, module: str | None) -> None:
         top = _package(module)
@@ -511,8 +571,10 @@ class _Walk:
             digest, cost, opaque = f"type:{t.__module__}.{t.__qualname__}", 0, True
         if opaque:
             self.opaque.append(label)
-        if cost > BIG:
+        elif cost > BIG:
             big[id(obj)] = (obj, digest)
+        elif not _immutable(obj):
+            self.rehash.append((obj, digest))  # may change in place: digest it at each call
         self.entries.append(Entry(label, digest, obj))
 
 
@@ -529,12 +591,16 @@ def _combine(entries: Iterable[Entry]) -> str:
 class StepDependencies:
     """How to digest the calls of one step function."""
 
-    __slots__ = ("fn", "name", "track_versions")
+    __slots__ = ("fn", "name", "target", "track_versions")
 
     def __init__(self, fn: Callable[..., Any], name: str, *, track_versions: bool = False) -> None:
         self.fn = fn
         self.name = name
         self.track_versions = track_versions
+        target = fn
+        while isinstance(target, functools.partial):
+            target = target.func
+        self.target = inspect.unwrap(target)
 
     def digest(
         self,
@@ -543,11 +609,29 @@ class StepDependencies:
         kwargs: dict[str, Any] | None = None,
     ) -> Digest:
         """The dependency digest of a call with these arguments, read now."""
+        walk = run.walks.get(self)
+        if walk is None or not walk.unchanged():
+            walk = run.walks[self] = self._walk(run)
+        base = walk.digest
+        assert base is not None
+        extra: _Walk | None = None
+        for i, arg in enumerate(args):
+            if type(arg) not in _PRIMITIVES:
+                extra = self._argument(extra or _Walk(run), f"argument {i}", arg)
+        if kwargs:
+            for key in sorted(kwargs):
+                if type(kwargs[key]) not in _PRIMITIVES:
+                    extra = self._argument(extra or _Walk(run), f"argument {key}", kwargs[key])
+        if extra is None or not extra.entries:
+            return base
+        entries = base.entries + extra.entries
+        run.packages |= extra.packages
+        packages = base.packages | extra.packages
+        return Digest(_combine(entries), base.base, entries, packages, base.opaque + extra.opaque)
+
+    def _walk(self, run: RunDependencies) -> _Walk:
         walk = _Walk(run)
-        fn = self.fn
-        while isinstance(fn, functools.partial):
-            fn = fn.func
-        fn = inspect.unwrap(fn)
+        fn = self.target
         if isinstance(fn, types.FunctionType):
             walk.function(fn, f"step {self.name}")
         else:  # a callable object: its class's code, or an installed function's name
@@ -555,41 +639,29 @@ class StepDependencies:
             walk.reference(self.name, fn, frozenset(), kind="callable")
         if self.track_versions:
             walk.packages.add("python")
-        self._versions(walk)
-        base_entries = len(walk.entries)
+            for top in sorted(walk.packages):
+                version = sys.version.split()[0] if top == "python" else package_version(top)
+                walk.entries.append(Entry(f"version {top}", version or "unknown", version))
         # A step that depends on nothing but its own code keeps the digest of that code: the
         # digest older logs stored, so their records of such steps still replay.
         own = walk.entries[0]
-        alone = base_entries == 1 and own.label == f"code step {self.name}"
+        alone = len(walk.entries) == 1 and own.label == f"code step {self.name}"
         base = own.digest if alone else _combine(walk.entries)
-        for i, arg in enumerate(args):
-            if type(arg) not in _PRIMITIVES:
-                self._argument(walk, f"argument {i}", arg)
-        if kwargs:
-            for key in sorted(kwargs):
-                if type(kwargs[key]) not in _PRIMITIVES:
-                    self._argument(walk, f"argument {key}", kwargs[key])
-        value = base if len(walk.entries) == base_entries else _combine(walk.entries)
+        walk.digest = Digest(base, base, walk.entries, walk.packages, walk.opaque)
         run.packages |= walk.packages
         if walk.opaque:
             self._warn_opaque(walk.opaque)
-        return Digest(value, base, walk.entries, walk.packages, walk.opaque)
-
-    def _versions(self, walk: _Walk) -> None:
-        if not self.track_versions:
-            return
-        for top in sorted(walk.packages):
-            version = sys.version.split()[0] if top == "python" else package_version(top)
-            walk.entries.append(Entry(f"version {top}", version or "unknown", version))
+        return walk
 
     @staticmethod
-    def _argument(walk: _Walk, label: str, arg: Any) -> None:
+    def _argument(walk: _Walk, label: str, arg: Any) -> _Walk:
         """What an argument brings besides its value: code (a callback, a notebook class)."""
         t = type(arg)
         if t is types.FunctionType or t is functools.partial or isinstance(arg, type):
             walk.reference(label, arg, frozenset(), kind="argument")
         elif is_user_module(getattr(t, "__module__", None)):
             walk.cls(t)
+        return walk
 
     def _warn_opaque(self, opaque: list[str]) -> None:
         for label in opaque:
@@ -603,7 +675,7 @@ class StepDependencies:
                     f"step {self.name}: {label.partition(' ')[2]} cannot be digested, so only "
                     "its type counts for replay; pass it as an argument, or make it picklable",
                     DurableWarning,
-                    stacklevel=5,
+                    stacklevel=6,
                 )
 
 

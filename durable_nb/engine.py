@@ -240,7 +240,7 @@ class Run:
         self.remarks: list[str] = []  # said once at the end of the run (version changes, ...)
         self.plan_result: Plan | None = None
         self._versions: dict[tuple[str, str, str], list[str]] = {}
-        self._environments: dict[int, dict[str, str]] = {}
+        self._environments: dict[int, dict[str, tuple[str, str]]] = {}  # run -> changed
         self._predating = 0
         self._warned: set[str] = set()
         self._aio: AsyncStore | None = None
@@ -336,15 +336,19 @@ class Run:
 
     def compare_environment(self, record: StoredStep, call: Call) -> None:
         """Note packages whose version changed since ``record`` was made (said at the end)."""
-        then = self._environments.get(record.run_id)
-        if then is None:
-            then = self._environments[record.run_id] = self.store.run_environment(record.run_id)
-        if not then:
+        changed = self._environments.get(record.run_id)
+        if changed is None:  # once per run that made a replayed record
+            then = self.store.run_environment(record.run_id)
+            changed = self._environments[record.run_id] = {}
+            for package, old in then.items():
+                now = _PYTHON if package == "python" else package_version(package)
+                if now and old != now:
+                    changed[package] = (old, now)
+        if not changed:
             return
         for package in (*call.digest.packages, "python"):
-            old = then.get(package)
-            now = _PYTHON if package == "python" else package_version(package)
-            if old and now and old != now:
+            if package in changed:
+                old, now = changed[package]
                 self._versions.setdefault((package, old, now), []).append(call.name)
 
     def warn_once(self, name: str, message: str) -> None:

@@ -435,7 +435,7 @@ class Store:
     def insert(self, row: StepRow | CompletedRow) -> int:
         """Record one finished attempt of a step in a single commit."""
         if type(row) is CompletedRow:
-            return self.insert_completed(row)
+            return self._write(INSERT_COMPLETED, row)
         return self.insert_step(row)  # type: ignore[arg-type]
 
     def remember_digest(self, digest: str, document: Callable[[], str]) -> None:
