@@ -4,6 +4,10 @@
    as the baseline of an ordinary extension.
 2. An empty ``%%durable`` cell vs the same plain cell (target: adds <= 5 ms). The
    ``%%durable`` cell runs with --force, so each execution starts and ends a run.
+3. Skip of an unchanged cell that read small inputs, vs the same plain cell
+   (target: adds <= 5 ms).
+4. Skip of a cell that read a 100 MB array and appended to a list, vs joblib.Memory loading
+   the same 100 MB array from its cache (target <= 1.5x).
 
 Usage: python benchmarks/bench_magic.py [--repeat 5]
 """
@@ -47,6 +51,19 @@ def in_kernel_seconds(kc, code: str) -> float:  # type: ignore[no-untyped-def]
     return float(line.split()[1])
 
 
+SMALL = "%%durable small\ndoubled = [v * 2 for v in vals]"
+BIG_SETUP = """\
+import numpy as np
+from joblib import Memory
+big = np.random.default_rng(0).random(100 * 2**20 // 8)
+def load_big(i):
+    return big
+cached_big = Memory({folder!r} + "/joblib", verbose=0).cache(load_big)
+cached_big(0)
+"""
+BIG_CELL = "%%durable bigread\nacc.append(float(big.sum()))"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -54,6 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     load, baseline_load, plain, durable = [], [], [], []
+    small_plain, small_skip, joblib_load, big_skip = [], [], [], []
     for _ in range(args.repeat):
         folder = tempfile.mkdtemp(prefix="dnb-magic-")
         km, kc = start_new_kernel(kernel_name="python3", cwd=folder, env=env)
@@ -66,6 +84,18 @@ def main() -> None:
             for _ in range(args.cells):
                 plain.append(timed(kc, "x = 1"))
                 durable.append(timed(kc, "%%durable bench --force\nx = 1"))
+            timed(kc, "vals = list(range(50))")
+            timed(kc, SMALL)  # the run the skips below restore
+            for _ in range(args.cells):
+                small_plain.append(timed(kc, SMALL.split("\n", 1)[1]))
+                small_skip.append(timed(kc, SMALL))
+            timed(kc, BIG_SETUP.format(folder=folder))
+            timed(kc, "acc = []")
+            timed(kc, BIG_CELL)  # the run the skips below restore
+            for _ in range(5):
+                joblib_load.append(timed(kc, "loaded = cached_big(0)"))
+                timed(kc, "acc = []")
+                big_skip.append(timed(kc, BIG_CELL))
         finally:
             kc.stop_channels()
             km.shutdown_kernel(now=True)
@@ -76,6 +106,13 @@ def main() -> None:
     added = (med(durable) - med(plain)) * 1000
     print(f"2. empty cell round trip: plain {med(plain) * 1000:.2f} ms, %%durable "
           f"{med(durable) * 1000:.2f} ms, added {added:.2f} ms   (target <= 5 ms)")  # fmt: skip
+    added = (med(small_skip) - med(small_plain)) * 1000
+    print(f"3. skipped cell, small inputs: plain {med(small_plain) * 1000:.2f} ms, skipped "
+          f"{med(small_skip) * 1000:.2f} ms, added {added:.2f} ms   (target <= 5 ms)")  # fmt: skip
+    ratio = med(big_skip) / med(joblib_load)
+    print(f"4. skip of a cell that read a 100 MB array and appended to a list: "
+          f"{med(big_skip) * 1000:.1f} ms; joblib.Memory load of the array "
+          f"{med(joblib_load) * 1000:.1f} ms; ratio {ratio:.2f}   (target <= 1.5)")  # fmt: skip
 
 
 if __name__ == "__main__":

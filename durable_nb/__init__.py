@@ -9,18 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import (
-    Plan,
-    Run,
-    Step,
-    accept,
-    current_run,
-    get_store,
-    open_log,
-    plan,
-    step,
-    workflow,
-)
+from .accept import accept
+from .engine import Run, Step, current_run, get_store, open_log, step, workflow
 from .errors import (
     BlobError,
     DurableError,
@@ -31,6 +21,7 @@ from .errors import (
     SchemaTooNewError,
     WorkflowBusyError,
 )
+from .plan import Plan, plan
 from .store import Store
 
 __version__ = "0.1.0"

@@ -73,12 +73,16 @@ class Call:
         blob: str | None = None,
         error: BaseException | None = None,
         note: str | None = None,
+        interrupted: bool = False,
     ) -> StepRow | CompletedRow:
         """The row of one finished attempt: failed or interrupted (``error``), else completed
-        with ``value`` (not durable when ``encoded`` is None). The common checkpoint (value
-        inline, nothing printed, nothing to note) is the smaller ``CompletedRow``."""
+        with ``value`` (not durable when ``encoded`` is None; ``interrupted`` when Ctrl-C
+        arrived while it ran: kept, never replayed). The common checkpoint (value inline,
+        nothing printed, nothing to note) is the smaller ``CompletedRow``."""
         run, (scope, name, digest, occurrence) = self.run, self.key
         reason = note or self.reason
+        if interrupted:
+            reason = "Ctrl-C arrived while it ran and it returned: kept, but it runs again"
         shown = args_repr(self.args, self.kwargs)
         if error is None and encoded is not None and encoded.inline and not printed and not reason:
             type_name, value_repr = serialization.describe(value)
@@ -95,6 +99,7 @@ class Call:
             trace = "".join(traceback.format_exception(error))[-20000:]
         else:
             status = "completed" if encoded is not None else "not_durable"
+            status = "interrupted" if interrupted else status
             type_name, value_repr = serialization.describe(value)
             if encoded is not None:
                 fmt, size = encoded.format, encoded.size

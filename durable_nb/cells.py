@@ -1,53 +1,27 @@
-"""A durable cell without IPython: rewriting its code, its inputs, and what it leaves behind.
+"""A durable cell without IPython: rewriting its code, and what it reads.
 
 A ``%%durable`` cell is rewritten (by ``rewrite``) into ordinary Python that the shell runs
 like any cell, so top-level ``await`` and tracebacks behave as usual::
 
-    with __durable_nb_cell__(ARGS, SOURCE_DIGEST, reads=(...), writes=(...)) as __durable_nb__:
+    with __durable_nb_cell__(ARGS, SOURCE_DIGEST, reads=(...), attrs=(...),
+                             unknown=None) as __durable_nb__:
         if __durable_nb__.execute:
             <the cell's statements, on their own line numbers>
             __durable_nb__.show(<last expression>)
 
-(``async with`` when the cell awaits at top level.) The names a cell *reads* from the
-namespace give the inputs digest; the names it *writes* are saved when it completes, so a
-later identical run can be skipped and its variables restored.
+(``async with`` when the cell awaits at top level.) ``reads`` are the names whose values
+before the run are the cell's inputs (``reads``); ``unknown`` says why what the cell reads
+cannot be known, if it cannot (then it is never skipped). What the cell changes is found by
+comparing the namespace before and after (``cellstate``), not from the code.
 """
 
 from __future__ import annotations
 
 import ast
-import builtins
-import copy
-import inspect
-import json
-import pickle
-import types
-from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import NamedTuple
 
-from . import serialization
-from .dependencies import code_digest
-from .digests import value_digest
-from .records import CellRecord, RunRecord
-from .store import Store
-
-if TYPE_CHECKING:
-    from .engine import Run
-
-__all__ = [
-    "MARKER",
-    "RUNNER",
-    "CellVariables",
-    "NamespaceGuard",
-    "inputs_digest",
-    "load_outputs",
-    "pack_variables",
-    "rewrite",
-    "save_cell",
-    "skippable",
-    "unpack_variables",
-]
+__all__ = ["MARKER", "RUNNER", "CellReads", "cell_reads", "rewrite"]
 
 MARKER = "__durable_nb_cell__"
 """The name the rewritten cell calls to enter the durable cell."""
@@ -55,7 +29,7 @@ RUNNER = "__durable_nb__"
 """The name bound to the running cell inside the rewritten code."""
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-_IGNORED = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___", MARKER, RUNNER})
+_NAMESPACE_CALLS = frozenset({"globals", "locals", "vars"})
 
 
 def _top_level(nodes: Iterable[ast.AST]) -> Iterable[ast.AST]:
@@ -74,29 +48,117 @@ def _top_level(nodes: Iterable[ast.AST]) -> Iterable[ast.AST]:
                 stack.append(child)
 
 
-def _writes(body: list[ast.stmt]) -> list[str]:
+class CellReads(NamedTuple):
+    """What a cell's code reads from the namespace."""
+
+    names: tuple[str, ...]  # names whose value before the run is an input
+    attrs: tuple[str, ...]  # attribute names it uses (to follow the user's modules)
+    unknown: str | None  # why its reads cannot be known (exec of built code, globals())
+
+
+def _constant(node: ast.expr | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _code_reads(source: str) -> tuple[set[str], set[str], str | None] | None:
+    """The reads of code given as a string (to exec or to a magic); None if not Python."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    return _loads(tree)
+
+
+def _loads(tree: ast.AST) -> tuple[set[str], set[str], str | None]:
+    """(names loaded, attribute names, why reads are unknown) anywhere in ``tree``."""
     names: set[str] = set()
-    for node in _top_level(body):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            names.add(node.id)
-        elif isinstance(node, (*_SCOPES[:3],)):
-            names.add(node.name)  # type: ignore[attr-defined]
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                names.add((alias.asname or alias.name).split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-    return sorted(n for n in names if not n.startswith("__durable_nb"))
-
-
-def _reads(body: list[ast.stmt], writes: list[str]) -> list[str]:
-    loaded = {
-        node.id
-        for stmt in body
-        for node in ast.walk(stmt)
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    attrs: set[str] = set()
+    unknown: str | None = None
+    namespace_calls = {  # id of a globals()/locals()/vars() call -> its name
+        id(node): node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _NAMESPACE_CALLS
+        and not node.args
     }
-    return sorted(loaded - set(writes) - _IGNORED - set(dir(builtins)))
+    understood: set[int] = set()  # such calls used in a way whose reads are known
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)  # x += 1 reads x
+        elif isinstance(node, ast.Attribute):
+            attrs.add(node.attr)
+        if not isinstance(node, ast.Call):
+            if isinstance(node, ast.Subscript) and id(node.value) in namespace_calls:
+                key = _constant(node.slice)  # globals()["x"]: reads (or writes) x
+                if key is not None:
+                    understood.add(id(node.value))
+                    if isinstance(node.ctx, ast.Load):
+                        names.add(key)
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and id(func.value) in namespace_calls:
+            understood.add(id(func.value))  # globals().update(...), .get("x"), .setdefault
+            key = _constant(node.args[0]) if node.args else None
+            if func.attr in ("get", "setdefault", "pop", "__getitem__") and key is not None:
+                names.add(key)
+            elif func.attr not in ("update", "__setitem__", "__delitem__"):
+                unknown = f"it reads {namespace_calls[id(func.value)]}() as a whole"
+        elif isinstance(func, ast.Name) and func.id in ("exec", "eval"):
+            code = _constant(node.args[0]) if node.args else None
+            inner = _code_reads(code) if code is not None else None
+            if inner is None:
+                unknown = f"it calls {func.id}() on code it builds"
+            else:
+                names |= inner[0]
+                attrs |= inner[1]
+                unknown = unknown or inner[2]
+        elif isinstance(func, ast.Attribute) and func.attr in ("run_line_magic", "run_cell_magic"):
+            # %time model = train(1) arrives as get_ipython().run_line_magic('time', '...')
+            for arg in node.args[1:3]:
+                code = _constant(arg)
+                inner = _code_reads(code) if code is not None else None
+                if inner is not None:
+                    names |= inner[0]
+                    attrs |= inner[1]
+                    unknown = unknown or inner[2]
+    for call, name in namespace_calls.items():
+        if call not in understood:
+            unknown = unknown or f"it reads {name}() as a whole"
+    return names, attrs, unknown
+
+
+def _bound_first(stmt: ast.stmt) -> set[str]:
+    """Names a top-level statement binds unconditionally (their old values are dead)."""
+    if isinstance(stmt, ast.Assign):
+        return {t.id for t in stmt.targets if isinstance(t, ast.Name)}
+    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+        return {stmt.target.id} if isinstance(stmt.target, ast.Name) else set()
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names if a.name != "*"}
+    if isinstance(stmt, _SCOPES[:3]):
+        return {stmt.name}  # type: ignore[union-attr]
+    return set()
+
+
+def cell_reads(body: list[ast.stmt]) -> CellReads:
+    """What a cell reads: every name it loads (including names it also assigns, as in
+    ``x = f(x)``), except names whose first use is an unconditional top-level binding
+    (``results = []``), whose old values the cell never sees."""
+    seen: set[str] = set()
+    dead: set[str] = set()
+    attrs: set[str] = set()
+    unknown: str | None = None
+    for stmt in body:
+        names, more, why = _loads(stmt)
+        attrs |= more
+        unknown = unknown or why
+        dead |= {n for n in _bound_first(stmt) if n not in seen and n not in names}
+        seen |= names
+    reads = sorted(n for n in seen - dead if not n.startswith("__durable_nb"))
+    return CellReads(tuple(reads), tuple(sorted(attrs)), unknown)
 
 
 def _awaits(body: list[ast.stmt]) -> bool:
@@ -114,10 +176,11 @@ def rewrite(module: ast.Module) -> ast.Module:
         return module
     marker: ast.Call = body[0].value  # type: ignore[attr-defined]
     statements = body[1:]
-    writes = _writes(statements)
+    reads = cell_reads(statements)
     marker.keywords = [
-        ast.keyword("reads", ast.Constant(tuple(_reads(statements, writes)))),
-        ast.keyword("writes", ast.Constant(tuple(writes))),
+        ast.keyword("reads", ast.Constant(reads.names)),
+        ast.keyword("attrs", ast.Constant(reads.attrs)),
+        ast.keyword("unknown", ast.Constant(reads.unknown)),
     ]
     quiet = any(isinstance(k, ast.Constant) and k.value is True for k in marker.args[2:3])
     if statements and isinstance(statements[-1], ast.Expr) and not quiet:
@@ -147,144 +210,3 @@ def _is_marker(node: ast.stmt) -> bool:
         and isinstance(node.value.func, ast.Name)
         and node.value.func.id == MARKER
     )
-
-
-def _input_digest(value: Any) -> str:
-    if isinstance(value, types.ModuleType):
-        return f"module {value.__name__}"
-    if isinstance(value, (types.FunctionType, type)) or hasattr(value, "code_digest"):
-        try:
-            return f"code {code_digest(value)}"
-        except Exception:
-            return f"callable {getattr(value, '__qualname__', type(value).__qualname__)}"
-    return value_digest(value)
-
-
-def inputs_digest(namespace: Mapping[str, Any], reads: Iterable[str]) -> str:
-    """Digest of the values a cell reads that exist in the namespace before it runs."""
-    parts = [f"{name}={_input_digest(namespace[name])}" for name in reads if name in namespace]
-    return value_digest(tuple(parts))
-
-
-@dataclass(frozen=True)
-class CellVariables:
-    """A completed cell's variables, ready to store (or why they cannot be)."""
-
-    payload: bytes
-    blobs: list[str]
-    unsaved: str | None  # why the cell cannot be skipped next time, if it cannot
-
-
-def pack_variables(
-    store: Store, namespace: Mapping[str, Any], writes: Iterable[str]
-) -> CellVariables:
-    """Serialize the variables a cell assigned (large ones to blobs)."""
-    saved: dict[str, tuple[str, Any]] = {}
-    blobs: list[str] = []
-    for name in writes:
-        if name not in namespace:
-            continue
-        value = namespace[name]
-        if isinstance(value, types.ModuleType):
-            saved[name] = ("module", value.__name__)
-            continue
-        if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == "__main__":
-            return CellVariables(b"", [], f"{name} is defined in the notebook and cannot be stored")
-        try:
-            encoded = serialization.encode(value)
-        except serialization.NotSerializable as exc:
-            return CellVariables(b"", [], f"{name} cannot be pickled ({exc.reason})")
-        if encoded.inline:
-            saved[name] = (encoded.format, encoded.segments[0])
-        else:
-            digest = store.blobs.write(encoded.segments)
-            blobs.append(digest)
-            saved[name] = ("blob:" + encoded.format, digest)
-    return CellVariables(pickle.dumps(saved, protocol=5), blobs, None)
-
-
-def unpack_variables(
-    store: Store, payload: bytes, namespace: MutableMapping[str, Any]
-) -> list[str]:
-    """Put a saved cell's variables back into ``namespace``; returns their names."""
-    import importlib
-
-    saved: dict[str, tuple[str, Any]] = pickle.loads(payload)
-    values: dict[str, Any] = {}
-    for name, (fmt, data) in saved.items():
-        if fmt == "module":
-            values[name] = importlib.import_module(data)
-        elif fmt.startswith("blob:"):
-            values[name] = serialization.decode(fmt[5:], store.blobs.read(data))
-        else:
-            values[name] = serialization.decode(fmt, (data,))
-    namespace.update(values)  # all or nothing: a damaged blob raised before any update
-    return list(values)
-
-
-class NamespaceGuard:
-    """Lets a cell run in ``namespace`` and then puts the namespace back (for ``--plan``).
-
-    Names the cell binds are unbound or rebound as they were; the values it reads are
-    replaced, while it runs, by deep copies, so that in-place changes (``results.append``)
-    touch only the copies. Values that cannot be deep-copied, and what helpers change
-    through globals the cell does not read, are not protected.
-    """
-
-    def __init__(self, namespace: MutableMapping[str, Any], reads: Iterable[str]) -> None:
-        self.namespace = namespace
-        self.saved = dict(namespace)
-        for name in reads:
-            value = namespace.get(name)
-            if value is None or callable(value) or isinstance(value, types.ModuleType):
-                continue
-            try:
-                namespace[name] = copy.deepcopy(value)
-            except Exception:  # a client, a lock: left as it is
-                continue
-
-    def restore(self) -> None:
-        """Put every name back as it was before the cell ran."""
-        namespace, saved = self.namespace, self.saved
-        for name in [n for n in namespace if n not in saved]:
-            del namespace[name]
-        for name, value in saved.items():
-            if namespace.get(name, _UNSET) is not value:
-                namespace[name] = value
-
-
-_UNSET = object()
-
-
-def skippable(
-    store: Store, name: str, source: str, inputs: str
-) -> tuple[RunRecord, CellRecord] | None:
-    """The completed run a cell can be skipped for: same source digest, same inputs."""
-    run = store.last_run(name)
-    if (
-        run is None
-        or run.status != "completed"
-        or run.source_digest != source
-        or run.inputs_digest != inputs
-    ):
-        return None
-    cell = store.cell(run.id)
-    return (run, cell) if cell is not None else None
-
-
-def save_cell(
-    run: Run, namespace: Mapping[str, Any], writes: Iterable[str], outputs: list[Any]
-) -> str | None:
-    """Keep a completed cell's variables and outputs; returns why not, if they cannot be."""
-    variables = pack_variables(run.store, namespace, writes)
-    if variables.unsaved is not None:
-        run.store.note("cell not saved", variables.unsaved, workflow=run.workflow, run_id=run.id)
-        return variables.unsaved
-    payload = json.dumps(outputs, default=str).encode()
-    run.store.save_cell(run.id, variables.payload, payload, variables.blobs)
-    return None
-
-
-def load_outputs(payload: bytes) -> list[tuple[str, Any, Any]]:
-    """The outputs ``save_cell`` stored (JSON: never unpickled)."""
-    return [tuple(item) for item in json.loads(payload)]  # type: ignore[misc]

@@ -58,6 +58,7 @@ __all__ = [
     "StepDependencies",
     "code_digest",
     "explain",
+    "input_digest",
     "is_user_module",
     "package_version",
 ]
@@ -302,7 +303,7 @@ class Entry(NamedTuple):
 class Digest:
     """A call's dependency digest, with the entries it was made from."""
 
-    __slots__ = ("base", "entries", "opaque", "packages", "value")
+    __slots__ = ("base", "entries", "opaque", "packages", "refs", "value")
 
     def __init__(
         self,
@@ -311,12 +312,16 @@ class Digest:
         entries: list[Entry],
         packages: set[str],
         opaque: list[str],
+        refs: list[list[str]] | None = None,
     ) -> None:
         self.value = value  # the digest stored with a record
         self.base = base  # the same without what the arguments brought (for ``accept``)
         self.entries = entries
         self.packages = packages  # installed top-level packages the code references
         self.opaque = opaque  # labels of values digested by their type only
+        # what the arguments brought, as [label, "object" | "instance", module, qualname]:
+        # enough to check later, without the arguments, that it is unchanged
+        self.refs = refs or []
 
     def doc(self, step: str) -> dict[str, Any]:
         """The JSON document stored beside the digest: what it covers, with short reprs."""
@@ -381,7 +386,7 @@ class _Walk:
     identity (and, for mutable values, by digest) instead of walking again."""
 
     __slots__ = ("attrs", "digest", "entries", "functions", "keys", "opaque", "packages",
-                 "reads", "rehash", "run", "seen")  # fmt: skip
+                 "reads", "refs", "rehash", "run", "seen")  # fmt: skip
 
     def __init__(self, run: RunDependencies) -> None:
         self.run = run
@@ -394,6 +399,7 @@ class _Walk:
         self.attrs: list[tuple[Any, str, Any]] = []  # (object, attribute, value it had)
         self.keys: list[tuple[Any, tuple[str, ...]]] = []  # (class dict, its keys)
         self.rehash: list[tuple[Any, str]] = []  # (mutable value, its digest)
+        self.refs: list[list[str]] = []  # what arguments brought (see ``Digest.refs``)
         self.digest: Digest | None = None
 
     def unchanged(self) -> bool:
@@ -584,6 +590,35 @@ def _label(obj: types.FunctionType | type) -> str:
     return name if obj.__module__ == "__main__" else f"{obj.__module__}.{name}"
 
 
+def _where(obj: Any) -> list[str]:
+    """[module, qualname] of a function or class ("" for what cannot be found again)."""
+    qualname = getattr(obj, "__qualname__", "")
+    if not isinstance(qualname, str) or "<locals>" in qualname:
+        return ["", ""]
+    return [getattr(obj, "__module__", "") or "", qualname]
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    """The object ``_where`` described, as it is now, or None."""
+    obj: Any = sys.modules.get(module) if module else None
+    for part in qualname.split(".") if obj is not None else ():
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def input_digest(
+    name: str, obj: Any, attrs: frozenset[str], run: RunDependencies
+) -> tuple[str, bool]:
+    """(digest, opaque) of a value a notebook cell reads: data by its value, code (a
+    function, a class, a user module's attributes ``attrs``) with what it depends on, a step
+    by its dependency digest (whose values of unknown types count by type, as for replay)."""
+    if getattr(type(obj), "__durable_step__", False):
+        return obj.dependencies.digest(run).value, False
+    walk = _Walk(run)
+    walk.reference(name, obj, attrs)
+    return _combine(walk.entries), bool(walk.opaque)
+
+
 def _combine(entries: Iterable[Entry]) -> str:
     return xxh3_128_hexdigest("\0".join(f"{e.label}\1{e.digest}" for e in entries).encode())
 
@@ -627,7 +662,30 @@ class StepDependencies:
         entries = base.entries + extra.entries
         run.packages |= extra.packages
         packages = base.packages | extra.packages
-        return Digest(_combine(entries), base.base, entries, packages, base.opaque + extra.opaque)
+        opaque = base.opaque + extra.opaque
+        return Digest(_combine(entries), base.base, entries, packages, opaque, extra.refs)
+
+    def still_valid(
+        self, run: RunDependencies, value: str, base: str, refs: list[list[str]]
+    ) -> bool | None:
+        """Whether a call that had digest ``value`` (``base`` without its arguments, which
+        brought ``refs``) would have it now; None when that cannot be told (an argument's
+        code that cannot be found again)."""
+        current = self.digest(run)
+        if current.base != base:
+            return False
+        if not refs:
+            return current.value == value
+        extra = _Walk(run)
+        for label, kind, module, qualname in refs:
+            obj = _resolve(module, qualname)
+            if obj is None:
+                return None
+            if kind == "instance":
+                extra.cls(obj)
+            else:
+                extra.reference(label, obj, frozenset(), kind="argument")
+        return _combine(current.entries + extra.entries) == value
 
     def _walk(self, run: RunDependencies) -> _Walk:
         walk = _Walk(run)
@@ -659,8 +717,10 @@ class StepDependencies:
         t = type(arg)
         if t is types.FunctionType or t is functools.partial or isinstance(arg, type):
             walk.reference(label, arg, frozenset(), kind="argument")
+            walk.refs.append([label, "object", *_where(arg)])
         elif is_user_module(getattr(t, "__module__", None)):
             walk.cls(t)
+            walk.refs.append([label, "instance", *_where(t)])
         return walk
 
     def _warn_opaque(self, opaque: list[str]) -> None:

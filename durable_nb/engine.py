@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
-from . import serialization
+from . import interrupts, serialization
 from .calls import Call, args_repr, encode
 from .capture import Tee, task_output
 from .dependencies import (
@@ -37,6 +37,7 @@ from .dependencies import (
 )
 from .digests import Arguments, args_digest
 from .errors import BlobError, DurableError, DurableWarning, PlanStop
+from .plan import Plan
 from .records import CompletedRow, StepKey, StepRow, StoredStep
 from .store import Store
 
@@ -45,15 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Decision",
-    "Plan",
     "Run",
     "Step",
-    "accept",
     "current_run",
     "decide",
     "get_store",
     "open_log",
-    "plan",
+    "registered_step",
     "step",
     "workflow",
 ]
@@ -237,6 +236,11 @@ class Run:
         self.replayed: list[int] = []  # ids of the step records this run replayed
         self.status = "running"
         self.deps = RunDependencies()
+        # (step, digest) of every call answered from the log or completed: a cell's skip
+        # later needs each to be still valid; the value is (base digest, argument refs)
+        self.used: dict[tuple[str, str], tuple[str, list[list[str]]]] = {}
+        self.interrupts = interrupts.count()
+        self._watching = not plan and interrupts.watch()
         self.remarks: list[str] = []  # said once at the end of the run (version changes, ...)
         self.plan_result: Plan | None = None
         self._versions: dict[tuple[str, str, str], list[str]] = {}
@@ -264,7 +268,12 @@ class Run:
 
     def finish(self, exc: BaseException | None) -> None:
         """Record the run's end: completed, failed (Exception) or interrupted (otherwise)."""
-        if exc is None or isinstance(exc, PlanStop):
+        if self._watching:
+            self._watching = False
+            interrupts.unwatch()
+        if (exc is None or isinstance(exc, PlanStop)) and self.saw_interrupt:
+            status, error = "interrupted", "KeyboardInterrupt, caught by the code"
+        elif exc is None or isinstance(exc, PlanStop):
             status, error = "completed", None
         elif isinstance(exc, Exception):
             status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -294,6 +303,11 @@ class Run:
                 f"{self._predating} steps ran again: their records predate dependency digests "
                 f"(durable_nb 0.2); %durable accept {self.workflow} replays them"
             )
+
+    @property
+    def saw_interrupt(self) -> bool:
+        """Whether Ctrl-C arrived during the run (even if the code caught it)."""
+        return interrupts.count() != self.interrupts
 
     @property
     def steps_replayed(self) -> int:
@@ -356,23 +370,6 @@ class Run:
         if name not in self._warned:
             self._warned.add(name)
             warnings.warn(message, DurableWarning, stacklevel=4)
-
-
-class Plan(NamedTuple):
-    """What running a workflow would do now: how many steps replay, and the first that runs."""
-
-    workflow: str
-    replayed: int
-    step: str | None = None  # None: every step call replays
-    args: str | None = None
-    reason: str | None = None
-
-    def __str__(self) -> str:
-        head = f"plan {self.workflow}: {self.replayed} steps replay"
-        if self.step is None:
-            return f"{head}; nothing would run"
-        why = f" ({self.reason})" if self.reason else " (not in the log)"
-        return f"{head}, then {self.step}({self.args}) would run{why}; nothing was run"
 
 
 class workflow:
@@ -490,34 +487,6 @@ def _named_workflow(
     return run_sync
 
 
-def plan(target: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """What calling a ``@workflow`` function would do now, without running any step.
-
-    Calls ``target(*args, **kwargs)`` with replay only: completed steps replay; at the first
-    step that would run, it stops and returns a ``Plan`` naming it and why. Nothing is
-    written to the log. For an ``async def`` workflow it returns an awaitable.
-    """
-    spec = getattr(target, "__durable_workflow__", None)
-    if spec is None:
-        raise DurableError(
-            f"plan() takes a @workflow function, not {target!r}; for a block of code use "
-            "with workflow(NAME, plan=True) as run: ... then run.plan_result"
-        )
-    name, store = spec
-    fn = target.__wrapped__  # type: ignore[attr-defined]
-    if inspect.iscoroutinefunction(fn):
-
-        async def planned() -> Plan:
-            async with workflow(name, store=store, plan=True) as run:
-                await fn(*args, **kwargs)
-            return run.plan_result
-
-        return planned()
-    with workflow(name, store=store, plan=True) as run:
-        fn(*args, **kwargs)
-    return run.plan_result
-
-
 # -- steps ----------------------------------------------------------------------------------
 
 _steps: weakref.WeakValueDictionary[str, Step] = weakref.WeakValueDictionary()
@@ -605,6 +574,7 @@ class Step:
                 if record.printed and not run.plan:
                     _emit_replayed(run.store.step_stdout(record.id))
                 run.replayed.append(record.id)
+                run.used[(self.name, digest.value)] = (digest.base, digest.refs)
                 run.compare_environment(record, call)
                 return True, value
         if run.plan:
@@ -627,6 +597,7 @@ class Step:
             tee = Tee(sys.stdout)
             token = _current.set(_Scope(run, call.key))
             sys.stdout = tee
+            before = interrupts.count()
             try:
                 value = self.fn(*args, **kwargs)
             except BaseException as exc:
@@ -642,9 +613,10 @@ class Step:
             blob = None
             if encoded is not None and not encoded.inline:  # the blob exists before its row
                 blob = run.store.blobs.write(encoded.segments)
+            caught = interrupts.count() != before
             run.record(call, call.row(attempt, started, tee.parts, value=value, encoded=encoded,
-                                      blob=blob, note=why))  # fmt: skip
-            self._completed(run, value, why)
+                                      blob=blob, note=why, interrupted=caught))  # fmt: skip
+            self._completed(call, value, why, caught)
             return value
         raise AssertionError("unreachable")
 
@@ -656,6 +628,7 @@ class Step:
         for attempt in range(1, self.retries + 2):
             started = time.time()
             token = _current.set(_Scope(run, call.key))
+            before = interrupts.count()
             with task_output() as printed:
                 try:
                     value = await self.fn(*args, **kwargs)
@@ -670,9 +643,11 @@ class Step:
             blob = None
             if encoded is not None and not encoded.inline:  # off the loop, before its row
                 blob = await asyncio.to_thread(run.store.blobs.write, encoded.segments)
+            caught = interrupts.count() != before
             await run.arecord(call, call.row(attempt, started, printed, value=value,
-                                             encoded=encoded, blob=blob, note=why))  # fmt: skip
-            self._completed(run, value, why)
+                                             encoded=encoded, blob=blob, note=why,
+                                             interrupted=caught))  # fmt: skip
+            self._completed(call, value, why, caught)
             return value
         raise AssertionError("unreachable")
 
@@ -686,9 +661,12 @@ class Step:
         call.run.record(call, call.row(attempt, started, printed, error=exc))
         return isinstance(exc, Exception) and attempt <= self.retries
 
-    def _completed(self, run: Run, value: Any, why: str | None) -> None:
+    def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
         """Count a finished call; warn once if its value is not durable."""
+        run = call.run
         run.steps_run += 1
+        if why is None and not interrupted:
+            run.used[(self.name, call.digest.value)] = (call.digest.base, call.digest.refs)
         if why is not None:
             run.warn_once(
                 self.name,
@@ -736,36 +714,6 @@ def _adhoc_step(fn: Callable[..., Any]) -> Step:
     return Step(fn)
 
 
-def accept(workflow: str, step: str | None = None, *, store: Store | None = None) -> int:
-    """Make the stored results of a workflow's steps (or of one step) replay although their
-    code or dependencies changed: after a cosmetic or known-safe change.
-
-    The records are marked valid for each step's *current* code and dependencies (as
-    defined in this process, read now); a note in the log records who, when, and the
-    digests replaced. ``forget`` undoes it (the records run again). Returns how many
-    records were accepted.
-    """
-    import getpass
-    import json
-    import socket
-
-    store = store or get_store()
-    names = [step] if step else store.step_names(workflow)
-    if not names:
-        raise DurableError(
-            f"workflow {workflow!r} has no completed steps in {store.path}; "
-            "%durable info lists the workflows"
-        )
-    who = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
-    count = 0
-    for name in names:
-        live = _steps.get(name)
-        if live is None:
-            raise DurableError(
-                f"step {name!r} is not defined in this process; run the cell that defines "
-                "it, then accept again"
-            )
-        digest = live.dependencies.digest(RunDependencies())
-        accepted = ACCEPTED + digest.base
-        count += store.accept(workflow, name, accepted, json.dumps(digest.doc(name)), who)
-    return count
+def registered_step(name: str) -> Step | None:
+    """The newest step named ``name`` defined in this process, if it is still alive."""
+    return _steps.get(name)

@@ -23,7 +23,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import cells, engine
+from . import cells, cellstate, engine
+from .accept import accept
 from .capture import Tee
 from .digests import source_digest
 from .errors import DurableError
@@ -178,18 +179,21 @@ class DurableCell:
         quiet: bool = False,
         *,
         reads: tuple[str, ...] = (),
-        writes: tuple[str, ...] = (),
+        attrs: tuple[str, ...] = (),
+        unknown: str | None = None,
     ) -> None:
         self.ext = ext
         self.header = f"%%durable {args}".rstrip()
         self.opts = ext.parse_cell_args(args)
         self.digest = digest
-        self.reads, self.writes = reads, writes
+        self.reads = cells.CellReads(reads, attrs, unknown)
         self.execute = True
         self.name = self.opts.name or ext.unnamed(digest)
         self._outputs = _Outputs(ext.shell)
         self._flow: engine.workflow | None = None
-        self._guard: cells.NamespaceGuard | None = None  # while planning
+        self._guard: cellstate.NamespaceGuard | None = None  # while planning
+        self._before: dict[str, Any] = {}
+        self._not_skipped = ""  # why an unchanged-looking cell runs, said in its summary
 
     @staticmethod
     def _cell_filename() -> str:
@@ -209,35 +213,36 @@ class DurableCell:
             finally:
                 self._outputs.paused = False
 
-    def _skip(self, store: Any, inputs: str) -> bool:
-        """Restore an unchanged cell's variables and outputs; False if it must run."""
-        prior = cells.skippable(store, self.name, self.digest, inputs)
-        if prior is None:
+    def _skip(self, store: Any, inputs: cellstate.CellInputs) -> bool:
+        """Restore an unchanged cell's changes and outputs; False if it must run."""
+        skip = cellstate.skippable(store, self.name, self.digest, inputs)
+        if skip.reason:
+            self._not_skipped = f"; not skipped: {skip.reason}"
+        if skip.run is None or skip.cell is None:
             return False
-        run, cell = prior
         try:
-            names = cells.unpack_variables(store, cell.variables, self.ext.shell.user_ns)
+            names = cellstate.restore(store, skip.cell.variables, self.ext.shell.user_ns)
         except Exception as exc:  # a lost or damaged blob, say: run the cell instead
             print(f"{self.name}: cannot restore the saved cell ({exc}); running it")
             return False
-        self._outputs.replay(cells.load_outputs(cell.outputs))
-        store.note("cell skipped", f"unchanged since run {run.id}", workflow=self.name)
+        self._outputs.replay(cellstate.load_outputs(skip.cell.outputs))
+        store.note("cell skipped", f"unchanged since run {skip.run.id}", workflow=self.name)
         print(
-            f"{self.name}: skipped, unchanged since run {run.id}; "
+            f"{self.name}: skipped, unchanged since run {skip.run.id}; "
             f"{len(names)} variables restored, log {_show_path(store.path)}"
         )
         return True
 
-    def _plan(self, store: Any, inputs: str) -> None:
+    def _plan(self, store: Any, inputs: cellstate.CellInputs) -> None:
         """Start a plan: the cell runs with replay only, in a namespace put back after."""
         if not self.opts.force:
-            prior = cells.skippable(store, self.name, self.digest, inputs)
-            if prior is not None:
+            skip = cellstate.skippable(store, self.name, self.digest, inputs)
+            if skip.run is not None:
                 print(f"plan {self.name}: the cell would be skipped (unchanged since run "
-                      f"{prior[0].id}); nothing was run")  # fmt: skip
+                      f"{skip.run.id}); nothing was run")  # fmt: skip
                 self.execute = False
                 return
-        self._guard = cells.NamespaceGuard(self.ext.shell.user_ns, self.reads)
+        self._guard = cellstate.NamespaceGuard(self.ext.shell.user_ns, self.reads.names)
         self._flow = engine.workflow(self.name, store=store, fresh=self.opts.fresh, plan=True)
         self._flow.__enter__()
         self._quiet = sys.stdout, sys.stderr
@@ -258,16 +263,18 @@ class DurableCell:
         __tracebackhide__ = True
         _restore_header(self._cell_filename(), self.header)
         store = self.ext.store()
-        inputs = cells.inputs_digest(self.ext.shell.user_ns, self.reads)
+        namespace = self.ext.shell.user_ns
+        self.inputs = cellstate.CellInputs(namespace, self.reads)
         if self.opts.plan:
-            self._plan(store, inputs)
+            self._plan(store, self.inputs)
             return self
-        if not (self.opts.force or self.opts.fresh) and self._skip(store, inputs):
+        if not (self.opts.force or self.opts.fresh) and self._skip(store, self.inputs):
             self.execute = False
             return self
+        self._before = dict(namespace)  # what it changes is read off the namespace after
         self._flow = engine.workflow(
             self.name, store=store, fresh=self.opts.fresh, source_digest=self.digest,
-            inputs_digest=inputs,
+            inputs_digest=self.inputs.digest,
         )  # fmt: skip
         self._flow.__enter__()
         self._outputs.start()
@@ -288,16 +295,20 @@ class DurableCell:
         run = self._flow.run
         assert run is not None
         note = ""
-        if exc is None:
-            saved = cells.save_cell(run, self.ext.shell.user_ns, self.writes, self._outputs.items)
+        if run.status == "completed":
+            namespace = self.ext.shell.user_ns
+            change = cellstate.changes(namespace, self._before, self.inputs)
+            saved = cellstate.save_cell(run, namespace, change, self._outputs.items)
             if saved:
                 note = f"; the cell will run again next time: {saved}"
+        elif exc is None:  # the code caught a Ctrl-C: what it made may be partial
+            note = "; Ctrl-C arrived during the run: the cell will run again next time"
         outcome = {"completed": "", "failed": ", failed", "interrupted": ", interrupted"}
         remarks = "".join(f"; {remark}" for remark in run.remarks)
         print(
             f"{self.name}: {run.steps_replayed} steps replayed, {run.steps_run} run "
             f"({_duration(run.elapsed)}{outcome.get(run.status, '')}), "
-            f"log {_show_path(run.store.path)}{remarks}{note}"
+            f"log {_show_path(run.store.path)}{remarks}{self._not_skipped}{note}"
         )
         return False
 
@@ -485,7 +496,7 @@ class DurableMagics(Magics):
         if len(opts.args) != 1:
             raise UsageError("usage: %durable accept NAME [--step STEP]")
         name = opts.args[0]
-        count = engine.accept(name, opts.step, store=self.ext.store())
+        count = accept(name, opts.step, store=self.ext.store())
         what = f"step {opts.step}" if opts.step else "its steps"
         print(
             f"{name}: {count} records of {what} accepted for their current code and "

@@ -44,11 +44,13 @@ class StoredStep:
 
 @dataclass(frozen=True)
 class CellRecord:
-    """What a completed notebook cell left: its variables and its displayed outputs."""
+    """What a completed notebook cell left: its variables, its displayed outputs, and the
+    step calls its run used."""
 
     run_id: int
     variables: bytes
     outputs: bytes
+    steps: str | None  # JSON: the step calls the run used (None: saved by an older version)
 
 
 class BlobsCollected(NamedTuple):

@@ -39,6 +39,35 @@ def _text_outputs(cell: Any) -> str:
     return "".join(parts)
 
 
+def _cell_id_client() -> type:
+    """A ``NotebookClient`` that tells the kernel each cell's id, as JupyterLab does (in
+    the execute request's metadata, ``cellId``), so an unnamed ``%%durable`` cell keeps its
+    name, and its history, when its code is edited between runs."""
+    from nbclient import NotebookClient
+
+    class CellIdClient(NotebookClient):  # type: ignore[misc]
+        cell_id: str | None = None
+
+        async def async_execute_cell(self, cell: Any, *args: Any, **kwargs: Any) -> Any:
+            self.cell_id = cell.get("id")
+            return await super().async_execute_cell(cell, *args, **kwargs)
+
+        async def async_start_new_kernel_client(self) -> Any:
+            kc = await super().async_start_new_kernel_client()
+            message = kc.session.msg
+
+            def msg(msg_type: str, content: Any = None, *args: Any, **kw: Any) -> Any:
+                built = message(msg_type, content, *args, **kw)
+                if msg_type == "execute_request" and self.cell_id:
+                    built["metadata"]["cellId"] = self.cell_id
+                return built
+
+            kc.session.msg = msg
+            return kc
+
+    return CellIdClient
+
+
 def run_notebook(
     notebook: str | os.PathLike[str],
     *,
@@ -51,12 +80,12 @@ def run_notebook(
 
     The kernel runs in the notebook's folder and is told the notebook's path
     (``DURABLE_NB_NOTEBOOK``), so the log is ``.durable/<stem>.db`` beside it and a second
-    run after a crash resumes. Text outputs are echoed as cells finish; the executed notebook
-    is written to ``output`` when given.
+    run after a crash resumes; each cell's id (nbformat 4.5) is passed as JupyterLab passes
+    it, so an unnamed durable cell is named after it. Text outputs are echoed as cells
+    finish; the executed notebook is written to ``output`` when given.
     """
     import nbformat
     from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     path = Path(notebook).absolute()
@@ -73,7 +102,7 @@ def run_notebook(
     # Unix sockets in a private folder instead of TCP ports other local users could reach.
     sockets = tempfile.mkdtemp(prefix="durable-nb-")
     km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockets}/kernel")
-    client = NotebookClient(
+    client = _cell_id_client()(
         nb,
         km=km,
         timeout=timeout,

@@ -13,7 +13,8 @@ Tables
             interrupted / crashed), with the owning process for the lease.
     steps   one row per finished attempt of a step (completed / failed / interrupted /
             not_durable), keyed by (workflow, scope, name, args_digest, occurrence).
-    cells   for a completed notebook cell: its restored variables and displayed outputs.
+    cells   for a completed notebook cell: what it changed in the namespace (restored on
+            skip), its displayed outputs, and the step calls its run used.
     digests what each dependency digest (``steps.code_digest``) covers: a JSON document
             ``{"step", "base", "entries": [[label, digest, short repr or null], ...]}``,
             written once per digest, so that a step that runs again can say what changed.
@@ -178,6 +179,11 @@ MIGRATIONS: list[str] = [
         doc           TEXT NOT NULL
     ) WITHOUT ROWID;
     ALTER TABLE runs ADD COLUMN environment TEXT;
+    """,
+    # 5: for cell skip, the step calls a cell's run used (replayed or ran), as JSON
+    # [[step, digest, base digest, argument refs], ...]: each must still be valid to skip.
+    """
+    ALTER TABLE cells ADD COLUMN steps TEXT;
     """,
 ]
 

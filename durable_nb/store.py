@@ -523,17 +523,21 @@ class Store:
 
     # -- cells -----------------------------------------------------------------------
 
-    def save_cell(self, run_id: int, variables: bytes, outputs: bytes, blobs: list[str]) -> None:
-        """Keep what a completed cell assigned and displayed, for a later cell skip."""
+    def save_cell(
+        self, run_id: int, variables: bytes, outputs: bytes, blobs: list[str], steps: str
+    ) -> None:
+        """Keep what a completed cell changed and displayed, and the step calls it used,
+        for a later cell skip."""
         self._write(
-            "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs) VALUES (?,?,?,?)",
-            (run_id, variables, outputs, " ".join(blobs)),
+            "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs, steps) "
+            "VALUES (?,?,?,?,?)",
+            (run_id, variables, outputs, " ".join(blobs), steps),
         )
 
     def cell(self, run_id: int) -> CellRecord | None:
         """What run ``run_id`` of a cell left, if it was saved."""
         row = self.conn.execute(
-            "SELECT run_id, variables, outputs FROM cells WHERE run_id = ?", (run_id,)
+            "SELECT run_id, variables, outputs, steps FROM cells WHERE run_id = ?", (run_id,)
         ).fetchone()
         return CellRecord(*row) if row else None
 

@@ -1,0 +1,180 @@
+"""Cell skip never restores a wrong state: each case in fresh kernels (Restart + Run All),
+with the right value after a change, and the skip still happening when nothing changed."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+from .kernels import Kernel, cell_text, kernel_env, notebook, run_all
+
+SETUP = "%load_ext durable_nb"
+DEFS = """\
+from durable_nb import step
+
+def mark(name):
+    with open("calls.txt", "a") as f:
+        f.write(f"{name}\\n")
+
+@step
+def inc(v):
+    mark("inc")
+    return v + 1
+"""
+
+
+def ran(folder: Path) -> list[str]:
+    """The steps executed since the last call (and forget them)."""
+    path = folder / "calls.txt"
+    names = path.read_text().split() if path.exists() else []
+    path.unlink(missing_ok=True)
+    return names
+
+
+def run(folder: Path, *cells: str) -> list[str]:
+    """Run All in a fresh kernel; the text of each cell."""
+    nb = run_all(notebook(SETUP, *cells), folder, kernel_env(folder / "nb.ipynb"))
+    return [cell_text(c) for c in nb.cells]
+
+
+def test_a_name_read_and_assigned_is_an_input(tmp_path: Path) -> None:
+    cell = "%%durable aug\nx = inc(x)\n"
+    out = run(tmp_path, DEFS, "x = 10", cell, "print('x is', x)")
+    assert out[-1] == "x is 11\n" and ran(tmp_path) == ["inc"]
+    out = run(tmp_path, DEFS, "x = 10", cell, "print('x is', x)")
+    assert "aug: skipped" in out[3] and out[-1] == "x is 11\n" and ran(tmp_path) == []
+    out = run(tmp_path, DEFS, "x = 100", cell, "print('x is', x)")
+    assert "skipped" not in out[3] and out[-1] == "x is 101\n" and ran(tmp_path) == ["inc"]
+
+
+def test_changes_made_in_place_are_restored(tmp_path: Path) -> None:
+    state = (
+        "import pandas as pd\n"
+        "class Box:\n    def fit(self, w):\n        self.w = w\n"
+        "results, d, box, df = [], {}, Box(), pd.DataFrame({'a': [0, 0]})\n"
+    )
+    cell = (
+        "%%durable mut\nresults.append(inc(1))\nd['k'] = inc(2)\nbox.fit(inc(3))\n"
+        "df.loc[1, 'a'] = inc(4)\n"
+    )
+    show = "print(results, d, box.w, df['a'].tolist())"
+    first = run(tmp_path, DEFS, state, cell, show)
+    assert first[-1] == "[2] {'k': 3} 4 [0, 5]\n" and len(ran(tmp_path)) == 4
+    again = run(tmp_path, DEFS, state, cell, show)
+    assert "mut: skipped" in again[3] and "4 variables restored" in again[3]
+    assert again[-1] == "[2] {'k': 3} 4 [0, 5]\n" and ran(tmp_path) == []
+    changed = run(tmp_path, DEFS, state.replace("[0, 0]", "[7, 7]"), cell, show)
+    assert "skipped" not in changed[3] and changed[-1] == "[2] {'k': 3} 4 [7, 5]\n"
+
+
+def test_steps_reached_through_a_helper_count(tmp_path: Path) -> None:
+    train = "@step\ndef train(v):\n    mark('train')\n    return v * 2\n"
+    helper = "def run_all(vs):\n    return [train(v) for v in vs]\n"
+    cell = "%%durable via\nres = run_all([1, 2])\n"
+    out = run(tmp_path, DEFS, train, helper, cell, "print(res)")
+    assert out[-1] == "[2, 4]\n" and ran(tmp_path) == ["train", "train"]
+    out = run(tmp_path, DEFS, train, helper, cell, "print(res)")
+    assert "via: skipped" in out[4] and out[-1] == "[2, 4]\n"
+    fixed = train.replace("v * 2", "v * 3")
+    out = run(tmp_path, DEFS, fixed, helper, cell, "print(res)")
+    assert "skipped" not in out[4] and out[-1] == "[3, 6]\n" and ran(tmp_path) == ["train"] * 2
+
+
+def test_a_step_record_the_run_used_must_still_be_valid(tmp_path: Path) -> None:
+    """The step is called through a value the cell does not name (a registry of steps), so
+    only the records its last run used show that the step changed."""
+    train = (
+        "import durable_nb\n@step\ndef train(v):\n    mark('train')\n    return v * 2\n"
+        "def by_name(name, v):\n    return durable_nb.engine.registered_step(name)(v)\n"
+    )
+    cell = "%%durable registry\nres = by_name('train', 5)\n"
+    assert run(tmp_path, DEFS, train, cell, "print(res)")[-1] == "10\n"
+    out = run(tmp_path, DEFS, train, cell, "print(res)")
+    assert "registry: skipped" in out[3]
+    out = run(tmp_path, DEFS, train.replace("v * 2", "v * 4"), cell, "print(res)")
+    assert "not skipped: code of train changed since run 1" in out[3]
+    assert out[-1] == "20\n"
+
+
+def test_assignments_the_code_does_not_show_are_restored(tmp_path: Path) -> None:
+    cell = "%%durable hidden\n%time model = inc(1)\nexec('y = inc(x)')\nglobals()['z'] = inc(3)\n"
+    show = "print(model, y, z)"
+    first = run(tmp_path, DEFS, "x = 1", cell, show)
+    assert first[-1] == "2 2 4\n" and len(ran(tmp_path)) == 3
+    again = run(tmp_path, DEFS, "x = 1", cell, show)
+    assert "hidden: skipped" in again[3] and "3 variables restored" in again[3]
+    assert again[-1] == "2 2 4\n" and ran(tmp_path) == []
+    changed = run(tmp_path, DEFS, "x = 5", cell, show)  # x is read inside the exec'd code
+    assert "skipped" not in changed[3] and changed[-1] == "2 6 4\n"
+
+
+FIT = """\
+import time
+@step
+def fit(n):
+    done = 0
+    try:
+        for done in range(1, n + 1):
+            mark(done)
+            time.sleep(0.05)
+    except KeyboardInterrupt:  # what Keras and Lightning do: return the partial model
+        return ("partial", done)
+    return ("full", done)
+"""
+FIT_CELL = "%%durable fitting\nmodel = fit(30)\nprint(model)\n"
+
+
+def test_a_step_that_caught_ctrl_c_is_not_replayed_nor_the_cell_skipped(tmp_path: Path) -> None:
+    kernel = Kernel(tmp_path, kernel_env(tmp_path / "nb.ipynb"))
+    try:
+        kernel.execute(SETUP)
+        kernel.execute(DEFS + FIT)
+        msg_id = kernel.send(FIT_CELL)
+        calls, deadline = tmp_path / "calls.txt", time.monotonic() + 60
+        while not calls.exists() or len(calls.read_text().split()) < 3:
+            assert time.monotonic() < deadline, "the step never got going"
+            time.sleep(0.02)
+        kernel.km.interrupt_kernel()
+        reply = kernel.wait(msg_id)
+        assert reply["content"]["status"] == "ok"  # the step caught it; the cell went on
+        out = kernel.execute("print(model)").stdout
+        assert out.startswith("('partial', ")
+    finally:
+        kernel.close()
+    ran(tmp_path)
+    out = run(tmp_path, DEFS, FIT, FIT_CELL)
+    assert "skipped" not in out[3] and "('full', 30)" in out[3]
+    assert "0 steps replayed, 1 run" in out[3] and len(ran(tmp_path)) == 30
+    again = run(tmp_path, DEFS, FIT, FIT_CELL)
+    assert "fitting: skipped" in again[3] and "('full', 30)" in again[3]
+    rows = sqlite3.connect(tmp_path / ".durable" / "nb.db").execute(
+        "SELECT status, result_repr FROM steps ORDER BY id"
+    )
+    first, second = rows.fetchall()
+    assert first[0] == "interrupted" and first[1].startswith("('partial', ")  # kept to look at
+    assert second == ("completed", "('full', 30)")
+
+
+def test_headless_runs_name_unnamed_cells_by_their_id(tmp_path: Path) -> None:
+    path = tmp_path / "job.ipynb"
+    cell = "%%durable\nvals = [inc(i) for i in range(4)]\nraise RuntimeError('fix me')\n"
+    nb = notebook(SETUP, DEFS, cell, "print(vals)")
+    nbformat.write(nb, str(path))
+    cmd = [sys.executable, "-m", "durable_nb.cli", "run", str(path)]
+    first = subprocess.run(cmd, env=kernel_env(), capture_output=True, text=True, timeout=180)
+    assert first.returncode == 1 and "fix me" in first.stderr
+    assert ran(tmp_path) == ["inc"] * 4
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[2].source = nb.cells[2].source.replace("raise RuntimeError('fix me')", "len(vals)")
+    nbformat.write(nb, str(path))
+    second = subprocess.run(cmd, env=kernel_env(), capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert f"cell-{nb.cells[2].id}: 4 steps replayed, 0 run" in second.stdout
+    assert ran(tmp_path) == []
+    third = subprocess.run(cmd, env=kernel_env(), capture_output=True, text=True, timeout=180)
+    assert f"cell-{nb.cells[2].id}: skipped" in third.stdout
