@@ -78,6 +78,10 @@ def committed(log: Path) -> set[int]:
         rows = conn.execute(
             "SELECT args_repr FROM steps WHERE workflow = 'matrix' AND status = 'completed'"
         ).fetchall()
+    except sqlite3.OperationalError as exc:  # killed before its schema was created
+        if "no such table" not in str(exc):
+            raise
+        rows = []
     finally:
         conn.close()
     return {int(r[0]) for r in rows}
@@ -165,7 +169,9 @@ def run_matrix(n: int, seed: int) -> dict[str, float]:
                 if integrity(folder / ".durable" / "matrix.db") != "ok":
                     figures["integrity_failures"] += 1
                 continue
-            out, _ = proc.communicate()
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"attempt {attempt} of the workflow failed:\n{err[-3000:]}")
             figures["mismatches"] += out.strip().splitlines()[-1] != expected if out else 1
             tally_orphans(figures, folder)
             figures = _score(figures, folder, snapshot)
@@ -177,7 +183,10 @@ def run_matrix(n: int, seed: int) -> dict[str, float]:
         # finish the last cycle without killing
         attempt += 1
         snapshot[attempt] = committed(folder / ".durable" / "matrix.db")
-        out, _ = start(folder, attempt).communicate(timeout=300)
+        last = start(folder, attempt)
+        out, err = last.communicate(timeout=300)
+        if last.returncode != 0:
+            raise RuntimeError(f"the last attempt of the workflow failed:\n{err[-3000:]}")
         figures["mismatches"] += out.strip().splitlines()[-1] != expected
         tally_orphans(figures, folder)
         figures = _score(figures, folder, snapshot)

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 
-from .dependencies import ACCEPTED, RunDependencies
+from .dependencies import RunDependencies
 from .engine import get_store, registered_step
 from .errors import DurableError
 from .store import Store
@@ -24,9 +24,10 @@ def accept(workflow: str, step: str | None = None, *, store: Store | None = None
     """Make the stored results of a workflow's steps (or of one step) replay although their
     code or dependencies changed: after a cosmetic or known-safe change.
 
-    The records are marked valid for each step's *current* code and dependencies (as
-    defined in this process, read now); a note in the log records who, when, and the
-    digests replaced. ``forget`` undoes it (the records run again). Returns how many
+    Per call, the record the workflow used last (replayed or made) is marked valid for the
+    step's *current* code and dependencies, as defined in this process and read now, with
+    the code its arguments brought found again by name. A note in the log records who, when,
+    and the digests replaced; ``forget`` undoes it (the records run again). Returns how many
     records were accepted.
     """
     store = store or get_store()
@@ -37,6 +38,7 @@ def accept(workflow: str, step: str | None = None, *, store: Store | None = None
             "%durable info lists the workflows"
         )
     who = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    deps = RunDependencies()
     count = 0
     for name in names:
         live = registered_step(name)
@@ -45,7 +47,21 @@ def accept(workflow: str, step: str | None = None, *, store: Store | None = None
                 f"step {name!r} is not defined in this process; run the cell that defines "
                 "it, then accept again"
             )
-        digest = live.dependencies.digest(RunDependencies())
-        accepted = ACCEPTED + digest.base
-        count += store.accept(workflow, name, accepted, json.dumps(digest.doc(name)), who)
+        changes: list[tuple[int, str, str]] = []
+        documents: dict[str, str] = {}
+        lost = 0
+        for record_id, old in store.last_used(workflow, name):
+            doc = store.digest_document(old)
+            now = live.dependencies.current(deps, doc.get("refs", []) if doc else [])
+            if now is None:  # an argument's code (a lambda, a local class) is not found again
+                lost += 1
+                continue
+            changes.append((record_id, old, now.value))
+            documents[now.value] = json.dumps(now.doc(name))
+        if lost and not changes:
+            raise DurableError(
+                f"the records of step {name!r} cannot be accepted: the code their arguments "
+                "brought (a lambda or a local function) cannot be found again; run it again"
+            )
+        count += store.accept(workflow, name, changes, documents, who)
     return count

@@ -7,6 +7,7 @@ digest and process) before the row, so every row's digest can be explained later
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -38,6 +39,21 @@ def encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
         return serialization.encode(value), None
     except serialization.NotSerializable as exc:
         return None, f"result cannot be pickled ({exc.reason}); it runs again next time"
+
+
+_TRACEBACK_CHARS = 20_000
+
+
+def _traceback(error: BaseException, step: str) -> str:
+    """The traceback to keep for a failed step: its last 20,000 characters, or, when the
+    error came out of a nested step whose row already holds it, a pointer to that row (so a
+    deep recursion of steps keeps one traceback, not one per level)."""
+    inner = getattr(error, "__durable_nb_step__", None)
+    if inner is not None:
+        return f"{type(error).__name__} raised in nested step {inner}; its row has the traceback"
+    with contextlib.suppress(AttributeError, TypeError):  # exceptions without a __dict__
+        error.__durable_nb_step__ = step  # type: ignore[attr-defined]
+    return "".join(traceback.format_exception(error))[-_TRACEBACK_CHARS:]
 
 
 class Call:
@@ -96,7 +112,7 @@ class Call:
         if error is not None:
             status = "failed" if isinstance(error, Exception) else "interrupted"
             error_type, message = type(error).__name__, str(error)[:2000]
-            trace = "".join(traceback.format_exception(error))[-20000:]
+            trace = _traceback(error, name)
         else:
             status = "completed" if encoded is not None else "not_durable"
             status = "interrupted" if interrupted else status

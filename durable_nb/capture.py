@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Tee", "task_output"]
+__all__ = ["Capture", "Tee", "task_output"]
 
 
 class Tee:
@@ -96,3 +96,35 @@ def task_output() -> Iterator[list[str]]:
             _users -= 1
             if _users == 0 and isinstance(sys.stdout, _TaskRouter):
                 sys.stdout = sys.stdout.target
+
+
+_MAIN = threading.main_thread().ident
+
+
+class Capture:
+    """What one sync step call prints, kept while it reaches the screen.
+
+    In the main thread, ``sys.stdout`` is swapped for a ``Tee`` (the cheapest). In other
+    threads (a ``ThreadPoolExecutor``, ``asyncio.to_thread``) steps run at the same time, so
+    their writes are routed by context as for async steps: each keeps its own lines.
+    """
+
+    __slots__ = ("_routed", "_tee", "parts")
+
+    def __init__(self) -> None:
+        if threading.get_ident() == _MAIN:
+            self._tee: Tee | None = Tee(sys.stdout)
+            self._routed = None
+            self.parts = self._tee.parts
+            sys.stdout = self._tee
+        else:
+            self._tee = None
+            self._routed = task_output()
+            self.parts = self._routed.__enter__()
+
+    def stop(self) -> None:
+        """Put ``sys.stdout`` back."""
+        if self._tee is not None:
+            sys.stdout = self._tee.target
+        elif self._routed is not None:
+            self._routed.__exit__(None, None, None)

@@ -54,6 +54,7 @@ class CellReads(NamedTuple):
     names: tuple[str, ...]  # names whose value before the run is an input
     attrs: tuple[str, ...]  # attribute names it uses (to follow the user's modules)
     unknown: str | None  # why its reads cannot be known (exec of built code, globals())
+    imports: tuple[str, ...] = ()  # modules it imports (what they load is an input)
 
 
 def _constant(node: ast.expr | None) -> str | None:
@@ -151,14 +152,20 @@ def cell_reads(body: list[ast.stmt]) -> CellReads:
     dead: set[str] = set()
     attrs: set[str] = set()
     unknown: str | None = None
+    imports: set[str] = set()
     for stmt in body:
         names, more, why = _loads(stmt)
         attrs |= more
         unknown = unknown or why
         dead |= {n for n in _bound_first(stmt) if n not in seen and n not in names}
         seen |= names
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Import):
+                imports.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imports.add(node.module)
     reads = sorted(n for n in seen - dead if not n.startswith("__durable_nb"))
-    return CellReads(tuple(reads), tuple(sorted(attrs)), unknown)
+    return CellReads(tuple(reads), tuple(sorted(attrs)), unknown, tuple(sorted(imports)))
 
 
 def _awaits(body: list[ast.stmt]) -> bool:
@@ -181,6 +188,7 @@ def rewrite(module: ast.Module) -> ast.Module:
         ast.keyword("reads", ast.Constant(reads.names)),
         ast.keyword("attrs", ast.Constant(reads.attrs)),
         ast.keyword("unknown", ast.Constant(reads.unknown)),
+        ast.keyword("imports", ast.Constant(reads.imports)),
     ]
     quiet = any(isinstance(k, ast.Constant) and k.value is True for k in marker.args[2:3])
     if statements and isinstance(statements[-1], ast.Expr) and not quiet:

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import json
+import os
 import pickle
 import re
 import types
@@ -34,9 +36,11 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from xxhash import xxh3_128_hexdigest
+
 from . import serialization
 from .cells import MARKER, RUNNER, CellReads
-from .dependencies import RunDependencies, explain, input_digest
+from .dependencies import RunDependencies, explain, input_digest, is_user_file, package_version
 from .digests import value_digest
 from .records import CellRecord, RunRecord
 from .store import Store
@@ -71,14 +75,14 @@ def _ignored(name: str) -> bool:
 
 
 class CellInputs:
-    """The values a cell reads, digested before it runs."""
+    """The values a cell reads, digested before it runs (and the modules it imports)."""
 
     def __init__(self, namespace: Mapping[str, Any], reads: CellReads) -> None:
         self.attrs = frozenset(reads.attrs)
         self.unknown = reads.unknown
         self.objects: dict[str, Any] = {}
         self.digests: dict[str, str] = {}
-        self.opaque: list[str] = []
+        self.opaque: dict[str, str] = {}  # name -> what in it cannot be digested
         run = RunDependencies()
         for name in reads.names:
             if _ignored(name) or name not in namespace:
@@ -87,17 +91,20 @@ class CellInputs:
             digest, opaque = input_digest(name, obj, self.attrs, run)
             self.objects[name], self.digests[name] = obj, digest
             if opaque:
-                self.opaque.append(name)
+                self.opaque[name] = opaque[0]
+        for module in reads.imports:  # `import helpers` in the cell: the file it will load
+            self.digests[f"import {module}"] = module_digest(module)
         self.digest = value_digest(tuple(sorted(self.digests.items())))
 
     def unjudgeable(self) -> str | None:
         """Why this cell's inputs cannot be judged (then it is never skipped), or None."""
         if self.unknown:
             return f"what it reads cannot be known ({self.unknown})"
-        if self.opaque:
-            name = self.opaque[0]
+        for name, inner in self.opaque.items():
+            what = inner.partition(" ")[2] or name
             kind = type(self.objects[name]).__qualname__
-            return f"{name} ({kind}) cannot be digested, so a change to it could not be seen"
+            about = f"{name} ({kind})" if what == name else f"{name} reads {what}, which"
+            return f"{about} cannot be digested, so a change to it could not be seen"
         return None
 
 
@@ -105,28 +112,89 @@ class CellChanges(NamedTuple):
     """What a run changed in the namespace."""
 
     names: list[str]  # bound to another object, new, or changed in place
+    inplace: list[str]  # of those, the ones changed in place (restored in place)
     deleted: list[str]
     unsaved: str | None  # why they cannot be saved, if they cannot
 
 
 def changes(
-    namespace: Mapping[str, Any], before: Mapping[str, Any], inputs: CellInputs
+    namespace: Mapping[str, Any], before: Mapping[str, Any], inputs: CellInputs, run: Run
 ) -> CellChanges:
     """Compare the namespace with its shallow copy ``before`` the run (and the inputs'
-    digests): names rebound, new, removed, or whose value changed in place."""
+    digests): names rebound, new, removed, or whose value changed in place. Code (functions,
+    classes, steps) is not "changed in place" when what it reads changed: those values are
+    inputs of their own."""
     names = [n for n, v in namespace.items() if before.get(n, _UNSET) is not v and not _ignored(n)]
     deleted = [n for n in before if n not in namespace and not _ignored(n)]
-    run = RunDependencies()
+    why = inputs.unjudgeable()
+    if run.failures:
+        name, error = run.failures[0]
+        why = why or f"step {name} failed ({error}) and the cell went on"
+    inplace = []
+    deps = RunDependencies()
     for name, obj in inputs.objects.items():
-        if namespace.get(name, _UNSET) is not obj or name in inputs.opaque:
+        if namespace.get(name, _UNSET) is not obj or name in inputs.opaque or callable(obj):
             continue
-        digest, _ = input_digest(name, obj, inputs.attrs, run)
+        digest, _ = input_digest(name, obj, inputs.attrs, deps)
         if digest == inputs.digests[name]:
             continue
         if isinstance(obj, types.ModuleType):
-            return CellChanges([], [], f"it changes module {name} in place")
-        names.append(name)
-    return CellChanges(names, deleted, inputs.unjudgeable())
+            why = why or f"it changes module {name} in place"
+        inplace.append(name)
+    return CellChanges(names + inplace, inplace, deleted, why)
+
+
+def module_digest(name: str) -> str:
+    """What ``import name`` would load: the user's own file by its contents, an installed
+    module by its package's version (nothing is imported; a parent package may be)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return "missing"
+    if spec is None:
+        return "missing"
+    origin = spec.origin
+    if not origin or not os.path.isfile(origin):
+        return "builtin"
+    if is_user_file(origin):
+        with open(origin, "rb") as f:
+            return "file " + xxh3_128_hexdigest(f.read())
+    return f"installed {package_version(name.partition('.')[0])}"
+
+
+def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _Variables:
+    """Serialize what a cell changed, all values in one pickle (so that two names bound to
+    one object still are after a restore), large ones to a blob."""
+    modules: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name in change.names:
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
+            continue
+        if getattr(type(value), "__durable_step__", False) or (
+            isinstance(value, (types.FunctionType, type)) and value.__module__ == "__main__"
+        ):
+            return _Variables(b"", [], f"{name} is defined in the notebook and cannot be stored")
+        values[name] = value
+    try:
+        encoded = serialization.encode(values)
+    except serialization.NotSerializable as exc:
+        return _Variables(b"", [], f"a variable cannot be pickled ({exc.reason})")
+    blobs: list[str] = []
+    if encoded.inline:
+        data: Any = encoded.segments[0]
+    else:
+        data = store.blobs.write(encoded.segments)
+        blobs.append(data)
+    state = {
+        "format": encoded.format if encoded.inline else "blob:" + encoded.format,
+        "values": data,
+        "modules": modules,
+        "inplace": change.inplace,
+        "deleted": change.deleted,
+    }
+    return _Variables(pickle.dumps(state, protocol=5), blobs, None)
 
 
 @dataclass(frozen=True)
@@ -136,49 +204,66 @@ class _Variables:
     unsaved: str | None
 
 
-def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _Variables:
-    """Serialize what a cell changed (large values to blobs)."""
-    saved: dict[str, tuple[str, Any]] = {name: ("deleted", None) for name in change.deleted}
-    blobs: list[str] = []
-    for name in change.names:
-        value = namespace[name]
-        if isinstance(value, types.ModuleType):
-            saved[name] = ("module", value.__name__)
-            continue
-        if isinstance(value, (types.FunctionType, type)) and value.__module__ == "__main__":
-            return _Variables(b"", [], f"{name} is defined in the notebook and cannot be stored")
-        try:
-            encoded = serialization.encode(value)
-        except serialization.NotSerializable as exc:
-            return _Variables(b"", [], f"{name} cannot be pickled ({exc.reason})")
-        if encoded.inline:
-            saved[name] = (encoded.format, encoded.segments[0])
-        else:
-            digest = store.blobs.write(encoded.segments)
-            blobs.append(digest)
-            saved[name] = ("blob:" + encoded.format, digest)
-    return _Variables(pickle.dumps(saved, protocol=5), blobs, None)
-
-
-def restore(store: Store, payload: bytes, namespace: MutableMapping[str, Any]) -> list[str]:
+def restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> list[str] | str:
     """Put what a saved cell changed back into ``namespace`` (and remove what it deleted);
-    returns the names restored."""
-    saved: dict[str, tuple[str, Any]] = pickle.loads(payload)
-    values: dict[str, Any] = {}
-    for name, (fmt, data) in saved.items():
-        if fmt == "deleted":
-            continue
-        if fmt == "module":
-            values[name] = importlib.import_module(data)
-        elif fmt.startswith("blob:"):
-            values[name] = serialization.decode(fmt[5:], store.blobs.read(data))
-        else:
-            values[name] = serialization.decode(fmt, (data,))
-    namespace.update(values)  # all or nothing: a damaged blob raised before any update
-    for name, (fmt, _) in saved.items():
-        if fmt == "deleted":
-            namespace.pop(name, None)
+    returns the names restored, or why not after all.
+
+    Every step call the saved run used must still be valid, judged with the restored values
+    in place (a cell may set what its steps read: ``CFG['lr'] = 0.5; train(2)``): if one is
+    not, the namespace is put back as it was. A value the cell changed in place is then
+    changed in place again, where its type allows, so that other names bound to it see it.
+    """
+    assert skip.run is not None and skip.cell is not None
+    state: dict[str, Any] = pickle.loads(skip.cell.variables)
+    fmt, data = state["format"], state["values"]
+    if fmt.startswith("blob:"):
+        values = serialization.decode(fmt[5:], store.blobs.read(data))
+    else:
+        values = serialization.decode(fmt, (data,))
+    for name, module in state["modules"].items():
+        values[name] = importlib.import_module(module)
+    # all or nothing: a damaged blob or a missing module raised before any change
+    before = {name: namespace.get(name, _UNSET) for name in (*values, *state["deleted"])}
+    namespace.update(values)
+    for name in state["deleted"]:
+        namespace.pop(name, None)
+    stale = _stale_step(store, json.loads(skip.cell.steps or "[]"), skip.run.id)
+    if stale is not None:
+        for name, value in before.items():
+            if value is _UNSET:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+        return stale
+    for name in state["inplace"]:
+        old = before.get(name, _UNSET)
+        if old is not _UNSET and _into(old, values[name]):
+            namespace[name] = old
     return list(values)
+
+
+def _into(current: Any, new: Any) -> bool:
+    """Make ``current`` equal to ``new`` in place, if its type allows; whether it did."""
+    t = type(current)
+    if t is not type(new):
+        return False
+    if t is list or t is bytearray:
+        current[:] = new
+    elif t is dict or t is set:
+        current.clear()
+        current.update(new)
+    elif t.__module__ == "numpy" and t.__name__ == "ndarray":
+        if current.shape != new.shape or current.dtype != new.dtype or not current.flags.writeable:
+            return False
+        current[...] = new
+    elif t.__module__.partition(".")[0] not in ("builtins", "pandas") and hasattr(
+        current, "__dict__"
+    ):
+        current.__dict__.clear()
+        current.__dict__.update(new.__dict__)
+    else:
+        return False
+    return True
 
 
 def save_cell(
@@ -193,9 +278,7 @@ def save_cell(
     if why is not None or variables is None:
         run.store.note("cell not saved", str(why), workflow=run.workflow, run_id=run.id)
         return why
-    used = json.dumps(
-        [[name, digest, base, refs] for (name, digest), (base, refs) in run.used.items()]
-    )
+    used = json.dumps([[name, digest, refs] for (name, digest), refs in run.used.items()])
     payload = json.dumps(outputs, default=str).encode()
     run.store.save_cell(run.id, variables.payload, payload, variables.blobs, used)
     return None
@@ -225,8 +308,7 @@ def skippable(store: Store, name: str, source: str, inputs: CellInputs) -> Skip:
         return Skip()
     if cell.steps is None:
         return Skip(reason="it was saved by an older durable_nb, which did not record its steps")
-    stale = _stale_step(store, json.loads(cell.steps), run.id)
-    return Skip(reason=stale) if stale else Skip(run, cell)
+    return Skip(run, cell)  # its steps are checked by ``restore``, with its values in place
 
 
 def _stale_step(store: Store, used: Iterable[list[Any]], run_id: int) -> str | None:
@@ -234,11 +316,11 @@ def _stale_step(store: Store, used: Iterable[list[Any]], run_id: int) -> str | N
     from .engine import registered_step
 
     deps = RunDependencies()
-    for name, digest, base, refs in used:
+    for name, digest, refs in used:
         step = registered_step(name)
         if step is None:
             return f"step {name} is not defined (run the cells that define it first)"
-        valid = step.dependencies.still_valid(deps, digest, base, refs)
+        valid = step.dependencies.still_valid(deps, digest, refs)
         if valid is None:
             return f"whether the arguments of step {name} changed cannot be told"
         if not valid:

@@ -65,6 +65,13 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sanitizer(args: argparse.Namespace) -> int:
+    from .pytest_plugin import SANITIZER
+
+    print(SANITIZER)
+    return 0
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -156,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--workflow", help="only this workflow")
         _format_option(cmd)
         cmd.set_defaults(handler=handler)
+
+    san = sub.add_parser(
+        "nbval-sanitizer", help="print the path of durable_nb's nbval sanitizer rules",
+        description="Print the path of the nbval sanitizer file shipped with durable_nb "
+        "(pytest --nbval uses it by itself unless --nbval-sanitize-with names another).",
+    )  # fmt: skip
+    san.set_defaults(handler=_sanitizer)
 
     gc = sub.add_parser(
         "gc", help="delete blob files that no row of a log refers to",

@@ -18,10 +18,13 @@ A name the code only mutates through a statement such as ``log.append(x)`` or
 ``logger.info(...)`` (and never reads otherwise) is an output of the step, not an input, and
 is left out. Values that cannot be digested count by their type and are listed as such.
 
-When values are read: at each call. A value whose digest is costly (more than ~1 MiB of data:
-a big array, a DataFrame, a model) is hashed once per run per object; binding the name to
-another object is seen at the next call, an in-place change of the same big object during a
-run is seen from the next run on.
+When values are read: at each call (a value that may change in place is checked at each
+call by a fast digest of its pickle). A value whose digest is costly (more than ~1 MiB of
+data: a big array, a DataFrame, a model) is hashed once per run per object; binding the name
+to another object is seen at the next call; a big numpy array changed in place is seen at
+the next call when a sample of ~1,000 of its elements changed (``arr += 1``, ``arr[:] = ...``;
+a change of a few elements may be missed until the next run); other big objects changed in
+place during a run are seen from the next run on.
 
 Code digests ignore comments, whitespace, docstrings and decorators (they hash the AST). A
 function from a file that was edited on disk but not re-imported is digested by its bytecode,
@@ -51,7 +54,6 @@ from .digests import digest_value
 from .serialization import short_repr
 
 __all__ = [
-    "ACCEPTED",
     "Digest",
     "Entry",
     "RunDependencies",
@@ -59,12 +61,10 @@ __all__ = [
     "code_digest",
     "explain",
     "input_digest",
+    "is_user_file",
     "is_user_module",
     "package_version",
 ]
-
-ACCEPTED = "accepted:"
-"""Prefix of the digest that ``accept`` gives stored records: valid for this base digest."""
 
 BIG = 1 << 20
 """A value whose digest reads more than this many bytes is hashed once per run."""
@@ -140,10 +140,8 @@ def _compiled_matches(code: types.CodeType, source: str) -> bool:
         compiled = compile(source, code.co_filename, "exec", dont_inherit=True)
     except (SyntaxError, ValueError):
         return False
-    return any(
-        c.co_name == code.co_name and c.co_code == code.co_code and c.co_names == code.co_names
-        for c in _codes(compiled)
-    )
+    mine = _bytecode(code)  # its instructions, names and constants
+    return any(c.co_name == code.co_name and _bytecode(c) == mine for c in _codes(compiled))
 
 
 def _written_only(tree: ast.AST) -> set[str]:
@@ -237,21 +235,25 @@ def is_user_module(name: str | None) -> bool:
     known = _user_modules.get(name)
     if known is not None:
         return known
-    global _ROOTS
-    if _ROOTS is None:
-        _ROOTS = _installed_roots()
     top = name.partition(".")[0]
     mine = name == "__main__"
     if not mine and top != "durable_nb" and top not in sys.stdlib_module_names:
         file = getattr(sys.modules.get(name), "__file__", None)
-        if file:
-            path = os.path.realpath(file)
-            mine = not path.startswith(_ROOTS) and (
-                os.sep + "site-packages" + os.sep not in path
-                and os.sep + "dist-packages" + os.sep not in path
-            )
+        mine = bool(file) and is_user_file(file)
     _user_modules[name] = mine
     return mine
+
+
+def is_user_file(file: str) -> bool:
+    """Whether a source file is the user's own: outside site-packages and the stdlib."""
+    global _ROOTS
+    if _ROOTS is None:
+        _ROOTS = _installed_roots()
+    path = os.path.realpath(file)
+    return not path.startswith(_ROOTS) and (
+        os.sep + "site-packages" + os.sep not in path
+        and os.sep + "dist-packages" + os.sep not in path
+    )
 
 
 _versions: dict[str, str | None] = {}
@@ -319,8 +321,8 @@ class Digest:
         self.entries = entries
         self.packages = packages  # installed top-level packages the code references
         self.opaque = opaque  # labels of values digested by their type only
-        # what the arguments brought, as [label, "object" | "instance", module, qualname]:
-        # enough to check later, without the arguments, that it is unchanged
+        # the code the arguments brought, as [label, module, qualname]: enough to find it
+        # again later, without the arguments, and check that it is unchanged
         self.refs = refs or []
 
     def doc(self, step: str) -> dict[str, Any]:
@@ -329,6 +331,7 @@ class Digest:
             "step": step,
             "base": self.base,
             "entries": [[e.label, e.digest, _shown(e.value)] for e in self.entries],
+            "refs": self.refs,
         }
 
 
@@ -352,12 +355,14 @@ class RunDependencies:
     """Per-run caches: each step's last walk, digests of big values by object, and the
     installed packages seen (for the run's environment)."""
 
-    __slots__ = ("big", "packages", "walks")
+    __slots__ = ("arguments", "big", "packages", "walks")
 
     def __init__(self) -> None:
         self.big: dict[int, tuple[Any, str]] = {}
         self.packages: set[str] = set()
         self.walks: dict[StepDependencies, _Walk] = {}
+        # (step, ids of the code its arguments held) -> (base, walk, digest, that code)
+        self.arguments: dict[tuple[Any, ...], tuple[Digest, _Walk, Digest, list[Any]]] = {}
 
     def environment(self) -> dict[str, str]:
         """Versions of the packages this run's steps reference, and Python's."""
@@ -398,7 +403,7 @@ class _Walk:
         self.reads: list[tuple[Any, str, Any]] = []  # (mapping, key, value it had)
         self.attrs: list[tuple[Any, str, Any]] = []  # (object, attribute, value it had)
         self.keys: list[tuple[Any, tuple[str, ...]]] = []  # (class dict, its keys)
-        self.rehash: list[tuple[Any, str]] = []  # (mutable value, its digest)
+        self.rehash: list[tuple[Any, str, bool]] = []  # (mutable value, fingerprint, big)
         self.refs: list[list[str]] = []  # what arguments brought (see ``Digest.refs``)
         self.digest: Digest | None = None
 
@@ -421,8 +426,9 @@ class _Walk:
             for mapping, keys in self.keys:
                 if tuple(mapping) != keys:
                     return False
-            for obj, digest in self.rehash:
-                if digest_value(obj).digest != digest:
+            for obj, fingerprint, big in self.rehash:
+                if _fingerprint(obj, big=big) != fingerprint:
+                    self.run.big.pop(id(obj), None)  # changed in place: hash it again
                     return False
         except Exception:  # e.g. a closure cell emptied since: walk again
             return False
@@ -482,6 +488,8 @@ class _Walk:
             self.reads.append((members, name, attr))
             if isinstance(attr, (staticmethod, classmethod)):
                 attr = attr.__func__
+            if isinstance(attr, functools.cached_property):
+                attr = attr.func
             if isinstance(attr, property):
                 for part in (attr.fget, attr.fset, attr.fdel):
                     if isinstance(part, types.FunctionType):
@@ -564,24 +572,49 @@ class _Walk:
             self.packages.add(top)
 
     def value(self, label: str, obj: Any) -> None:
-        """A value by its canonical digest; big ones once per run per object."""
+        """A value by its canonical digest (and the code inside it: functions in a list, a
+        class's methods for its objects); big ones once per run per object."""
         big = self.run.big
         hit = big.get(id(obj))
         if hit is not None and hit[0] is obj:
             self.entries.append(Entry(label, hit[1]))
+            self.rehash.append((obj, _fingerprint(obj, big=True), True))
             return
         try:
-            digest, cost, opaque = digest_value(obj)
+            digest, cost, opaque, code = digest_value(obj)
         except Exception:  # a value whose own methods raise (e.g. a broken __eq__ or buffer)
             t = type(obj)
-            digest, cost, opaque = f"type:{t.__module__}.{t.__qualname__}", 0, True
+            digest, cost, opaque, code = f"type:{t.__module__}.{t.__qualname__}", 0, True, ()
         if opaque:
             self.opaque.append(label)
         elif cost > BIG:
             big[id(obj)] = (obj, digest)
+            self.rehash.append((obj, _fingerprint(obj, big=True), True))
         elif not _immutable(obj):
-            self.rehash.append((obj, digest))  # may change in place: digest it at each call
+            self.rehash.append((obj, _fingerprint(obj), False))  # may change in place
         self.entries.append(Entry(label, digest, obj))
+        name = label.partition(" ")[2]
+        for inner in dict.fromkeys(code):  # each function or class once, in order found
+            self.reference(name, inner, frozenset())
+
+
+def _fingerprint(obj: Any, *, big: bool = False) -> str:
+    """What tells, cheaply, at the next call in this process whether a value changed in
+    place: its pickle's digest (no canonical form needed within one process); for a big
+    numpy array, a sample of its elements and its buffer's address (a change of only a few
+    elements of a big array can be missed; for other big values, see the module doc)."""
+    t = type(obj)
+    if t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
+        flat = obj.reshape(-1) if obj.flags.c_contiguous else obj.ravel()
+        sample = flat[:: max(1, flat.size // 1024)] if big else flat
+        where = obj.__array_interface__["data"][0]
+        return f"{obj.shape}{obj.strides}{where}:{xxh3_128_hexdigest(sample.tobytes())}"
+    if big:
+        return "big"  # once per run (documented): hashing it at each call would cost its size
+    try:
+        return xxh3_128_hexdigest(pickle.dumps(obj, protocol=5))
+    except Exception:
+        return digest_value(obj).digest
 
 
 def _label(obj: types.FunctionType | type) -> str:
@@ -608,15 +641,16 @@ def _resolve(module: str, qualname: str) -> Any:
 
 def input_digest(
     name: str, obj: Any, attrs: frozenset[str], run: RunDependencies
-) -> tuple[str, bool]:
-    """(digest, opaque) of a value a notebook cell reads: data by its value, code (a
-    function, a class, a user module's attributes ``attrs``) with what it depends on, a step
-    by its dependency digest (whose values of unknown types count by type, as for replay)."""
+) -> tuple[str, list[str]]:
+    """(digest, labels of what in it cannot be digested) of a value a notebook cell reads:
+    data by its value, code (a function, a class, a user module's attributes ``attrs``)
+    with what it depends on, a step by its dependency digest (whose values of unknown types
+    count by type, as for replay)."""
     if getattr(type(obj), "__durable_step__", False):
-        return obj.dependencies.digest(run).value, False
+        return obj.dependencies.digest(run).value, []
     walk = _Walk(run)
     walk.reference(name, obj, attrs)
-    return _combine(walk.entries), bool(walk.opaque)
+    return _combine(walk.entries), walk.opaque
 
 
 def _combine(entries: Iterable[Entry]) -> str:
@@ -637,55 +671,56 @@ class StepDependencies:
             target = target.func
         self.target = inspect.unwrap(target)
 
-    def digest(
-        self,
-        run: RunDependencies,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Digest:
-        """The dependency digest of a call with these arguments, read now."""
+    def digest(self, run: RunDependencies, code: Iterable[Any] = ()) -> Digest:
+        """The dependency digest of a call, read now; ``code`` is what its arguments hold
+        besides plain values (callbacks, steps, the classes of the user's objects), as
+        ``digests.args_digest`` found it."""
         walk = run.walks.get(self)
         if walk is None or not walk.unchanged():
             walk = run.walks[self] = self._walk(run)
         base = walk.digest
         assert base is not None
-        extra: _Walk | None = None
-        for i, arg in enumerate(args):
-            if type(arg) not in _PRIMITIVES:
-                extra = self._argument(extra or _Walk(run), f"argument {i}", arg)
-        if kwargs:
-            for key in sorted(kwargs):
-                if type(kwargs[key]) not in _PRIMITIVES:
-                    extra = self._argument(extra or _Walk(run), f"argument {key}", kwargs[key])
-        if extra is None or not extra.entries:
+        if not code:
             return base
+        objs = list(dict.fromkeys(code))
+        key = (self, *map(id, objs))
+        hit = run.arguments.get(key)
+        if hit is not None and hit[0] is base and hit[1].unchanged():
+            return hit[2]
+        digest, walk = self._with_arguments(run, base, [(obj, _where(obj)) for obj in objs])
+        run.arguments[key] = (base, walk, digest, objs)  # objs: their ids stay theirs
+        return digest
+
+    def current(self, run: RunDependencies, refs: list[list[str]]) -> Digest | None:
+        """The digest a call whose arguments brought ``refs`` (``Digest.refs``) would have
+        now, found again by name; None when one of them cannot be found."""
+        base = self.digest(run)
+        found = [(_resolve(module, qualname), [module, qualname]) for _, module, qualname in refs]
+        if any(obj is None for obj, _ in found):
+            return None
+        return self._with_arguments(run, base, found)[0] if found else base
+
+    def still_valid(self, run: RunDependencies, value: str, refs: list[list[str]]) -> bool | None:
+        """Whether a call that had digest ``value`` would have it now (None: cannot tell)."""
+        now = self.current(run, refs)
+        return None if now is None else now.value == value
+
+    def _with_arguments(
+        self, run: RunDependencies, base: Digest, found: list[tuple[Any, list[str]]]
+    ) -> tuple[Digest, _Walk]:
+        extra = _Walk(run)
+        for i, (obj, where) in enumerate(found):
+            label = f"argument {i}"
+            extra.reference(label, obj, frozenset(), kind="argument")
+            extra.refs.append([label, *where])
+        if not extra.entries:
+            return base, extra
         entries = base.entries + extra.entries
         run.packages |= extra.packages
         packages = base.packages | extra.packages
         opaque = base.opaque + extra.opaque
-        return Digest(_combine(entries), base.base, entries, packages, opaque, extra.refs)
-
-    def still_valid(
-        self, run: RunDependencies, value: str, base: str, refs: list[list[str]]
-    ) -> bool | None:
-        """Whether a call that had digest ``value`` (``base`` without its arguments, which
-        brought ``refs``) would have it now; None when that cannot be told (an argument's
-        code that cannot be found again)."""
-        current = self.digest(run)
-        if current.base != base:
-            return False
-        if not refs:
-            return current.value == value
-        extra = _Walk(run)
-        for label, kind, module, qualname in refs:
-            obj = _resolve(module, qualname)
-            if obj is None:
-                return None
-            if kind == "instance":
-                extra.cls(obj)
-            else:
-                extra.reference(label, obj, frozenset(), kind="argument")
-        return _combine(current.entries + extra.entries) == value
+        digest = Digest(_combine(entries), base.base, entries, packages, opaque, extra.refs)
+        return digest, extra
 
     def _walk(self, run: RunDependencies) -> _Walk:
         walk = _Walk(run)
@@ -711,31 +746,20 @@ class StepDependencies:
             self._warn_opaque(walk.opaque)
         return walk
 
-    @staticmethod
-    def _argument(walk: _Walk, label: str, arg: Any) -> _Walk:
-        """What an argument brings besides its value: code (a callback, a notebook class)."""
-        t = type(arg)
-        if t is types.FunctionType or t is functools.partial or isinstance(arg, type):
-            walk.reference(label, arg, frozenset(), kind="argument")
-            walk.refs.append([label, "object", *_where(arg)])
-        elif is_user_module(getattr(t, "__module__", None)):
-            walk.cls(t)
-            walk.refs.append([label, "instance", *_where(t)])
-        return walk
-
     def _warn_opaque(self, opaque: list[str]) -> None:
         for label in opaque:
             if (self.name, label) not in _warned:
                 _warned.add((self.name, label))
                 import warnings
 
-                from .errors import DurableWarning
+                from .errors import DurableWarning, user_stacklevel
 
                 warnings.warn(
                     f"step {self.name}: {label.partition(' ')[2]} cannot be digested, so only "
-                    "its type counts for replay; pass it as an argument, or make it picklable",
+                    "its type counts for replay; a change to it is not seen (pass what the "
+                    "step needs of it as arguments)",
                     DurableWarning,
-                    stacklevel=6,
+                    stacklevel=user_stacklevel(),
                 )
 
 

@@ -39,19 +39,24 @@ _NO_STATE = getattr(object, "__getstate__", None)
 
 
 class ValueDigest(NamedTuple):
-    """The digest of a value, what it cost, and whether it was by type only."""
+    """The digest of a value, what it cost, whether part of it was by type only, and the
+    code found inside it (functions, classes, steps, and the classes of objects), which
+    the value's digest names but does not cover: ``dependencies`` walks it."""
 
     digest: str
     cost: int  # about how many bytes were read to make it
     opaque: bool  # some part of it could not be digested and counts by its type
+    code: tuple[Any, ...] = ()
 
 
 class _Acc:
-    __slots__ = ("cost", "opaque")
+    __slots__ = ("active", "code", "cost", "opaque")
 
     def __init__(self) -> None:
         self.cost = 0
         self.opaque = False
+        self.code: list[Any] = []
+        self.active: dict[int, int] = {}  # containers being digested: a cycle refers back
 
 
 def _sorted(items: list[Any]) -> list[Any]:
@@ -62,13 +67,33 @@ def _sorted(items: list[Any]) -> list[Any]:
     return items
 
 
-def _plain_object(t: type) -> bool:
-    """Whether instances pickle as their ``__dict__`` (no custom reduce or state)."""
+def _default_reduce(t: type) -> bool:
+    """Whether instances pickle as their ``__dict__`` and slots (no custom reduce or state)."""
     return (
         t.__reduce_ex__ is object.__reduce_ex__
         and t.__reduce__ is object.__reduce__
         and getattr(t, "__getstate__", None) is _NO_STATE
     )
+
+
+def _slots(t: type) -> list[str]:
+    names: list[str] = []
+    for klass in t.__mro__:
+        declared = klass.__dict__.get("__slots__", ())
+        for name in (declared,) if isinstance(declared, str) else declared:
+            if name not in ("__dict__", "__weakref__"):
+                names.append(name)
+    return names
+
+
+def _state(value: Any, t: type, acc: _Acc) -> tuple[Any, ...]:
+    """An object's own attributes: its ``__dict__`` and the slots of its classes."""
+    attrs = vars(value) if hasattr(value, "__dict__") else {}
+    slots = [(n, _canon(getattr(value, n), acc)) for n in _slots(t) if hasattr(value, n)]
+    return (_canon(attrs, acc), *slots)
+
+
+_BUILTIN_BASES = (dict, list, tuple, set, frozenset, str, bytes, int, float, complex)
 
 
 def _canon(value: Any, acc: _Acc) -> Any:
@@ -79,47 +104,96 @@ def _canon(value: Any, acc: _Acc) -> Any:
             acc.cost += len(value)
         return value
     acc.cost += 8
+    me = id(value)
+    back = acc.active.get(me)
+    if back is not None:  # a cycle: refer to the enclosing one, by depth
+        return ("cycle", len(acc.active) - back)
+    acc.active[me] = len(acc.active)
+    try:
+        return _canon_new(value, t, acc)
+    finally:
+        del acc.active[me]
+
+
+def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
     if t is tuple or t is list:
         return (t.__name__, *[_canon(v, acc) for v in value])
     if t is dict:
         return ("dict", *_sorted([(_canon(k, acc), _canon(v, acc)) for k, v in value.items()]))
     if t is set or t is frozenset:
         return (t.__name__, *_sorted([_canon(v, acc) for v in value]))
-    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+    module = t.__module__
+    if module == "numpy" and t.__name__ == "ndarray":
         if value.dtype.hasobject:
             return ("ndarray-object", value.shape, _canon(value.tolist(), acc))
         acc.cost += value.nbytes
         dtype = value.dtype.descr if value.dtype.names else value.dtype.str
         data = value if value.flags.c_contiguous else value.copy(order="C")
         return ("ndarray", dtype, value.shape, xxh3_128_hexdigest(data.view("u1").data))
+    if module.startswith("pandas") and t.__name__ in ("DataFrame", "Series", "Index"):
+        return _pandas(value, t, acc)
+    if getattr(t, "__durable_step__", False):
+        acc.code.append(value)
+        return ("step", value.name)
     if callable(value) and (inspect.isroutine(value) or isinstance(value, type)):
+        acc.code.append(value)  # named here; its code is walked by ``dependencies``
         return ("callable", getattr(value, "__module__", ""), value.__qualname__)
+    if module not in ("builtins", "numpy", "pandas"):
+        acc.code.append(t)  # an object of the user's class: its methods count
     fields = getattr(t, "__dataclass_fields__", None)
     if fields is not None:
         state = [(name, _canon(getattr(value, name, None), acc)) for name in fields]
-        return ("dataclass", t.__module__, t.__qualname__, *state)
+        return ("dataclass", module, t.__qualname__, *state)
     if isinstance(value, tuple) and hasattr(t, "_fields"):  # a NamedTuple
-        return ("namedtuple", t.__module__, t.__qualname__, *[_canon(v, acc) for v in value])
-    if hasattr(value, "__dict__") and _plain_object(t):
-        return ("object", t.__module__, t.__qualname__, _canon(vars(value), acc))
+        return ("namedtuple", module, t.__qualname__, *[_canon(v, acc) for v in value])
+    if isinstance(value, _BUILTIN_BASES):
+        # a subclass of a builtin (AttrDict, defaultdict, IntEnum...): its contents and state
+        base = next(b for b in _BUILTIN_BASES if isinstance(value, b))
+        if base in (str, bytes, int, float, complex):
+            inner: Any = base.__repr__(value)
+        else:
+            inner = _canon(base(value), acc)
+        return ("subclass", module, t.__qualname__, inner, *_state(value, t, acc))
+    if _default_reduce(t) and (hasattr(value, "__dict__") or _slots(t)):
+        return ("object", module, t.__qualname__, *_state(value, t, acc))
     try:
         data = pickle.dumps(value, protocol=5)
     except Exception:
         acc.opaque = True
-        return ("type", t.__module__, t.__qualname__)
+        return ("type", module, t.__qualname__)
     acc.cost += len(data)
-    return ("pickle", t.__module__, t.__qualname__, xxh3_128_hexdigest(data))
+    return ("pickle", module, t.__qualname__, xxh3_128_hexdigest(data))
+
+
+def _pandas(value: Any, t: type, acc: _Acc) -> Any:
+    """A DataFrame, Series or Index by its values, index, names and dtypes (its pickle
+    changes with the internal layout, e.g. after a round trip)."""
+    import pandas as pd
+
+    kind = t.__name__
+    try:
+        hashed = pd.util.hash_pandas_object(value, index=kind != "Index").to_numpy()
+    except TypeError:  # unhashable cells (lists, dicts): their canonical form
+        return (kind, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
+    acc.cost += hashed.nbytes * 4
+    if kind == "DataFrame":
+        names = (_canon([str(c) for c in value.columns], acc), tuple(map(str, value.dtypes)))
+    else:
+        names = (str(value.name), str(value.dtype))
+    return (kind, value.shape, names, xxh3_128_hexdigest(hashed.data))
 
 
 def digest_value(value: Any) -> ValueDigest:
-    """Canonical digest of one value, with its cost and whether part of it was opaque."""
+    """Canonical digest of one value, with its cost, whether part of it was opaque, and the
+    code found inside it."""
     acc = _Acc()
     try:
         canon = _canon(value, acc)
-    except RecursionError:  # a structure that refers to itself
+    except RecursionError:  # nested too deep to digest
         t = type(value)
         return ValueDigest(f"type:{t.__module__}.{t.__qualname__}", 0, True)
-    return ValueDigest(xxh3_128_hexdigest(pickle.dumps(canon, protocol=5)), acc.cost, acc.opaque)
+    digest = xxh3_128_hexdigest(pickle.dumps(canon, protocol=5))
+    return ValueDigest(digest, acc.cost, acc.opaque, tuple(acc.code))
 
 
 def value_digest(value: Any) -> str:
@@ -127,8 +201,11 @@ def value_digest(value: Any) -> str:
     return digest_value(value).digest
 
 
-def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """Canonical digest of a call's (bound) arguments; keyword order does not matter."""
+def args_digest(
+    args: tuple[Any, ...], kwargs: dict[str, Any], code: list[Any] | None = None
+) -> str:
+    """Canonical digest of a call's (bound) arguments; keyword order does not matter. The
+    code found inside them (callbacks, objects of the user's classes) is added to ``code``."""
     if not kwargs:
         for a in args:
             if type(a) not in _PRIMITIVES:
@@ -143,6 +220,8 @@ def args_digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         )
     except RecursionError:
         canon = (tuple(type(a).__qualname__ for a in args), tuple(sorted(kwargs)))
+    if code is not None:
+        code += acc.code
     return xxh3_128_hexdigest(pickle.dumps(canon, protocol=5))
 
 

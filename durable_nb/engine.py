@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from . import interrupts, serialization
 from .calls import Call, args_repr, encode
-from .capture import Tee, task_output
+from .capture import Capture, task_output
 from .dependencies import (
-    ACCEPTED,
     RunDependencies,
     StepDependencies,
     code_digest,
@@ -36,7 +35,8 @@ from .dependencies import (
     package_version,
 )
 from .digests import Arguments, args_digest
-from .errors import BlobError, DurableError, DurableWarning, PlanStop
+from .errors import BlobError, DurableError, DurableWarning, PlanStop, user_stacklevel
+from .location import locate_log
 from .plan import Plan
 from .records import CompletedRow, StepKey, StepRow, StoredStep
 from .store import Store
@@ -73,21 +73,23 @@ _default_path: Path | None = None
 
 def default_log_path() -> Path:
     """Where the log is when nobody said: ``DURABLE_NB_DB``, else the set default, else
-    ``.durable/default.db`` in the working directory."""
+    the notebook's log if the environment names the notebook, else ``.durable/default.db``
+    in the working directory."""
     env = os.environ.get("DURABLE_NB_DB")
     if env:
         return Path(env)
-    return _default_path or Path(".durable") / "default.db"
+    return _default_path or locate_log().path  # DURABLE_NB_NOTEBOOK, JPY_SESSION_NAME, ...
 
 
-def open_log(path: str | os.PathLike[str] | None = None) -> Store:
-    """Open (or create) the log at ``path`` and make it this process's current log."""
+def open_log(path: str | os.PathLike[str] | None = None, *, recover: bool = True) -> Store:
+    """Open (or create) the log at ``path`` and make it this process's current log
+    (``recover=False``: runs of dead processes are marked crashed at the first run)."""
     global _store, _default_path
     with _store_lock:
         target = Path(path).expanduser().absolute() if path else default_log_path().absolute()
         if _store is not None and _store.path == target:
             return _store
-        new = Store(target)
+        new = Store(target, recover=recover)
         if _store is not None:
             _store.close()
         _store, _default_path = new, target
@@ -104,12 +106,17 @@ def set_default_log_path(path: str | os.PathLike[str]) -> None:
             _store = None
 
 
-def get_store() -> Store:
+def get_store(*, recover: bool = True) -> Store:
     """The current log, opened on first use."""
     store = _store
     if store is not None:
         return store
-    return open_log(None)
+    return open_log(None, recover=recover)
+
+
+def current_store() -> Store | None:
+    """The open current log, if one is open."""
+    return _store
 
 
 def current_store_path() -> Path | None:
@@ -133,13 +140,14 @@ def close_log() -> None:
 class _Scope:
     """Where a step is being called: its run, the enclosing step's key, call counts."""
 
-    __slots__ = ("_key", "_text", "counts", "run")
+    __slots__ = ("_key", "_text", "counts", "lock", "run")
 
     def __init__(self, run: Run, key: StepKey | None) -> None:
         self.run = run
         self._key = key
         self._text: str | None = None if key else ""
         self.counts: dict[tuple[str, str], int] = {}
+        self.lock = threading.Lock()  # calls from several threads count occurrences in turn
 
     @property
     def key(self) -> str:
@@ -156,9 +164,30 @@ _current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
 )
 
 
+_running: list[_Scope] = []  # top-level scopes of the runs in progress in this process
+_MAIN = threading.main_thread().ident
+
+
+def _scope() -> _Scope | None:
+    """Where a step called here belongs: the context's scope; in a thread that did not
+    inherit it (a ``ThreadPoolExecutor``'s), the one run in progress in the process."""
+    scope = _current.get()
+    if scope is not None or threading.get_ident() == _MAIN or not _running:
+        return scope
+    if len(_running) == 1:
+        return _running[0]
+    warnings.warn(
+        "a step called from a thread while several workflows run is not durable: it cannot "
+        "tell which run it belongs to; pass contextvars.copy_context() to the thread",
+        DurableWarning,
+        stacklevel=3,
+    )
+    return None
+
+
 def current_run() -> Run | None:
     """The run that a step called here would belong to, or None."""
-    scope = _current.get()
+    scope = _scope()
     return scope.run if scope else None
 
 
@@ -180,17 +209,12 @@ _RUN = Decision()
 
 
 def decide(
-    completed: dict[StepKey, dict[str, StoredStep]] | None,
-    key: StepKey,
-    digest: str,
-    base: str | None = None,
+    completed: dict[StepKey, dict[str, StoredStep]] | None, key: StepKey, digest: str
 ) -> Decision:
     """The replay rule: replay a completed record with the same key and dependency digest.
 
-    A record that ``accept`` marked valid for the step's current ``base`` digest (its code
-    and dependencies, without what the call's arguments bring) counts as the same. Anything
-    else runs: no completed record (never run, or it raised, was interrupted or crashed),
-    only records made by other code or dependencies (``stale``), or a fresh run.
+    Anything else runs: no completed record (never run, or it raised, was interrupted or
+    crashed), only records made by other code or dependencies (``stale``), or a fresh run.
     """
     if completed is None:
         return Decision(reason="fresh run: the log is ignored")
@@ -198,8 +222,6 @@ def decide(
     if by_digest is None:
         return _RUN
     record = by_digest.get(digest)
-    if record is None and base is not None:
-        record = by_digest.get(ACCEPTED + base)
     if record is None:
         return Decision(stale=max(by_digest.values(), key=lambda r: r.id))
     return Decision(record)
@@ -237,8 +259,8 @@ class Run:
         self.status = "running"
         self.deps = RunDependencies()
         # (step, digest) of every call answered from the log or completed: a cell's skip
-        # later needs each to be still valid; the value is (base digest, argument refs)
-        self.used: dict[tuple[str, str], tuple[str, list[list[str]]]] = {}
+        # later needs each to be still valid; the value: what its arguments brought (refs)
+        self.used: dict[tuple[str, str], list[list[str]]] = {}
         self.interrupts = interrupts.count()
         self._watching = not plan and interrupts.watch()
         self.remarks: list[str] = []  # said once at the end of the run (version changes, ...)
@@ -249,6 +271,10 @@ class Run:
         self._warned: set[str] = set()
         self._aio: AsyncStore | None = None
         self._aio_ready: asyncio.Future[AsyncStore] | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()  # async steps running now
+        self.lock = threading.Lock()
+        self.failures: list[tuple[str, str]] = []  # (step, error) of calls that failed for good
+        self.plan_stop: PlanStop | None = None  # the first step a plan would run
 
     async def async_store(self) -> AsyncStore:
         """The aiosqlite twin of the store, opened by the first async step that needs it."""
@@ -260,7 +286,15 @@ class Run:
         return await asyncio.shield(self._aio_ready)  # a cancelled step does not cancel it
 
     async def afinish(self, exc: BaseException | None) -> None:
-        """``finish`` for async code: closes the async twin first."""
+        """``finish`` for async code: steps still running (``gather`` raised, say) are
+        cancelled and awaited, so that they log themselves interrupted in this run, then
+        the async twin is closed."""
+        me = asyncio.current_task()
+        pending = [t for t in self.tasks if t is not me and not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._aio is not None:
             aio, self._aio = self._aio, None
             await aio.close()
@@ -369,7 +403,7 @@ class Run:
         """Warn about ``name`` once per run."""
         if name not in self._warned:
             self._warned.add(name)
-            warnings.warn(message, DurableWarning, stacklevel=4)
+            warnings.warn(message, DurableWarning, stacklevel=user_stacklevel())
 
 
 class workflow:
@@ -422,7 +456,10 @@ class workflow:
             source_digest=self.source_digest,
             inputs_digest=self.inputs_digest,
         )
-        self._token = _current.set(_Scope(self.run, None))
+        self._root = _Scope(self.run, None)
+        self._token = _current.set(self._root)
+        if not self.plan:
+            _running.append(self._root)
         return self.run
 
     def _leave(self, exc: BaseException | None) -> bool:
@@ -431,15 +468,18 @@ class workflow:
             _current.reset(self._token)
         except ValueError:  # exited in another context (e.g. a task): just clear it
             _current.set(None)
+        if self._root in _running:
+            _running.remove(self._root)
         if not self.plan:
             return False
         run = self.run
-        if isinstance(exc, PlanStop):
-            run.plan_result = Plan(run.workflow, run.steps_replayed, exc.step, exc.args_repr,
-                                   exc.reason)  # fmt: skip
-            return True
-        run.plan_result = Plan(run.workflow, run.steps_replayed)
-        return False
+        stop = run.plan_stop
+        if stop is not None:
+            run.plan_result = Plan(run.workflow, run.steps_replayed, stop.step, stop.args_repr,
+                                   stop.reason)  # fmt: skip
+        else:
+            run.plan_result = Plan(run.workflow, run.steps_replayed)
+        return isinstance(exc, PlanStop)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         planned = self._leave(exc)
@@ -519,6 +559,10 @@ class Step:
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be 0 or more")
+        # @step above @staticmethod / @classmethod: the function inside, bound as they bind
+        self._binding = type(fn) if isinstance(fn, (staticmethod, classmethod)) else None
+        if self._binding is not None:
+            fn = fn.__func__  # type: ignore[union-attr]
         self.fn = fn
         self.name = name or _display_name(fn)
         self.retries = retries
@@ -536,6 +580,10 @@ class Step:
         return code_digest(self.fn)
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if self._binding is staticmethod:
+            return self
+        if self._binding is classmethod:
+            return functools.partial(self.__call__, objtype if objtype is not None else type(obj))
         return self if obj is None else functools.partial(self.__call__, obj)
 
     def __repr__(self) -> str:
@@ -545,20 +593,22 @@ class Step:
         """Key and digest a call, at call time (so occurrences are deterministic under
         ``gather()``)."""
         bound = self._arguments.key(args, kwargs)
-        digest = args_digest(*bound)
+        code: list[Any] = []  # callbacks, steps, classes of objects found in the arguments
+        digest = args_digest(*bound, code)
         counter = (self.name, digest)
-        occurrence = scope.counts.get(counter, 0)
-        scope.counts[counter] = occurrence + 1
+        with scope.lock:
+            occurrence = scope.counts.get(counter, 0)
+            scope.counts[counter] = occurrence + 1
         key = (scope.key, self.name, digest, occurrence)
         merged = self._arguments.merged(args, kwargs)
         run = scope.run
-        return Call(run, self.name, key, self.dependencies.digest(run.deps, *merged), *merged)
+        return Call(run, self.name, key, self.dependencies.digest(run.deps, code), *merged)
 
     def _lookup(self, call: Call) -> tuple[bool, Any]:
         """(replayed, value): the replay rule applied to one call; sets ``call.reason``."""
         run = call.run
         digest = call.digest
-        decision = decide(run.completed, call.key, digest.value, digest.base)
+        decision = decide(run.completed, call.key, digest.value)
         record = decision.record
         if record is None:
             stale = decision.stale
@@ -574,15 +624,17 @@ class Step:
                 if record.printed and not run.plan:
                     _emit_replayed(run.store.step_stdout(record.id))
                 run.replayed.append(record.id)
-                run.used[(self.name, digest.value)] = (digest.base, digest.refs)
+                run.used[(self.name, digest.value)] = digest.refs
                 run.compare_environment(record, call)
                 return True, value
-        if run.plan:
-            raise PlanStop(self.name, args_repr(call.args, call.kwargs), call.reason)
+        if run.plan:  # kept on the run too: the cell's code may catch it (bare except)
+            stop = PlanStop(self.name, args_repr(call.args, call.kwargs), call.reason)
+            run.plan_stop = run.plan_stop or stop
+            raise stop
         return False, None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        scope = _current.get()
+        scope = _current.get() or _scope()
         if scope is None:
             return self.fn(*args, **kwargs)
         call = self._call(scope, args, kwargs)
@@ -594,28 +646,28 @@ class Step:
         run = call.run
         for attempt in range(1, self.retries + 2):
             started = time.time()
-            tee = Tee(sys.stdout)
             token = _current.set(_Scope(run, call.key))
-            sys.stdout = tee
+            capture = Capture()
             before = interrupts.count()
             try:
                 value = self.fn(*args, **kwargs)
             except BaseException as exc:
-                sys.stdout = tee.target
+                capture.stop()
                 _current.reset(token)
-                if self._failed(call, attempt, started, tee.parts, exc):
+                if self._failed(call, attempt, started, capture.parts, exc):
                     time.sleep(self._delay(attempt))
                     continue
                 raise
-            sys.stdout = tee.target
+            capture.stop()
             _current.reset(token)
             encoded, why = encode(value)
             blob = None
             if encoded is not None and not encoded.inline:  # the blob exists before its row
                 blob = run.store.blobs.write(encoded.segments)
             caught = interrupts.count() != before
-            run.record(call, call.row(attempt, started, tee.parts, value=value, encoded=encoded,
-                                      blob=blob, note=why, interrupted=caught))  # fmt: skip
+            run.record(call, call.row(attempt, started, capture.parts, value=value,
+                                      encoded=encoded, blob=blob, note=why,
+                                      interrupted=caught))  # fmt: skip
             self._completed(call, value, why, caught)
             return value
         raise AssertionError("unreachable")
@@ -624,6 +676,18 @@ class Step:
         replayed, value = self._lookup(call)
         if replayed:
             return value
+        run = call.run
+        task = asyncio.current_task()
+        if task is not None:  # cancelled if the run ends first (e.g. gather raised)
+            run.tasks.add(task)
+        try:
+            return await self._attempts_async(call, args, kwargs)
+        finally:
+            run.tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _attempts_async(
+        self, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         run = call.run
         for attempt in range(1, self.retries + 2):
             started = time.time()
@@ -658,15 +722,21 @@ class Step:
         self, call: Call, attempt: int, started: float, printed: list[str], exc: BaseException
     ) -> bool:
         """Log a failed or interrupted attempt; True when another attempt should follow."""
-        call.run.record(call, call.row(attempt, started, printed, error=exc))
-        return isinstance(exc, Exception) and attempt <= self.retries
+        run = call.run
+        run.record(call, call.row(attempt, started, printed, error=exc))
+        again = isinstance(exc, Exception) and attempt <= self.retries
+        if isinstance(exc, Exception) and not again:
+            with run.lock:
+                run.failures.append((self.name, f"{type(exc).__name__}: {str(exc)[:80]}"))
+        return again
 
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
         """Count a finished call; warn once if its value is not durable."""
         run = call.run
-        run.steps_run += 1
+        with run.lock:  # steps may finish in several threads at once
+            run.steps_run += 1
         if why is None and not interrupted:
-            run.used[(self.name, call.digest.value)] = (call.digest.base, call.digest.refs)
+            run.used[(self.name, call.digest.value)] = call.digest.refs
         if why is not None:
             run.warn_once(
                 self.name,

@@ -15,6 +15,8 @@ Every error is one readable line that ends with what to do next::
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "ReplicationError",
     "SchemaTooNewError",
     "WorkflowBusyError",
+    "user_stacklevel",
 ]
 
 
@@ -87,3 +90,15 @@ class PlanStop(BaseException):
     def __init__(self, step: str, args_repr: str, reason: str | None) -> None:
         super().__init__(step, args_repr, reason)
         self.step, self.args_repr, self.reason = step, args_repr, reason
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning that points at the user's line (the first frame
+    outside durable_nb), so that it is shown once and where it matters."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+    return level

@@ -63,6 +63,13 @@ class _Rewriter:
         return cells.rewrite(node)
 
 
+def _unquote(arg: str) -> str:
+    """``'/tmp/with space.db'`` -> ``/tmp/with space.db`` (IPython keeps the quotes)."""
+    if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "'\"":
+        return arg[1:-1]
+    return arg
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -181,12 +188,13 @@ class DurableCell:
         reads: tuple[str, ...] = (),
         attrs: tuple[str, ...] = (),
         unknown: str | None = None,
+        imports: tuple[str, ...] = (),
     ) -> None:
         self.ext = ext
         self.header = f"%%durable {args}".rstrip()
         self.opts = ext.parse_cell_args(args)
         self.digest = digest
-        self.reads = cells.CellReads(reads, attrs, unknown)
+        self.reads = cells.CellReads(reads, attrs, unknown, imports)
         self.execute = True
         self.name = self.opts.name or ext.unnamed(digest)
         self._outputs = _Outputs(ext.shell)
@@ -221,9 +229,12 @@ class DurableCell:
         if skip.run is None or skip.cell is None:
             return False
         try:
-            names = cellstate.restore(store, skip.cell.variables, self.ext.shell.user_ns)
+            names = cellstate.restore(store, skip, self.ext.shell.user_ns)
         except Exception as exc:  # a lost or damaged blob, say: run the cell instead
             print(f"{self.name}: cannot restore the saved cell ({exc}); running it")
+            return False
+        if isinstance(names, str):  # a step its last run used would not replay now
+            self._not_skipped = f"; not skipped: {names}"
             return False
         self._outputs.replay(cellstate.load_outputs(skip.cell.outputs))
         store.note("cell skipped", f"unchanged since run {skip.run.id}", workflow=self.name)
@@ -262,7 +273,7 @@ class DurableCell:
     def __enter__(self) -> DurableCell:
         __tracebackhide__ = True
         _restore_header(self._cell_filename(), self.header)
-        store = self.ext.store()
+        store = engine.get_store(recover=not self.opts.plan)  # a plan writes nothing
         namespace = self.ext.shell.user_ns
         self.inputs = cellstate.CellInputs(namespace, self.reads)
         if self.opts.plan:
@@ -286,31 +297,9 @@ class DurableCell:
             return False
         if self._guard is not None:
             return self._end_plan(exc_type, exc, tb)
-        try:
-            if exc is None:
-                _flush_inline_figures()
-        finally:
-            self._outputs.stop()
+        self._stop_outputs(exc)
         self._flow.__exit__(exc_type, exc, tb)
-        run = self._flow.run
-        assert run is not None
-        note = ""
-        if run.status == "completed":
-            namespace = self.ext.shell.user_ns
-            change = cellstate.changes(namespace, self._before, self.inputs)
-            saved = cellstate.save_cell(run, namespace, change, self._outputs.items)
-            if saved:
-                note = f"; the cell will run again next time: {saved}"
-        elif exc is None:  # the code caught a Ctrl-C: what it made may be partial
-            note = "; Ctrl-C arrived during the run: the cell will run again next time"
-        outcome = {"completed": "", "failed": ", failed", "interrupted": ", interrupted"}
-        remarks = "".join(f"; {remark}" for remark in run.remarks)
-        print(
-            f"{self.name}: {run.steps_replayed} steps replayed, {run.steps_run} run "
-            f"({_duration(run.elapsed)}{outcome.get(run.status, '')}), "
-            f"log {_show_path(run.store.path)}{remarks}{self._not_skipped}{note}"
-        )
-        return False
+        return self._summary(exc)
 
     async def __aenter__(self) -> DurableCell:
         __tracebackhide__ = True
@@ -318,7 +307,42 @@ class DurableCell:
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         __tracebackhide__ = True
-        return self.__exit__(exc_type, exc, tb)
+        if self._flow is None or self._guard is not None:
+            return self.__exit__(exc_type, exc, tb)
+        self._stop_outputs(exc)
+        await self._flow.__aexit__(exc_type, exc, tb)  # cancels async steps still running
+        return self._summary(exc)
+
+    def _stop_outputs(self, exc: BaseException | None) -> None:
+        try:
+            if exc is None:
+                _flush_inline_figures()
+        finally:
+            self._outputs.stop()
+
+    def _summary(self, exc: BaseException | None) -> bool:
+        """Save what a completed cell changed, and say what happened in one line."""
+        assert self._flow is not None
+        run = self._flow.run
+        assert run is not None
+        note = ""
+        if run.status == "completed":
+            namespace = self.ext.shell.user_ns
+            change = cellstate.changes(namespace, self._before, self.inputs, run)
+            saved = cellstate.save_cell(run, namespace, change, self._outputs.items)
+            if saved:
+                note = f"; the cell will run again next time: {saved}"
+        elif exc is None:  # the code caught a Ctrl-C: what it made may be partial
+            note = "; Ctrl-C arrived during the run: the cell will run again next time"
+        outcome = {"completed": "", "failed": ", failed", "interrupted": ", interrupted"}
+        remarks = "".join(f"; {remark}" for remark in run.remarks)
+        failed = f", {len(run.failures)} failed" if run.failures else ""
+        print(
+            f"{self.name}: {run.steps_replayed} steps replayed, {run.steps_run} run{failed} "
+            f"({_duration(run.elapsed)}{outcome.get(run.status, '')}), "
+            f"log {_show_path(run.store.path)}{remarks}{self._not_skipped}{note}"
+        )
+        return False
 
 
 class Extension:
@@ -408,6 +432,7 @@ class DurableMagics(Magics):
         """The log: ``%durable info | open PATH | forget NAME | accept NAME | gc | log [NAME] |
         timeline [NAME]``, and its backup: ``replicate [URL] | replication | restore [URL]``."""
         opts = parse_argstring(self.durable_line, line)
+        opts.args = [_unquote(arg) for arg in opts.args]
         handler = getattr(self, f"_{opts.command}")
         try:
             handler(opts)

@@ -24,7 +24,8 @@ def _boot_id() -> str:
 
 
 def _start_ticks(pid: int) -> str | None:
-    """The process start time in clock ticks since boot, or None if no such process."""
+    """The process start time in clock ticks since boot, or None if no such process (a
+    zombie, killed but not yet reaped by its parent, counts as none: it is dead)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -34,6 +35,8 @@ def _start_ticks(pid: int) -> str | None:
         return "-"
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # zombie, or dead
+        return None
     return fields[19].decode()
 
 

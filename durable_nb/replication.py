@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import engine
 from .blobs import blob_folder, set_mirror
-from .errors import ReplicationError
+from .errors import DurableWarning, ReplicationError
 from .replica import Replica, child_environment, parse_url
 from .store import Store, fail, referenced_blobs
 
@@ -307,6 +308,7 @@ def _last_local_change(path: Path) -> float | None:
 
 
 _replicators: dict[Path, Replicator] = {}
+_stopped_by_restore: dict[Path, str] = {}  # log -> the URL it was replicated to
 
 
 @atexit.register
@@ -329,14 +331,18 @@ def replicate(
     if current is not None and current.state is State.RUNNING:
         current.start()  # raises "already running" while its process lives
     _replicators[path] = replicator
+    _stopped_by_restore.pop(path, None)
     return replicator.start()
 
 
 def replication_status(log: str | os.PathLike[str] | None = None) -> ReplicationStatus:
     """The state of this process's replication of a log."""
-    replicator = _replicators.get(_log_path(log))
+    path = _log_path(log)
+    replicator = _replicators.get(path)
     if replicator is None:
-        return ReplicationStatus("stopped", None, None, None, None, None, None)
+        url = _stopped_by_restore.get(path)
+        why = "stopped by a restore of the log; %durable replicate starts it again"
+        return ReplicationStatus("stopped", url, None, None, None, None, why if url else None)
     return replicator.status()
 
 
@@ -530,6 +536,13 @@ def _open_elsewhere(path: Path) -> bool:
 
 def _replace_live(live: Path, restored: Path) -> None:
     """Swap the restored file in for the live log, keeping a dated backup of the old one."""
+    current = engine.current_store()
+    if current is not None and current.path == live and current.running_here():
+        raise ReplicationError(
+            f"a workflow of {live} is running in this kernel (run "
+            f"{current.running_here()[0]}); restore when it has finished, or restore to a "
+            "copy with to=PATH"
+        )
     was_replicating = _replicators.get(live)
     if was_replicating is not None:
         stop_replication(live)  # litestream must not ship the swap as a change
@@ -564,3 +577,11 @@ def _replace_live(live: Path, restored: Path) -> None:
         engine.open_log(live)
     else:
         Store(live).close()  # marks runs of dead processes crashed, as any open does
+    if was_replicating is not None:  # said by replication_status() and a warning
+        _stopped_by_restore[live] = was_replicating.url
+        warnings.warn(
+            f"replication of {live} to {was_replicating.url} was stopped by the restore; "
+            "start it again with %durable replicate (or durable_nb.replicate())",
+            DurableWarning,
+            stacklevel=3,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -85,12 +86,18 @@ def run_notebook(
     finish; the executed notebook is written to ``output`` when given.
     """
     import nbformat
-    from jupyter_client.manager import KernelManager
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     path = Path(notebook).absolute()
     nb = nbformat.read(path, as_version=4)
     count = 0
+    current = -1
+
+    def on_cell_start(cell: Any, cell_index: int) -> None:
+        nonlocal current
+        current = cell_index
 
     def on_cell_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
         nonlocal count
@@ -100,29 +107,48 @@ def run_notebook(
             echo.flush()
 
     # Unix sockets in a private folder instead of TCP ports other local users could reach.
+    # The async manager: nbclient then notices a dead kernel (the sync one blocks on iopub).
     sockets = tempfile.mkdtemp(prefix="durable-nb-")
-    km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockets}/kernel")
+    km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockets}/kernel")
     client = _cell_id_client()(
         nb,
         km=km,
         timeout=timeout,
         kernel_name=kernel_name,
         resources={"metadata": {"path": str(path.parent)}},
+        on_cell_start=on_cell_start,
         on_cell_executed=on_cell_executed,
     )
     env = {**os.environ, "DURABLE_NB_NOTEBOOK": str(path)}
     env.pop("JPY_SESSION_NAME", None)
     error = None
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         client.execute(env=env)
     except CellExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else str(exc)
     except CellTimeoutError as exc:
         error = f"timeout: {exc}"
+    except DeadKernelError:
+        error = f"the kernel died while running cell {current + 1}{_first_line(nb, current)}"
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if km.has_kernel:  # nbclient leaves a kernel it did not create running
-            km.shutdown_kernel()
+            run_sync(km.shutdown_kernel)(now=True)
         shutil.rmtree(sockets, ignore_errors=True)
         if output is not None:
             nbformat.write(nb, str(output))
     return NotebookRun(path, locate_log({}, env).path, count, error)  # as the kernel found it
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM: stop like Ctrl-C, so the kernel is shut down and the notebook written."""
+    raise KeyboardInterrupt
+
+
+def _first_line(nb: Any, index: int) -> str:
+    cells = nb.get("cells", [])
+    if not 0 <= index < len(cells):
+        return ""
+    lines = cells[index].get("source", "").strip().splitlines()
+    return f" ({lines[0][:60]})" if lines else ""

@@ -181,7 +181,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN environment TEXT;
     """,
     # 5: for cell skip, the step calls a cell's run used (replayed or ran), as JSON
-    # [[step, digest, base digest, argument refs], ...]: each must still be valid to skip.
+    # [[step, digest, argument refs], ...]: each must still be valid to skip.
     """
     ALTER TABLE cells ADD COLUMN steps TEXT;
     """,

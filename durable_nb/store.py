@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from . import owner as owners
 from .blobs import BlobStore, blob_folder
@@ -93,6 +95,7 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
 def fail(path: Path, exc: BaseException, doing: str) -> LogFileError:
     """Translate a sqlite3/OS error about the log file into one line saying what to do."""
     text = str(exc)
+    lower = text.lower()
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         return LogFileError(
             f"the log {path} is corrupted ({text}); restore it with durable_nb.restore() or "
@@ -100,10 +103,10 @@ def fail(path: Path, exc: BaseException, doing: str) -> LogFileError:
             path=str(path),
         )
     if (
-        "readonly" in text
-        or "read-only" in text
+        "readonly" in lower
+        or "read-only" in lower
         or isinstance(exc, PermissionError)
-        or ("unable to open" in text)
+        or ("unable to open" in lower)
     ):
         return LogFileError(
             f"cannot {doing} the log {path} ({text}); make its folder writable, or pick "
@@ -132,17 +135,28 @@ def _check_header(path: Path) -> None:
 
 
 def _create(path: Path) -> None:
-    """Create the log file and its folder, user-only (0600 / 0700)."""
+    """Create the log file and its folder, user-only (0600 / 0700). Other processes may be
+    creating the same ones at the same moment: whoever comes second uses them."""
     try:
-        if not path.parent.exists():
+        if not path.parent.is_dir():
             path.parent.parent.mkdir(parents=True, exist_ok=True)  # the user's own folders
-            path.parent.mkdir(mode=0o700)  # .durable/: user-only
+            path.parent.mkdir(mode=0o700, exist_ok=True)  # .durable/: user-only
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
+        if path.is_dir():
+            raise _directory(path) from None
         return
     except OSError as exc:
         raise fail(path, exc, "create") from None
     os.close(fd)
+
+
+def _directory(path: Path) -> LogFileError:
+    return LogFileError(
+        f"{path} is a folder, not a log file; give a file path such as {path / 'log.db'} "
+        "(%durable open PATH or DURABLE_NB_DB)",
+        path=str(path),
+    )
 
 
 def pragmas(*, readonly: bool = False) -> list[str]:
@@ -166,20 +180,38 @@ def pragmas(*, readonly: bool = False) -> list[str]:
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (creating if needed) a log file, check it, set its pragmas and migrate it."""
+    if path.is_dir():
+        raise _directory(path)
     if not path.exists():
         if readonly:
             raise LogFileError(f"no log at {path}; check the path", path=str(path))
         _create(path)
     _check_header(path)
-    target = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    target = f"file:{quote(str(path))}?mode=ro" if readonly else f"file:{quote(str(path))}"
     try:
         conn = sqlite3.connect(target, uri=True, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise fail(path, exc, "open") from None
     try:
-        _check_schema(conn, path)
+        conn.execute("PRAGMA busy_timeout = 10000")  # first: another process may be creating it
+        try:
+            _check_schema(conn, path)
+        except sqlite3.OperationalError as exc:
+            if not readonly or ("unable to open" not in str(exc) and "readonly" not in str(exc)):
+                raise
+            # A read-only folder (a mount, a restored backup): SQLite cannot make the WAL's
+            # shared-memory file, so read the file as it is, as an immutable database.
+            conn.close()
+            conn = sqlite3.connect(
+                f"file:{quote(str(path))}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            _check_schema(conn, path)
         for pragma in pragmas(readonly=readonly):
-            conn.execute(pragma)
+            if "journal_mode" in pragma:
+                _set_wal(conn)
+            else:
+                conn.execute(pragma)
         if not readonly:
             _migrate(conn)
     except sqlite3.Error as exc:
@@ -191,18 +223,34 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _set_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
+    """Put the file in WAL mode. SQLite answers "locked" at once, without waiting, while
+    another process switches a new file's mode: ask again until it is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse files of other applications, newer schemas and damaged files, read-only."""
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if app_id != APPLICATION_ID:
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id != 0 or version != 0 or tables:
-            raise LogFileError(
-                f"{path} is a SQLite database but not a durable_nb log; pick another file "
-                "with %durable open PATH",
-                path=str(path),
-            )
+    # One statement, one snapshot: another process may be creating the schema right now.
+    app_id, version, tables = conn.execute(
+        "SELECT (SELECT application_id FROM pragma_application_id), "
+        "(SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_master)"
+    ).fetchone()
+    if app_id != APPLICATION_ID and (app_id != 0 or version != 0 or tables):
+        raise LogFileError(
+            f"{path} is a SQLite database but not a durable_nb log; pick another file "
+            "with %durable open PATH",
+            path=str(path),
+        )
     if version > SCHEMA_VERSION:
         raise SchemaTooNewError(
             f"the log {path} was written by a newer durable_nb (schema {version}, this one "
@@ -217,21 +265,44 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
             raise fail(path, sqlite3.DatabaseError(f"corrupt: {first}"), "open")
 
 
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration script (semicolons in strings are kept)."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending)
+            pending = ""
+    return statements
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Apply the migrations this file lacks, each atomically with its version bump."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.executescript(
-            f"BEGIN IMMEDIATE; {script}; PRAGMA application_id = {APPLICATION_ID}; "
-            f"PRAGMA user_version = {number}; COMMIT;"
-        )
-        log.debug("migrated log to schema %d", number)
+    """Apply the migrations this file lacks, in one write transaction that first reads the
+    version again (two processes opening a new log at once must not both migrate it)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {number}")
+            log.debug("migrated log to schema %d", number)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Store:
     """One durable_nb log file: runs, steps, cells and notes, plus its blob folder."""
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, readonly: bool = False, recover: bool = True
+    ) -> None:
         self.path = Path(path).expanduser().absolute()
         self.readonly = readonly
         self.blobs = BlobStore(blob_folder(self.path))
@@ -242,7 +313,8 @@ class Store:
         self._digests: set[str] = set()  # digests whose document is stored (this process)
         self.conn = connect(self.path, readonly=readonly)
         self._checkpointer = None if readonly else Checkpointer(self.path)
-        if not readonly:
+        self._recovered = False
+        if not readonly and recover:  # else at the first run (a --plan writes nothing)
             self.recover_crashed()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -303,8 +375,13 @@ class Store:
             return run_id in self._active
         return owners.is_alive(owner)
 
+    def running_here(self) -> list[int]:
+        """The runs this process started on this log that have not ended."""
+        return sorted(self._active)
+
     def recover_crashed(self) -> list[int]:
         """Mark runs left ``running`` by processes that are gone as ``crashed``."""
+        self._recovered = True
         rows = self.conn.execute("SELECT id, owner FROM runs WHERE status = 'running'").fetchall()
         dead = [run_id for run_id, owner in rows if not self._held(run_id, owner)]
         if dead:
@@ -320,6 +397,8 @@ class Store:
         inputs_digest: str | None = None,
     ) -> int:
         """Start a run of ``workflow``; refuse if a live process is running it."""
+        if not self._recovered:
+            self.recover_crashed()
         with self.transaction() as conn:
             for run_id, owner, pid in conn.execute(
                 "SELECT id, owner, pid FROM runs WHERE workflow = ? AND status = 'running'",
@@ -460,24 +539,44 @@ class Store:
         )
         return [r[0] for r in rows]
 
-    def accept(self, workflow: str, step: str, digest: str, document: str, who: str) -> int:
-        """Make the completed records of a step valid for ``digest``; returns how many.
+    def last_used(self, workflow: str, step: str) -> list[tuple[int, str]]:
+        """(id, digest) of the completed records of a step that its workflow used last: per
+        call, the record the newest run replayed or made."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.code_digest, s.scope, s.args_digest, s.occurrence, "
+            "max(s.run_id, coalesce(max(r.run), 0)) FROM steps s LEFT JOIN "
+            "(SELECT runs.id AS run, CAST(j.value AS INTEGER) AS step FROM runs, "
+            "json_each(runs.replayed_steps) AS j WHERE runs.workflow = ? "
+            "AND runs.replayed_steps IS NOT NULL) AS r ON r.step = s.id "
+            "WHERE s.workflow = ? AND s.name = ? AND s.status = 'completed' GROUP BY s.id",
+            (workflow, workflow, step),
+        ).fetchall()
+        newest: dict[tuple[str, str, int], tuple[tuple[int, int], int, str]] = {}
+        for step_id, digest, scope, args, occurrence, used in rows:
+            key = (scope, args, occurrence)
+            if key not in newest or (used, step_id) > newest[key][0]:
+                newest[key] = ((used, step_id), step_id, digest)
+        return sorted((step_id, digest) for _, step_id, digest in newest.values())
 
-        The replaced digests are kept in the note this writes (an audit trail)."""
+    def accept(
+        self,
+        workflow: str,
+        step: str,
+        changes: list[tuple[int, str, str]],
+        documents: dict[str, str],
+        who: str,
+    ) -> int:
+        """Give records new digests, ``changes`` as (id, old digest, new digest), with the
+        new digests' documents; the replaced digests stay in the note this writes."""
         with self.transaction() as conn:
-            where = "WHERE workflow = ? AND name = ? AND status = 'completed'"
-            old = [
-                d
-                for (d,) in conn.execute(
-                    f"SELECT DISTINCT code_digest FROM steps {where}", (workflow, step)
-                )
-            ]
-            count = conn.execute(
-                f"UPDATE steps SET code_digest = ? {where}", (digest, workflow, step)
-            ).rowcount
-            conn.execute(
-                "INSERT OR REPLACE INTO digests (digest, doc) VALUES (?, ?)", (digest, document)
+            conn.executemany(
+                "UPDATE steps SET code_digest = ? WHERE id = ?",
+                [(new, step_id) for step_id, _, new in changes],
             )
+            conn.executemany(
+                "INSERT OR REPLACE INTO digests (digest, doc) VALUES (?, ?)", documents.items()
+            )
+            old = sorted({d for _, d, _ in changes})
             conn.execute(
                 "INSERT INTO notes (ts, workflow, step, kind, detail) VALUES (?,?,?,?,?)",
                 (
@@ -485,12 +584,12 @@ class Store:
                     workflow,
                     step,
                     "accept",
-                    f"{count} records accepted for digest {digest} by {who}; "
-                    f"their digests were {', '.join(old) or 'none'}",
+                    f"{len(changes)} records accepted for digests {', '.join(sorted(documents))}"
+                    f" by {who}; their digests were {', '.join(old) or 'none'}",
                 ),
             )
-        self._digests.add(digest)
-        return count
+        self._digests.update(documents)
+        return len(changes)
 
     def insert_step(self, row: StepRow) -> int:
         """Record one finished attempt of a step in a single commit."""
@@ -512,7 +611,7 @@ class Store:
         params: tuple[Any, ...] = (workflow, step)
         if occurrence is not None:
             sql += " AND occurrence = ?"
-            params += (occurrence,)
+            params += (operator.index(occurrence),)  # numpy integers too
         if args is not None:
             sql += " AND args_repr = ?"
             params += (args,)

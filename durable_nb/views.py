@@ -9,6 +9,7 @@ machine is safe to look at. ``result()`` loads one value, explicitly. Every view
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,7 +94,7 @@ def steps(workflow: str | None = None, run: int | None = None, log: LogArg = Non
         params.append(workflow)
     if run is not None:
         where.append("run_id = ?")
-        params.append(run)
+        params.append(operator.index(run))  # numpy integers too (sqlite binds them as BLOB)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     with _opened(log) as store:
         rows = store.conn.execute(

@@ -337,7 +337,7 @@ def test_accept_makes_changed_steps_replay_and_leaves_a_note(module, log_path: P
         assert s(1) == 20
     assert run.steps_replayed == 1 and nb.calls == []
     note = sqlite3.connect(log_path).execute("SELECT kind, detail FROM notes").fetchone()
-    assert note[0] == "accept" and "1 records accepted for digest accepted:" in note[1]
+    assert note[0] == "accept" and "1 records accepted for digests " in note[1]
     nb.FACTOR = 3  # a later change still counts
     with workflow("acc") as run:
         assert s(1) == 6
@@ -403,3 +403,179 @@ def test_package_versions_are_recorded_and_tracked_on_demand(tmp_path: Path) -> 
     assert outputs[1][0] == "1 1"  # recorded replays, tracked runs again
     assert outputs[1][1] == "['fakepkg 1.0 -> 2.0 since the stored results of recorded']"
     assert outputs[1][2] == "fakepkg 1.0 -> 2.0 since run 1"
+
+
+def test_accept_takes_the_record_the_last_run_used(module, log_path: Path) -> None:
+    """v*1, then v*2, then v*1 again (its old record replays); after a rename, accept must
+    bring back the v*1 result that the last run used, not the newer v*2 one."""
+    src = "def f(v):\n    return v * 1\n"
+    for source, expected in [(src, 10), (src.replace("* 1", "* 2"), 20), (src, 10)]:
+        nb = module("nb_flip", source)
+        with workflow("flip"):
+            assert Step(nb.f)(10) == expected
+    nb = module("nb_flip", "def f(v):\n    w = v\n    return w * 1\n")
+    s = Step(nb.f)
+    assert durable_nb.accept("flip", "f") == 1
+    with workflow("flip") as run:
+        assert s(10) == 10
+    assert run.steps_replayed == 1
+
+
+def test_accepted_records_still_see_the_code_of_their_arguments(module, log_path: Path) -> None:
+    nb = module("nb_cb", "def apply(fn, v):\n    return fn(v)\ndef cb(v):\n    return v * 2\n")
+    with workflow("cb"):
+        assert Step(nb.apply)(nb.cb, 3) == 6
+    nb = module(
+        "nb_cb", "def apply(fn, v):\n    r = fn(v)\n    return r\ndef cb(v):\n    return v * 2\n"
+    )
+    s = Step(nb.apply)
+    assert durable_nb.accept("cb", "apply") == 1
+    with workflow("cb") as run:
+        assert s(nb.cb, 3) == 6
+    assert run.steps_replayed == 1
+    nb = module(
+        "nb_cb", "def apply(fn, v):\n    r = fn(v)\n    return r\ndef cb(v):\n    return v * 200\n"
+    )
+    with workflow("cb") as run:
+        assert Step(nb.apply)(nb.cb, 3) == 600
+    assert run.steps_run == 1
+
+
+SUBTLE = """
+    import numpy as np
+
+    class Cfg(dict):
+        pass
+
+    class Slotted:
+        __slots__ = ("names",)
+        def __init__(self, names):
+            self.names = names
+
+    class Node:
+        def __init__(self, value, parent=None):
+            self.value, self.parent, self.children = value, parent, []
+            if parent is not None:
+                parent.children.append(self)
+
+    class Net:
+        def forward(self, v):
+            return v * 2
+
+    class Trainer:
+        def __init__(self, net):
+            self.net = net
+        def run(self, v):
+            return self.net.forward(v)
+
+    def scale(v):
+        return v * 2
+
+    def loss(v):
+        return v * 2
+
+    CFG = Cfg(lr=0.1)
+    SLOTTED = Slotted({"a", "b", "c"})
+    ROOT = Node(1)
+    Node(2, ROOT)
+    PIPE = [scale]
+    TR = Trainer(Net())
+
+    def by_subclass(v):
+        return CFG["lr"] * v
+
+    def by_slots(v):
+        return len(SLOTTED.names) * v
+
+    def by_cycle(v):
+        return (ROOT.value + ROOT.children[0].value) * v
+
+    def by_list_of_functions(v):
+        return PIPE[0](v)
+
+    def by_default(v, loss_fn=loss):
+        return loss_fn(v)
+
+    def by_nested_object(v):
+        return TR.run(v)
+
+    def apply(fns, v):
+        return fns[0](v)
+"""
+
+
+def test_values_hiding_code_or_state_count(module, log_path: Path) -> None:
+    """Subclasses of builtins, slots, cycles, functions inside values, defaults and objects
+    inside objects: a change in any of them runs the step again."""
+    nb = module("nb_subtle", SUBTLE)
+    names = ["by_subclass", "by_slots", "by_cycle", "by_list_of_functions", "by_default",
+             "by_nested_object"]  # fmt: skip
+
+    def run_all(nb: ModuleType) -> list[object]:
+        with workflow("subtle"):
+            return [Step(getattr(nb, n))(3) for n in names] + [Step(nb.apply)([nb.scale], 3)]
+
+    first = run_all(nb)
+    assert first == [0.30000000000000004, 9, 9, 6, 6, 6, 6]
+    with workflow("subtle") as run:
+        again = [Step(getattr(nb, n))(3) for n in names] + [Step(nb.apply)([nb.scale], 3)]
+    assert again == first and run.steps_replayed == 7
+    changed = SUBTLE
+    for old, new in [
+        ("lr=0.1", "lr=0.9"),
+        ('{"a", "b", "c"}', '{"a", "b", "c", "d"}'),
+        ("Node(1)", "Node(100)"),
+        ("return v * 2\n\n    def loss", "return v * 200\n\n    def loss"),
+        ("def loss(v):\n        return v * 2", "def loss(v):\n        return v * 20"),
+        (
+            "def forward(self, v):\n            return v * 2",
+            "def forward(self, v):\n            return v * 7",
+        ),
+    ]:
+        assert old in changed
+        changed = changed.replace(old, new)
+    nb = module("nb_subtle", changed)
+    assert run_all(nb) == [2.7, 12, 306, 600, 60, 21, 600]
+
+
+def test_a_big_array_changed_in_place_between_two_calls_is_seen(module, log_path: Path) -> None:
+    nb = module(
+        "nb_inplace",
+        "import numpy as np\nARR = np.zeros(300_000)\ndef s(tag):\n    return float(ARR.sum())\n",
+    )
+    s = Step(nb.s)
+    with workflow("inplace"):
+        assert s("a") == 0.0
+        nb.ARR += 1
+        assert s("b") == 300_000.0
+    nb.ARR[:] = 0
+    with workflow("inplace") as run:
+        assert s("a") == 0.0
+        nb.ARR += 5
+        assert s("b") == 1_500_000.0
+    assert (run.steps_replayed, run.steps_run) == (1, 1)
+
+
+EDITED = """
+import sys, pathlib
+sys.path.insert(0, sys.argv[2])
+import durable_nb, edited_helpers
+from durable_nb import step, workflow
+durable_nb.open_log(sys.argv[1])
+if len(sys.argv) > 3:  # edit the file after importing it, and do not reload
+    pathlib.Path(sys.argv[2], "edited_helpers.py").write_text("def f(v):\\n    return v * 99\\n")
+with workflow("edited"):
+    print(step(edited_helpers.f, 5))
+"""
+
+
+def test_a_module_edited_on_disk_but_not_reloaded_is_digested_as_it_runs(tmp_path: Path) -> None:
+    (tmp_path / "edited_helpers.py").write_text("def f(v):\n    return v * 10\n")
+    log = str(tmp_path / "e.db")
+    outputs = []
+    for extra in (["edit"], []):
+        proc = python(EDITED, log, str(tmp_path), *extra, cwd=tmp_path)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        outputs.append(out.strip())
+    assert outputs == ["50", "495"]  # the old code ran; the new file's code runs, not replays

@@ -349,11 +349,8 @@ def test_decide_is_the_replay_rule() -> None:
     newer = StoredStep(2, 8, "code-c", "pickle", b"", None, False)
     log = {key: {"code-a": record, "code-c": newer}}
     assert decide(log, key, "code-a").record is record
-    changed = decide(log, key, "code-b", "base-b")
+    changed = decide(log, key, "code-b")
     assert not changed.replay and changed.stale is newer  # the newest, to say what changed
-    accepted = {key: {"accepted:base-b": record}}
-    assert decide(accepted, key, "code-b", "base-b").record is record
-    assert not decide(accepted, key, "code-b", "base-c").replay
     assert not decide({}, key, "code-a").replay
     fresh = decide(None, key, "code-a")
     assert not fresh.replay and fresh.reason == "fresh run: the log is ignored"

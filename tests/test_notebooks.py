@@ -20,8 +20,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def nbval(folder: Path, notebook: str) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--nbval", notebook,
-        "--nbval-sanitize-with", "sanitize.cfg", "--nbval-current-env",
-    ]  # fmt: skip
+        "--nbval-current-env",
+    ]  # fmt: skip  # the notebook path and the sanitizer come from durable_nb's plugin
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DURABLE_NB_DB", None)
     return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
@@ -75,3 +75,24 @@ def test_readme_first_command_runs_the_quickstart(tmp_path: Path) -> None:
     log = clone / "notebooks" / ".durable" / "01_quickstart.db"
     assert f"log: {log}" in result.stdout
     assert log.exists()
+
+
+def test_a_users_own_notebook_passes_nbval_twice(tmp_path: Path) -> None:
+    """No conftest, no sanitizer file: durable_nb's pytest plugin names the notebook for its
+    kernel and brings the sanitizer, so computing and replaying give the same outputs."""
+    import nbformat
+
+    from .kernels import notebook
+
+    nb = notebook(
+        "%load_ext durable_nb",
+        "from durable_nb import step\n@step\ndef square(x):\n    print('squaring', x)\n"
+        "    return x * x\n",
+        "%%durable mine\nvalues = [square(i) for i in range(3)]\nvalues",
+    )
+    nbformat.write(nb, str(tmp_path / "mine.ipynb"))
+    for _ in range(2):
+        result = nbval(tmp_path, "mine.ipynb")
+        assert result.returncode == 0, result.stdout[-3000:]
+    assert (tmp_path / ".durable" / "mine.db").exists()  # its own log, beside it
+    assert not (tmp_path / ".durable" / "default.db").exists()

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 import durable_nb
-from durable_nb import ReplicationError, Store, engine, step, workflow
+from durable_nb import DurableWarning, ReplicationError, Store, engine, step, workflow
 from durable_nb.replica import parse_url
 
 from .conftest import ROOT, current_log, python
@@ -312,6 +312,33 @@ def test_live_restore_refused_while_another_process_has_the_log_open(
     durable_nb.stop_replication()
     assert durable_nb.restore(replicator.url) == notebook_log  # nobody else: it goes ahead
     assert len(list(notebook_log.parent.glob("exp.db.*.bak"))) == 1
+
+
+def test_live_restore_refused_while_a_run_is_in_progress_here(notebook_log: Path) -> None:
+    replicator = durable_nb.replicate(sync_interval="100ms", monitor_interval="100ms")
+    with workflow("first"):
+        work(1)
+    assert replicator.wait_synced(15)
+    with workflow("busy"):  # what the restore panel's worker thread meets mid-cell
+        with pytest.raises(ReplicationError, match="is running in this kernel"):
+            durable_nb.restore()
+        work(2)  # the cell goes on, on the same open log
+    assert durable_nb.replication_status().state == "running"
+
+
+def test_after_a_live_restore_replication_says_it_was_stopped(notebook_log: Path) -> None:
+    replicator = durable_nb.replicate(sync_interval="100ms", monitor_interval="100ms")
+    with workflow("kept"):
+        work(1)
+    assert replicator.wait_synced(15)
+    with pytest.warns(DurableWarning, match="was stopped by the restore; start it again"):
+        durable_nb.restore()
+    status = durable_nb.replication_status()
+    assert status.state == "stopped" and status.url == replicator.url
+    assert "stopped by a restore of the log; %durable replicate starts it again" in str(status)
+    again = durable_nb.replicate(replicator.url)
+    assert durable_nb.replication_status().last_error is None
+    again.stop()
 
 
 def test_cli_restore_points_and_restore(notebook_log: Path) -> None:

@@ -178,3 +178,63 @@ def test_headless_runs_name_unnamed_cells_by_their_id(tmp_path: Path) -> None:
     assert ran(tmp_path) == []
     third = subprocess.run(cmd, env=kernel_env(), capture_output=True, text=True, timeout=180)
     assert f"cell-{nb.cells[2].id}: skipped" in third.stdout
+
+
+def test_a_module_the_cell_imports_is_an_input(tmp_path: Path) -> None:
+    (tmp_path / "helpers.py").write_text("def f(v):\n    return v * 2\n")
+    cell = "%%durable imp\nimport helpers\nfrom helpers import f\ny = helpers.f(inc(1)) + f(1)\n"
+    assert run(tmp_path, DEFS, cell, "print(y)")[-1] == "6\n"
+    assert "imp: skipped" in run(tmp_path, DEFS, cell, "print(y)")[2]
+    (tmp_path / "helpers.py").write_text("def f(v):\n    return v * 200\n")
+    out = run(tmp_path, DEFS, cell, "print(y)")
+    assert "skipped" not in out[2] and out[-1] == "600\n"
+
+
+def test_a_cell_that_caught_a_failed_step_runs_again(tmp_path: Path) -> None:
+    flaky = (
+        "import os\n@step\ndef download(u):\n    if not os.path.exists('network'):\n"
+        "        raise ConnectionError('offline')\n    return u.upper()\n"
+    )
+    cell = (
+        "%%durable fetch\nresults = {}\nfor u in ['a', 'b']:\n    try:\n"
+        "        results[u] = download(u)\n    except ConnectionError:\n        results[u] = None\n"
+    )
+    out = run(tmp_path, DEFS, flaky, cell, "print(results)")
+    assert "0 steps replayed, 0 run, 2 failed" in out[3]
+    assert "the cell will run again next time: step download failed" in out[3]
+    (tmp_path / "network").touch()
+    out = run(tmp_path, DEFS, flaky, cell, "print(results)")
+    assert "skipped" not in out[3] and out[-1] == "{'a': 'A', 'b': 'B'}\n"
+    assert "fetch: skipped" in run(tmp_path, DEFS, flaky, cell, "print(results)")[3]
+
+
+def test_restored_values_keep_their_aliases(tmp_path: Path) -> None:
+    state = "a = []\nholder = {'list': a}\n"
+    cell = "%%durable alias\na.append(inc(1))\nx = [inc(2)]\ny = x\n"
+    show = "print(holder['list'] is a, x is y, holder, x)"
+    assert run(tmp_path, DEFS, state, cell, show)[-1] == "True True {'list': [2]} [3]\n"
+    again = run(tmp_path, DEFS, state, cell, show)
+    assert "alias: skipped" in again[3] and again[-1] == "True True {'list': [2]} [3]\n"
+
+
+def test_a_cell_that_changes_what_its_step_reads_is_still_skipped(tmp_path: Path) -> None:
+    defs = "CFG = {'lr': 0.1}\n@step\ndef train(v):\n    mark('train')\n    return v * CFG['lr']\n"
+    cell = "%%durable tune\nCFG['lr'] = 0.5\nr = train(2)\n"
+    first = run(tmp_path, DEFS, defs, cell, "print(r, CFG)")
+    assert first[-1] == "1.0 {'lr': 0.5}\n" and "will run again" not in first[3]
+    again = run(tmp_path, DEFS, defs, cell, "print(r, CFG)")
+    assert "tune: skipped" in again[3] and again[-1] == "1.0 {'lr': 0.5}\n"
+
+
+def test_a_dataframe_restored_by_a_skip_lets_the_next_cell_skip_too(tmp_path: Path) -> None:
+    cells = (
+        DEFS,
+        "import pandas as pd",
+        "%%durable make\ndf = pd.DataFrame({'a': [inc(1), 5], 'b': ['x', 'y']})\n",
+        "%%durable use\ntotal = int(df['a'].sum()) + inc(0)\n",
+        "print(total)",
+    )
+    run(tmp_path, *cells)
+    second = run(tmp_path, *cells)
+    assert "make: skipped" in second[3] and "use: skipped" in second[4]
+    assert second[-1] == "8\n"
