@@ -19,10 +19,11 @@ A name the code only mutates through a statement such as ``log.append(x)`` or
 is left out. Values that cannot be digested count by their type and are listed as such.
 
 When values are read: at each call (a value that may change in place is checked at each
-call by a fast digest of its pickle). A value whose digest is costly (more than ~1 MiB of
-data: a big array, a DataFrame, a model) is hashed once per run per object; binding the name
+call by a fast digest of its pickle). A value whose digest is costly (more than ~256 KiB of
+data: a big array, a DataFrame, a model, a table of 10,000 entries) is hashed once per run
+per object; binding the name
 to another object is seen at the next call; a big numpy array changed in place is seen at
-the next call when a sample of ~1,000 of its elements changed (``arr += 1``, ``arr[:] = ...``;
+the next call when a sample of 512 of its elements changed (``arr += 1``, ``arr[:] = ...``;
 a change of a few elements may be missed until the next run); other big objects changed in
 place during a run are seen from the next run on.
 
@@ -48,7 +49,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from xxhash import xxh3_128_hexdigest
+from xxhash import xxh3_64_intdigest, xxh3_128_hexdigest
 
 from .digests import digest_value
 from .serialization import short_repr
@@ -66,7 +67,7 @@ __all__ = [
     "package_version",
 ]
 
-BIG = 1 << 20
+BIG = 256 << 10
 """A value whose digest reads more than this many bytes is hashed once per run."""
 
 # Statement calls that only change the object they are called on (or log): `x.append(v)`.
@@ -403,7 +404,7 @@ class _Walk:
         self.reads: list[tuple[Any, str, Any]] = []  # (mapping, key, value it had)
         self.attrs: list[tuple[Any, str, Any]] = []  # (object, attribute, value it had)
         self.keys: list[tuple[Any, tuple[str, ...]]] = []  # (class dict, its keys)
-        self.rehash: list[tuple[Any, str, bool]] = []  # (mutable value, fingerprint, big)
+        self.rehash: list[tuple[Any, Any, bool]] = []  # (mutable value, fingerprint, big)
         self.refs: list[list[str]] = []  # what arguments brought (see ``Digest.refs``)
         self.digest: Digest | None = None
 
@@ -598,17 +599,16 @@ class _Walk:
             self.reference(name, inner, frozenset())
 
 
-def _fingerprint(obj: Any, *, big: bool = False) -> str:
+def _fingerprint(obj: Any, *, big: bool = False) -> Any:
     """What tells, cheaply, at the next call in this process whether a value changed in
     place: its pickle's digest (no canonical form needed within one process); for a big
-    numpy array, a sample of its elements and its buffer's address (a change of only a few
-    elements of a big array can be missed; for other big values, see the module doc)."""
+    numpy array, its shape, dtype and a sample of 512 of its elements (a change of only a
+    few elements of a big array can be missed; for other big values, see the module doc)."""
     t = type(obj)
     if t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
         flat = obj.reshape(-1) if obj.flags.c_contiguous else obj.ravel()
-        sample = flat[:: max(1, flat.size // 1024)] if big else flat
-        where = obj.__array_interface__["data"][0]
-        return f"{obj.shape}{obj.strides}{where}:{xxh3_128_hexdigest(sample.tobytes())}"
+        sample = flat[:: max(1, flat.size // 512)] if big else flat
+        return (obj.shape, obj.dtype.str, xxh3_64_intdigest(sample.tobytes()))
     if big:
         return "big"  # once per run (documented): hashing it at each call would cost its size
     try:

@@ -99,11 +99,11 @@ _BUILTIN_BASES = (dict, list, tuple, set, frozenset, str, bytes, int, float, com
 def _canon(value: Any, acc: _Acc) -> Any:
     """A structure of primitives equal for equal values, with type tags where it matters."""
     t = type(value)
+    acc.cost += 8
     if t in _PRIMITIVES:
         if t is str or t is bytes:
             acc.cost += len(value)
         return value
-    acc.cost += 8
     me = id(value)
     back = acc.active.get(me)
     if back is not None:  # a cycle: refer to the enclosing one, by depth
