@@ -35,6 +35,7 @@ __all__ = ["DurableCell", "DurableMagics", "load", "unload"]
 _HEADER = re.compile(r"^\s*%%durable(?![\w?])(.*)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_PARAMETERS = "# Parameters\n"  # first line of the cell papermill injects (-p NAME VALUE)
 _COMMANDS = [
     "info", "open", "forget", "accept", "gc", "log", "timeline", "replicate", "replication",
     "restore",
@@ -196,7 +197,7 @@ class DurableCell:
         self.digest = digest
         self.reads = cells.CellReads(reads, attrs, unknown, imports)
         self.execute = True
-        self.name = self.opts.name or ext.unnamed(digest)
+        self.name = ext.workflow_name(self.opts.name, digest)
         self._outputs = _Outputs(ext.shell)
         self._flow: engine.workflow | None = None
         self._guard: cellstate.NamespaceGuard | None = None  # while planning
@@ -352,18 +353,26 @@ class Extension:
         self.shell = shell
         self.location: LogLocation = locate_log(shell.user_ns)
         self.cell_id: str | None = None
+        self.parameters: str | None = None  # digest of injected parameters (papermill)
         engine.set_default_log_path(self.location.path)
 
     def store(self) -> Any:
         """The log, opened on first use."""
         return engine.get_store()
 
-    def unnamed(self, digest: str) -> str:
-        """The workflow name of a ``%%durable`` cell without NAME."""
-        return f"cell-{self.cell_id}" if self.cell_id else f"cell-{digest[:10]}"
+    def workflow_name(self, name: str | None, digest: str) -> str:
+        """The workflow of a ``%%durable`` cell: NAME, else the cell's id (else a digest of
+        its source); in a run with injected parameters (papermill), ``@`` and a digest of
+        them, so that runs with other parameters have workflows (and histories) of their
+        own and the same parameters resume."""
+        base = name or (f"cell-{self.cell_id}" if self.cell_id else f"cell-{digest[:10]}")
+        return f"{base}@{self.parameters[:8]}" if self.parameters else base
 
     def pre_run_cell(self, info: Any) -> None:
         self.cell_id = getattr(info, "cell_id", None)
+        raw = getattr(info, "raw_cell", "") or ""
+        if raw.lstrip().startswith(_PARAMETERS):  # the cell papermill injects
+            self.parameters = source_digest(raw)
 
     def parse_cell_args(self, line: str) -> argparse.Namespace:
         __tracebackhide__ = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -289,3 +290,44 @@ def test_open_a_quoted_path_with_spaces_in_a_kernel(tmp_path: Path) -> None:
     finally:
         kernel.close()
     assert target.exists() and not (tmp_path / "'").exists()
+
+
+def test_parallel_papermill_runs_with_other_parameters_do_not_refuse_each_other(
+    tmp_path: Path,
+) -> None:
+    nb = notebook(
+        "%load_ext durable_nb",
+        "alpha = 1",
+        "import time\nfrom durable_nb import step\n@step\ndef work(i):\n"
+        "    with open(f'calls-{i}.txt', 'a') as f:\n        f.write('x')\n"
+        "    time.sleep(0.3)\n    return i\n",
+        "%%durable sweep\nvals = [work(alpha * 10 + i) for i in range(3)]\nprint(vals)",
+        tags={1: ["parameters"]},
+    )
+    nbformat.write(nb, str(tmp_path / "in.ipynb"))
+    env = kernel_env()
+    env.pop("DURABLE_NB_NOTEBOOK", None)
+    papermill = [sys.executable, "-m", "papermill", "--cwd", str(tmp_path), "-k", "python3"]
+
+    def start(alpha: int) -> subprocess.Popen[str]:
+        out = str(tmp_path / f"out{alpha}.ipynb")
+        cmd = [*papermill, str(tmp_path / "in.ipynb"), out, "-p", "alpha", str(alpha)]
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    runs = [start(alpha) for alpha in (1, 2, 3)]  # at the same time, one default log
+    for proc in runs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("calls-*.txt")) == sorted(
+        f"calls-{a * 10 + i}.txt" for a in (1, 2, 3) for i in range(3)
+    )
+    again = start(2)
+    _, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err[-2000:]
+    text = "".join(
+        o.get("text", "") for o in nbformat.read(str(tmp_path / "out2.ipynb"), 4).cells[4].outputs
+    )
+    assert "[20, 21, 22]" in text and re.search(r"sweep@\w{8}: skipped, unchanged", text)
+    assert all(p.read_text() == "x" for p in tmp_path.glob("calls-*.txt"))  # nothing ran twice
