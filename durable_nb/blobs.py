@@ -4,7 +4,10 @@ A blob is written to a temporary file in the same folder and renamed to its dige
 name never points to partial content; the row that refers to a blob is committed only after
 the rename. Every read checks the digest, so a damaged file is reported, not unpickled.
 
-File layout: ``DNBBLOB1``, segment count (u32), segment lengths (u64 each), segments.
+File layout: ``DNBBLOB2``, segment count (u32), segment lengths (u64 each), then each
+segment at the next offset that is a multiple of 64 (zero padding between), so that the
+numpy arrays built on a memory-mapped blob are aligned. Files of layout ``DNBBLOB1`` (no
+padding), written by earlier versions, are still read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from .errors import BlobError
 
 __all__ = ["BlobStore", "blob_folder", "set_mirror"]
 
-_MAGIC = b"DNBBLOB1"
+_MAGIC = b"DNBBLOB2"  # (``DNBBLOB1``: the same without padding)
+_ALIGN = 64
+
+
+def _padding(offset: int) -> int:
+    return -offset % _ALIGN
 
 
 def blob_folder(log: Path) -> Path:
@@ -57,9 +65,15 @@ class BlobStore:
         """Store ``segments`` atomically and return their digest (existing blobs are reused)."""
         parts = [memoryview(s).cast("B") for s in segments]
         header = _MAGIC + struct.pack(f"<I{len(parts)}Q", len(parts), *(p.nbytes for p in parts))
-        hasher = xxhash.xxh3_128(header)
+        chunks: list[bytes | memoryview] = [header]
+        offset = len(header)
         for p in parts:
-            hasher.update(p)
+            pad = _padding(offset)
+            chunks += [bytes(pad), p]
+            offset += pad + p.nbytes
+        hasher = xxhash.xxh3_128()
+        for chunk in chunks:
+            hasher.update(chunk)
         digest = hasher.hexdigest()
         target = self.path(digest)
         mirror = _mirrors.get(self.folder)
@@ -74,9 +88,8 @@ class BlobStore:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # created 0600
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(header)
-                for p in parts:
-                    f.write(p)
+                for chunk in chunks:
+                    f.write(chunk)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -114,11 +127,14 @@ class BlobStore:
                 digest=digest,
             )
         view = memoryview(data)
+        aligned = view[: len(_MAGIC)] == _MAGIC
         (count,) = struct.unpack_from("<I", view, len(_MAGIC))
         lengths = struct.unpack_from(f"<{count}Q", view, len(_MAGIC) + 4)
         pos = len(_MAGIC) + 4 + 8 * count
         segments = []
         for n in lengths:
+            if aligned:
+                pos += _padding(pos)
             segments.append(view[pos : pos + n])
             pos += n
         return segments

@@ -14,6 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
+from .capture import Event, settle, stdout_of
 from .records import CompletedRow, StepKey, StepRow
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class Call:
         self,
         attempt: int,
         started: float,
-        printed: list[str],
+        printed: list[Event],
         *,
         value: Any = None,
         encoded: serialization.Encoded | None = None,
@@ -96,10 +97,14 @@ class Call:
         arrived while it ran: kept, never replayed). The common checkpoint (value inline,
         nothing printed, nothing to note) is the smaller ``CompletedRow``."""
         run, (scope, name, digest, occurrence) = self.run, self.key
+        events = settle(printed) if printed else []
+        shown = args_repr(self.args, self.kwargs)
+        stdout = stdout_of(events) or None
+        extra = any(e[0] != "stdout" for e in events)
+        output = json.dumps(events, default=str) if extra else None
         reason = note or self.reason
         if interrupted:
             reason = "Ctrl-C arrived while it ran and it returned: kept, but it runs again"
-        shown = args_repr(self.args, self.kwargs)
         if error is None and encoded is not None and encoded.inline and not printed and not reason:
             type_name, value_repr = serialization.describe(value)
             return CompletedRow(
@@ -123,7 +128,7 @@ class Call:
         return StepRow(
             run.id, run.workflow, scope, name, digest, occurrence, self.digest.value, attempt,
             status, started, time.time(), fmt, blob, size, type_name, value_repr, shown,
-            error_type, message, reason, "".join(printed) or None, payload, trace,  # type: ignore[arg-type]
+            error_type, message, reason, stdout, payload, trace, output,  # type: ignore[arg-type]
         )  # fmt: skip
 
     def document(self) -> str:

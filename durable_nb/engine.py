@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
-from . import interrupts, serialization
+from . import capture, interrupts, serialization
 from .calls import Call, args_repr, encode
-from .capture import Capture, task_output
+from .capture import REPLAY_MARK, Capture, Event
 from .dependencies import (
     RunDependencies,
     StepDependencies,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .store_async import AsyncStore
 
 __all__ = [
+    "REPLAY_MARK",
     "Decision",
     "Run",
     "Step",
@@ -61,8 +62,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _PYTHON = sys.version.split()[0]
 
-REPLAY_MARK = "[replayed] "
-"""Prefix of each line of a replayed step's stdout."""
 
 # -- the log of this process --------------------------------------------------------------
 
@@ -533,11 +532,6 @@ _steps: weakref.WeakValueDictionary[str, Step] = weakref.WeakValueDictionary()
 """The newest step of each name defined in this process (for ``accept``)."""
 
 
-def _emit_replayed(stdout: str) -> None:
-    lines = stdout.splitlines(keepends=True)
-    sys.stdout.write("".join(REPLAY_MARK + line for line in lines))
-
-
 class Step:
     """A callable whose calls inside a workflow are checkpointed and replayed.
 
@@ -622,7 +616,7 @@ class Step:
                 run.warn_once(self.name, f"step {self.name}: {call.reason}")
             else:
                 if record.printed and not run.plan:
-                    _emit_replayed(run.store.step_stdout(record.id))
+                    capture.replay(run.store.step_output(record.id))
                 run.replayed.append(record.id)
                 run.used[(self.name, digest.value)] = digest.refs
                 run.compare_environment(record, call)
@@ -647,25 +641,25 @@ class Step:
         for attempt in range(1, self.retries + 2):
             started = time.time()
             token = _current.set(_Scope(run, call.key))
-            capture = Capture()
+            shown = Capture()
             before = interrupts.count()
             try:
                 value = self.fn(*args, **kwargs)
             except BaseException as exc:
-                capture.stop()
+                shown.stop()
                 _current.reset(token)
-                if self._failed(call, attempt, started, capture.parts, exc):
+                if self._failed(call, attempt, started, shown.events, exc):
                     time.sleep(self._delay(attempt))
                     continue
                 raise
-            capture.stop()
+            shown.stop()
             _current.reset(token)
             encoded, why = encode(value)
             blob = None
             if encoded is not None and not encoded.inline:  # the blob exists before its row
                 blob = run.store.blobs.write(encoded.segments)
             caught = interrupts.count() != before
-            run.record(call, call.row(attempt, started, capture.parts, value=value,
+            run.record(call, call.row(attempt, started, shown.events, value=value,
                                       encoded=encoded, blob=blob, note=why,
                                       interrupted=caught))  # fmt: skip
             self._completed(call, value, why, caught)
@@ -693,22 +687,24 @@ class Step:
             started = time.time()
             token = _current.set(_Scope(run, call.key))
             before = interrupts.count()
-            with task_output() as printed:
-                try:
-                    value = await self.fn(*args, **kwargs)
-                except BaseException as exc:
-                    _current.reset(token)
-                    if self._failed(call, attempt, started, printed, exc):
-                        await asyncio.sleep(self._delay(attempt))
-                        continue
-                    raise
+            shown = Capture()  # this task's context: concurrent steps keep theirs apart
+            try:
+                value = await self.fn(*args, **kwargs)
+            except BaseException as exc:
+                shown.stop()
+                _current.reset(token)
+                if self._failed(call, attempt, started, shown.events, exc):
+                    await asyncio.sleep(self._delay(attempt))
+                    continue
+                raise
+            shown.stop()
             _current.reset(token)
             encoded, why = encode(value)
             blob = None
             if encoded is not None and not encoded.inline:  # off the loop, before its row
                 blob = await asyncio.to_thread(run.store.blobs.write, encoded.segments)
             caught = interrupts.count() != before
-            await run.arecord(call, call.row(attempt, started, printed, value=value,
+            await run.arecord(call, call.row(attempt, started, shown.events, value=value,
                                              encoded=encoded, blob=blob, note=why,
                                              interrupted=caught))  # fmt: skip
             self._completed(call, value, why, caught)
@@ -719,7 +715,7 @@ class Step:
         return self.retry_delay * self.backoff ** (attempt - 1)
 
     def _failed(
-        self, call: Call, attempt: int, started: float, printed: list[str], exc: BaseException
+        self, call: Call, attempt: int, started: float, printed: list[Event], exc: BaseException
     ) -> bool:
         """Log a failed or interrupted attempt; True when another attempt should follow."""
         run = call.run

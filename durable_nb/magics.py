@@ -23,9 +23,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import cells, cellstate, engine
+from . import capture, cells, cellstate, engine
 from .accept import accept
-from .capture import Tee
+from .capture import Tee, clip
 from .digests import source_digest
 from .errors import DurableError
 from .location import LogLocation, locate_log
@@ -62,6 +62,14 @@ class _Rewriter:
 
     def visit(self, node: Any) -> Any:
         return cells.rewrite(node)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def _unquote(arg: str) -> str:
@@ -113,12 +121,20 @@ class _Outputs:
         def record(text: str) -> None:
             if self.paused:
                 return
-            if self.items and self.items[-1][0] == "stream" and self.items[-1][1] == name:
-                self.items[-1] = ("stream", name, self.items[-1][2] + text)
+            last = self.items[-1] if self.items else None
+            if last is not None and last[0] == "stream" and last[1] == name:
+                last[2].append(text)  # pieces, joined once when saved: linear, not quadratic
             else:
-                self.items.append(("stream", name, text))
+                self.items.append(("stream", name, [text]))
 
         return record
+
+    def saved(self) -> list[tuple[str, Any, Any]]:
+        """The outputs to keep: streams joined (and clipped past ``capture.KEPT``)."""
+        return [
+            (kind, a, clip("".join(b))) if kind == "stream" else (kind, a, b)
+            for kind, a, b in self.items
+        ]
 
     def start(self) -> None:
         self._streams = sys.stdout, sys.stderr
@@ -330,7 +346,7 @@ class DurableCell:
         if run.status == "completed":
             namespace = self.ext.shell.user_ns
             change = cellstate.changes(namespace, self._before, self.inputs, run)
-            saved = cellstate.save_cell(run, namespace, change, self._outputs.items)
+            saved = cellstate.save_cell(run, namespace, change, self._outputs.saved())
             if saved:
                 note = f"; the cell will run again next time: {saved}"
         elif exc is None:  # the code caught a Ctrl-C: what it made may be partial
@@ -354,6 +370,7 @@ class Extension:
         self.location: LogLocation = locate_log(shell.user_ns)
         self.cell_id: str | None = None
         self.parameters: str | None = None  # digest of injected parameters (papermill)
+        self.publish: tuple[Any, bool] = (None, False)  # the shell's publish, and if its own
         engine.set_default_log_path(self.location.path)
 
     def store(self) -> Any:
@@ -453,6 +470,8 @@ class DurableMagics(Magics):
         store = self.ext.store()
         print(f"log: {store.path}")
         print(f"found by: {loc.how}" + (f" ({loc.notebook})" if loc.notebook else ""))
+        log, wal, blobs, files = store.sizes()
+        print(f"size: log {_size(log)} (WAL {_size(wal)}), blobs {_size(blobs)} in {files} files")
         names = store.workflows()
         if not names:
             print("workflows: none yet")
@@ -559,6 +578,25 @@ def load(shell: Any) -> None:
     shell.register_magics(DurableMagics(shell, ext))
     shell.events.register("pre_run_cell", ext.pre_run_cell)
     shell.push({cells.MARKER: ext.cell}, interactive=False)
+    _capture_displays(shell, ext)
+
+
+def _capture_displays(shell: Any, ext: Extension) -> None:
+    """Rich displays (``display()``, figures) become part of the steps that show them, and
+    a replayed step's displays are shown again through the shell."""
+    pub = shell.display_pub
+    original = pub.publish
+    ext.publish = (original, "publish" in vars(pub))
+
+    def publish(data: dict[str, Any], metadata: Any = None, *args: Any, **kw: Any) -> Any:
+        if not kw.get("update"):
+            kept = {k: v for k, v in data.items() if k != _WIDGET_VIEW}
+            if kept:
+                capture.record_display(kept, metadata)
+        return original(data, metadata, *args, **kw)
+
+    pub.publish = publish
+    capture.set_display(lambda data, metadata: shell.display_pub.publish(data, metadata))
 
 
 def unload(shell: Any) -> None:
@@ -570,6 +608,12 @@ def unload(shell: Any) -> None:
     shell.ast_transformers[:] = [t for t in shell.ast_transformers if not isinstance(t, _Rewriter)]
     shell.events.unregister("pre_run_cell", ext.pre_run_cell)
     shell.user_ns.pop(cells.MARKER, None)
+    original, had_own = ext.publish
+    if had_own:
+        shell.display_pub.publish = original
+    else:
+        vars(shell.display_pub).pop("publish", None)
+    capture.set_display(None)
     magics = shell.magics_manager.magics
     magics["line"].pop("durable", None)
     magics["cell"].pop("durable", None)

@@ -39,7 +39,7 @@ class StoredStep:
     result_format: str
     payload: bytes | None
     result_blob: str | None
-    printed: bool
+    printed: bool  # it showed something (stdout, stderr or displays) to show again
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,4 @@ class StepRow(NamedTuple):
     stdout: str | None
     result: bytes | None
     error_traceback: str | None
+    output: str | None  # JSON events when it showed more than stdout (stderr, displays)

@@ -92,6 +92,13 @@ def run_notebook(
 
     path = Path(notebook).absolute()
     nb = nbformat.read(path, as_version=4)
+    if echo is not None and _unnamed_without_ids(nb):
+        echo.write(
+            f"durable-nb run: {path.name} is nbformat {nb.nbformat}.{nb.nbformat_minor}, whose "
+            "cells have no ids: an unnamed %%durable cell is named by a digest of its code, "
+            "so editing it starts a new history; name it (%%durable NAME), or save the "
+            "notebook with a recent Jupyter\n"
+        )
     count = 0
     current = -1
 
@@ -139,6 +146,17 @@ def run_notebook(
         if output is not None:
             nbformat.write(nb, str(output))
     return NotebookRun(path, locate_log({}, env).path, count, error)  # as the kernel found it
+
+
+def _unnamed_without_ids(nb: Any) -> bool:
+    """Whether an unnamed ``%%durable`` cell of ``nb`` has no cell id to be named by."""
+    for cell in nb.get("cells", []):
+        first = cell.get("source", "").lstrip().split("\n", 1)[0].split()
+        durable = cell.get("cell_type") == "code" and first[:1] == ["%%durable"]
+        unnamed = len(first) == 1 or (len(first) > 1 and first[1].startswith("-"))
+        if durable and unnamed and not cell.get("id"):
+            return True
+    return False
 
 
 def _terminate(signum: int, frame: Any) -> None:

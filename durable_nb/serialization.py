@@ -58,12 +58,14 @@ _PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, set})
 
 def encode(value: object) -> Encoded:
     """Serialize ``value``; raise ``NotSerializable`` when pickle refuses it."""
-    if type(value) in _PLAIN:  # no out-of-band buffers at the top: one plain pickle (fast path)
+    if type(value) in _PLAIN:  # a plain container: one plain pickle (fast path) if small
         try:
             head = pickle.dumps(value, protocol=5)
         except Exception as exc:
             raise NotSerializable(f"{type(exc).__name__}: {exc}") from None
-        return Encoded(PICKLE if len(head) <= INLINE_LIMIT else PICKLE_OOB, (head,), len(head))
+        if len(head) <= INLINE_LIMIT:
+            return Encoded(PICKLE, (head,), len(head))
+        # big: arrays inside go out of band, so replay maps them (aligned) instead of copying
     buffers: list[pickle.PickleBuffer] = []
     try:
         head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,13 @@ from urllib.parse import quote
 from . import owner as owners
 from .blobs import BlobStore, blob_folder
 from .checkpoint import Checkpointer
-from .errors import LogFileError, SchemaTooNewError, WorkflowBusyError
+from .errors import (
+    DurableWarning,
+    LogFileError,
+    SchemaTooNewError,
+    WorkflowBusyError,
+    user_stacklevel,
+)
 from .records import (
     BlobsCollected,
     CellRecord,
@@ -174,6 +181,9 @@ def pragmas(*, readonly: bool = False) -> list[str]:
             "PRAGMA synchronous = NORMAL",
             # No checkpoint inside a step's commit: the Checkpointer thread does it.
             "PRAGMA wal_autocheckpoint = 0",
+            # After a checkpoint resets the WAL, shrink its file to 16 MiB: a burst of steps
+            # must not leave a WAL many times the size of the log.
+            "PRAGMA journal_size_limit = 16777216",
         ]
     return settings
 
@@ -277,6 +287,18 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
+def _say_if_slow(conn: sqlite3.Connection, version: int) -> None:
+    """Warn before a migration that takes seconds (an index over a big table)."""
+    steps = conn.execute("SELECT coalesce(max(id), 0) FROM steps").fetchone()[0]
+    if steps > 200_000:
+        warnings.warn(
+            f"updating the log from schema {version} to {SCHEMA_VERSION} ({steps:,} steps): "
+            "a few seconds, once",
+            DurableWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Apply the migrations this file lacks, in one write transaction that first reads the
     version again (two processes opening a new log at once must not both migrate it)."""
@@ -285,6 +307,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version and version < SCHEMA_VERSION:
+            _say_if_slow(conn, version)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in _statements(script):
                 conn.execute(statement)
@@ -492,7 +516,8 @@ class Store:
         rows = self.conn.execute(
             "SELECT scope, name, args_digest, occurrence, id, run_id, code_digest, "
             "result_format, CASE WHEN length(result) <= ? THEN result END, result_blob, "
-            "stdout IS NOT NULL FROM steps WHERE workflow = ? AND status = 'completed' "
+            "stdout IS NOT NULL OR output IS NOT NULL FROM steps WHERE workflow = ? "
+            "AND status = 'completed' "
             "ORDER BY id",
             (_PRELOAD_MAX_BYTES, workflow),
         )
@@ -506,10 +531,14 @@ class Store:
         row = self.conn.execute("SELECT result FROM steps WHERE id = ?", (step_id,)).fetchone()
         return row[0]
 
-    def step_stdout(self, step_id: int) -> str:
-        """What one step printed."""
-        row = self.conn.execute("SELECT stdout FROM steps WHERE id = ?", (step_id,)).fetchone()
-        return row[0] or ""
+    def step_output(self, step_id: int) -> list[tuple[Any, ...]]:
+        """What one step showed, as events (see ``capture``)."""
+        stdout, output = self.conn.execute(
+            "SELECT stdout, output FROM steps WHERE id = ?", (step_id,)
+        ).fetchone()
+        if output:
+            return [tuple(event) for event in json.loads(output)]
+        return [("stdout", stdout)] if stdout else []
 
     def insert(self, row: StepRow | CompletedRow) -> int:
         """Record one finished attempt of a step in a single commit."""
@@ -626,12 +655,27 @@ class Store:
         self, run_id: int, variables: bytes, outputs: bytes, blobs: list[str], steps: str
     ) -> None:
         """Keep what a completed cell changed and displayed, and the step calls it used,
-        for a later cell skip."""
-        self._write(
-            "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs, steps) "
-            "VALUES (?,?,?,?,?)",
-            (run_id, variables, outputs, " ".join(blobs), steps),
-        )
+        for a later cell skip; older snapshots of the same workflow, which no skip can use
+        (skip restores the newest run's), are dropped, and ``collect_blobs`` frees theirs."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs, steps) "
+                "VALUES (?,?,?,?,?)",
+                (run_id, variables, outputs, " ".join(blobs), steps),
+            )
+            conn.execute(
+                "DELETE FROM cells WHERE run_id < ? AND run_id IN (SELECT id FROM runs WHERE "
+                "workflow = (SELECT workflow FROM runs WHERE id = ?))",
+                (run_id, run_id),
+            )
+
+    def sizes(self) -> tuple[int, int, int, int]:
+        """(log bytes, WAL bytes, blob bytes, blob files) on disk."""
+        log = self.path.stat().st_size if self.path.exists() else 0
+        wal = Path(f"{self.path}-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        files = [f.stat().st_size for f in self.blobs.files()]
+        return log, wal_size, sum(files), len(files)
 
     def cell(self, run_id: int) -> CellRecord | None:
         """What run ``run_id`` of a cell left, if it was saved."""

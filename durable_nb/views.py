@@ -103,9 +103,11 @@ def steps(workflow: str | None = None, run: int | None = None, log: LogArg = Non
             f"error_message, reason FROM steps {clause} ORDER BY id",
             params,
         ).fetchall()
+        of_workflow = "AND workflow = ?" if workflow is not None else ""
         replays = store.conn.execute(
             "SELECT replayed_steps FROM runs WHERE replayed_steps IS NOT NULL "
-            "AND replayed_steps != '[]'"
+            f"AND replayed_steps != '[]' {of_workflow}",
+            () if workflow is None else (workflow,),
         ).fetchall()
     df = pd.DataFrame.from_records(rows, columns=_STEP_COLUMNS)
     df["status"] = pd.Categorical(df["status"], categories=STEP_STATUSES)
@@ -162,13 +164,17 @@ def timeline(
     from matplotlib.patches import Patch
 
     df = steps(workflow, run, log)
+    attempts = len(df)
+    note = ""
+    if attempts > MAX_BARS:  # one bar per run and step, the newest ones: a bounded figure
+        df, note = _grouped(df)
     if ax is None:
         fig = Figure(figsize=(9, max(2.0, 0.25 * len(df) + 1.2)))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
     starts = mdates.date2num(df["started"].dt.tz_localize(None))
-    widths = df["duration"].dt.total_seconds() / 86400.0
+    widths = (df["ended"] - df["started"]).dt.total_seconds() / 86400.0
     widths = widths.clip(lower=1e-3 / 86400)  # a bar for every step, even the instant ones
     colours = [STATUS_COLOURS.get(s, "#757575") for s in df["status"].astype(str)]
     labels = [f"{name}({args})"[:40] for name, args in zip(df["step"], df["args"], strict=True)]
@@ -178,8 +184,29 @@ def timeline(
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     ax.set_xlabel("time (UTC)")
     title = workflow or "all workflows"
-    ax.set_title(f"{title}: {len(df)} step attempts")
+    ax.set_title(f"{title}: {attempts} step attempts{note}")
     present = [s for s in STEP_STATUSES if s in set(df["status"].astype(str))]
     ax.legend(handles=[Patch(color=STATUS_COLOURS[s], label=s) for s in present], loc="lower right")
     fig.tight_layout()
     return fig
+
+
+MAX_BARS = 300
+"""Beyond this many step attempts, ``timeline`` draws one bar per run and step."""
+_SEVERITY = {"failed": 3, "interrupted": 2, "not_durable": 1, "completed": 0}
+
+
+def _grouped(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """One row per (run, step): first start, last end, the worst status, how many calls."""
+    worst = df["status"].astype(str).map(_SEVERITY)
+    frame = df.assign(severity=worst)
+    groups = frame.groupby(["run", "step"], sort=False, observed=True).agg(
+        started=("started", "min"), ended=("ended", "max"), severity=("severity", "max"),
+        calls=("id", "size"),
+    ).reset_index()  # fmt: skip
+    groups = groups.sort_values("started").tail(MAX_BARS)
+    by_severity = {v: k for k, v in _SEVERITY.items()}
+    groups["status"] = groups["severity"].map(by_severity)
+    groups["args"] = [f"x{n}, run {r}" for n, r in zip(groups["calls"], groups["run"], strict=True)]
+    shown = f"the newest {len(groups)} " if len(groups) == MAX_BARS else ""
+    return groups, f", one bar per run and step ({shown}groups)"

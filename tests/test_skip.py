@@ -238,3 +238,18 @@ def test_a_dataframe_restored_by_a_skip_lets_the_next_cell_skip_too(tmp_path: Pa
     second = run(tmp_path, *cells)
     assert "make: skipped" in second[3] and "use: skipped" in second[4]
     assert second[-1] == "8\n"
+
+
+def test_a_headless_notebook_without_cell_ids_says_how_unnamed_cells_are_named(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.ipynb"
+    nb = notebook(SETUP, "%%durable\nx = 1\n")
+    nb.nbformat_minor = 4
+    for cell in nb.cells:
+        cell.pop("id", None)
+    nbformat.write(nb, str(path), version=nbformat.NO_CONVERT)
+    cmd = [sys.executable, "-m", "durable_nb.cli", "run", str(path)]
+    done = subprocess.run(cmd, env=kernel_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "old.ipynb is nbformat 4.4, whose cells have no ids" in done.stdout

@@ -1,0 +1,122 @@
+"""What steps and cells show, kept and shown again (issue 16): linear capture, every kind of
+output replayed in a fresh kernel, bounded sizes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from durable_nb import step, workflow
+from durable_nb.capture import KEPT
+
+from .kernels import Kernel, kernel_env, notebook, run_all
+
+SHOWY = """\
+import logging, sys
+import matplotlib
+matplotlib.use("module://matplotlib_inline.backend_inline")
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+from tqdm import tqdm
+from durable_nb import step
+
+logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s", force=True)
+
+@step
+def train(n):
+    with open("calls.txt", "a") as f:
+        f.write("train\\n")
+    print("epoch 1 done")
+    for _ in tqdm(range(n), desc="fitting", file=sys.stderr, mininterval=0):
+        pass
+    logging.info("loss went down")
+    display(pd.DataFrame({"loss": [0.5, 0.25]}))
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    plt.show()
+    return n
+"""
+CELL = "%%durable showy --force\nresult = train(50)\n"
+
+
+def kinds(cell: object) -> list[str]:
+    """What a cell showed, in order: stream names and the mime types of displays."""
+    out = []
+    for o in cell.outputs:  # type: ignore[attr-defined]
+        if o.output_type == "stream":
+            out.append(o.name)
+        elif o.output_type == "display_data":
+            out.append("+".join(sorted(k for k in o.data if k != "text/plain")) or "text")
+    return out
+
+
+def texts(cell: object, name: str) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == name)  # type: ignore[attr-defined]
+
+
+def test_a_replayed_step_shows_everything_it_showed(tmp_path: Path) -> None:
+    env = kernel_env(tmp_path / "showy.ipynb")
+    first = run_all(notebook("%load_ext durable_nb", SHOWY, CELL), tmp_path, env)
+    second = run_all(notebook("%load_ext durable_nb", SHOWY, CELL), tmp_path, env)  # fresh kernel
+    assert (tmp_path / "calls.txt").read_text() == "train\n"  # the second run replayed it
+    shown = second.cells[2]
+    assert "text/html" in kinds(shown) and "image/png" in kinds(shown)
+    assert "[replayed] epoch 1 done" in texts(shown, "stdout")
+    err = texts(shown, "stderr")
+    assert "[replayed] LOG INFO loss went down" in err
+    bar = [line for line in err.splitlines() if "fitting" in line]
+    assert len(bar) == 1 and "50/50" in bar[0]  # the bar's final state, once
+    assert kinds(first.cells[2]).count("image/png") == kinds(shown).count("image/png") == 1
+    conn = sqlite3.connect(tmp_path / ".durable" / "showy.db")
+    stdout, output = conn.execute("SELECT stdout, output FROM steps").fetchone()
+    assert stdout == "epoch 1 done\n" and '"display"' in output and '"stderr"' in output
+
+
+def test_printing_many_lines_in_a_durable_cell_stays_linear(tmp_path: Path) -> None:
+    kernel = Kernel(tmp_path, kernel_env(tmp_path / "lines.ipynb"))
+    try:
+        kernel.execute("%load_ext durable_nb")
+        code = "for i in range(40_000):\n    print('line', i)"
+        t0 = time.perf_counter()
+        assert kernel.execute(code, timeout=300).status == "ok"
+        plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reply = kernel.execute("%%durable lines\n" + code, timeout=300)
+        durable = time.perf_counter() - t0
+        assert reply.status == "ok"
+        assert durable < 2 * plain + 0.5, (durable, plain)
+    finally:
+        kernel.close()
+
+
+def test_what_a_step_prints_is_kept_bounded(log_path: Path) -> None:
+    @step
+    def loud() -> int:
+        print("x" * (3 * KEPT))
+        return 1
+
+    with workflow("loud"):
+        loud()
+    kept = sqlite3.connect(log_path).execute("SELECT stdout FROM steps").fetchone()[0]
+    assert KEPT <= len(kept) < KEPT + 200
+    assert f"[... {3 * KEPT + 1 - KEPT:,} characters of output not kept ...]" in kept
+
+
+@pytest.mark.parametrize("steps", [20, 5000])
+def test_timeline_stays_bounded(log_path: Path, steps: int) -> None:
+    import durable_nb
+
+    quick = step(abs)
+    with workflow("many"):
+        for i in range(steps):
+            quick(-i)
+    t0 = time.perf_counter()
+    fig = durable_nb.timeline("many")
+    assert time.perf_counter() - t0 < 2.0
+    assert fig.get_size_inches()[1] <= 0.25 * 300 + 1.3
+    title = fig.axes[0].get_title()
+    assert (steps > 300) == ("one bar per run and step" in title)
