@@ -56,23 +56,24 @@ def clip(text: str, limit: int = KEPT) -> str:
 
 
 class Tee:
-    """Writes to ``target`` (so output stays live) and passes each write to ``on_write``.
+    """Writes to ``target`` (so output stays live) and keeps each write as an event.
 
     A plain class, not an ``io.TextIOBase`` (the io base costs more than the capture).
     Other attributes come from ``target``.
     """
 
-    __slots__ = ("_on_write", "target")
+    __slots__ = ("events", "stream", "target")
 
-    def __init__(self, target: Any, on_write: Callable[[str], None]) -> None:
+    def __init__(self, target: Any, events: list[Event], stream: str) -> None:
         self.target = target
-        self._on_write = on_write
+        self.events = events
+        self.stream = stream
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.target, name)
 
     def write(self, text: str) -> int:
-        self._on_write(text)
+        self.events.append((self.stream, text))
         return self.target.write(text)
 
     def flush(self) -> None:
@@ -91,18 +92,37 @@ _lists: contextvars.ContextVar[tuple[list[Event], ...]] = contextvars.ContextVar
 )
 
 
-class _Router(Tee):
-    """``sys.stdout`` / ``sys.stderr`` while steps capture."""
+class _Router:
+    """``sys.stdout`` / ``sys.stderr`` while steps capture off the main thread or in
+    asyncio tasks: each write goes to the event lists of the writing context's steps."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("stream", "target")
 
     def __init__(self, target: Any, stream: str) -> None:
-        super().__init__(target, self._route)
+        self.target = target
         self.stream = stream
 
-    def _route(self, text: str) -> None:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    def write(self, text: str) -> int:
         for events in _lists.get():
             events.append((self.stream, text))
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+# Sync steps in the main thread (one at a time, nested): their event lists, outermost first.
+_main: list[list[Event]] = []
+_MAIN = threading.main_thread().ident
 
 
 _users = 0  # captures active right now, in every task and thread
@@ -145,7 +165,7 @@ class _Logged(logging.Handler):
 
 
 def _route_text(stream: str, text: str) -> None:
-    for events in _lists.get():
+    for events in _capturing():
         events.append((stream, text))
 
 
@@ -153,44 +173,73 @@ def _bypassing_handlers() -> list[logging.Handler]:
     """The root logger's stream handlers that write to a stream object of their own (not
     the routed ``sys.stderr``), so their lines would not be captured."""
     found = []
-    for handler in logging.getLogger().handlers:
+    for handler in logging.root.handlers:
         stream = getattr(handler, "stream", None)
-        if isinstance(handler, logging.StreamHandler) and not isinstance(stream, _Router):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(stream, (_Router, Tee)):
             found.append(handler)
     return found
 
 
 class Capture:
-    """What one step call shows, from ``start`` to ``stop``: ``events``."""
+    """What one step call shows, from creation to ``stop``: ``events``.
 
-    __slots__ = ("_logged", "_token", "events")
+    A sync step in the main thread swaps ``sys.stdout`` and ``sys.stderr`` for ``Tee``s
+    (the cheapest; a nested step's tees write through its parent's). Async steps (``routed``)
+    and steps in other threads run interleaved, so they are routed by context instead.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_logged", "_tees", "_token", "events")
+
+    def __init__(self, *, routed: bool = False) -> None:
         self.events: list[Event] = []
-        self._token = _lists.set((*_lists.get(), self.events))
-        _install()
-        shown = _bypassing_handlers() if logging.getLogger().handlers else None
-        self._logged = _Logged(shown) if shown else None
-        if self._logged is not None:
-            logging.getLogger().addHandler(self._logged)
+        self._token: contextvars.Token[tuple[list[Event], ...]] | None = None
+        self._tees: tuple[Tee, Tee] | None = None
+        if routed or threading.get_ident() != _MAIN:
+            self._token = _lists.set((*_lists.get(), self.events))
+            _install()
+        else:
+            _main.append(self.events)
+            out = Tee(sys.stdout, self.events, "stdout")
+            err = Tee(sys.stderr, self.events, "stderr")
+            self._tees = out, err
+            sys.stdout, sys.stderr = out, err
+        self._logged = None
+        if logging.root.handlers:
+            shown = _bypassing_handlers()
+            if shown:
+                self._logged = _Logged(shown)
+                logging.root.addHandler(self._logged)
 
     def stop(self) -> None:
         """Stop capturing (what was shown stays in ``events``)."""
         if self._logged is not None:
-            logging.getLogger().removeHandler(self._logged)
+            logging.root.removeHandler(self._logged)
+        if self._tees is not None:
+            out, err = self._tees
+            sys.stdout, sys.stderr = out.target, err.target
+            if _main and _main[-1] is self.events:
+                _main.pop()
+            return
         _uninstall()
         try:
-            _lists.reset(self._token)
+            _lists.reset(self._token)  # type: ignore[arg-type]
         except ValueError:  # stopped in another context than started: drop this list only
             _lists.set(tuple(e for e in _lists.get() if e is not self.events))
 
 
+def _capturing() -> list[list[Event]]:
+    """The event lists of the steps capturing in this context."""
+    lists = list(_lists.get())
+    if _main and threading.get_ident() == _MAIN:
+        lists += _main
+    return lists
+
+
 def record_display(data: dict[str, Any], metadata: dict[str, Any] | None) -> None:
     """A rich display (``display()``, a figure) shown now: part of the capturing steps'."""
-    lists = _lists.get()
-    if lists:
+    if _main or _lists.get():
         event = ("display", data, metadata or {})
-        for events in lists:
+        for events in _capturing():
             events.append(event)
 
 

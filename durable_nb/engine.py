@@ -687,7 +687,7 @@ class Step:
             started = time.time()
             token = _current.set(_Scope(run, call.key))
             before = interrupts.count()
-            shown = Capture()  # this task's context: concurrent steps keep theirs apart
+            shown = Capture(routed=True)  # by task: concurrent steps keep theirs apart
             try:
                 value = await self.fn(*args, **kwargs)
             except BaseException as exc:

@@ -25,7 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import capture, cells, cellstate, engine
 from .accept import accept
-from .capture import Tee, clip
+from .capture import clip
 from .digests import source_digest
 from .errors import DurableError
 from .location import LogLocation, locate_log
@@ -109,6 +109,26 @@ class _Replayed:
         return str(self.data.get("text/plain", "<replayed output>"))
 
 
+class _Recorder:
+    """The cell's ``sys.stdout`` / ``sys.stderr``: passes writes on and records them."""
+
+    def __init__(self, target: Any, record: Any) -> None:
+        self.target, self._record = target, record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    def write(self, text: str) -> int:
+        self._record(text)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
 class _Outputs:
     """Records what a cell prints and displays, while letting it through live."""
 
@@ -138,8 +158,8 @@ class _Outputs:
 
     def start(self) -> None:
         self._streams = sys.stdout, sys.stderr
-        sys.stdout = Tee(sys.stdout, self._stream("stdout"))
-        sys.stderr = Tee(sys.stderr, self._stream("stderr"))
+        sys.stdout = _Recorder(sys.stdout, self._stream("stdout"))
+        sys.stderr = _Recorder(sys.stderr, self._stream("stderr"))
         pub = self.shell.display_pub
         self._had_own_publish = "publish" in vars(pub)
         original = pub.publish

@@ -15,6 +15,7 @@ Tables
             not_durable), keyed by (workflow, scope, name, args_digest, occurrence).
     cells   for a completed notebook cell: what it changed in the namespace (restored on
             skip), its displayed outputs, and the step calls its run used.
+    workflow_steps  (workflow, step id) of every ended run's steps: per-workflow reads.
     digests what each dependency digest (``steps.code_digest``) covers: a JSON document
             ``{"step", "base", "entries": [[label, digest, short repr or null], ...]}``,
             written once per digest, so that a step that runs again can say what changed.
@@ -185,11 +186,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cells ADD COLUMN steps TEXT;
     """,
-    # 6: an index on the steps of each workflow. Without it every run start read the whole
-    # table (its workflow's completed records), and so did every per-workflow view: at a
-    # million steps, 100 ms per durable cell. It costs one more B-tree entry per checkpoint.
+    # 6: which steps belong to each workflow, written once per run when it ends (or is found
+    # crashed), not at each checkpoint: an index on steps would add a page write to every
+    # step's commit. Without it every run start read the whole table, and so did every
+    # per-workflow view (at a million steps, 100 ms per durable cell). Steps of runs not yet
+    # indexed are found from runs.first_step, the first id their steps can have.
     """
-    CREATE INDEX steps_by_workflow ON steps (workflow, id);
+    ALTER TABLE runs ADD COLUMN first_step INTEGER;
+    ALTER TABLE runs ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE workflow_steps (
+        workflow      TEXT NOT NULL,
+        step          INTEGER NOT NULL,
+        PRIMARY KEY (workflow, step)
+    ) WITHOUT ROWID;
+    INSERT INTO workflow_steps SELECT workflow, id FROM steps;
+    UPDATE runs SET indexed = 1;
     """,
     # 7: what a step showed besides stdout, in order, as JSON events for replay:
     # [["stdout" | "stderr", text] | ["display", {mime: data}, metadata], ...]

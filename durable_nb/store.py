@@ -80,6 +80,26 @@ _MARK_CRASHED = (
     "UPDATE runs SET status = 'crashed', ended_at = ?, "
     "error = 'the process running it died' WHERE id = ? AND status = 'running'"
 )
+# A run's steps into workflow_steps (when it ends, or is found crashed): its rows lie from
+# runs.first_step on, so this reads only what was written since it started.
+_INDEX_RUN = (
+    "INSERT OR IGNORE INTO workflow_steps (workflow, step) SELECT workflow, id FROM steps "
+    "WHERE id >= coalesce((SELECT first_step FROM runs WHERE id = ?1), 0) AND run_id = ?1"
+)
+_INDEXED = "UPDATE runs SET indexed = 1 WHERE id = ?"
+
+
+def _workflow_rows(columns: str, extra: str = "") -> str:
+    """SQL for the step rows of workflow ``:workflow`` (and ``extra`` conditions), in id
+    order: those indexed in workflow_steps, and those of its runs not indexed yet (in
+    progress, or killed and not yet found), which lie from their first_step on."""
+    return (
+        f"SELECT {columns} FROM steps WHERE id IN (SELECT step FROM workflow_steps WHERE "
+        "workflow = :workflow UNION ALL SELECT id FROM steps WHERE id >= coalesce((SELECT "
+        "min(first_step) FROM runs WHERE workflow = :workflow AND indexed = 0), "
+        "9223372036854775807) AND run_id IN (SELECT id FROM runs WHERE workflow = :workflow "
+        f"AND indexed = 0)) {extra} ORDER BY id"
+    )
 
 
 def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
@@ -411,6 +431,8 @@ class Store:
         if dead:
             with self.transaction() as conn:
                 conn.executemany(_MARK_CRASHED, [(time.time(), run_id) for run_id in dead])
+                conn.executemany(_INDEX_RUN, [(run_id,) for run_id in dead])
+                conn.executemany(_INDEXED, [(run_id,) for run_id in dead])
         return dead
 
     def begin_run(
@@ -437,9 +459,12 @@ class Store:
                         pid=pid,
                     )
                 conn.execute(_MARK_CRASHED, (time.time(), run_id))
+                conn.execute(_INDEX_RUN, (run_id,))
+                conn.execute(_INDEXED, (run_id,))
             run_id = conn.execute(
                 "INSERT INTO runs (workflow, status, started_at, owner, pid, source_digest, "
-                "inputs_digest) VALUES (?, 'running', ?, ?, ?, ?, ?)",
+                "inputs_digest, first_step) VALUES (?, 'running', ?, ?, ?, ?, ?, "
+                "(SELECT coalesce(max(id), 0) + 1 FROM steps))",
                 (workflow, time.time(), self._me, os.getpid(), source_digest, inputs_digest),
             ).lastrowid
         assert run_id is not None
@@ -459,20 +484,22 @@ class Store:
         """Record how a run ended, with the ids of the step records it replayed and the
         versions of the packages its steps referenced."""
         try:
-            self._write(
-                "UPDATE runs SET status = ?, ended_at = ?, steps_run = ?, steps_replayed = ?, "
-                "replayed_steps = ?, error = ?, environment = ? WHERE id = ?",
-                (
-                    status,
-                    time.time(),
-                    steps_run,
-                    len(replayed),
-                    json.dumps(replayed),
-                    error,
-                    json.dumps(environment) if environment else None,
-                    run_id,
-                ),
-            )
+            with self.transaction() as conn:
+                conn.execute(
+                    "UPDATE runs SET status = ?, ended_at = ?, steps_run = ?, steps_replayed = ?,"
+                    " replayed_steps = ?, error = ?, environment = ?, indexed = 1 WHERE id = ?",
+                    (
+                        status,
+                        time.time(),
+                        steps_run,
+                        len(replayed),
+                        json.dumps(replayed),
+                        error,
+                        json.dumps(environment) if environment else None,
+                        run_id,
+                    ),
+                )
+                conn.execute(_INDEX_RUN, (run_id,))
         finally:
             self._active.discard(run_id)
 
@@ -513,18 +540,35 @@ class Store:
 
     def completed_steps(self, workflow: str) -> dict[StepKey, dict[str, StoredStep]]:
         """Completed records of ``workflow``: per step key, the newest one per code digest."""
+        columns = (
+            "scope, name, args_digest, occurrence, id, run_id, code_digest, result_format, "
+            "CASE WHEN length(result) <= :preload THEN result END, result_blob, "
+            "stdout IS NOT NULL OR output IS NOT NULL"
+        )
         rows = self.conn.execute(
-            "SELECT scope, name, args_digest, occurrence, id, run_id, code_digest, "
-            "result_format, CASE WHEN length(result) <= ? THEN result END, result_blob, "
-            "stdout IS NOT NULL OR output IS NOT NULL FROM steps WHERE workflow = ? "
-            "AND status = 'completed' "
-            "ORDER BY id",
-            (_PRELOAD_MAX_BYTES, workflow),
+            _workflow_rows(columns, "AND status = 'completed'"),
+            {"workflow": workflow, "preload": _PRELOAD_MAX_BYTES},
         )
         completed: dict[StepKey, dict[str, StoredStep]] = {}
         for r in rows:
             completed.setdefault((r[0], r[1], r[2], r[3]), {})[r[6]] = StoredStep(*r[4:])
         return completed
+
+    def step_rows(
+        self, columns: str, workflow: str | None = None, run: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows of steps (``columns``), all, or a workflow's, or a run's, in id order."""
+        params: dict[str, Any] = {"workflow": workflow, "run": run}
+        run_filter = "AND run_id = :run" if run is not None else ""
+        if workflow is not None:
+            return self.conn.execute(_workflow_rows(columns, run_filter), params).fetchall()
+        if run is not None:  # its rows lie from its first_step on
+            return self.conn.execute(
+                f"SELECT {columns} FROM steps WHERE id >= coalesce((SELECT first_step FROM runs "
+                f"WHERE id = :run), 0) {run_filter} ORDER BY id",
+                params,
+            ).fetchall()
+        return self.conn.execute(f"SELECT {columns} FROM steps ORDER BY id").fetchall()
 
     def step_payload(self, step_id: int) -> bytes:
         """The inline serialized result of one step."""
@@ -738,6 +782,11 @@ class Store:
             if step is None:
                 # foreign_keys is off (it costs every checkpoint): delete children by hand.
                 done = "SELECT id FROM runs WHERE workflow = ? AND status != 'running'"
+                conn.execute(
+                    "DELETE FROM workflow_steps WHERE workflow = ? AND step IN (SELECT id FROM "
+                    f"steps WHERE run_id IN ({done}))",
+                    (workflow, workflow),
+                )
                 conn.execute(f"DELETE FROM steps WHERE run_id IN ({done})", (workflow,))
                 conn.execute(f"DELETE FROM cells WHERE run_id IN ({done})", (workflow,))
                 count = conn.execute(
@@ -745,6 +794,11 @@ class Store:
                 ).rowcount
                 detail = f"forgot {count} runs"
             else:
+                conn.execute(
+                    "DELETE FROM workflow_steps WHERE workflow = ? AND step IN (SELECT id FROM "
+                    "steps WHERE workflow = ? AND name = ?)",
+                    (workflow, workflow, step),
+                )
                 count = conn.execute(
                     "DELETE FROM steps WHERE workflow = ? AND name = ?", (workflow, step)
                 ).rowcount

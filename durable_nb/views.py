@@ -88,21 +88,15 @@ _STEP_COLUMNS = [
 
 def steps(workflow: str | None = None, run: int | None = None, log: LogArg = None) -> pd.DataFrame:
     """One row per step attempt, with its status, timing, result summary and replay count."""
-    where, params = [], []
-    if workflow is not None:
-        where.append("workflow = ?")
-        params.append(workflow)
     if run is not None:
-        where.append("run_id = ?")
-        params.append(operator.index(run))  # numpy integers too (sqlite binds them as BLOB)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+        run = operator.index(run)  # numpy integers too (sqlite binds them as BLOB)
     with _opened(log) as store:
-        rows = store.conn.execute(
-            "SELECT id, run_id, workflow, name, args_repr, occurrence, attempt, status, "
-            "started_at, ended_at, result_type, result_size, result_repr, error_type, "
-            f"error_message, reason FROM steps {clause} ORDER BY id",
-            params,
-        ).fetchall()
+        rows = store.step_rows(
+            "id, run_id, workflow, name, args_repr, occurrence, attempt, status, started_at, "
+            "ended_at, result_type, result_size, result_repr, error_type, error_message, reason",
+            workflow,
+            run,
+        )
         of_workflow = "AND workflow = ?" if workflow is not None else ""
         replays = store.conn.execute(
             "SELECT replayed_steps FROM runs WHERE replayed_steps IS NOT NULL "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sqlite3
 import time
 from pathlib import Path
@@ -68,16 +69,41 @@ def test_only_the_newest_cell_snapshot_is_kept_and_gc_frees_the_rest(tmp_path: P
         kernel.close()
 
 
-def test_a_log_is_indexed_by_workflow(tmp_path: Path) -> None:
+def test_a_workflow_reads_only_its_own_steps(tmp_path: Path) -> None:
+    quick = step(abs)
     with Store(tmp_path / "x.db") as store:
+        for name in ("a", "b", "a"):
+            with workflow(name, store=store):
+                quick(-1)
         plan = store.conn.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM steps WHERE workflow = ? AND status = 'completed'",
-            ("w",),
+            "EXPLAIN QUERY PLAN SELECT step FROM workflow_steps WHERE workflow = 'a'"
         ).fetchall()
-    assert any("steps_by_workflow" in row[-1] for row in plan)
+        assert any("PRIMARY KEY" in row[-1] or "USING" in row[-1] for row in plan)
+        assert [r[0] for r in store.step_rows("run_id", "a")] == [1]  # run 3 replayed it
+        assert [r[0] for r in store.step_rows("run_id", "b")] == [2]
+        assert [r[0] for r in store.step_rows("run_id", run=2)] == [2]
 
 
-def test_an_old_log_gets_the_index_and_keeps_its_records(tmp_path: Path) -> None:
+def test_a_crashed_runs_steps_are_found_and_indexed(tmp_path: Path) -> None:
+    script = (
+        "import os, sys, durable_nb\nfrom durable_nb import step, workflow\n"
+        "durable_nb.open_log(sys.argv[1])\nwith workflow('w'):\n"
+        "    step(abs, -1)\n    step(abs, -2)\n    os._exit(1)\n"
+    )
+    from .conftest import python
+
+    log = tmp_path / "c.db"
+    proc = python(script, str(log), cwd=tmp_path)
+    proc.communicate(timeout=60)
+    quick = step(abs)
+    with Store(log) as store:
+        assert store.conn.execute("SELECT indexed FROM runs").fetchone() == (1,)  # on open
+        with workflow("w", store=store) as run:
+            quick(-1), quick(-2), quick(-3)
+        assert (run.steps_replayed, run.steps_run) == (2, 1)
+
+
+def test_an_old_log_is_indexed_and_keeps_its_records(tmp_path: Path) -> None:
     from durable_nb.schema import MIGRATIONS
     from durable_nb.store import _statements
 
@@ -88,11 +114,18 @@ def test_an_old_log_gets_the_index_and_keeps_its_records(tmp_path: Path) -> None
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 5")
     conn.execute("PRAGMA application_id = 1145979441")
+    conn.execute(
+        "INSERT INTO runs (workflow, status, started_at, ended_at, owner, pid) "
+        "VALUES ('w', 'completed', 1, 2, 'gone:host:1:1', 1)"
+    )
+    conn.execute(
+        "INSERT INTO steps (run_id, workflow, scope, name, args_digest, occurrence, "
+        "code_digest, attempt, status, started_at, ended_at, result_format, args_repr, result) "
+        "VALUES (1, 'w', '', 'abs', 'a1', 0, 'c1', 1, 'completed', 1, 2, 'pickle', '-1', ?)",
+        (pickle.dumps(1),),
+    )
     conn.commit()
     conn.close()
-    quick = step(abs)
-    with Store(old) as store, workflow("w", store=store):
-        quick(-1)
-    assert durable_nb.runs(log=old)["status"].tolist() == ["completed"]
-    indexes = sqlite3.connect(old).execute("SELECT name FROM sqlite_master WHERE type = 'index'")
-    assert ("steps_by_workflow",) in indexes.fetchall()
+    with Store(old) as store:
+        assert [r[0] for r in store.step_rows("name", "w")] == ["abs"]
+        assert len(durable_nb.steps(workflow="w", log=store)) == 1
