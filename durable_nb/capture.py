@@ -27,6 +27,7 @@ __all__ = [
     "KEPT",
     "REPLAY_MARK",
     "Capture",
+    "Stream",
     "Tee",
     "clip",
     "record_display",
@@ -55,25 +56,21 @@ def clip(text: str, limit: int = KEPT) -> str:
     return f"{text[:half]}\n[... {left:,} characters of output not kept ...]\n{text[-half:]}"
 
 
-class Tee:
-    """Writes to ``target`` (so output stays live) and keeps each write as an event.
+class Stream:
+    """A stand-in for ``sys.stdout`` / ``sys.stderr`` that passes every write on to
+    ``target`` (so output stays live); subclasses decide what else a write does. A plain
+    class, not an ``io.TextIOBase`` (the io base costs more than the capture). Other
+    attributes come from ``target``."""
 
-    A plain class, not an ``io.TextIOBase`` (the io base costs more than the capture).
-    Other attributes come from ``target``.
-    """
+    __slots__ = ("target",)
 
-    __slots__ = ("events", "stream", "target")
-
-    def __init__(self, target: Any, events: list[Event], stream: str) -> None:
+    def __init__(self, target: Any) -> None:
         self.target = target
-        self.events = events
-        self.stream = stream
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.target, name)
 
     def write(self, text: str) -> int:
-        self.events.append((self.stream, text))
         return self.target.write(text)
 
     def flush(self) -> None:
@@ -84,6 +81,21 @@ class Tee:
 
     def writable(self) -> bool:
         return True
+
+
+class Tee(Stream):
+    """Keeps each write as an event of one step."""
+
+    __slots__ = ("events", "stream")
+
+    def __init__(self, target: Any, events: list[Event], stream: str) -> None:
+        super().__init__(target)
+        self.events = events
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.events.append((self.stream, text))
+        return self.target.write(text)
 
 
 # The event lists of the steps the current context (task, thread) is inside, outermost first.
@@ -92,32 +104,20 @@ _lists: contextvars.ContextVar[tuple[list[Event], ...]] = contextvars.ContextVar
 )
 
 
-class _Router:
+class _Router(Stream):
     """``sys.stdout`` / ``sys.stderr`` while steps capture off the main thread or in
     asyncio tasks: each write goes to the event lists of the writing context's steps."""
 
-    __slots__ = ("stream", "target")
+    __slots__ = ("stream",)
 
     def __init__(self, target: Any, stream: str) -> None:
-        self.target = target
+        super().__init__(target)
         self.stream = stream
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.target, name)
 
     def write(self, text: str) -> int:
         for events in _lists.get():
             events.append((self.stream, text))
         return self.target.write(text)
-
-    def flush(self) -> None:
-        self.target.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
 
 
 # Sync steps in the main thread (one at a time, nested): their event lists, outermost first.

@@ -25,7 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import capture, cells, cellstate, engine
 from .accept import accept
-from .capture import clip
+from .capture import Stream, clip
 from .digests import source_digest
 from .errors import DurableError
 from .location import LogLocation, locate_log
@@ -109,24 +109,16 @@ class _Replayed:
         return str(self.data.get("text/plain", "<replayed output>"))
 
 
-class _Recorder:
+class _Recorder(Stream):
     """The cell's ``sys.stdout`` / ``sys.stderr``: passes writes on and records them."""
 
     def __init__(self, target: Any, record: Any) -> None:
-        self.target, self._record = target, record
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.target, name)
+        super().__init__(target)
+        self._record = record
 
     def write(self, text: str) -> int:
         self._record(text)
         return self.target.write(text)
-
-    def flush(self) -> None:
-        self.target.flush()
-
-    def isatty(self) -> bool:
-        return False
 
 
 class _Outputs:

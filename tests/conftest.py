@@ -77,3 +77,32 @@ def unprivileged_python(script: str, cwd: Path) -> subprocess.CompletedProcess[s
         cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def old_log(path: Path, version: int, step: str = "train", result: object = None) -> Path:
+    """A log as a durable_nb of schema ``version`` left it: one completed run with one
+    completed step ``step`` (arguments ``3``) whose value is ``result``."""
+    import pickle
+
+    from durable_nb.schema import APPLICATION_ID, MIGRATIONS
+    from durable_nb.store import _statements
+
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:version]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(
+        "INSERT INTO runs (workflow, status, started_at, ended_at, owner, pid) "
+        "VALUES ('w', 'completed', 1, 2, 'gone:host:1:1', 1)"
+    )
+    conn.execute(
+        "INSERT INTO steps (run_id, workflow, scope, name, args_digest, occurrence, "
+        "code_digest, attempt, status, started_at, ended_at, result_format, args_repr, result) "
+        "VALUES (1, 'w', '', ?, 'a1', 0, 'c1', 1, 'completed', 1, 2, 'pickle', '3', ?)",
+        (step, pickle.dumps(result)),
+    )
+    conn.commit()
+    conn.close()
+    return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import sqlite3
 import sys
 import warnings
@@ -22,7 +21,7 @@ import durable_nb
 from durable_nb import DurableError, DurableWarning, Store, engine, step, workflow
 from durable_nb.schema import MIGRATIONS
 
-from .conftest import current_log
+from .conftest import current_log, old_log
 from .kernels import Kernel, kernel_env
 
 
@@ -267,23 +266,7 @@ def test_logs_of_cases_that_write_keep_what_they_had(log: Path, tmp_path: Path) 
 
 
 def test_log_from_an_older_durable_nb_is_migrated(tmp_path: Path) -> None:
-    old = tmp_path / "old.db"
-    conn = sqlite3.connect(old)
-    conn.executescript(MIGRATIONS[0])
-    conn.execute("PRAGMA user_version = 1")
-    conn.execute("PRAGMA application_id = 1145979441")
-    conn.execute(
-        "INSERT INTO runs (workflow, status, started_at, ended_at, owner, pid) "
-        "VALUES ('w', 'completed', 1, 2, 'gone:host:1:1', 1)"
-    )
-    conn.execute(
-        "INSERT INTO steps (run_id, workflow, scope, name, args_digest, occurrence, "
-        "code_digest, attempt, status, started_at, ended_at, result_format, args_repr, result) "
-        "VALUES (1, 'w', '', 'train', 'a1', 0, 'c1', 1, 'completed', 1, 2, 'pickle', '3', ?)",
-        (pickle.dumps({"loss": 0.5}),),
-    )
-    conn.commit()
-    conn.close()
+    old = old_log(tmp_path / "old.db", 1, result={"loss": 0.5})
     with Store(old) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
         assert [r.workflow for r in store.runs()] == ["w"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import sqlite3
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import durable_nb
 from durable_nb import Store, step, workflow
 
+from .conftest import old_log
 from .kernels import Kernel, kernel_env
 
 
@@ -104,28 +103,7 @@ def test_a_crashed_runs_steps_are_found_and_indexed(tmp_path: Path) -> None:
 
 
 def test_an_old_log_is_indexed_and_keeps_its_records(tmp_path: Path) -> None:
-    from durable_nb.schema import MIGRATIONS
-    from durable_nb.store import _statements
-
-    old = tmp_path / "old.db"
-    conn = sqlite3.connect(old)
-    for script in MIGRATIONS[:5]:
-        for statement in _statements(script):
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 5")
-    conn.execute("PRAGMA application_id = 1145979441")
-    conn.execute(
-        "INSERT INTO runs (workflow, status, started_at, ended_at, owner, pid) "
-        "VALUES ('w', 'completed', 1, 2, 'gone:host:1:1', 1)"
-    )
-    conn.execute(
-        "INSERT INTO steps (run_id, workflow, scope, name, args_digest, occurrence, "
-        "code_digest, attempt, status, started_at, ended_at, result_format, args_repr, result) "
-        "VALUES (1, 'w', '', 'abs', 'a1', 0, 'c1', 1, 'completed', 1, 2, 'pickle', '-1', ?)",
-        (pickle.dumps(1),),
-    )
-    conn.commit()
-    conn.close()
+    old = old_log(tmp_path / "old.db", 5, step="abs", result=1)
     with Store(old) as store:
         assert [r[0] for r in store.step_rows("name", "w")] == ["abs"]
         assert len(durable_nb.steps(workflow="w", log=store)) == 1
