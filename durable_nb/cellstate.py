@@ -40,7 +40,8 @@ from xxhash import xxh3_128_hexdigest
 
 from . import serialization
 from .cells import MARKER, RUNNER, CellReads
-from .dependencies import RunDependencies, explain, input_digest, is_user_file, package_version
+from .codeinfo import is_user_file, package_version
+from .dependencies import RunDependencies, explain, input_digest
 from .digests import value_digest
 from .records import CellRecord, RunRecord
 from .store import Store

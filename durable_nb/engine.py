@@ -27,13 +27,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 from . import capture, interrupts, serialization
 from .calls import Call, args_repr, encode
 from .capture import REPLAY_MARK, Capture, Event
-from .dependencies import (
-    RunDependencies,
-    StepDependencies,
-    code_digest,
-    explain,
-    package_version,
-)
+from .codeinfo import code_digest, package_version
+from .dependencies import RunDependencies, StepDependencies, explain
 from .digests import Arguments, args_digest
 from .errors import BlobError, DurableError, DurableWarning, PlanStop, user_stacklevel
 from .location import locate_log

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import engine
 from .blobs import blob_folder, set_mirror
+from .connection import fail
 from .errors import DurableWarning, ReplicationError
 from .replica import Replica, child_environment, parse_url
-from .store import Store, fail, referenced_blobs
+from .store import Store, referenced_blobs
 
 if TYPE_CHECKING:
     import pandas as pd

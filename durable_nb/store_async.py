@@ -12,8 +12,9 @@ from pathlib import Path
 
 import aiosqlite
 
+from .connection import fail, pragmas
 from .records import CompletedRow, StepRow
-from .store import INSERT_COMPLETED, INSERT_STEP, fail, pragmas
+from .store import INSERT_COMPLETED, INSERT_STEP
 
 __all__ = ["AsyncStore"]
 

@@ -84,8 +84,8 @@ def old_log(path: Path, version: int, step: str = "train", result: object = None
     completed step ``step`` (arguments ``3``) whose value is ``result``."""
     import pickle
 
+    from durable_nb.connection import _statements
     from durable_nb.schema import APPLICATION_ID, MIGRATIONS
-    from durable_nb.store import _statements
 
     conn = sqlite3.connect(path)
     for script in MIGRATIONS[:version]:

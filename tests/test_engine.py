@@ -359,7 +359,7 @@ def test_decide_is_the_replay_rule() -> None:
 def test_code_digest_ignores_comments_docstrings_and_decorators(tmp_path: Path) -> None:
     import importlib.util
 
-    from durable_nb.dependencies import code_digest
+    from durable_nb.codeinfo import code_digest
 
     def load(src: str) -> str:
         path = tmp_path / f"gen_{abs(hash(src))}.py"

@@ -1,0 +1,253 @@
+"""What a piece of code is, and whose: code digests and the names a function reads.
+
+``code_info`` analyses one code object once per process: the digest of its AST (comments,
+whitespace, docstrings and decorators do not count; the bytecode when there is no source,
+or when the file on disk is not what was imported), the global names it reads, which of
+its closure variables it reads, and the names it only mutates through statements such as
+``log.append(x)`` (outputs, not inputs). ``is_user_module`` tells the user's own modules
+(the notebook, files outside site-packages and the standard library) from installed ones,
+whose versions ``package_version`` gives.
+"""
+
+from __future__ import annotations
+
+import ast
+import dis
+import functools
+import hashlib
+import inspect
+import os
+import sys
+import sysconfig
+import textwrap
+import types
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+__all__ = [
+    "CodeInfo",
+    "code_digest",
+    "code_info",
+    "installed_package",
+    "is_user_file",
+    "is_user_module",
+    "package_version",
+]
+
+# Statement calls that only change the object they are called on (or log): `x.append(v)`.
+_MUTATORS = frozenset(
+    {
+        "append", "appendleft", "add", "clear", "discard", "extend", "extendleft", "insert",
+        "put", "put_nowait", "remove", "update", "write", "writelines", "debug", "info",
+        "warning", "error", "exception", "critical",
+    }
+)  # fmt: skip
+
+
+# -- code: per code object, cached for the process ---------------------------------------
+
+
+class CodeInfo(NamedTuple):
+    """What one code object is, and which names it reads."""
+
+    digest: str  # of its AST (or bytecode when the source is unknown or stale)
+    globals: tuple[str, ...]  # global names it reads (write-only ones left out)
+    freevars: tuple[bool, ...]  # per closure variable: whether it is read
+    attrs: frozenset[str]  # every name it uses, attribute names included
+
+
+class _StripDocs(ast.NodeTransformer):
+    """Remove docstrings and decorators, which do not change what a function computes."""
+
+    def _strip(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+        if hasattr(node, "decorator_list"):
+            node.decorator_list = []
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
+
+
+def _hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _bytecode(code: types.CodeType) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _bytecode(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return hashlib.sha256(b"\0".join(parts)).digest()
+
+
+def _codes(code: types.CodeType) -> Iterable[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
+
+
+def _compiled_matches(code: types.CodeType, source: str) -> bool:
+    """Whether ``source`` compiles to ``code`` (false when the file changed since import)."""
+    try:
+        compiled = compile(source, code.co_filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    mine = _bytecode(code)  # its instructions, names and constants
+    return any(c.co_name == code.co_name and _bytecode(c) == mine for c in _codes(compiled))
+
+
+def _written_only(tree: ast.AST) -> set[str]:
+    """Names used only as ``NAME.mutator(...)`` statements (appended to, logged to)."""
+    mutated: set[int] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and node.value.func.attr in _MUTATORS
+            and isinstance(node.value.func.value, ast.Name)
+        ):
+            mutated.add(id(node.value.func.value))
+    used: dict[str, bool] = {}  # name -> only mutated so far
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            used[node.id] = used.get(node.id, True) and id(node) in mutated
+    return {name for name, only in used.items() if only}
+
+
+_infos: dict[int, tuple[types.CodeType, CodeInfo]] = {}
+
+
+def code_info(code: types.CodeType) -> CodeInfo:
+    """What ``code`` is and reads (computed once per code object)."""
+    hit = _infos.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    info = _analyse(code)
+    _infos[id(code)] = (code, info)
+    return info
+
+
+def _analyse(code: types.CodeType) -> CodeInfo:
+    tree: ast.AST | None = None
+    digest = None
+    try:
+        source = textwrap.dedent(inspect.getsource(code))
+        tree = ast.parse(source)
+        if not os.path.isfile(code.co_filename) or _compiled_matches(code, source):
+            stripped = _StripDocs().visit(ast.parse(source))
+            digest = _hex(ast.dump(stripped, annotate_fields=False).encode())
+    except (OSError, TypeError, SyntaxError, IndentationError, ValueError):
+        tree = None
+    if digest is None:  # no source, or the file on disk is not what runs
+        digest = "b" + _hex(_bytecode(code))[1:]
+    written = _written_only(tree) if tree is not None else set()
+    names: set[str] = set()
+    attrs: set[str] = set()
+    for c in _codes(code):
+        attrs.update(c.co_names)
+        for ins in dis.get_instructions(c):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                names.add(ins.argval)
+    freevars = tuple(name not in written for name in code.co_freevars)
+    return CodeInfo(digest, tuple(sorted(names - written)), freevars, frozenset(attrs))
+
+
+def code_digest(fn: Any) -> str:
+    """Digest of a callable's own code (AST, or bytecode when there is no source)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, types.CodeType):
+        return code_info(code).digest
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return _hex(f"{getattr(fn, '__module__', '')}.{name}".encode())
+
+
+# -- whose code it is -------------------------------------------------------------------
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.add(os.path.dirname(os.__file__))
+    return tuple(os.path.realpath(r) + os.sep for r in roots)
+
+
+_ROOTS: tuple[str, ...] | None = None
+_user_modules: dict[str, bool] = {}
+
+
+def is_user_module(name: str | None) -> bool:
+    """Whether module ``name`` is the user's own: the notebook, or a file outside
+    site-packages and the standard library (durable_nb itself is not)."""
+    if name is None:
+        return False
+    known = _user_modules.get(name)
+    if known is not None:
+        return known
+    top = name.partition(".")[0]
+    mine = name == "__main__"
+    if not mine and top != "durable_nb" and top not in sys.stdlib_module_names:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        mine = bool(file) and is_user_file(file)
+    _user_modules[name] = mine
+    return mine
+
+
+def is_user_file(file: str) -> bool:
+    """Whether a source file is the user's own: outside site-packages and the stdlib."""
+    global _ROOTS
+    if _ROOTS is None:
+        _ROOTS = _installed_roots()
+    path = os.path.realpath(file)
+    return not path.startswith(_ROOTS) and (
+        os.sep + "site-packages" + os.sep not in path
+        and os.sep + "dist-packages" + os.sep not in path
+    )
+
+
+_versions: dict[str, str | None] = {}
+
+
+def package_version(top: str) -> str | None:
+    """The version of the installed distribution that provides top-level module ``top``."""
+    if top in _versions:
+        return _versions[top]
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if not isinstance(version, str):
+        version = None
+        try:
+            from importlib import metadata
+
+            for dist in metadata.packages_distributions().get(top, [top]):
+                try:
+                    version = metadata.version(dist)
+                    break
+                except metadata.PackageNotFoundError:
+                    continue
+        except Exception:  # a broken distribution's metadata is not the user's problem
+            version = None
+    _versions[top] = version
+    return version
+
+
+def installed_package(module: str | None) -> str | None:
+    """The top-level package of an installed module, or None for the stdlib and builtins."""
+    if not module:
+        return None
+    top = module.partition(".")[0]
+    if top in sys.stdlib_module_names or top == "builtins" or top.startswith("_"):
+        return None
+    return top
