@@ -328,8 +328,8 @@ class Run:
             self.remarks.append(f"{package} {then} -> {now} since the stored results of {which}")
         if self._predating:
             self.remarks.append(
-                f"{self._predating} steps ran again: their records predate dependency digests "
-                f"(durable_nb 0.2); %durable accept {self.workflow} replays them"
+                f"{self._predating} steps ran again: their records were written before "
+                f"digests covered dependencies; %durable accept {self.workflow} replays them"
             )
 
     @property

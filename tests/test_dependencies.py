@@ -360,7 +360,7 @@ def test_records_older_than_dependency_digests(module, log_path: Path) -> None:
     with workflow("old") as run:
         assert (s(1), alone(1)) == (20, 2)
     assert (run.steps_run, run.steps_replayed) == (1, 1)
-    assert "predate dependency digests" in run.remarks[-1]
+    assert "written before digests covered dependencies" in run.remarks[-1]
     assert "predates dependency digests" in reasons(log_path, "s")[1]
 
 
