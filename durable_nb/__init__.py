@@ -21,6 +21,7 @@ from .errors import (
     SchemaTooNewError,
     WorkflowBusyError,
 )
+from .experiments import compare, experiments  # pandas is imported when they are called
 from .plan import Plan, plan
 from .store import Store
 
@@ -50,8 +51,10 @@ __all__ = [
     "Store",
     "WorkflowBusyError",
     "accept",
+    "compare",
     "current_run",
     "events",
+    "experiments",
     "get_store",
     "load_ipython_extension",
     "open_log",

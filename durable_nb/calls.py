@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import serialization
 from .capture import Event, settle, stdout_of
+from .experiments import metrics_document, params_document
 from .records import CompletedRow, StepKey, StepRow
 
 if TYPE_CHECKING:
     from .dependencies import Digest
+    from .digests import Arguments
     from .engine import Run
 
 __all__ = ["Call", "args_repr"]
@@ -60,7 +62,7 @@ def _traceback(error: BaseException, step: str) -> str:
 class Call:
     """One call of a step in a run: its key, its digest, its arguments, why it runs."""
 
-    __slots__ = ("args", "digest", "key", "kwargs", "name", "reason", "run")
+    __slots__ = ("args", "arguments", "digest", "key", "kwargs", "name", "reason", "run")
 
     def __init__(
         self,
@@ -70,6 +72,7 @@ class Call:
         digest: Digest,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        arguments: Arguments | None = None,
     ) -> None:
         self.run = run
         self.name = name
@@ -77,6 +80,7 @@ class Call:
         self.digest = digest
         self.args = args
         self.kwargs = kwargs
+        self.arguments = arguments  # the step's signature, for the params document
         self.reason: str | None = None
 
     def row(
@@ -99,6 +103,8 @@ class Call:
         run, (scope, name, digest, occurrence) = self.run, self.key
         events = settle(printed) if printed else []
         shown = args_repr(self.args, self.kwargs)
+        named = self.arguments.named(self.args, self.kwargs) if self.arguments else {}
+        params = params_document(named)
         stdout = stdout_of(events) or None
         extra = any(e[0] != "stdout" for e in events)
         output = json.dumps(events, default=str) if extra else None
@@ -110,9 +116,9 @@ class Call:
             return CompletedRow(
                 run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
                 attempt, started, time.time(), encoded.size, type_name, value_repr, shown,
-                encoded.segments[0],  # type: ignore[arg-type]
+                encoded.segments[0], params, metrics_document(value),  # type: ignore[arg-type]
             )  # fmt: skip
-        fmt = size = type_name = value_repr = payload = None
+        fmt = size = type_name = value_repr = payload = metrics = None
         error_type = message = trace = None
         if error is not None:
             status = "failed" if isinstance(error, Exception) else "interrupted"
@@ -122,13 +128,15 @@ class Call:
             status = "completed" if encoded is not None else "not_durable"
             status = "interrupted" if interrupted else status
             type_name, value_repr = serialization.describe(value)
+            metrics = metrics_document(value)
             if encoded is not None:
                 fmt, size = encoded.format, encoded.size
                 payload = encoded.segments[0] if encoded.inline else None
         return StepRow(
             run.id, run.workflow, scope, name, digest, occurrence, self.digest.value, attempt,
             status, started, time.time(), fmt, blob, size, type_name, value_repr, shown,
-            error_type, message, reason, stdout, payload, trace, output,  # type: ignore[arg-type]
+            error_type, message, reason, stdout, payload, trace, output, params,  # type: ignore[arg-type]
+            metrics,
         )  # fmt: skip
 
     def document(self) -> str:

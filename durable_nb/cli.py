@@ -50,6 +50,16 @@ def _log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiments(args: argparse.Namespace) -> int:
+    from .experiments import experiments
+
+    df = experiments(args.workflow, args.step, log=args.path)
+    if args.format == "table":
+        df = df.drop(columns=["started"])
+    _emit(df, args.format)
+    return 0
+
+
 def _runs(args: argparse.Namespace) -> int:
     from . import views
 
@@ -156,11 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in (
         ("log", _log, "print the steps of a log"),
         ("runs", _runs, "print the runs of a log"),
+        ("experiments", _experiments, "print one row per call: its parameters and results"),
     ):
         cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
         cmd.add_argument("path", help=_PATH_HELP)
-        if name == "log":
+        if name in ("log", "experiments"):
             cmd.add_argument("--workflow", help="only this workflow")
+        if name == "experiments":
+            cmd.add_argument("--step", help="only this step")
         _format_option(cmd)
         cmd.set_defaults(handler=handler)
 

@@ -243,6 +243,7 @@ class Arguments:
         "_bound",
         "_defaults",
         "_first_default",
+        "_names",
         "_params",
         "_positional",
         "_sig",
@@ -266,6 +267,7 @@ class Arguments:
         kinds = {p.kind for p in params}
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self._params = params
+        self._names = [p.name for p in positional]
         self._positional = len(positional)
         self._defaults = [p.default for p in positional]
         first = len(positional)
@@ -288,6 +290,33 @@ class Arguments:
         if not bound_args and not bound_kw:
             return args, kwargs
         return bound_args + args, {**bound_kw, **kwargs}
+
+    def named(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults filled in (``args``/``kwargs``
+        as ``merged`` gives them); ``*args`` under its name, ``**kwargs`` flattened in."""
+        if self._simple and not kwargs and len(args) <= self._positional:
+            named = dict(zip(self._names, args, strict=False))
+            for name, default in zip(
+                self._names[len(args) :], self._defaults[len(args) :], strict=True
+            ):
+                if default is not inspect.Parameter.empty:
+                    named[name] = default
+            return named
+        if self._sig is None:
+            return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
+        try:
+            bound = self._sig.bind(*args, **kwargs)
+        except TypeError:
+            return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
+        bound.apply_defaults()
+        named = {}
+        for p in self._params:
+            value = bound.arguments.get(p.name)
+            if p.kind is p.VAR_KEYWORD:
+                named.update(value or {})
+            else:
+                named[p.name] = value
+        return named
 
     def key(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -591,7 +591,8 @@ class Step:
         key = (scope.key, self.name, digest, occurrence)
         merged = self._arguments.merged(args, kwargs)
         run = scope.run
-        return Call(run, self.name, key, self.dependencies.digest(run.deps, code), *merged)
+        digest_ = self.dependencies.digest(run.deps, code)
+        return Call(run, self.name, key, digest_, *merged, self._arguments)
 
     def _lookup(self, call: Call) -> tuple[bool, Any]:
         """(replayed, value): the replay rule applied to one call; sets ``call.reason``."""

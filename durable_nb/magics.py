@@ -37,8 +37,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _PARAMETERS = "# Parameters\n"  # first line of the cell papermill injects (-p NAME VALUE)
 _COMMANDS = [
-    "info", "open", "forget", "accept", "gc", "log", "timeline", "replicate", "replication",
-    "restore",
+    "info", "open", "forget", "accept", "gc", "log", "experiments", "timeline", "replicate",
+    "replication", "restore",
 ]  # fmt: skip
 
 
@@ -459,7 +459,8 @@ class DurableMagics(Magics):
         help="info: where the log is; open PATH: use another log; forget NAME: drop records; "
         "accept NAME: replay records although code or dependencies changed; "
         "gc: delete blob files no record uses; "
-        "log [NAME]: the steps as a table; timeline [NAME]: the steps over time; "
+        "log [NAME]: the steps as a table; experiments [NAME] [STEP]: one row per call, "
+        "its parameters and results; timeline [NAME]: the steps over time; "
         "replicate [URL]: back the log up with Litestream; replication: its state; "
         "restore [URL]: the restore panel",
     )
@@ -507,6 +508,16 @@ class DurableMagics(Magics):
                    "duration", "result_type", "result_repr", "error_type", "error_message",
                    "replayed"]  # fmt: skip
         display(df[columns].set_index("run"))
+
+    def _experiments(self, opts: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        from .experiments import experiments, styled
+
+        if len(opts.args) > 2:
+            raise UsageError("usage: %durable experiments [WORKFLOW] [STEP]")
+        workflow, step = (*opts.args, None, None)[:2]
+        display(styled(experiments(workflow, step)))
 
     def _timeline(self, opts: argparse.Namespace) -> None:
         import io

@@ -85,6 +85,8 @@ class CompletedRow(NamedTuple):
     result_repr: str
     args_repr: str
     result: bytes
+    params: str | None
+    metrics: str | None
 
 
 class StepRow(NamedTuple):
@@ -115,3 +117,5 @@ class StepRow(NamedTuple):
     result: bytes | None
     error_traceback: str | None
     output: str | None  # JSON events when it showed more than stdout (stderr, displays)
+    params: str | None  # JSON: its arguments by parameter name (``experiments``)
+    metrics: str | None  # JSON: its result's fields (``experiments``)

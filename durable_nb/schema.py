@@ -208,6 +208,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE steps ADD COLUMN output TEXT;
     """,
+    # 8: experiments as data (see ``experiments``): a call's arguments by parameter name and
+    # its result's fields, as JSON written at checkpoint time (never unpickled to be read).
+    """
+    ALTER TABLE steps ADD COLUMN params TEXT;
+    ALTER TABLE steps ADD COLUMN metrics TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -79,17 +79,21 @@ _INDEX_RUN = (
 _INDEXED = "UPDATE runs SET indexed = 1 WHERE id = ?"
 
 
+# The ids of workflow :workflow's step rows: those indexed in workflow_steps, and those of
+# its runs not indexed yet (in progress, or killed and not yet found), which lie from their
+# first_step on.
+_IN_WORKFLOW = (
+    "id IN (SELECT step FROM workflow_steps WHERE workflow = :workflow UNION ALL SELECT id "
+    "FROM steps WHERE id >= coalesce((SELECT min(first_step) FROM runs WHERE workflow = "
+    ":workflow AND indexed = 0), 9223372036854775807) AND run_id IN (SELECT id FROM runs "
+    "WHERE workflow = :workflow AND indexed = 0))"
+)
+
+
 def _workflow_rows(columns: str, extra: str = "") -> str:
     """SQL for the step rows of workflow ``:workflow`` (and ``extra`` conditions), in id
-    order: those indexed in workflow_steps, and those of its runs not indexed yet (in
-    progress, or killed and not yet found), which lie from their first_step on."""
-    return (
-        f"SELECT {columns} FROM steps WHERE id IN (SELECT step FROM workflow_steps WHERE "
-        "workflow = :workflow UNION ALL SELECT id FROM steps WHERE id >= coalesce((SELECT "
-        "min(first_step) FROM runs WHERE workflow = :workflow AND indexed = 0), "
-        "9223372036854775807) AND run_id IN (SELECT id FROM runs WHERE workflow = :workflow "
-        f"AND indexed = 0)) {extra} ORDER BY id"
-    )
+    order."""
+    return f"SELECT {columns} FROM steps WHERE {_IN_WORKFLOW} {extra} ORDER BY id"
 
 
 def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
@@ -337,6 +341,48 @@ class Store:
                 params,
             ).fetchall()
         return self.conn.execute(f"SELECT {columns} FROM steps ORDER BY id").fetchall()
+
+    def experiment_rows(
+        self, workflow: str | None, step: str | None, *, completed: bool
+    ) -> list[tuple[Any, ...]]:
+        """The calls of a workflow (or of a step, or all), in id order: (workflow, scope,
+        name, args digest, occurrence, run, status, error, params JSON, metrics JSON,
+        started, ended); only completed records when ``completed``."""
+        where, values = self._calls_filter(workflow, step, completed)
+        return self.conn.execute(
+            "SELECT workflow, scope, name, args_digest, occurrence, run_id, status, "
+            "error_type || ': ' || error_message, params, metrics, started_at, ended_at "
+            f"FROM steps WHERE {where} ORDER BY id",
+            values,
+        ).fetchall()
+
+    def _calls_filter(
+        self, workflow: str | None, step: str | None, completed: bool
+    ) -> tuple[str, dict[str, Any]]:
+        where = ["1"]
+        if workflow is not None:
+            where.append("steps." + _IN_WORKFLOW)
+        if step is not None:
+            where.append("steps.name = :step")
+        if completed:
+            where.append("steps.status = 'completed'")
+        return " AND ".join(where), {"workflow": workflow, "step": step}
+
+    def run_calls(self, run_id: int) -> list[tuple[Any, ...]]:
+        """The step calls a run made or replayed: (scope, name, args digest, occurrence,
+        args repr, metrics JSON, 'ran' | 'replayed'), in id order."""
+        columns = "scope, name, args_digest, occurrence, args_repr, metrics"
+        ran = self.conn.execute(
+            f"SELECT id, {columns}, 'ran' FROM steps WHERE id >= coalesce((SELECT first_step "
+            "FROM runs WHERE id = ?1), 0) AND run_id = ?1 AND status = 'completed'",
+            (run_id,),
+        ).fetchall()
+        replayed = self.conn.execute(
+            f"SELECT id, {columns}, 'replayed' FROM steps WHERE id IN (SELECT value FROM "
+            "json_each((SELECT coalesce(replayed_steps, '[]') FROM runs WHERE id = ?)))",
+            (run_id,),
+        ).fetchall()
+        return [row[1:] for row in sorted(ran + replayed)]
 
     def step_payload(self, step_id: int) -> bytes:
         """The inline serialized result of one step."""

@@ -1,0 +1,273 @@
+"""Experiments as data: each call's parameters and result fields, as JSON beside its row.
+
+At checkpoint time, the only moment the values are in hand, a step's row gets two small JSON
+documents (``steps.params`` and ``steps.metrics``):
+
+- ``params``: its arguments bound to parameter names, defaults filled in. JSON scalars are
+  kept as they are, numpy scalars converted, anything else is a short repr string;
+- ``metrics``: its result's fields: a dict or other Mapping, dataclass, NamedTuple, pydantic
+  model or pandas Series gives its fields (nested mappings flattened as ``a.b``, at most
+  ``MAX_FIELDS``); a scalar gives ``result``; anything else gives nothing.
+
+They are read back by ``views.experiments`` (one row per call, one column per parameter and
+per result field) and by any SQLite client::
+
+    sqlite3 .durable/x.db "SELECT json_extract(params, '$.lr'), json_extract(metrics,
+        '$.loss') FROM steps WHERE name = 'train' AND status = 'completed'"
+
+Nothing here unpickles anything: the documents are plain JSON, written from the live values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .serialization import short_repr
+
+__all__ = [
+    "MAX_FIELDS",
+    "compare",
+    "experiments",
+    "metrics_document",
+    "params_document",
+    "styled",
+]
+
+MAX_FIELDS = 50
+"""Result fields (and parameters) kept per call; the rest are left out."""
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON scalar for ``value``: itself, a numpy scalar's Python value, or a short repr
+    (non-finite floats as ``"nan"`` / ``"inf"``, which pandas reads back as numbers)."""
+    t = type(value)
+    if t.__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+        t = type(value)
+    if t is float and not math.isfinite(value):
+        return repr(value)
+    if t in _SCALARS:
+        return value
+    for base in (bool, int, float, str):  # a subclass (an IntEnum, a str subclass)
+        if isinstance(value, base):
+            return _jsonable(base(value))
+    return short_repr(value)
+
+
+def _flatten(
+    fields: Mapping[Any, Any], out: dict[str, Any], prefix: str = "", depth: int = 0
+) -> None:
+    for key, value in fields.items():
+        if len(out) >= MAX_FIELDS:
+            return
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and depth < 3:
+            _flatten(value, out, f"{name}.", depth + 1)
+        else:
+            out[name] = _jsonable(value)
+
+
+def _fields(value: Any) -> Mapping[Any, Any] | None:
+    """The named fields of a structured result, or None."""
+    if isinstance(value, Mapping):
+        return value
+    t = type(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(t, "_fields"):  # a NamedTuple
+        return dict(zip(t._fields, value, strict=False))
+    dump = getattr(value, "model_dump", None)  # pydantic 2 (1: .dict())
+    if callable(dump) and t.__module__ != "builtins":
+        try:
+            fields = dump()
+        except Exception:
+            return None
+        return fields if isinstance(fields, Mapping) else None
+    if t.__module__.startswith("pandas") and t.__name__ == "Series" and len(value) <= MAX_FIELDS:
+        return {str(k): v for k, v in value.items()}
+    return None
+
+
+def params_document(named: Mapping[str, Any]) -> str | None:
+    """The ``params`` JSON of a call whose arguments, by name, are ``named``."""
+    if not named:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in named.items():
+        if len(out) >= MAX_FIELDS:
+            break
+        out[name] = _jsonable(value)
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+
+
+def metrics_document(value: Any) -> str | None:
+    """The ``metrics`` JSON of a result: its fields, ``{"result": value}`` for a scalar,
+    or None for anything else."""
+    t = type(value)
+    if (t in _SCALARS and value is not None) or (
+        t.__module__ == "numpy" and getattr(value, "ndim", None) == 0
+    ):
+        return json.dumps({"result": _jsonable(value)}, separators=(",", ":"))
+    try:
+        fields = _fields(value)
+    except Exception:  # a result whose own accessors raise: no fields, the row still counts
+        return None
+    if not fields:
+        return None
+    out: dict[str, Any] = {}
+    _flatten(fields, out)
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def _column(values: list[Any]) -> Any:
+    """A column with a real dtype: booleans, integers, floats (missing as NA / NaN), text
+    (``"nan"`` / ``"inf"``, as non-finite floats are written, read as numbers)."""
+    import pandas as pd
+
+    kinds = {type(v) for v in values} - {type(None)}
+    if kinds == {bool}:
+        return pd.array(values, dtype="boolean")
+    if kinds == {int}:
+        return pd.array(values, dtype="Int64")
+    if kinds and kinds <= {int, float}:
+        return pd.array([float("nan") if v is None else v for v in values], dtype="float64")
+    if kinds <= {str, int, float} and any(v in ("nan", "inf", "-inf") for v in values):
+        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
+    return values
+
+
+def experiments(
+    workflow: str | None = None,
+    step: str | None = None,
+    *,
+    latest: bool = True,
+    log: Any = None,
+) -> Any:
+    """One row per call of a step: columns ``workflow``, ``run``, ``step``, one per
+    parameter and one per result field (real dtypes), then ``duration`` and ``started``.
+
+    ``latest`` (the default): per call, its newest completed record (after a code change
+    and a rerun, the new values only). ``latest=False``: every attempt, failed ones too,
+    with ``status`` and ``error`` columns. A result field named like a parameter is
+    ``result.NAME``. Read from the JSON written at checkpoint time: nothing is unpickled.
+    """
+    import pandas as pd
+
+    from .views import _opened, _times
+
+    with _opened(log) as store:
+        rows = store.experiment_rows(workflow, step, completed=latest)
+    if latest:  # the newest record of each call, in the order the calls first appear
+        newest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for row in rows:  # in id order: a later record replaces an earlier one
+            newest[row[:5]] = row
+        rows = list(newest.values())
+    # one parse per column, not per row: the documents joined into one JSON array
+    params = json.loads("[" + ",".join(r[8] or "{}" for r in rows) + "]")
+    metrics = json.loads("[" + ",".join(r[9] or "{}" for r in rows) + "]")
+    param_names = list(dict.fromkeys(k for p in params for k in p))
+    metric_names = list(dict.fromkeys(k for m in metrics for k in m))
+    taken = {*param_names, "workflow", "run", "step", "status", "error", "duration", "started"}
+    data: dict[str, Any] = {
+        "workflow": [r[0] for r in rows],
+        "run": pd.array([r[5] for r in rows], dtype="int64"),
+        "step": [r[2] for r in rows],
+    }
+    if not latest:
+        data["status"] = pd.Categorical([r[6] for r in rows])
+        data["error"] = [r[7] for r in rows]
+    for name in param_names:
+        data[name] = _column([p.get(name) for p in params])
+    results = []
+    for name in metric_names:
+        column = f"result.{name}" if name in taken else name
+        results.append(column)
+        data[column] = _column([m.get(name) for m in metrics])
+    started = _times(pd.Series([r[10] for r in rows], dtype="float64"))
+    data["duration"] = _times(pd.Series([r[11] for r in rows], dtype="float64")) - started
+    data["started"] = started
+    df = pd.DataFrame(data)
+    df.attrs["results"] = results
+    return df
+
+
+def compare(workflow: str, run_a: int, run_b: int, *, log: Any = None) -> Any:
+    """What differs between two runs of a workflow, one row per call: ``step``, ``args``,
+    how each run got it (``ran``, ``replayed`` or missing), and ``difference``: ``only in
+    run N``, the result fields that differ (``loss: 0.5 -> 0.4``), or empty when equal."""
+    import pandas as pd
+
+    from .views import _opened
+
+    with _opened(log) as store:
+        a, b = store.run_calls(run_a), store.run_calls(run_b)
+    calls: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for run, rows in ((run_a, a), (run_b, b)):
+        for scope, name, digest, occurrence, shown, fields, how in rows:
+            entry = calls.setdefault(
+                (scope, name, digest, occurrence), {"step": name, "args": shown}
+            )
+            entry[run] = (how, json.loads(fields) if fields else {})
+    out = []
+    for entry in calls.values():
+        one, two = entry.get(run_a), entry.get(run_b)
+        if one is None or two is None:
+            difference = f"only in run {run_a if one is not None else run_b}"
+        else:
+            changed = [
+                f"{k}: {one[1].get(k)} -> {two[1].get(k)}"
+                for k in dict.fromkeys([*one[1], *two[1]])
+                if one[1].get(k) != two[1].get(k)
+            ]
+            difference = "; ".join(changed)
+        out.append(
+            {
+                "step": entry["step"],
+                "args": entry["args"],
+                f"run {run_a}": one[0] if one else None,
+                f"run {run_b}": two[0] if two else None,
+                "difference": difference,
+            }
+        )
+    columns = ["step", "args", f"run {run_a}", f"run {run_b}", "difference"]
+    return pd.DataFrame(out, columns=columns)
+
+
+_LOWER_IS_BETTER = ("loss", "err", "mse", "mae", "rmse", "time", "latency", "cost")
+
+
+def styled(df: Any) -> Any:
+    """The experiments table for a notebook: sorted by its first numeric result field, the
+    best value of each numeric result column highlighted (the lowest for names such as
+    ``loss`` or ``error``, else the highest)."""
+    import pandas as pd
+
+    known = {"workflow", "run", "step", "status", "error", "duration", "started"}
+    numeric = [
+        c for c in df.columns
+        if c not in known and pd.api.types.is_numeric_dtype(df[c])
+        and not pd.api.types.is_bool_dtype(df[c])
+    ]  # fmt: skip
+    results = [c for c in numeric if c in _results(df)]
+    if results:
+        low = any(word in results[0].lower() for word in _LOWER_IS_BETTER)
+        df = df.sort_values(results[0], ascending=low, kind="stable").reset_index(drop=True)
+    style = df.style
+    for column in results:
+        lower = any(word in column.lower() for word in _LOWER_IS_BETTER)
+        best = style.highlight_min if lower else style.highlight_max
+        style = best(subset=[column], props="font-weight: bold; background-color: #c8e6c9")
+    return style
+
+
+def _results(df: Any) -> set[str]:
+    return set(df.attrs.get("results", ()))
