@@ -1,8 +1,9 @@
 """One call of a step inside a run, and the log row of each of its finished attempts.
 
 Every row a step writes is built here, by ``Call.row``: the key, the dependency digest, the
-result or the error, what it printed. ``record`` stores the digest's document (once per
-digest and process) before the row, so every row's digest can be explained later.
+result or the error, what it showed, its parameters and result fields (``experiments``).
+``engine.Run.record`` stores the digest's document (once per digest and process) before the
+row, so every row's digest can be explained later.
 """
 
 from __future__ import annotations

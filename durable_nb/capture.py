@@ -2,13 +2,15 @@
 
 What a step shows is a list of events, in order: ``("stdout", text)``, ``("stderr", text)``
 (tqdm bars, warnings, logging) and ``("display", data, metadata)`` (``display()``, a
-figure's ``plt.show()``). While any step captures, ``sys.stdout`` and ``sys.stderr`` are
-``_Router`` objects that pass each write on and append it to the event lists of the steps
-the writing context is inside (``contextvars``: each asyncio task and each thread has its
-own, so concurrent steps keep their output apart, and an inner step's output is its
-outer step's too). Rich displays reach the same lists through ``record_display``, which the
-notebook integration calls; logging handlers that hold the original stream are captured
-by a temporary handler. ``replay`` shows the events again, each line marked.
+figure's ``plt.show()``). A sync step in the main thread swaps ``sys.stdout`` and
+``sys.stderr`` for ``Tee`` objects (a nested step's write through its parent's). While
+async steps or steps in other threads capture, the streams are ``_Router`` objects that
+pass each write on and append it to the event lists of the steps the writing context is
+inside (``contextvars``: each asyncio task and each thread has its own, so concurrent
+steps keep their output apart; an inner step's output is its outer step's too). Rich
+displays reach the same lists through ``record_display``, which the notebook integration
+calls; what logging handlers bound to the original streams write is recorded by one
+handler while any step captures. ``replay`` shows the events again, each line marked.
 
 This module knows nothing of IPython: the notebook integration registers how to show a
 display again (``set_display``).
@@ -29,6 +31,7 @@ __all__ = [
     "Capture",
     "Stream",
     "Tee",
+    "budget",
     "clip",
     "record_display",
     "replay",
@@ -188,7 +191,7 @@ class Capture:
     and steps in other threads run interleaved, so they are routed by context instead.
     """
 
-    __slots__ = ("_logged", "_tees", "_token", "events")
+    __slots__ = ("_tees", "_token", "events")
 
     def __init__(self, *, routed: bool = False) -> None:
         self.events: list[Event] = []
@@ -199,24 +202,21 @@ class Capture:
             _install()
         else:
             _main.append(self.events)
-            out = Tee(sys.stdout, self.events, "stdout")
-            err = Tee(sys.stderr, self.events, "stderr")
-            self._tees = out, err
-            sys.stdout, sys.stderr = out, err
-        self._logged = None
-        if logging.root.handlers:
-            shown = _bypassing_handlers()
-            if shown:
-                self._logged = _Logged(shown)
-                logging.root.addHandler(self._logged)
+            with _users_lock:
+                out = Tee(sys.stdout, self.events, "stdout")
+                err = Tee(sys.stderr, self.events, "stderr")
+                self._tees = out, err
+                sys.stdout, sys.stderr = out, err
+        _log_start()
 
     def stop(self) -> None:
         """Stop capturing (what was shown stays in ``events``)."""
-        if self._logged is not None:
-            logging.root.removeHandler(self._logged)
+        _log_stop()
         if self._tees is not None:
             out, err = self._tees
-            sys.stdout, sys.stderr = out.target, err.target
+            with _users_lock:  # a router its threads no longer need is not put back
+                sys.stdout = out.target.target if _spent(out.target) else out.target
+                sys.stderr = err.target.target if _spent(err.target) else err.target
             if _main and _main[-1] is self.events:
                 _main.pop()
             return
@@ -225,6 +225,36 @@ class Capture:
             _lists.reset(self._token)  # type: ignore[arg-type]
         except ValueError:  # stopped in another context than started: drop this list only
             _lists.set(tuple(e for e in _lists.get() if e is not self.events))
+
+
+def _spent(stream: Any) -> bool:
+    return isinstance(stream, _Router) and _users == 0
+
+
+_log_users = 0
+_log_handler: _Logged | None = None
+
+
+def _log_start() -> None:
+    """While steps capture, one handler records what logging handlers bound to the real
+    streams write (installed by the first capture, removed by the last)."""
+    global _log_users, _log_handler
+    with _users_lock:
+        _log_users += 1
+        if _log_users == 1 and logging.root.handlers:
+            shown = _bypassing_handlers()
+            if shown:
+                _log_handler = _Logged(shown)
+                logging.root.addHandler(_log_handler)
+
+
+def _log_stop() -> None:
+    global _log_users, _log_handler
+    with _users_lock:
+        _log_users -= 1
+        if _log_users == 0 and _log_handler is not None:
+            logging.root.removeHandler(_log_handler)
+            _log_handler = None
 
 
 def _capturing() -> list[list[Event]]:
@@ -251,9 +281,17 @@ def _last_states(text: str) -> str:
     return "\n".join(line.rstrip("\r").rpartition("\r")[2] for line in text.split("\n"))
 
 
+def budget(texts: list[str], limit: int = KEPT) -> list[str]:
+    """Texts clipped so that together they keep about ``limit`` characters, each its share."""
+    total = sum(len(t) for t in texts)
+    if total <= limit:
+        return texts
+    return [clip(t, max(2000, limit * len(t) // total)) for t in texts]
+
+
 def settle(events: list[Event]) -> list[Event]:
     """Events to store: consecutive writes of one stream joined, progress bars in their
-    final state, text clipped past ``KEPT``."""
+    final state, at most ``KEPT`` characters of text in all."""
     merged: list[Event] = []
     for event in events:
         if event[0] != "display" and merged and merged[-1][0] == event[0]:
@@ -262,7 +300,9 @@ def settle(events: list[Event]) -> list[Event]:
             merged.append((event[0], [event[1]]))
         else:
             merged.append(event)
-    return [(e[0], clip(_last_states("".join(e[1])))) if e[0] != "display" else e for e in merged]
+    texts = budget([_last_states("".join(e[1])) for e in merged if e[0] != "display"])
+    kept = iter(texts)
+    return [(e[0], next(kept)) if e[0] != "display" else e for e in merged]
 
 
 def stdout_of(events: list[Event]) -> str:

@@ -325,7 +325,8 @@ def _stale_step(store: Store, used: Iterable[list[Any]], run_id: int) -> str | N
         if valid is None:
             return f"whether the arguments of step {name} changed cannot be told"
         if not valid:
-            now = step.dependencies.digest(deps)
+            now = step.dependencies.current(deps, refs)
+            assert now is not None  # still_valid told
             return explain(store.digest_document(digest), now, name, run_id)
     return None
 

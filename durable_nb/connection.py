@@ -217,7 +217,7 @@ def _statements(script: str) -> list[str]:
 
 
 def _say_if_slow(conn: sqlite3.Connection, version: int) -> None:
-    """Warn before a migration that takes seconds (an index over a big table)."""
+    """Warn before a migration that takes seconds (indexing the steps of a big log)."""
     steps = conn.execute("SELECT coalesce(max(id), 0) FROM steps").fetchone()[0]
     if steps > 200_000:
         warnings.warn(

@@ -37,9 +37,11 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
+import os
 import pickle
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -52,7 +54,8 @@ from .codeinfo import (
     is_user_module,
     package_version,
 )
-from .digests import digest_value
+from .digests import _PRIMITIVES, digest_value
+from .errors import DurableWarning, user_stacklevel
 from .serialization import short_repr
 
 __all__ = [
@@ -67,7 +70,6 @@ __all__ = [
 BIG = 256 << 10
 """A value whose digest reads more than this many bytes is hashed once per run."""
 
-_PRIMITIVES = frozenset({type(None), bool, int, float, complex, str, bytes})
 _BUILTIN_NAMES = frozenset(dir(builtins))
 _CLASS_SKIP = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__", "__doc__"})
 
@@ -139,7 +141,8 @@ class RunDependencies:
     __slots__ = ("arguments", "big", "packages", "walks")
 
     def __init__(self) -> None:
-        self.big: dict[int, tuple[Any, str]] = {}
+        self.big: dict[int, tuple[Any, str, Any, tuple[Any, ...]]] = {}  # id -> (obj, digest,
+        # fingerprint, code inside)
         self.packages: set[str] = set()
         self.walks: dict[StepDependencies, _Walk] = {}
         # (step, ids of the code its arguments held) -> (base, walk, digest, that code)
@@ -177,13 +180,13 @@ class _Walk:
     def __init__(self, run: RunDependencies) -> None:
         self.run = run
         self.entries: list[Entry] = []
-        self.seen: set[int] = set()
+        self.seen: set[Any] = set()  # ids of what was walked (and (module, attrs) pairs)
         self.packages: set[str] = set()
         self.opaque: list[str] = []
         self.functions: list[tuple[Any, Any, Any, Any]] = []  # (fn, code, defaults, kw)
         self.reads: list[tuple[Any, str, Any]] = []  # (mapping, key, value it had)
         self.attrs: list[tuple[Any, str, Any]] = []  # (object, attribute, value it had)
-        self.keys: list[tuple[Any, tuple[str, ...]]] = []  # (class dict, its keys)
+        self.keys: list[tuple[Any, int]] = []  # (class dict, how many members it had)
         self.rehash: list[tuple[Any, Any, bool]] = []  # (mutable value, fingerprint, big)
         self.refs: list[list[str]] = []  # what arguments brought (see ``Digest.refs``)
         self.digest: Digest | None = None
@@ -204,8 +207,8 @@ class _Walk:
             for obj, attr, value in self.attrs:
                 if getattr(obj, attr) is not value:
                     return False
-            for mapping, keys in self.keys:
-                if tuple(mapping) != keys:
+            for mapping, count in self.keys:  # a member added (each one is read by identity)
+                if len(mapping) != count:
                     return False
             for obj, fingerprint, big in self.rehash:
                 if _fingerprint(obj, big=big) != fingerprint:
@@ -261,7 +264,7 @@ class _Walk:
             if base is not object:
                 self.reference(f"{qualname} base", base, frozenset())
         members = vars(cls)
-        self.keys.append((members, tuple(members)))
+        self.keys.append((members, len(members)))
         for name in sorted(members):
             if name in _CLASS_SKIP:
                 continue
@@ -341,6 +344,9 @@ class _Walk:
         self.value(f"{kind} {name}", obj)
 
     def _module(self, module: types.ModuleType, attrs: frozenset[str]) -> None:
+        if (id(module), attrs) in self.seen:  # packages that import each other
+            return
+        self.seen.add((id(module), attrs))
         members = vars(module)
         for attr in sorted(attrs & members.keys()):
             obj = members[attr]
@@ -354,26 +360,29 @@ class _Walk:
 
     def value(self, label: str, obj: Any) -> None:
         """A value by its canonical digest (and the code inside it: functions in a list, a
-        class's methods for its objects); big ones once per run per object."""
+        class's methods for its objects); big ones once per run per object, unless their
+        fingerprint shows a change."""
         big = self.run.big
         hit = big.get(id(obj))
-        if hit is not None and hit[0] is obj:
-            self.entries.append(Entry(label, hit[1]))
-            self.rehash.append((obj, _fingerprint(obj, big=True), True))
-            return
-        try:
-            digest, cost, opaque, code = digest_value(obj)
-        except Exception:  # a value whose own methods raise (e.g. a broken __eq__ or buffer)
-            t = type(obj)
-            digest, cost, opaque, code = f"type:{t.__module__}.{t.__qualname__}", 0, True, ()
-        if opaque:
-            self.opaque.append(label)
-        elif cost > BIG:
-            big[id(obj)] = (obj, digest)
-            self.rehash.append((obj, _fingerprint(obj, big=True), True))
-        elif not _immutable(obj):
-            self.rehash.append((obj, _fingerprint(obj), False))  # may change in place
-        self.entries.append(Entry(label, digest, obj))
+        if hit is not None and hit[0] is obj and hit[2] == _fingerprint(obj, big=True):
+            _, digest, fingerprint, code = hit
+            self.rehash.append((obj, fingerprint, True))
+            self.entries.append(Entry(label, digest))
+        else:
+            try:
+                digest, cost, opaque, code = digest_value(obj)
+            except Exception:  # a value whose own methods raise (a broken __eq__ or buffer)
+                t = type(obj)
+                digest, cost, opaque, code = f"type:{t.__module__}.{t.__qualname__}", 0, True, ()
+            if opaque:
+                self.opaque.append(label)
+            elif cost > BIG:
+                fingerprint = _fingerprint(obj, big=True)
+                big[id(obj)] = (obj, digest, fingerprint, code)
+                self.rehash.append((obj, fingerprint, True))
+            elif not _immutable(obj):
+                self.rehash.append((obj, _fingerprint(obj), False))  # may change in place
+            self.entries.append(Entry(label, digest, obj))
         name = label.partition(" ")[2]
         for inner in dict.fromkeys(code):  # each function or class once, in order found
             self.reference(name, inner, frozenset())
@@ -406,8 +415,8 @@ def _label(obj: types.FunctionType | type) -> str:
 def _where(obj: Any) -> list[str]:
     """[module, qualname] of a function or class ("" for what cannot be found again)."""
     qualname = getattr(obj, "__qualname__", "")
-    if not isinstance(qualname, str) or "<locals>" in qualname:
-        return ["", ""]
+    if not isinstance(qualname, str) or "<locals>" in qualname or isinstance(obj, types.MethodType):
+        return ["", ""]  # a local, or a method bound to an object: not found again by name
     return [getattr(obj, "__module__", "") or "", qualname]
 
 
@@ -426,11 +435,15 @@ def input_digest(
     data by its value, code (a function, a class, a user module's attributes ``attrs``)
     with what it depends on, a step by its dependency digest (whose values of unknown types
     count by type, as for replay)."""
-    if getattr(type(obj), "__durable_step__", False):
-        return obj.dependencies.digest(run).value, []
-    walk = _Walk(run)
-    walk.reference(name, obj, attrs)
-    return _combine(walk.entries), walk.opaque
+    try:
+        if getattr(type(obj), "__durable_step__", False):
+            digest = obj.dependencies.digest(run)
+            return digest.value, ["dependencies"] if digest.value.startswith("unjudged:") else []
+        walk = _Walk(run)
+        walk.reference(name, obj, attrs)
+        return _combine(walk.entries), walk.opaque
+    except (Exception, RecursionError):  # cannot be read: the cell cannot be judged
+        return f"unjudged:{os.urandom(8).hex()}", [f"{name} (unreadable)"]
 
 
 def _combine(entries: Iterable[Entry]) -> str:
@@ -455,21 +468,30 @@ class StepDependencies:
         """The dependency digest of a call, read now; ``code`` is what its arguments hold
         besides plain values (callbacks, steps, the classes of the user's objects), as
         ``digests.args_digest`` found it."""
-        walk = run.walks.get(self)
-        if walk is None or not walk.unchanged():
-            walk = run.walks[self] = self._walk(run)
-        base = walk.digest
-        assert base is not None
-        if not code:
-            return base
-        objs = list(dict.fromkeys(code))
-        key = (self, *map(id, objs))
-        hit = run.arguments.get(key)
-        if hit is not None and hit[0] is base and hit[1].unchanged():
-            return hit[2]
-        digest, walk = self._with_arguments(run, base, [(obj, _where(obj)) for obj in objs])
-        run.arguments[key] = (base, walk, digest, objs)  # objs: their ids stay theirs
-        return digest
+        try:
+            walk = run.walks.get(self)
+            if walk is None or not walk.unchanged():
+                walk = run.walks[self] = self._walk(run)
+            base = walk.digest
+            assert base is not None
+            if not code:
+                return base
+            objs = list(dict.fromkeys(code))
+            key = (self, *map(id, objs))
+            hit = run.arguments.get(key)
+            if hit is not None and hit[0] is base and hit[1].unchanged():
+                return hit[2]
+            digest, walk = self._with_arguments(run, base, [(obj, _where(obj)) for obj in objs])
+            run.arguments[key] = (base, walk, digest, objs)  # objs: their ids stay theirs
+            return digest
+        except (Exception, RecursionError) as exc:  # what it reads cannot be read: run it
+            self._say_once(
+                "unreadable",
+                f"step {self.name}: what it depends on cannot be read ({type(exc).__name__}: "
+                f"{str(exc)[:80]}), so it cannot be judged: it runs every time",
+            )
+            unjudged = f"unjudged:{os.urandom(8).hex()}"  # matches no record: it runs
+            return Digest(unjudged, unjudged, [], set(), ["dependencies"])
 
     def current(self, run: RunDependencies, refs: list[list[str]]) -> Digest | None:
         """The digest a call whose arguments brought ``refs`` (``Digest.refs``) would have
@@ -528,19 +550,17 @@ class StepDependencies:
 
     def _warn_opaque(self, opaque: list[str]) -> None:
         for label in opaque:
-            if (self.name, label) not in _warned:
-                _warned.add((self.name, label))
-                import warnings
+            self._say_once(
+                label,
+                f"step {self.name}: {label.partition(' ')[2]} cannot be digested, so only its "
+                "type counts for replay; a change to it is not seen (pass what the step needs "
+                "of it as arguments)",
+            )
 
-                from .errors import DurableWarning, user_stacklevel
-
-                warnings.warn(
-                    f"step {self.name}: {label.partition(' ')[2]} cannot be digested, so only "
-                    "its type counts for replay; a change to it is not seen (pass what the "
-                    "step needs of it as arguments)",
-                    DurableWarning,
-                    stacklevel=user_stacklevel(),
-                )
+    def _say_once(self, key: str, message: str) -> None:
+        if (self.name, key) not in _warned:
+            _warned.add((self.name, key))
+            warnings.warn(message, DurableWarning, stacklevel=user_stacklevel())
 
 
 # -- saying why -------------------------------------------------------------------------

@@ -19,11 +19,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import io
 import pickle
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from xxhash import xxh3_128_hexdigest
+from xxhash import xxh3_128, xxh3_128_hexdigest
+
+from .codeinfo import is_user_module
 
 __all__ = [
     "Arguments",
@@ -135,10 +138,13 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
     if getattr(t, "__durable_step__", False):
         acc.code.append(value)
         return ("step", value.name)
+    if t is functools.partial:  # its function's code counts, and its own arguments
+        return ("partial", _canon(value.func, acc), _canon(value.args, acc),
+                _canon(value.keywords, acc))  # fmt: skip
     if callable(value) and (inspect.isroutine(value) or isinstance(value, type)):
         acc.code.append(value)  # named here; its code is walked by ``dependencies``
         return ("callable", getattr(value, "__module__", ""), value.__qualname__)
-    if module not in ("builtins", "numpy", "pandas"):
+    if is_user_module(module):
         acc.code.append(t)  # an object of the user's class: its methods count
     fields = getattr(t, "__dataclass_fields__", None)
     if fields is not None:
@@ -183,17 +189,47 @@ def _pandas(value: Any, t: type, acc: _Acc) -> Any:
     return (kind, value.shape, names, xxh3_128_hexdigest(hashed.data))
 
 
+def _dumps(canon: Any) -> bytes:
+    """The pickle of a canonical structure, without its memo: equal values give equal bytes
+    whether or not equal strings in them are one object."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.fast = True  # no memo: the canonical form has no cycles (they are ("cycle", n))
+    pickler.dump(canon)
+    return buffer.getvalue()
+
+
+def _deep(value: Any) -> str:
+    """The digest of a value nested too deep for ``_canon`` (or pickle, or repr): a walk
+    without recursion over its containers, leaves by repr (primitives) or type."""
+    hasher = xxh3_128()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is list or t is tuple:
+            hasher.update(f"{t.__name__}{len(v)}(".encode())
+            stack.extend(reversed(v))
+        elif t is dict:
+            hasher.update(f"dict{len(v)}(".encode())
+            for k, item in sorted(v.items(), key=lambda kv: repr(kv[0]), reverse=True):
+                stack += [item, k]
+        elif t in _PRIMITIVES:
+            hasher.update(repr(v).encode())
+        else:
+            hasher.update(f"<{t.__module__}.{t.__qualname__}>".encode())
+    return "deep:" + hasher.hexdigest()
+
+
 def digest_value(value: Any) -> ValueDigest:
     """Canonical digest of one value, with its cost, whether part of it was opaque, and the
     code found inside it."""
     acc = _Acc()
     try:
         canon = _canon(value, acc)
-    except RecursionError:  # nested too deep to digest
-        t = type(value)
-        return ValueDigest(f"type:{t.__module__}.{t.__qualname__}", 0, True)
-    digest = xxh3_128_hexdigest(pickle.dumps(canon, protocol=5))
-    return ValueDigest(digest, acc.cost, acc.opaque, tuple(acc.code))
+    except RecursionError:  # nested too deep for the canonical form
+        return ValueDigest(_deep(value), 0, False)
+    return ValueDigest(xxh3_128_hexdigest(_dumps(canon)), acc.cost, acc.opaque, tuple(acc.code))
 
 
 def value_digest(value: Any) -> str:
@@ -210,7 +246,9 @@ def args_digest(
         for a in args:
             if type(a) not in _PRIMITIVES:
                 break
-        else:  # only primitives: their pickle is already canonical
+        else:  # only primitives: their pickle is canonical, once no string is there twice
+            if len({id(a) for a in args}) < len(args):
+                args = _distinct(args)
             return xxh3_128_hexdigest(pickle.dumps(args, protocol=5))
     acc = _Acc()
     try:
@@ -218,11 +256,24 @@ def args_digest(
             tuple(_canon(a, acc) for a in args),
             tuple(sorted((k, _canon(v, acc)) for k, v in kwargs.items())),
         )
-    except RecursionError:
-        canon = (tuple(type(a).__qualname__ for a in args), tuple(sorted(kwargs)))
+    except RecursionError:  # nested too deep for the canonical form
+        return _deep((args, sorted(kwargs.items())))
     if code is not None:
         code += acc.code
-    return xxh3_128_hexdigest(pickle.dumps(canon, protocol=5))
+    return xxh3_128_hexdigest(_dumps(canon))
+
+
+def _distinct(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with a repeated str or bytes object replaced by an equal copy: pickle
+    writes a repeated object as a reference, an equal one in full."""
+    seen: set[int] = set()
+    out = []
+    for a in args:
+        if id(a) in seen and type(a) in (str, bytes) and len(a) > 1:
+            a = a[:1] + a[1:]  # an equal object, not the same one
+        seen.add(id(a))
+        out.append(a)
+    return tuple(out)
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -269,6 +269,7 @@ class Run:
         self.lock = threading.Lock()
         self.failures: list[tuple[str, str]] = []  # (step, error) of calls that failed for good
         self.plan_stop: PlanStop | None = None  # the first step a plan would run
+        self.first_row: int | None = None
 
     async def async_store(self) -> AsyncStore:
         """The aiosqlite twin of the store, opened by the first async step that needs it."""
@@ -320,6 +321,7 @@ class Run:
             replayed=self.replayed,
             error=error,
             environment=self.deps.environment(),
+            first_row=self.first_row,
         )
 
     def _remark(self) -> None:
@@ -368,13 +370,18 @@ class Run:
     def record(self, call: Call, row: StepRow | CompletedRow) -> None:
         """Commit a finished attempt (its digest's document first, once per process)."""
         self.store.remember_digest(row.code_digest, call.document)
-        self.store.insert(row)
+        self._first_row(self.store.insert(row))
 
     async def arecord(self, call: Call, row: StepRow | CompletedRow) -> None:
         """``record`` for async steps: the row goes through the aiosqlite twin."""
         self.store.remember_digest(row.code_digest, call.document)
         store = await self.async_store()
-        await store.insert(row)
+        self._first_row(await store.insert(row))
+
+    def _first_row(self, row_id: int) -> None:
+        """Keep the run's lowest row id: where its rows start, even if ids were reused."""
+        if self.first_row is None or 0 < row_id < self.first_row:
+            self.first_row = row_id
 
     def compare_environment(self, record: StoredStep, call: Call) -> None:
         """Note packages whose version changed since ``record`` was made (said at the end)."""

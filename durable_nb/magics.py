@@ -25,7 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from . import capture, cells, cellstate, engine
 from .accept import accept
-from .capture import Stream, clip
+from .capture import Stream, budget
 from .digests import source_digest
 from .errors import DurableError
 from .location import LogLocation, locate_log
@@ -142,9 +142,10 @@ class _Outputs:
         return record
 
     def saved(self) -> list[tuple[str, Any, Any]]:
-        """The outputs to keep: streams joined (and clipped past ``capture.KEPT``)."""
+        """The outputs to keep: streams joined, at most ``capture.KEPT`` characters in all."""
+        texts = iter(budget(["".join(b) for kind, _, b in self.items if kind == "stream"]))
         return [
-            (kind, a, clip("".join(b))) if kind == "stream" else (kind, a, b)
+            (kind, a, next(texts)) if kind == "stream" else (kind, a, b)
             for kind, a, b in self.items
         ]
 
@@ -284,7 +285,11 @@ class DurableCell:
                 return
         self._guard = cellstate.NamespaceGuard(self.ext.shell.user_ns, self.reads.names)
         self._flow = engine.workflow(self.name, store=store, fresh=self.opts.fresh, plan=True)
-        self._flow.__enter__()
+        try:
+            self._flow.__enter__()
+        except BaseException:
+            self._guard.restore()  # the copies it put in the namespace go
+            raise
         self._quiet = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = io.StringIO()  # the cell's own output is not the plan
 
@@ -357,8 +362,11 @@ class DurableCell:
         note = ""
         if run.status == "completed":
             namespace = self.ext.shell.user_ns
-            change = cellstate.changes(namespace, self._before, self.inputs, run)
-            saved = cellstate.save_cell(run, namespace, change, self._outputs.saved())
+            try:
+                change = cellstate.changes(namespace, self._before, self.inputs, run)
+                saved = cellstate.save_cell(run, namespace, change, self._outputs.saved())
+            except Exception as exc:  # the cell itself completed: say it, do not fail it
+                saved = f"its state could not be saved ({type(exc).__name__}: {exc})"
             if saved:
                 note = f"; the cell will run again next time: {saved}"
         elif exc is None:  # the code caught a Ctrl-C: what it made may be partial

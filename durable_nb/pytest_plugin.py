@@ -33,9 +33,33 @@ def pytest_configure(config: Any) -> None:
         option.nbval_sanitize_with = str(SANITIZER)
 
 
+_UNSET = object()
+_before: Any = _UNSET  # DURABLE_NB_NOTEBOOK as it was before a notebook's items
+
+
 @pytest.hookimpl(tryfirst=True)  # nbval starts the kernel when the first cell is set up
 def pytest_runtest_setup(item: Any) -> None:
     """Before a notebook's first cell starts its kernel: name the notebook."""
+    global _before
     path = getattr(item.parent, "path", None)
     if path is not None and str(path).endswith(".ipynb"):
+        if _before is _UNSET:
+            _before = os.environ.get("DURABLE_NB_NOTEBOOK")
         os.environ["DURABLE_NB_NOTEBOOK"] = str(path)
+    elif _before is not _UNSET:  # tests after the notebooks see the environment they had
+        _restore()
+
+
+def pytest_sessionfinish(session: Any) -> None:
+    """Put ``DURABLE_NB_NOTEBOOK`` back as it was."""
+    if _before is not _UNSET:
+        _restore()
+
+
+def _restore() -> None:
+    global _before
+    if _before is None:
+        os.environ.pop("DURABLE_NB_NOTEBOOK", None)
+    else:
+        os.environ["DURABLE_NB_NOTEBOOK"] = _before
+    _before = _UNSET

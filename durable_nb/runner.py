@@ -7,6 +7,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -129,7 +130,8 @@ def run_notebook(
     env = {**os.environ, "DURABLE_NB_NOTEBOOK": str(path)}
     env.pop("JPY_SESSION_NAME", None)
     error = None
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    main = threading.current_thread() is threading.main_thread()  # signals: main thread only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
         client.execute(env=env)
     except CellExecutionError as exc:
@@ -139,7 +141,8 @@ def run_notebook(
     except DeadKernelError:
         error = f"the kernel died while running cell {current + 1}{_first_line(nb, current)}"
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         if km.has_kernel:  # nbclient leaves a kernel it did not create running
             run_sync(km.shutdown_kernel)(now=True)
         shutil.rmtree(sockets, ignore_errors=True)

@@ -17,7 +17,8 @@ Tables
             skip), its displayed outputs, and the step calls its run used.
     workflow_steps  (workflow, step id) of every ended run's steps: per-workflow reads.
     digests what each dependency digest (``steps.code_digest``) covers: a JSON document
-            ``{"step", "base", "entries": [[label, digest, short repr or null], ...]}``,
+            ``{"step", "base", "entries": [[label, digest, short repr or null], ...],
+            "refs": [[label, module, qualname], ...]}`` (refs: the code arguments brought),
             written once per digest, so that a step that runs again can say what changed.
     notes   rare events that are not a run or step state change (forget, crash found, ...).
     events  a VIEW: every state change of runs, steps and notes, in time order.

@@ -252,24 +252,28 @@ class Store:
         replayed: list[int],
         error: str | None,
         environment: dict[str, str] | None = None,
+        first_row: int | None = None,
     ) -> None:
         """Record how a run ended, with the ids of the step records it replayed and the
         versions of the packages its steps referenced."""
         try:
             with self.transaction() as conn:
                 conn.execute(
-                    "UPDATE runs SET status = ?, ended_at = ?, steps_run = ?, steps_replayed = ?,"
-                    " replayed_steps = ?, error = ?, environment = ?, indexed = 1 WHERE id = ?",
-                    (
-                        status,
-                        time.time(),
-                        steps_run,
-                        len(replayed),
-                        json.dumps(replayed),
-                        error,
-                        json.dumps(environment) if environment else None,
-                        run_id,
-                    ),
+                    "UPDATE runs SET status = :status, ended_at = :ended, steps_run = :ran, "
+                    "steps_replayed = :replayed, replayed_steps = :ids, error = :error, "
+                    "environment = :environment, indexed = 1, first_step = min(coalesce("
+                    "first_step, :first), coalesce(:first, first_step)) WHERE id = :run",
+                    {
+                        "status": status,
+                        "ended": time.time(),
+                        "ran": steps_run,
+                        "replayed": len(replayed),
+                        "ids": json.dumps(replayed),
+                        "error": error,
+                        "environment": json.dumps(environment) if environment else None,
+                        "first": first_row,  # its lowest row id (ids can be reused)
+                        "run": run_id,
+                    },
                 )
                 conn.execute(_INDEX_RUN, (run_id,))
         finally:
@@ -481,10 +485,6 @@ class Store:
     def insert_step(self, row: StepRow) -> int:
         """Record one finished attempt of a step in a single commit."""
         return self._write(INSERT_STEP, row)
-
-    def insert_completed(self, row: CompletedRow) -> int:
-        """Record the common checkpoint (see ``CompletedRow``) in a single commit."""
-        return self._write(INSERT_COMPLETED, row)
 
     def step_value_ref(
         self, workflow: str, step: str, occurrence: int | None = None, args: str | None = None

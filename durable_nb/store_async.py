@@ -36,27 +36,18 @@ class AsyncStore:
             raise fail(self.path, exc, "open") from None
         return self
 
-    async def insert(self, row: StepRow | CompletedRow) -> None:
-        """Record one finished attempt of a step in a single commit."""
-        if type(row) is CompletedRow:
-            await self._write(INSERT_COMPLETED, row)
-        else:
-            await self._write(INSERT_STEP, row)
+    async def insert(self, row: StepRow | CompletedRow) -> int:
+        """Record one finished attempt of a step in a single commit; returns its id."""
+        sql = INSERT_COMPLETED if type(row) is CompletedRow else INSERT_STEP
+        return await self._write(sql, row)
 
-    async def insert_step(self, row: StepRow) -> None:
-        """Record one finished attempt of a step in a single commit."""
-        await self._write(INSERT_STEP, row)
-
-    async def insert_completed(self, row: CompletedRow) -> None:
-        """Record the common checkpoint (see ``CompletedRow``) in a single commit."""
-        await self._write(INSERT_COMPLETED, row)
-
-    async def _write(self, sql: str, params: tuple[object, ...]) -> None:
+    async def _write(self, sql: str, params: tuple[object, ...]) -> int:
         assert self._conn is not None, "AsyncStore.open() first"
         try:
-            await self._conn.execute(sql, params)
+            cursor = await self._conn.execute(sql, params)
         except sqlite3.Error as exc:
             raise fail(self.path, exc, "write") from None
+        return cursor.lastrowid or 0
 
     async def close(self) -> None:
         """Close the connection and its thread."""

@@ -579,3 +579,45 @@ def test_a_module_edited_on_disk_but_not_reloaded_is_digested_as_it_runs(tmp_pat
         assert proc.returncode == 0, err
         outputs.append(out.strip())
     assert outputs == ["50", "495"]  # the old code ran; the new file's code runs, not replays
+
+
+def test_review_cases_that_replayed_stale_results(module, log_path: Path) -> None:
+    """A big array changed in place before another step's first call in the run; a
+    partial's function changed; equal arguments made of one object or of two."""
+    src = (
+        "import functools\nimport numpy as np\nX = np.zeros(100_000)\n"
+        "def a(tag):\n    return float(X.sum())\ndef b(tag):\n    return float(X.sum())\n"
+        "def helper(x, y):\n    return x + y\ndef apply(fn, v):\n    return fn(v)\n"
+    )
+    nb = module("nb_review", src)
+    with workflow("review"):
+        assert Step(nb.a)("x") == 0.0
+        nb.X += 1
+        assert Step(nb.b)("x") == 100_000.0  # b's first walk, the big value cached by a
+        assert Step(nb.apply)(functools.partial(nb.helper, 2), 3) == 5
+    nb = module("nb_review", src.replace("return x + y", "return x * y"))
+    with workflow("review") as run:
+        nb.X += 1  # a's record was made with zeros: it runs; b's with ones: it replays
+        assert (Step(nb.a)("x"), Step(nb.b)("x")) == (100_000.0, 100_000.0)
+        assert Step(nb.apply)(functools.partial(nb.helper, 2), 3) == 6
+    assert (run.steps_run, run.steps_replayed) == (2, 1)
+    text = "".join(["hel", "lo"])
+    assert args_digest(("hello", "hello"), {}) == args_digest(("hello", text), {})
+    assert value_digest(["hello", "hello"]) == value_digest(["hello", text])
+
+
+def test_packages_that_import_each_other_and_deep_values_do_not_break_a_call(
+    module, log_path: Path
+) -> None:
+    pkg = Path(sys.path[0]) / "cyclic_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from cyclic_pkg import sub\n")
+    (pkg / "sub.py").write_text("import cyclic_pkg\ndef f(x):\n    return x + 1\n")
+    nb = module("nb_cyclic", "import cyclic_pkg\ndef s(x):\n    return cyclic_pkg.sub.f(x)\n")
+    with workflow("cyclic"):
+        assert Step(nb.s)(1) == 2
+    deep: list[object] = [1]
+    other: list[object] = [2]
+    for _ in range(3000):
+        deep, other = [deep], [other]
+    assert args_digest((deep,), {}) != args_digest((other,), {})

@@ -120,3 +120,62 @@ def test_timeline_stays_bounded(log_path: Path, steps: int) -> None:
     assert fig.get_size_inches()[1] <= 0.25 * 300 + 1.3
     title = fig.axes[0].get_title()
     assert (steps > 300) == ("one bar per run and step" in title)
+
+
+def test_log_lines_are_kept_once_and_the_streams_put_back(log_path: Path) -> None:
+    import io
+    import logging
+    import sys
+    import threading
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)  # bound to its own stream, as basicConfig's is
+    logging.root.addHandler(handler)
+    logging.root.setLevel(logging.INFO)
+    before = sys.stdout, sys.stderr
+
+    @step
+    def inner() -> int:
+        logging.info("inner says 1")
+        return 1
+
+    @step
+    def outer() -> int:
+        return inner() + 1
+
+    @step
+    def slow_in_thread(i: int) -> int:
+        time.sleep(0.2)
+        return i
+
+    try:
+        with workflow("logs"):
+            outer()
+            worker = threading.Thread(target=slow_in_thread, args=(1,))
+            worker.start()  # a router in place while the main thread tees
+            time.sleep(0.05)
+            inner()
+            worker.join()
+    finally:
+        logging.root.removeHandler(handler)
+    assert (sys.stdout, sys.stderr) == before
+    rows = dict(sqlite3.connect(log_path).execute("SELECT name, output FROM steps").fetchall())
+    assert rows["outer"].count("inner says 1") == 1
+
+
+def test_interleaved_streams_keep_at_most_kept_in_all(log_path: Path) -> None:
+    import sys
+
+    @step
+    def noisy() -> int:
+        for _ in range(8):
+            print("o" * (KEPT // 2))
+            print("e" * (KEPT // 2), file=sys.stderr)
+        return 1
+
+    with workflow("noisy"):
+        noisy()
+    stdout, output = (
+        sqlite3.connect(log_path).execute("SELECT stdout, output FROM steps").fetchone()
+    )
+    assert len(output) < 1.2 * KEPT and len(stdout) < 1.2 * KEPT
