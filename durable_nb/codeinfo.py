@@ -96,14 +96,32 @@ def _codes(code: types.CodeType) -> Iterable[types.CodeType]:
             yield from _codes(const)
 
 
-def _compiled_matches(code: types.CodeType, source: str) -> bool:
-    """Whether ``source`` compiles to ``code`` (false when the file changed since import)."""
+_compiled: dict[str, tuple[tuple[float, int], dict[tuple[str, int], bytes]]] = {}
+
+
+def _file_codes(path: str) -> dict[tuple[str, int], bytes]:
+    """Every code object of a file as it is on disk now, by (name, first line): its
+    bytecode digest. Compiled once per version of the file."""
+    stat = os.stat(path)
+    version = (stat.st_mtime, stat.st_size)
+    cached = _compiled.get(path)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    with open(path, "rb") as f:
+        compiled = compile(f.read(), path, "exec", dont_inherit=True)
+    codes = {(c.co_name, c.co_firstlineno): _bytecode(c) for c in _codes(compiled)}
+    _compiled[path] = (version, codes)
+    return codes
+
+
+def _compiled_matches(code: types.CodeType) -> bool:
+    """Whether the file on disk still compiles to ``code`` (false when it was edited since
+    it was imported): the whole file, so methods using ``super()`` and closures match."""
     try:
-        compiled = compile(source, code.co_filename, "exec", dont_inherit=True)
-    except (SyntaxError, ValueError):
+        theirs = _file_codes(code.co_filename).get((code.co_name, code.co_firstlineno))
+    except (OSError, SyntaxError, ValueError):
         return False
-    mine = _bytecode(code)  # its instructions, names and constants
-    return any(c.co_name == code.co_name and _bytecode(c) == mine for c in _codes(compiled))
+    return theirs == _bytecode(code)
 
 
 def _written_only(tree: ast.AST) -> set[str]:
@@ -144,7 +162,7 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     try:
         source = textwrap.dedent(inspect.getsource(code))
         tree = ast.parse(source)
-        if not os.path.isfile(code.co_filename) or _compiled_matches(code, source):
+        if not os.path.isfile(code.co_filename) or _compiled_matches(code):
             stripped = _StripDocs().visit(ast.parse(source))
             digest = _hex(ast.dump(stripped, annotate_fields=False).encode())
     except (OSError, TypeError, SyntaxError, IndentationError, ValueError):
