@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import serialization
 from .capture import Event, settle, stdout_of
-from .experiments import metrics_document, params_document
+from .experiments import metrics_document
 from .records import CompletedRow, StepKey, StepRow
 
 if TYPE_CHECKING:
@@ -102,13 +102,8 @@ class Call:
         arrived while it ran: kept, never replayed). The common checkpoint (value inline,
         nothing printed, nothing to note) is the smaller ``CompletedRow``."""
         run, (scope, name, digest, occurrence) = self.run, self.key
-        events = settle(printed) if printed else []
         shown = args_repr(self.args, self.kwargs)
-        named = self.arguments.named(self.args, self.kwargs) if self.arguments else {}
-        params = params_document(named)
-        stdout = stdout_of(events) or None
-        extra = any(e[0] != "stdout" for e in events)
-        output = json.dumps(events, default=str) if extra else None
+        params = self.arguments.params(self.args, self.kwargs) if self.arguments else None
         reason = note or self.reason
         if interrupted:
             reason = "Ctrl-C arrived while it ran and it returned: kept, but it runs again"
@@ -119,6 +114,10 @@ class Call:
                 attempt, started, time.time(), encoded.size, type_name, value_repr, shown,
                 encoded.segments[0], params, metrics_document(value),  # type: ignore[arg-type]
             )  # fmt: skip
+        events = settle(printed) if printed else []
+        stdout = stdout_of(events) or None
+        extra = any(e[0] != "stdout" for e in events)
+        output = json.dumps(events, default=str) if extra else None
         fmt = size = type_name = value_repr = payload = metrics = None
         error_type = message = trace = None
         if error is not None:

@@ -191,7 +191,7 @@ class Capture:
     and steps in other threads run interleaved, so they are routed by context instead.
     """
 
-    __slots__ = ("_tees", "_token", "events")
+    __slots__ = ("_logged", "_tees", "_token", "events")
 
     def __init__(self, *, routed: bool = False) -> None:
         self.events: list[Event] = []
@@ -207,11 +207,12 @@ class Capture:
                 err = Tee(sys.stderr, self.events, "stderr")
                 self._tees = out, err
                 sys.stdout, sys.stderr = out, err
-        _log_start()
+        self._logged = _log_start() if logging.root.handlers else False
 
     def stop(self) -> None:
         """Stop capturing (what was shown stays in ``events``)."""
-        _log_stop()
+        if self._logged:
+            _log_stop()
         if self._tees is not None:
             out, err = self._tees
             with _users_lock:  # a router its threads no longer need is not put back
@@ -235,17 +236,18 @@ _log_users = 0
 _log_handler: _Logged | None = None
 
 
-def _log_start() -> None:
+def _log_start() -> bool:
     """While steps capture, one handler records what logging handlers bound to the real
     streams write (installed by the first capture, removed by the last)."""
     global _log_users, _log_handler
     with _users_lock:
         _log_users += 1
-        if _log_users == 1 and logging.root.handlers:
+        if _log_users == 1:
             shown = _bypassing_handlers()
             if shown:
                 _log_handler = _Logged(shown)
                 logging.root.addHandler(_log_handler)
+    return True
 
 
 def _log_stop() -> None:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from xxhash import xxh3_128, xxh3_128_hexdigest
 
 from .codeinfo import is_user_module
+from .experiments import flat_pairs, params_document
 
 __all__ = [
     "Arguments",
@@ -247,7 +248,7 @@ def args_digest(
             if type(a) not in _PRIMITIVES:
                 break
         else:  # only primitives: their pickle is canonical, once no string is there twice
-            if len({id(a) for a in args}) < len(args):
+            if len(args) > 1 and len({id(a) for a in args}) < len(args):
                 args = _distinct(args)
             return xxh3_128_hexdigest(pickle.dumps(args, protocol=5))
     acc = _Acc()
@@ -341,6 +342,14 @@ class Arguments:
         if not bound_args and not bound_kw:
             return args, kwargs
         return bound_args + args, {**bound_kw, **kwargs}
+
+    def params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """The call's arguments by name as a JSON document (``experiments``)."""
+        if self._simple and not kwargs and len(args) == self._positional:  # the common case
+            flat = flat_pairs(zip(self._names, args, strict=True))
+            if flat is not None:
+                return flat if args else None
+        return params_document(self.named(args, kwargs))
 
     def named(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults filled in (``args``/``kwargs``

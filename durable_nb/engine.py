@@ -134,14 +134,13 @@ def close_log() -> None:
 class _Scope:
     """Where a step is being called: its run, the enclosing step's key, call counts."""
 
-    __slots__ = ("_key", "_text", "counts", "lock", "run")
+    __slots__ = ("_key", "_text", "counts", "run")
 
     def __init__(self, run: Run, key: StepKey | None) -> None:
         self.run = run
         self._key = key
         self._text: str | None = None if key else ""
         self.counts: dict[tuple[str, str], int] = {}
-        self.lock = threading.Lock()  # calls from several threads count occurrences in turn
 
     @property
     def key(self) -> str:
@@ -160,6 +159,7 @@ _current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
 
 _running: list[_Scope] = []  # top-level scopes of the runs in progress in this process
 _MAIN = threading.main_thread().ident
+_counting = threading.Lock()  # occurrence counts of calls made in other threads
 
 
 def _scope() -> _Scope | None:
@@ -592,9 +592,13 @@ class Step:
         code: list[Any] = []  # callbacks, steps, classes of objects found in the arguments
         digest = args_digest(*bound, code)
         counter = (self.name, digest)
-        with scope.lock:
+        if threading.get_ident() == _MAIN:
             occurrence = scope.counts.get(counter, 0)
             scope.counts[counter] = occurrence + 1
+        else:  # calls from several threads count occurrences in turn
+            with _counting:
+                occurrence = scope.counts.get(counter, 0)
+                scope.counts[counter] = occurrence + 1
         key = (scope.key, self.name, digest, occurrence)
         merged = self._arguments.merged(args, kwargs)
         run = scope.run
@@ -732,8 +736,11 @@ class Step:
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
         """Count a finished call; warn once if its value is not durable."""
         run = call.run
-        with run.lock:  # steps may finish in several threads at once
+        if threading.get_ident() == _MAIN:
             run.steps_run += 1
+        else:  # steps may finish in several threads at once
+            with run.lock:
+                run.steps_run += 1
         if why is None and not interrupted:
             run.used[(self.name, call.digest.value)] = call.digest.refs
         if why is not None:

@@ -94,26 +94,71 @@ def _fields(value: Any) -> Mapping[Any, Any] | None:
     return None
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+_quote = json.encoder.encode_basestring  # the C one, as json.dumps uses
+
+
+def _flat(fields: dict[Any, Any]) -> str | None:
+    """The JSON of a dict that is already a flat document of scalars (the common case,
+    written at once, as json.dumps would write it), or None."""
+    if len(fields) > MAX_FIELDS:
+        return None
+    return flat_pairs(fields.items())
+
+
+def flat_pairs(pairs: Any) -> str | None:
+    """The JSON object of (name, scalar) pairs, as json.dumps writes it; None if a name is
+    not a string or a value not a JSON scalar (then the slower, general path is taken)."""
+    parts = []
+    for key, value in pairs:
+        t = type(value)
+        if type(key) is not str:
+            return None
+        if t is str:
+            text = _quote(value)
+        elif t is int:
+            text = int.__repr__(value)
+        elif t is float and math.isfinite(value):
+            text = float.__repr__(value)
+        elif t is bool:
+            text = "true" if value else "false"
+        elif value is None:
+            text = "null"
+        else:
+            return None
+        parts.append(f"{_quote(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
 def params_document(named: Mapping[str, Any]) -> str | None:
     """The ``params`` JSON of a call whose arguments, by name, are ``named``."""
     if not named:
         return None
+    flat = _flat(named) if type(named) is dict else None
+    if flat is not None:
+        return flat
     out: dict[str, Any] = {}
     for name, value in named.items():
         if len(out) >= MAX_FIELDS:
             break
         out[name] = _jsonable(value)
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(out)
 
 
 def metrics_document(value: Any) -> str | None:
     """The ``metrics`` JSON of a result: its fields, ``{"result": value}`` for a scalar,
     or None for anything else."""
     t = type(value)
+    if t is dict:
+        flat = _flat(value)
+        if flat is not None:
+            return flat if value else None
     if (t in _SCALARS and value is not None) or (
         t.__module__ == "numpy" and getattr(value, "ndim", None) == 0
     ):
-        return json.dumps({"result": _jsonable(value)}, separators=(",", ":"))
+        return _ENCODE({"result": _jsonable(value)})
     try:
         fields = _fields(value)
     except Exception:  # a result whose own accessors raise: no fields, the row still counts
@@ -122,7 +167,7 @@ def metrics_document(value: Any) -> str | None:
         return None
     out: dict[str, Any] = {}
     _flatten(fields, out)
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _ENCODE(out)
 
 
 # -- the table ------------------------------------------------------------------------------
