@@ -395,9 +395,9 @@ def _fingerprint(obj: Any, *, big: bool = False) -> Any:
     few elements of a big array can be missed; for other big values, see the module doc)."""
     t = type(obj)
     if t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
-        flat = obj.reshape(-1) if obj.flags.c_contiguous else obj.ravel()
+        flat = obj if obj.ndim == 1 else obj.reshape(-1)  # a copy only if not contiguous
         sample = flat[:: max(1, flat.size // 512)] if big else flat
-        return (obj.shape, obj.dtype.str, xxh3_64_intdigest(sample.tobytes()))
+        return (obj.shape, obj.dtype, xxh3_64_intdigest(sample.tobytes()))
     if big:
         return "big"  # once per run (documented): hashing it at each call would cost its size
     try:
