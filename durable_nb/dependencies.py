@@ -391,12 +391,15 @@ class _Walk:
 def _fingerprint(obj: Any, *, big: bool = False) -> Any:
     """What tells, cheaply, at the next call in this process whether a value changed in
     place: its pickle's digest (no canonical form needed within one process); for a big
-    numpy array, its shape, dtype and a sample of 512 of its elements (a change of only a
+    numpy array, its shape, dtype and a sample of about 512 of its elements (a change of only a
     few elements of a big array can be missed; for other big values, see the module doc)."""
     t = type(obj)
     if t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
         flat = obj if obj.ndim == 1 else obj.reshape(-1)  # a copy only if not contiguous
-        sample = flat[:: max(1, flat.size // 512)] if big else flat
+        # about 512 elements, at a stride that is no multiple of a page (samples a whole
+        # number of pages apart share cache sets: twice as slow to read)
+        stride = flat.size // 512 if big else 1
+        sample = flat[:: stride + 9 if stride >= 64 else max(1, stride)]
         return (obj.shape, obj.dtype, xxh3_64_intdigest(sample.tobytes()))
     if big:
         return "big"  # once per run (documented): hashing it at each call would cost its size
