@@ -159,7 +159,7 @@ _current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
 
 _running: list[_Scope] = []  # top-level scopes of the runs in progress in this process
 _MAIN = threading.main_thread().ident
-_counting = threading.Lock()  # occurrence counts of calls made in other threads
+_counting = threading.Lock()  # occurrence counts, when calls come from several threads
 
 
 def _scope() -> _Scope | None:
@@ -592,13 +592,9 @@ class Step:
         code: list[Any] = []  # callbacks, steps, classes of objects found in the arguments
         digest = args_digest(*bound, code)
         counter = (self.name, digest)
-        if threading.get_ident() == _MAIN:
+        with _counting:  # calls from several threads (main among them) count in turn
             occurrence = scope.counts.get(counter, 0)
             scope.counts[counter] = occurrence + 1
-        else:  # calls from several threads count occurrences in turn
-            with _counting:
-                occurrence = scope.counts.get(counter, 0)
-                scope.counts[counter] = occurrence + 1
         key = (scope.key, self.name, digest, occurrence)
         merged = self._arguments.merged(args, kwargs)
         run = scope.run
@@ -736,11 +732,8 @@ class Step:
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
         """Count a finished call; warn once if its value is not durable."""
         run = call.run
-        if threading.get_ident() == _MAIN:
+        with run.lock:  # steps may finish in several threads at once
             run.steps_run += 1
-        else:  # steps may finish in several threads at once
-            with run.lock:
-                run.steps_run += 1
         if why is None and not interrupted:
             run.used[(self.name, call.digest.value)] = call.digest.refs
         if why is not None:
