@@ -261,6 +261,44 @@ def test_a_log_on_a_read_only_folder_can_be_viewed(tmp_path: Path) -> None:
         folder.chmod(0o755)
 
 
+def _write_one(path: Path) -> None:
+    with Store(path) as store, workflow("w2", store=store):
+        step(abs, -4)
+
+
+def _mount_tmpfs(where: Path) -> bool:
+    """Mount a small tmpfs at ``where`` (root only); False where mounting is not allowed."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)],
+                          capture_output=True, timeout=30)  # fmt: skip
+    return done.returncode == 0
+
+
+def test_a_log_on_a_read_only_file_system_says_so_and_can_be_viewed(tmp_path: Path) -> None:
+    mount = tmp_path / "ro"
+    if not _mount_tmpfs(mount):
+        pytest.skip("mounting a read-only file system needs root and mount(8)")
+    try:
+        with Store(mount / ".durable" / "kept.db") as store, workflow("w", store=store):
+            step(abs, -3)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, timeout=30)
+        assert durable_nb.runs(log=mount / ".durable" / "kept.db")["status"].tolist() == [
+            "completed"
+        ]
+        with pytest.raises(LogFileError) as new:
+            Store(mount / ".durable" / "new.db")
+        with pytest.raises(LogFileError) as old:  # at open, or at its first write
+            _write_one(mount / ".durable" / "kept.db")
+        for error in (new.value, old.value):
+            text = str(error)
+            assert "\n" not in text and "make its folder writable" in text, text
+        assert "Read-only file system" in str(new.value)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
 def test_views_take_numpy_integers(log_path: Path) -> None:
     with workflow("np") as run:
         step(abs, -1)
