@@ -22,6 +22,7 @@ from .errors import (
     WorkflowBusyError,
 )
 from .experiments import compare, experiments  # pandas is imported when they are called
+from .fleet import Fleet, fleet  # the module is light: boto3 and pandas load on first use
 from .plan import Plan, plan
 from .store import Store
 
@@ -40,6 +41,7 @@ __all__ = [
     "BlobError",
     "DurableError",
     "DurableWarning",
+    "Fleet",
     "LogFileError",
     "Plan",
     "PlanStop",
@@ -55,6 +57,7 @@ __all__ = [
     "current_run",
     "events",
     "experiments",
+    "fleet",
     "get_store",
     "load_ipython_extension",
     "open_log",

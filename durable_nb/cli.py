@@ -139,6 +139,25 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from .fleet import fleet
+
+    observed = fleet(args.root, cache=args.cache)
+    if args.pull:
+        pulled = observed.pull(progress=sys.stderr.isatty())
+        counts = pulled["action"].value_counts()
+        print(
+            f"{len(pulled)} logs: {counts.get('pulled', 0)} pulled, "
+            f"{counts.get('unchanged', 0)} unchanged, {counts.get('failed', 0)} failed",
+            file=sys.stderr,
+        )
+    df = observed.runs(status=args.status)
+    if args.format == "table":
+        df = df.drop(columns=["pid"])
+    _emit(df, args.format)
+    return 0
+
+
 _PATH_HELP = "a notebook (.ipynb) or a log file (.db)"
 _URL_HELP = "file:///dir or s3://bucket/prefix"
 
@@ -221,6 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--txid", type=int, help="transaction id (from restore-points)")
     res.add_argument("-o", "--output", help="write the restored log here (must not exist)")
     res.set_defaults(handler=_restore)
+
+    fl = sub.add_parser(
+        "fleet", help="the runs of every log replicated under a root",
+        description="Print the runs of every log replicated under ROOT (a URL ending in /), "
+        "from a local cache of their copies; --pull brings the cache up to date first "
+        "(only the logs that changed are downloaded; the first look pulls by itself).",
+    )  # fmt: skip
+    fl.add_argument("root", help="s3://bucket/prefix/ or file:///dir/")
+    fl.add_argument("--pull", action="store_true", help="pull the logs that changed first")
+    fl.add_argument("--status", choices=["running", "completed", "failed", "interrupted",
+                    "crashed"], help="only runs of this status")  # fmt: skip
+    fl.add_argument("--cache", help="the folder of the pulled copies (default: per root, "
+                    "under the user's cache folder)")  # fmt: skip
+    _format_option(fl)
+    fl.set_defaults(handler=_fleet)
     return parser
 
 

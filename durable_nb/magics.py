@@ -38,7 +38,7 @@ _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _PARAMETERS = "# Parameters\n"  # first line of the cell papermill injects (-p NAME VALUE)
 _COMMANDS = [
     "info", "open", "forget", "accept", "gc", "log", "experiments", "timeline", "replicate",
-    "replication", "restore",
+    "replication", "restore", "fleet",
 ]  # fmt: skip
 
 
@@ -470,14 +470,16 @@ class DurableMagics(Magics):
         "log [NAME]: the steps as a table; experiments [NAME] [STEP]: one row per call, "
         "its parameters and results; timeline [NAME]: the steps over time; "
         "replicate [URL]: back the log up with Litestream; replication: its state; "
-        "restore [URL]: the restore panel",
+        "restore [URL]: the restore panel; fleet ROOT: pull the logs replicated under "
+        "ROOT and show their runs",
     )
     @argument("args", nargs="*", help="PATH, NAME or URL, as the command needs")
     @argument("--step", help="with forget or accept: only this step's records")
     @line_magic("durable")
     def durable_line(self, line: str) -> None:
         """The log: ``%durable info | open PATH | forget NAME | accept NAME | gc | log [NAME] |
-        timeline [NAME]``, and its backup: ``replicate [URL] | replication | restore [URL]``."""
+        timeline [NAME]``, its backup: ``replicate [URL] | replication | restore [URL]``, and
+        the logs of many: ``fleet ROOT``."""
         opts = parse_argstring(self.durable_line, line)
         opts.args = [_unquote(arg) for arg in opts.args]
         handler = getattr(self, f"_{opts.command}")
@@ -557,6 +559,22 @@ class DurableMagics(Magics):
         from .panel import RestorePanel
 
         display(RestorePanel(self._name(opts), log=self.ext.store().path))
+
+    def _fleet(self, opts: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        from .fleet import fleet
+
+        if len(opts.args) != 1:
+            raise UsageError("usage: %durable fleet ROOT (s3://bucket/prefix/ or file:///dir/)")
+        observed = fleet(opts.args[0])
+        pulled = observed.pull()
+        counts = pulled["action"].value_counts()
+        print(
+            f"{len(pulled)} logs under {observed.url}: {counts.get('pulled', 0)} pulled, "
+            f"{counts.get('unchanged', 0)} unchanged, {counts.get('failed', 0)} failed"
+        )
+        display(observed.runs().set_index("log"))
 
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:

@@ -5,23 +5,38 @@ credentials) come from the ordinary AWS environment and config, or ``?endpoint=`
 ``?region=`` in the URL; credentials written into a URL are refused. Every error from
 botocore is translated here, in one place, into a one-line ``ReplicationError``.
 
-Layout: Litestream writes ``<replica>/ltx/...``; durable_nb copies blob files to
-``<replica>/blobs/<xx>/<digest>``.
+Layout: Litestream writes ``<replica>/ltx/<level>/<min>-<max>.ltx`` (file) or
+``<replica>/<level as 4 hex>/<min>-<max>.ltx`` (S3); durable_nb copies blob files to
+``<replica>/blobs/<xx>/<digest>``. Under a shared root (a URL ending in ``/``), a log's
+replica is at ``<root>/<host>/<folder>/<stem>`` (``layout_name``), and ``Replica.listing()``
+finds every replica below a root in one paginated listing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .errors import ReplicationError
 
-__all__ = ["Replica", "child_environment", "parse_url", "private_dirs"]
+__all__ = [
+    "Listed",
+    "Replica",
+    "child_environment",
+    "is_root",
+    "layout_name",
+    "parse_url",
+    "private_dirs",
+]
 
 
 def private_dirs(path: Path) -> None:
@@ -44,6 +59,70 @@ def redact(url: str) -> str:
         host = parts.hostname or ""
         return parts._replace(netloc=f"***@{host}").geturl()
     return url
+
+
+def _segment(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@=+-]", "_", text).strip(".") or "_"
+
+
+def layout_name(log_path: Path) -> str:
+    """Where a log's replica goes under a shared root: ``<host>/<folder>/<stem>``, the
+    machine, the notebook's folder (the one holding ``.durable/``) and the log's stem.
+
+    ``DURABLE_NB_REPLICA_NAME`` replaces it (``agent-17``, ``team/alice/sweep``): the way
+    for agents in containers, whose host names mean nothing, to pick theirs.
+    """
+    chosen = os.environ.get("DURABLE_NB_REPLICA_NAME", "").strip("/")
+    if chosen:
+        return "/".join(_segment(part) for part in chosen.split("/") if part)
+    log_path = log_path.absolute()
+    folder = log_path.parent.parent if log_path.parent.name == ".durable" else log_path.parent
+    return "/".join(
+        _segment(part) for part in (socket.gethostname(), folder.name or "root", log_path.stem)
+    )
+
+
+def is_root(url: str) -> bool:
+    """Whether a replica URL names a shared root (its path ends in ``/``), not one replica."""
+    parts = urlsplit(url)
+    return parts.scheme in ("s3", "file") and (parts.path.endswith("/") or not parts.path)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One replica found below a root: its name (the path below the root) and, from the
+    listing alone, its newest transaction, when that was written, and its bytes."""
+
+    name: str
+    txid: int
+    replicated_at: datetime
+    size: int
+
+
+_LTX_S3 = re.compile(r"^(.+)/[0-9a-f]{4}/[0-9a-f]{16}-([0-9a-f]{16})\.ltx$")
+_LTX_FILE = re.compile(r"^(.+)/ltx/\d+/[0-9a-f]{16}-([0-9a-f]{16})\.ltx$")
+_BLOB = re.compile(r"^(.+)/blobs/[0-9a-f]{2}/[0-9a-f]+$")
+
+
+def _gather(entries: list[tuple[str, int, float]], ltx: re.Pattern[str]) -> list[Listed]:
+    """Replicas from (relative key, size, mtime) entries: a folder with LTX files is one."""
+    found: dict[str, list[Any]] = {}  # name -> [txid, newest mtime, bytes]
+    blob_bytes: dict[str, int] = {}
+    for key, size, mtime in entries:
+        match = ltx.match(key)
+        if match:
+            entry = found.setdefault(match[1], [0, 0.0, 0])
+            entry[0] = max(entry[0], int(match[2], 16))
+            entry[1] = max(entry[1], mtime)
+            entry[2] += size
+        elif (blob := _BLOB.match(key)) is not None:
+            blob_bytes[blob[1]] = blob_bytes.get(blob[1], 0) + size
+    return [
+        Listed(
+            name, txid, datetime.fromtimestamp(mtime, timezone.utc), size + blob_bytes.get(name, 0)
+        )
+        for name, (txid, mtime, size) in sorted(found.items())
+    ]
 
 
 @dataclass(frozen=True)
@@ -84,6 +163,11 @@ class Replica:
         if self.endpoint:
             config |= {"endpoint": self.endpoint, "force-path-style": True}
         return config
+
+    def child(self, name: str) -> Replica:
+        """The replica called ``name`` below this one (a root)."""
+        base = self.path.rstrip("/")
+        return dataclasses.replace(self, path=f"{base}/{name}" if base else name)
 
     # -- the object store ------------------------------------------------------------
 
@@ -196,6 +280,35 @@ class Replica:
                     )
                     out[ident] = body["Body"].read()
         return out
+
+    def listing(self) -> list[Listed]:
+        """Every replica below this root, from one (paginated) listing; nothing is read."""
+        if self.scheme == "file":
+            root = Path(self.path)
+            entries: list[tuple[str, int, float]] = []
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                rel = os.path.relpath(folder, root)
+                for name in files:
+                    if name.endswith(".ltx") or "/blobs/" in f"/{rel}/":
+                        try:
+                            st = os.stat(os.path.join(folder, name))
+                        except OSError:
+                            continue  # removed while listing (compaction)
+                        entries.append((f"{rel}/{name}", st.st_size, st.st_mtime))
+            return _gather(entries, _LTX_FILE)
+        client = self._client()
+        prefix = f"{self.path}/".lstrip("/")
+        entries = []
+        with self._translate("list"):
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                for obj in page.get("Contents", []):
+                    entries.append(
+                        (obj["Key"][len(prefix) :], obj["Size"], obj["LastModified"].timestamp())
+                    )
+        return _gather(entries, _LTX_S3)
 
     def _translate(self, doing: str) -> Any:
         return _BotoErrors(self, doing)

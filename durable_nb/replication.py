@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import engine
 from .blobs import blob_folder, set_mirror
-from .connection import fail
+from .connection import connect, fail
 from .errors import DurableWarning, ReplicationError
-from .replica import Replica, child_environment, parse_url
+from .replica import Replica, child_environment, is_root, layout_name, parse_url, private_dirs
 from .store import Store, referenced_blobs
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ __all__ = [
     "State",
     "default_replica_url",
     "litestream_binary",
+    "pull_copy",
+    "replica_url_for",
     "replicate",
     "replication_status",
     "restore",
@@ -76,6 +78,15 @@ def litestream_binary() -> str:
 def default_replica_url(log_path: Path) -> str:
     """The embedded default: a file replica in ``.durable/replica/<stem>/`` beside the log."""
     return f"file://{log_path.parent / 'replica' / log_path.stem}"
+
+
+def replica_url_for(url: str | None, log_path: Path) -> str:
+    """The replica URL of a log: ``url``; under it at ``layout_name`` when it is a root (ends
+    in ``/``); with none, under ``DURABLE_NB_REPLICA_ROOT`` if set, else the local default."""
+    root = os.environ.get("DURABLE_NB_REPLICA_ROOT") if url is None else None
+    if root or (url is not None and is_root(url)):
+        return parse_url(root or url or "").child(layout_name(log_path)).url
+    return url or default_replica_url(log_path)
 
 
 def _log_path(log: str | os.PathLike[str] | None) -> Path:
@@ -166,7 +177,7 @@ class Replicator:
         monitor_interval: str = "1s",
     ) -> None:  # fmt: skip
         self.log_path = log_path
-        self.url = url or default_replica_url(log_path)
+        self.url = replica_url_for(url, log_path)
         self.replica: Replica = parse_url(self.url)
         self.sync_interval = sync_interval
         self.monitor_interval = monitor_interval
@@ -454,6 +465,37 @@ def _integrity(db: Path) -> str:
         conn.close()
 
 
+def _restored(replica: Replica, temp: Path, txid: int | None) -> None:
+    """``litestream restore`` of ``replica`` (at ``txid``) into ``temp``, user-only, checked."""
+    args = ["restore", "-o", str(temp)]
+    if txid is not None:
+        args += ["-txid", f"{int(txid):016x}"]
+    _run_litestream([*args, replica.litestream_url()])
+    os.chmod(temp, 0o600)
+    check = _integrity(temp)
+    if check != "ok":
+        raise ReplicationError(
+            f"the restored log fails its integrity check ({check}); nothing was replaced"
+        )
+
+
+def pull_copy(replica: Replica, target: Path, *, txid: int | None = None) -> None:
+    """Restore a replica (at ``txid``) over ``target``, a private copy: checked first, then
+    migrated to this version's schema, then swapped in atomically; no blobs are fetched."""
+    private_dirs(target.parent)
+    temp = target.with_name(f".{target.name}.pulling-{os.getpid()}-{threading.get_ident()}")
+    try:
+        temp.unlink(missing_ok=True)
+        _restored(replica, temp, txid)
+        connect(temp).close()  # an older schema is migrated here, in the copy
+        for suffix in ("-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        os.replace(temp, target)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{temp}{suffix}").unlink(missing_ok=True)
+
+
 def restore(
     url: str | None = None,
     timestamp: Any = None,
@@ -483,21 +525,11 @@ def restore(
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     temp.unlink(missing_ok=True)
-    args = ["restore", "-o", str(temp)]
     if timestamp is not None:
         txid = _txid_at(replica, timestamp)
-    if txid is not None:
-        args += ["-txid", f"{int(txid):016x}"]
     try:
-        say(f"restoring from {replica.url}")
-        _run_litestream([*args, replica.litestream_url()])
-        os.chmod(temp, 0o600)
-        say("checking the restored file (PRAGMA integrity_check)")
-        check = _integrity(temp)
-        if check != "ok":
-            raise ReplicationError(
-                f"the restored log fails its integrity check ({check}); nothing was replaced"
-            )
+        say(f"restoring from {replica.url} (then PRAGMA integrity_check)")
+        _restored(replica, temp, txid)
         blobs = _referenced_blobs(temp)
         folder = blob_folder(target)
         missing = [d for d in sorted(blobs) if not (folder / d[:2] / d).exists()]

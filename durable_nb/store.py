@@ -331,20 +331,37 @@ class Store:
         return completed
 
     def step_rows(
-        self, columns: str, workflow: str | None = None, run: int | None = None
-    ) -> list[tuple[Any, ...]]:
-        """Rows of steps (``columns``), all, or a workflow's, or a run's, in id order."""
-        params: dict[str, Any] = {"workflow": workflow, "run": run}
-        run_filter = "AND run_id = :run" if run is not None else ""
+        self, columns: str, workflow: str | None = None, run: int | None = None, *,
+        status: str | None = None, since: float | None = None,
+    ) -> list[tuple[Any, ...]]:  # fmt: skip
+        """Rows of steps (``columns``), all, or a workflow's, or a run's, in id order; only
+        those of ``status`` / started at or after ``since`` (Unix time) when given."""
+        params: dict[str, Any] = {
+            "workflow": workflow,
+            "run": run,
+            "status": status,
+            "since": since,
+        }
+        extra = "".join(
+            condition
+            for condition, value in (
+                ("AND run_id = :run ", run),
+                ("AND status = :status ", status),
+                ("AND started_at >= :since ", since),
+            )
+            if value is not None
+        )
         if workflow is not None:
-            return self.conn.execute(_workflow_rows(columns, run_filter), params).fetchall()
+            return self.conn.execute(_workflow_rows(columns, extra), params).fetchall()
         if run is not None:  # its rows lie from its first_step on
             return self.conn.execute(
                 f"SELECT {columns} FROM steps WHERE id >= coalesce((SELECT first_step FROM runs "
-                f"WHERE id = :run), 0) {run_filter} ORDER BY id",
+                f"WHERE id = :run), 0) {extra} ORDER BY id",
                 params,
             ).fetchall()
-        return self.conn.execute(f"SELECT {columns} FROM steps ORDER BY id").fetchall()
+        return self.conn.execute(
+            f"SELECT {columns} FROM steps WHERE 1 {extra} ORDER BY id", params
+        ).fetchall()
 
     def experiment_rows(
         self, workflow: str | None, step: str | None, *, completed: bool

@@ -58,12 +58,23 @@ def _times(seconds: pd.Series) -> pd.Series:
     return pd.to_datetime(seconds, unit="s", utc=True)
 
 
-def runs(log: LogArg = None) -> pd.DataFrame:
-    """One row per run: workflow, status, start, end, duration, steps run and replayed."""
+def _since(since: Any) -> float | None:
+    """A time (datetime, pandas Timestamp, ISO string, Unix seconds) as Unix seconds."""
+    if since is None or isinstance(since, int | float):
+        return since
+    when = pd.Timestamp(since)
+    return (when.tz_localize("UTC") if when.tzinfo is None else when).timestamp()
+
+
+def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
+    """One row per run: workflow, status, start, end, duration, steps run and replayed;
+    only runs of ``status`` / started at or after ``since`` when given (filtered in SQL)."""
     with _opened(log) as store:
         rows = store.conn.execute(
             "SELECT id, workflow, status, started_at, ended_at, steps_run, steps_replayed, pid, "
-            "error FROM runs ORDER BY id"
+            "error FROM runs WHERE (:status IS NULL OR status = :status) "
+            "AND (:since IS NULL OR started_at >= :since) ORDER BY id",
+            {"status": status, "since": _since(since)},
         ).fetchall()
     df = pd.DataFrame.from_records(
         rows,
@@ -86,8 +97,12 @@ _STEP_COLUMNS = [
 ]  # fmt: skip
 
 
-def steps(workflow: str | None = None, run: int | None = None, log: LogArg = None) -> pd.DataFrame:
-    """One row per step attempt, with its status, timing, result summary and replay count."""
+def steps(
+    workflow: str | None = None, run: int | None = None, log: LogArg = None, *,
+    status: str | None = None, since: Any = None,
+) -> pd.DataFrame:  # fmt: skip
+    """One row per step attempt, with its status, timing, result summary and replay count;
+    only attempts of ``status`` / started at or after ``since`` when given (in SQL)."""
     if run is not None:
         run = operator.index(run)  # numpy integers too (sqlite binds them as BLOB)
     with _opened(log) as store:
@@ -96,6 +111,8 @@ def steps(workflow: str | None = None, run: int | None = None, log: LogArg = Non
             "ended_at, result_type, result_size, result_repr, error_type, error_message, reason",
             workflow,
             run,
+            status=status,
+            since=_since(since),
         )
         of_workflow = "AND workflow = ?" if workflow is not None else ""
         replays = store.conn.execute(
@@ -114,10 +131,16 @@ def steps(workflow: str | None = None, run: int | None = None, log: LogArg = Non
     return df.astype({"id": "int64", "run": "int64", "occurrence": "int64", "attempt": "int64"})
 
 
-def events(log: LogArg = None) -> pd.DataFrame:
-    """Every state change of runs and steps, in time order (the ``events`` view)."""
+def events(log: LogArg = None, *, since: Any = None) -> pd.DataFrame:
+    """Every state change of runs and steps, in time order (the ``events`` view); only those
+    at or after ``since`` when given."""
+    start = _since(since)
     with _opened(log) as store:
-        rows = store.conn.execute("SELECT * FROM events ORDER BY ts").fetchall()
+        rows = store.conn.execute(
+            "SELECT * FROM events WHERE ? IS NULL OR ts >= strftime('%Y-%m-%dT%H:%M:%f', ?, "
+            "'unixepoch') ORDER BY ts",
+            (start, start),
+        ).fetchall()
     df = pd.DataFrame.from_records(
         rows, columns=["ts", "workflow", "run", "step", "kind", "detail"]
     )

@@ -1,0 +1,177 @@
+"""The fleet observer, end to end: 20 agents in processes of their own, each replicating its
+log under one root with the real litestream (a file root, and moto's S3 on 127.0.0.1), then
+one observer that lists, pulls incrementally, reports a corrupt replica, and replays one
+agent's workflow here."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+import durable_nb
+from durable_nb import DurableWarning, ReplicationError, engine
+from durable_nb.replica import layout_name, parse_url
+
+from .conftest import ROOT
+from .test_replication import aws, make_bucket, moto_endpoint  # noqa: F401 - fixtures
+
+AGENT = str(Path(__file__).with_name("fleet_agent.py"))
+AGENTS = 20
+FAILING = {0, 5, 10, 15}  # these agents raise at step 5 of 10
+
+
+def start_agent(root: str, folder: Path, i: int, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, AGENT, "run", root, str(folder / f"agent{i:02d}" / ".durable" / "a.db")],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COUNTER": str(folder / f"ran{i:02d}.txt"),
+             **({"FAIL_AT": "5"} if i in FAILING else {}), **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def run_agents(root: str, folder: Path, which: list[int], **env: str) -> None:
+    procs = [start_agent(root, folder, i, **env) for i in which]
+    for i, proc in zip(which, procs, strict=True):
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0 and "synced" in out, f"agent {i}: {out}"
+
+
+def name(i: int) -> str:
+    return f"{socket.gethostname()}/agent{i:02d}/a"
+
+
+def corrupt(root: str, log: str) -> None:
+    """Overwrite every LTX file of one replica with junk of the same size."""
+    replica = parse_url(root).child(log)
+    if replica.scheme == "file":
+        for path in Path(replica.path).rglob("*.ltx"):
+            path.write_bytes(b"\xde\xad" * (path.stat().st_size // 2))
+        return
+    client = boto3.client("s3", endpoint_url=replica.endpoint, region_name="us-east-1")
+    for obj in client.list_objects_v2(Bucket=replica.bucket, Prefix=replica.path)["Contents"]:
+        if obj["Key"].endswith(".ltx"):
+            client.put_object(Bucket=replica.bucket, Key=obj["Key"], Body=b"\xde\xad" * 64)
+
+
+@pytest.fixture(params=["file", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "file":
+        yield f"file://{tmp_path / 'fleet'}/"
+        return
+    endpoint = request.getfixturevalue("aws")
+    make_bucket(endpoint, "fleet")
+    yield "s3://fleet/team/"
+
+
+def test_twenty_agents_pulled_incrementally_one_corrupt_and_one_replayed_here(
+    root: str, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents"
+    run_agents(root, agents, list(range(AGENTS)))
+    fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
+
+    listed = fleet.logs()
+    assert sorted(listed["log"]) == [name(i) for i in range(AGENTS)]
+    assert (listed["txid"] > 0).all() and (listed["size"] > 0).all()
+    assert listed["pulled_txid"].isna().all()  # the listing alone: nothing pulled
+
+    corrupt(root, name(19))
+    with pytest.warns(DurableWarning, match=rf"1 of 20 logs .* {name(19)}: "):
+        first = fleet.pull(progress=False)
+    assert (first["action"] == "pulled").sum() == AGENTS - 1
+    assert first.set_index("log").loc[name(19), "action"] == "failed"
+    assert fleet.logs().set_index("log").loc[name(19), "error"]
+
+    runs = fleet.runs()
+    assert sorted(runs["log"].unique()) == [name(i) for i in range(AGENTS - 1)]
+    status = dict(zip(runs["log"], runs["status"].astype(str), strict=True))
+    assert status == {name(i): "failed" if i in FAILING else "completed" for i in range(19)}
+    failing = [name(i) for i in sorted(FAILING)]
+    assert list(fleet.runs(status="failed")["log"].astype(str)) == failing
+    failed_steps = fleet.steps(status="failed")
+    assert sorted(failed_steps["log"].astype(str)) == failing
+    assert (failed_steps["error_message"] == "agent failed at step 5").all()
+    assert fleet.runs(since="2100-01-01").empty
+
+    # two agents run again (two more steps each): exactly those two are downloaded again
+    run_agents(root, agents, [1, 2], STEPS="12")
+    with pytest.warns(DurableWarning, match=name(19)):  # still corrupt: tried, reported
+        second = fleet.pull(progress=False)
+    actions = second.set_index("log")["action"]
+    assert sorted(actions[actions == "pulled"].index) == [name(1), name(2)]
+    assert (actions == "unchanged").sum() == AGENTS - 3
+    runs = fleet.runs()
+    assert len(runs[runs["log"] == name(1)]) == 2
+
+    # the observer pulls agent 0 (failed at step 5) and finishes its workflow here
+    observer = subprocess.run(
+        [sys.executable, AGENT, "observe", root, name(0), str(tmp_path / "cache")],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COUNTER": str(tmp_path / "here.txt")},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert observer.returncode == 0, observer.stdout + observer.stderr
+    assert "result 285" in observer.stdout  # sum of squares 0..9, as an uninterrupted run
+    assert (tmp_path / "here.txt").read_text().split() == ["5", "6", "7", "8", "9"]
+    assert (agents / "ran00.txt").read_text().split() == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_open_makes_the_log_current_and_keeps_a_backup_of_the_working_copy(
+    tmp_path: Path,
+) -> None:
+    root = f"file://{tmp_path / 'fleet'}/"
+    run_agents(root, tmp_path / "agents", [3])
+    fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
+    try:
+        path = fleet.open(name(3))
+        assert engine.current_store_path() == path
+        assert durable_nb.runs()["status"].astype(str).tolist() == ["completed"]
+        engine.close_log()
+        again = fleet.open(name(3), current=False)
+        assert again == path and list(path.parent.glob("a.db.*.bak"))
+        assert engine.current_store_path() != path
+        with pytest.raises(ReplicationError, match=r"no replica 'nobody' under .*logs\(\)"):
+            fleet.open("nobody")
+    finally:
+        engine.close_log()
+
+
+def test_an_empty_root_a_missing_folder_and_a_dead_endpoint_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = durable_nb.fleet(f"file://{tmp_path / 'none'}/", cache=tmp_path / "c1")
+    assert empty.logs().empty and empty.runs().empty
+    assert list(empty.runs().columns[:3]) == ["log", "run", "workflow"]
+    assert empty.pull(progress=False).empty
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    dead = durable_nb.fleet(f"s3://b/p/?endpoint=http://127.0.0.1:{port}", cache=tmp_path / "c2")
+    with pytest.raises(ReplicationError, match="cannot reach the S3 endpoint") as info:
+        dead.logs()
+    assert "\n" not in str(info.value)
+
+
+def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:
+    log = tmp_path / "sweeps" / ".durable" / "lr.db"
+    assert layout_name(log) == f"{socket.gethostname()}/sweeps/lr"
+    from durable_nb.replication import replica_url_for
+
+    assert replica_url_for(f"file://{tmp_path}/r/", log) == (
+        f"file://{tmp_path}/r/{socket.gethostname()}/sweeps/lr"
+    )
+    assert replica_url_for(f"file://{tmp_path}/one", log) == f"file://{tmp_path}/one"
+    os.environ["DURABLE_NB_REPLICA_ROOT"] = "s3://team/fleet"
+    os.environ["DURABLE_NB_REPLICA_NAME"] = "agent 17/run"
+    try:
+        assert replica_url_for(None, log).startswith("s3://team/fleet/agent_17/run")
+    finally:
+        del os.environ["DURABLE_NB_REPLICA_ROOT"], os.environ["DURABLE_NB_REPLICA_NAME"]
