@@ -185,23 +185,31 @@ class Fleet:
 
     # -- the views ---------------------------------------------------------------------
 
+    def _pulled(self) -> list[str]:
+        if self.last_pull is None and not self._state():
+            self.pull()  # nothing pulled yet, here or before: pull once
+        return sorted(self._state())
+
+    def _read(self, name: str, read: Callable[[Store], Any]) -> Any:
+        """``read`` of one pulled log; None (said once, and in ``logs()``) if it fails."""
+        try:
+            with Store(self.path(name), readonly=True) as store:
+                return read(store)
+        except DurableError as exc:
+            self._errors[name] = str(exc)
+            warnings.warn(f"log {name} skipped: {exc}", DurableWarning, stacklevel=4)
+            return None
+
     def _each(self, view: Callable[[Store], pd.DataFrame]) -> pd.DataFrame:
         """``view`` of every pulled log, concatenated, with a ``log`` column first."""
         import pandas as pd
 
-        if self.last_pull is None and not self._state():
-            self.pull()  # nothing pulled yet, here or before: pull once
         frames = []
-        for name in sorted(self._state()):
-            try:
-                with Store(self.path(name), readonly=True) as store:
-                    df = view(store)
-            except DurableError as exc:
-                self._errors[name] = str(exc)
-                warnings.warn(f"log {name} skipped: {exc}", DurableWarning, stacklevel=3)
-                continue
-            df.insert(0, "log", name)
-            frames.append(df)
+        for name in self._pulled():
+            df = self._read(name, view)
+            if df is not None:
+                df.insert(0, "log", name)
+                frames.append(df)
         if not frames:
             with (
                 tempfile.TemporaryDirectory() as empty,  # the columns of an empty log
@@ -216,9 +224,20 @@ class Fleet:
 
     def runs(self, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
         """Every pulled log's runs (``durable_nb.runs``), with a ``log`` column."""
+        import pandas as pd
+
         from . import views
 
-        return self._each(lambda store: views.runs(store, status=status, since=since))
+        logs: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+        for name in self._pulled():  # rows of all logs, then one frame: 100 logs in ~0.1 s
+            found = self._read(name, lambda store: views.run_rows(store, status, since))
+            if found:
+                logs.extend([name] * len(found))
+                rows.extend(found)
+        df = views.runs_frame(rows)
+        df.insert(0, "log", pd.Categorical(logs) if logs else pd.Series(dtype="object"))
+        return df
 
     def steps(
         self, workflow: str | None = None, *, status: str | None = None, since: Any = None

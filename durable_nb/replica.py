@@ -30,6 +30,7 @@ from .errors import ReplicationError
 
 __all__ = [
     "Listed",
+    "LtxFile",
     "Replica",
     "child_environment",
     "is_root",
@@ -89,39 +90,67 @@ def is_root(url: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LtxFile:
+    """One LTX file of a replica: its level, transaction range and key below the root."""
+
+    level: int
+    min_txid: int
+    max_txid: int
+    key: str
+
+
+@dataclass(frozen=True)
 class Listed:
     """One replica found below a root: its name (the path below the root) and, from the
-    listing alone, its newest transaction, when that was written, and its bytes."""
+    listing alone, its newest transaction, when that was written, its bytes, its files."""
 
     name: str
     txid: int
     replicated_at: datetime
     size: int
+    files: tuple[LtxFile, ...] = ()
+
+    def files_for(self, txid: int) -> list[LtxFile]:
+        """The files a restore to ``txid`` can need: the newest snapshot (level 9) at or
+        before it and every file of the other levels after that snapshot, up to ``txid``
+        (litestream picks among them)."""
+        snapshots = [f for f in self.files if f.level == 9 and f.max_txid <= txid]
+        base = max(snapshots, key=lambda f: f.max_txid) if snapshots else None
+        floor = base.max_txid if base else 0
+        later = [f for f in self.files if f.level != 9 and floor < f.max_txid <= txid]
+        return ([base] if base else []) + later
 
 
-_LTX_S3 = re.compile(r"^(.+)/[0-9a-f]{4}/[0-9a-f]{16}-([0-9a-f]{16})\.ltx$")
-_LTX_FILE = re.compile(r"^(.+)/ltx/\d+/[0-9a-f]{16}-([0-9a-f]{16})\.ltx$")
+_LTX_S3 = re.compile(r"^(.+)/([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+_LTX_FILE = re.compile(r"^(.+)/ltx/(\d+)/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _BLOB = re.compile(r"^(.+)/blobs/[0-9a-f]{2}/[0-9a-f]+$")
 
 
-def _gather(entries: list[tuple[str, int, float]], ltx: re.Pattern[str]) -> list[Listed]:
-    """Replicas from (relative key, size, mtime) entries: a folder with LTX files is one."""
-    found: dict[str, list[Any]] = {}  # name -> [txid, newest mtime, bytes]
+def _gather(entries: list[tuple[str, int, float]], ltx: re.Pattern[str], base: int) -> list[Listed]:
+    """Replicas from (relative key, size, mtime) entries: a folder with LTX files is one.
+    ``base``: how the level folder is numbered (16 on S3, 10 in a file replica)."""
+    found: dict[str, list[Any]] = {}  # name -> [txid, newest mtime, bytes, files]
     blob_bytes: dict[str, int] = {}
     for key, size, mtime in entries:
         match = ltx.match(key)
         if match:
-            entry = found.setdefault(match[1], [0, 0.0, 0])
-            entry[0] = max(entry[0], int(match[2], 16))
+            entry = found.setdefault(match[1], [0, 0.0, 0, []])
+            high = int(match[4], 16)
+            entry[0] = max(entry[0], high)
             entry[1] = max(entry[1], mtime)
             entry[2] += size
+            entry[3].append(LtxFile(int(match[2], base), int(match[3], 16), high, key))
         elif (blob := _BLOB.match(key)) is not None:
             blob_bytes[blob[1]] = blob_bytes.get(blob[1], 0) + size
     return [
         Listed(
-            name, txid, datetime.fromtimestamp(mtime, timezone.utc), size + blob_bytes.get(name, 0)
+            name,
+            txid,
+            datetime.fromtimestamp(mtime, timezone.utc),
+            size + blob_bytes.get(name, 0),
+            tuple(files),
         )
-        for name, (txid, mtime, size) in sorted(found.items())
+        for name, (txid, mtime, size, files) in sorted(found.items())
     ]
 
 
@@ -296,7 +325,7 @@ class Replica:
                         except OSError:
                             continue  # removed while listing (compaction)
                         entries.append((f"{rel}/{name}", st.st_size, st.st_mtime))
-            return _gather(entries, _LTX_FILE)
+            return _gather(entries, _LTX_FILE, 10)
         client = self._client()
         prefix = f"{self.path}/".lstrip("/")
         entries = []
@@ -308,7 +337,22 @@ class Replica:
                     entries.append(
                         (obj["Key"][len(prefix) :], obj["Size"], obj["LastModified"].timestamp())
                     )
-        return _gather(entries, _LTX_S3)
+        return _gather(entries, _LTX_S3, 16)
+
+    def mirror(self, files: list[LtxFile], folder: Path, client: Any = None) -> Replica:
+        """Download LTX files (keys below this root) into ``folder`` laid out as a file
+        replica, and return that replica: a restore from it reads no more from the store.
+        One GET per file; ``client``: a boto3 client to share between threads."""
+        client = client or self._client()
+        prefix = f"{self.path}/".lstrip("/")
+        with self._translate("download from"):
+            for f in files:
+                target = folder / "ltx" / str(f.level) / f.key.rsplit("/", 1)[1]
+                private_dirs(target.parent)
+                body = client.get_object(Bucket=self.bucket, Key=prefix + f.key)["Body"]
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(body, out)
+        return Replica("file", str(folder))
 
     def _translate(self, doing: str) -> Any:
         return _BotoErrors(self, doing)

@@ -93,12 +93,16 @@ def _log_path(log: str | os.PathLike[str] | None) -> Path:
     return Path(log).absolute() if log is not None else engine.get_store().path
 
 
-def _run_litestream(args: list[str], *, timeout: float = _LITESTREAM_TIMEOUT) -> str:
-    """Run one litestream command; translate its failures into one-line errors."""
+def _run_litestream(
+    args: list[str], *, timeout: float = _LITESTREAM_TIMEOUT, one_thread: bool = False
+) -> str:
+    """Run one litestream command; translate its failures into one-line errors.
+    ``one_thread``: a Go runtime of one thread, for many restores running side by side."""
+    env = child_environment() | ({"GOMAXPROCS": "1"} if one_thread else {})
     try:
         done = subprocess.run(
-            [litestream_binary(), *args], env=child_environment(), capture_output=True,
-            text=True, timeout=timeout,
+            [litestream_binary(), *args], env=env, capture_output=True, text=True,
+            timeout=timeout,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         raise ReplicationError(
@@ -465,12 +469,12 @@ def _integrity(db: Path) -> str:
         conn.close()
 
 
-def _restored(replica: Replica, temp: Path, txid: int | None) -> None:
+def _restored(replica: Replica, temp: Path, txid: int | None, *, one_thread: bool = False) -> None:
     """``litestream restore`` of ``replica`` (at ``txid``) into ``temp``, user-only, checked."""
     args = ["restore", "-o", str(temp)]
     if txid is not None:
         args += ["-txid", f"{int(txid):016x}"]
-    _run_litestream([*args, replica.litestream_url()])
+    _run_litestream([*args, replica.litestream_url()], one_thread=one_thread)
     os.chmod(temp, 0o600)
     check = _integrity(temp)
     if check != "ok":
@@ -486,7 +490,7 @@ def pull_copy(replica: Replica, target: Path, *, txid: int | None = None) -> Non
     temp = target.with_name(f".{target.name}.pulling-{os.getpid()}-{threading.get_ident()}")
     try:
         temp.unlink(missing_ok=True)
-        _restored(replica, temp, txid)
+        _restored(replica, temp, txid, one_thread=True)  # pulls run many side by side
         connect(temp).close()  # an older schema is migrated here, in the copy
         for suffix in ("-wal", "-shm"):
             Path(f"{target}{suffix}").unlink(missing_ok=True)

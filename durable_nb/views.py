@@ -66,16 +66,18 @@ def _since(since: Any) -> float | None:
     return (when.tz_localize("UTC") if when.tzinfo is None else when).timestamp()
 
 
-def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
-    """One row per run: workflow, status, start, end, duration, steps run and replayed;
-    only runs of ``status`` / started at or after ``since`` when given (filtered in SQL)."""
-    with _opened(log) as store:
-        rows = store.conn.execute(
-            "SELECT id, workflow, status, started_at, ended_at, steps_run, steps_replayed, pid, "
-            "error FROM runs WHERE (:status IS NULL OR status = :status) "
-            "AND (:since IS NULL OR started_at >= :since) ORDER BY id",
-            {"status": status, "since": _since(since)},
-        ).fetchall()
+def run_rows(store: Store, status: str | None = None, since: Any = None) -> list[tuple[Any, ...]]:
+    """The rows behind ``runs()`` (of ``status`` / started at or after ``since``), in SQL."""
+    return store.conn.execute(
+        "SELECT id, workflow, status, started_at, ended_at, steps_run, steps_replayed, pid, "
+        "error FROM runs WHERE (:status IS NULL OR status = :status) "
+        "AND (:since IS NULL OR started_at >= :since) ORDER BY id",
+        {"status": status, "since": _since(since)},
+    ).fetchall()
+
+
+def runs_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """The ``runs()`` DataFrame of rows from ``run_rows`` (of one log or of many)."""
     df = pd.DataFrame.from_records(
         rows,
         columns=["run", "workflow", "status", "started", "ended", "steps_run",
@@ -88,6 +90,13 @@ def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) ->
     df = df.astype({"run": "int64", "steps_run": "int64", "steps_replayed": "int64"})
     return df[["run", "workflow", "status", "started", "ended", "duration", "steps_run",
                "steps_replayed", "pid", "error"]]  # fmt: skip
+
+
+def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
+    """One row per run: workflow, status, start, end, duration, steps run and replayed;
+    only runs of ``status`` / started at or after ``since`` when given (filtered in SQL)."""
+    with _opened(log) as store:
+        return runs_frame(run_rows(store, status, since))
 
 
 _STEP_COLUMNS = [

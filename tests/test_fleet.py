@@ -20,6 +20,7 @@ from durable_nb import DurableWarning, ReplicationError, engine
 from durable_nb.replica import layout_name, parse_url
 
 from .conftest import ROOT
+from .kernels import Kernel, kernel_env
 from .test_replication import aws, make_bucket, moto_endpoint  # noqa: F401 - fixtures
 
 AGENT = str(Path(__file__).with_name("fleet_agent.py"))
@@ -140,6 +141,35 @@ def test_open_makes_the_log_current_and_keeps_a_backup_of_the_working_copy(
             fleet.open("nobody")
     finally:
         engine.close_log()
+
+
+def test_the_terminal_and_the_notebook_show_the_fleet(tmp_path: Path) -> None:
+    root = f"file://{tmp_path / 'fleet'}/"
+    run_agents(root, tmp_path / "agents", [4, 5])  # 5 fails at step 5
+    cli = subprocess.run(
+        [sys.executable, "-m", "durable_nb.cli", "fleet", root, "--pull", "--status", "failed",
+         "--format", "csv", "--cache", str(tmp_path / "cache")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    lines = cli.stdout.splitlines()
+    assert lines[0].startswith("log,run,workflow,status") and len(lines) == 2
+    assert lines[1].startswith(f"{name(5)},1,agent,failed,")
+    assert "2 logs: 2 pulled, 0 unchanged, 0 failed" in cli.stderr
+
+    kernel = Kernel(tmp_path, kernel_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    try:
+        assert kernel.execute("%load_ext durable_nb").status == "ok"
+        reply = kernel.execute(f"%durable fleet {root}")
+        assert reply.status == "ok", reply.error
+        assert f"2 logs under {root.rstrip('/')}: 2 pulled, 0 unchanged, 0 failed" in reply.stdout
+        table = reply.results[-1]["text/plain"]  # after the progress bar (a widget)
+        assert name(4) in table and name(5) in table and "failed" in table
+        reply = kernel.execute("%durable fleet")
+        assert reply.status == "error" and "usage: %durable fleet ROOT" in reply.stderr
+    finally:
+        kernel.close()
+    assert list((tmp_path / "xdg" / "durable_nb" / "fleet").iterdir())  # the user's cache
 
 
 def test_an_empty_root_a_missing_folder_and_a_dead_endpoint_are_one_line(

@@ -1,0 +1,147 @@
+"""The fleet observer on a local S3 server (moto on 127.0.0.1), with the real litestream.
+
+100 logs of 1,000 steps each, replicated by one litestream process under one root, then:
+
+1. First pull into an empty cache + ``Fleet.runs()`` (target <= 10 s on a 2-core machine).
+   Baseline, in the same run: restoring the 100 one after another with the litestream CLI.
+2. A second pull with nothing changed (target <= 1 s): one listing, nothing downloaded.
+
+Medians of several runs. Usage: python benchmarks/bench_fleet.py [--logs 100] [--steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_replication import start_moto
+
+import durable_nb
+from durable_nb import engine, step, workflow
+from durable_nb.replica import child_environment, parse_url
+from durable_nb.replication import litestream_binary
+
+
+@step
+def observe(agent: int, i: int) -> dict[str, int]:
+    return {"agent": agent, "i": i, "score": (agent * 7919 + i) % 1000}
+
+
+@workflow
+def agent_run(agent: int, steps: int) -> int:
+    return sum(observe(agent, i)["score"] for i in range(steps))
+
+
+def make_logs(folder: Path, logs: int, steps: int) -> list[Path]:
+    paths = []
+    for a in range(logs):
+        path = folder / f"agent{a:03d}" / ".durable" / "a.db"
+        engine.open_log(path)
+        agent_run(a, steps)
+        engine.close_log()
+        paths.append(path)
+    return paths
+
+
+def replicate_all(paths: list[Path], root: str, folder: Path) -> None:
+    """One litestream process for every log; stopped (flushing) once all are replicated."""
+    base = parse_url(root)
+    dbs = [
+        {
+            "path": str(p),
+            "replica": base.child(f"agents/{p.parent.parent.name}").litestream_config(),
+        }
+        for p in paths
+    ]
+    config = folder / "litestream.yml"
+    config.write_text(json.dumps({"dbs": dbs}))
+    proc = subprocess.Popen(
+        [litestream_binary(), "replicate", "-no-expand-env", "-config", str(config)],
+        env=child_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    fleet = durable_nb.fleet(root, cache=folder / "unused")
+    deadline = time.monotonic() + 300
+    while len(fleet.logs()) < len(paths) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.5)  # one more sync interval
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def sequential_cli(root: str, names: list[str], folder: Path) -> float:
+    start = time.perf_counter()
+    for n in names:
+        out = folder / f"{n.replace('/', '_')}.db"
+        url = parse_url(root).child(n).litestream_url()
+        subprocess.run(
+            [litestream_binary(), "restore", "-o", str(out), url],
+            env=child_environment(), check=True, capture_output=True,
+        )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--logs", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    moto, endpoint = start_moto()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL_S3=endpoint,
+    )  # fmt: skip
+    os.environ.pop("AWS_CA_BUNDLE", None)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+    root = "s3://bench/fleet/"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            start = time.perf_counter()
+            paths = make_logs(folder / "logs", args.logs, args.steps)
+            made = time.perf_counter() - start
+            replicate_all(paths, root, folder)
+            names = sorted(durable_nb.fleet(root, cache=folder / "c").logs()["log"])
+            print(f"{len(names)} logs of {args.steps} steps made in {made:.1f} s and replicated")
+
+            baseline, first, again = [], [], []
+            for r in range(args.runs):
+                out = folder / f"cli{r}"
+                out.mkdir()
+                baseline.append(sequential_cli(root, names, out))
+                fleet = durable_nb.fleet(root, cache=folder / f"cache{r}")
+                start = time.perf_counter()
+                pulled = fleet.pull(progress=False)
+                runs = fleet.runs()
+                first.append(time.perf_counter() - start)
+                assert (pulled["action"] == "pulled").sum() == len(names), pulled
+                assert len(runs) == len(names) and (runs["steps_run"] == args.steps).all()
+                for _ in range(3):
+                    start = time.perf_counter()
+                    second = fleet.pull(progress=False)
+                    again.append(time.perf_counter() - start)
+                    assert (second["action"] == "unchanged").all()
+            b, f, a = (statistics.median(x) for x in (baseline, first, again))
+            print(f"baseline: {len(names)} litestream restores one after another: {b:.2f} s")
+            print(f"first pull + runs(): {f:.2f} s (target <= 10 s), {f / b:.2f}x the baseline")
+            print(f"second pull, nothing changed: {a:.3f} s (target <= 1 s)")
+            print(f"  runs: baseline {baseline}, first {first}, again {again}")
+    finally:
+        moto.send_signal(signal.SIGTERM)
+        moto.wait()
+
+
+if __name__ == "__main__":
+    main()
