@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,6 +189,26 @@ def test_an_empty_root_a_missing_folder_and_a_dead_endpoint_are_one_line(
     with pytest.raises(ReplicationError, match="cannot reach the S3 endpoint") as info:
         dead.logs()
     assert "\n" not in str(info.value)
+
+
+def test_a_log_of_an_older_schema_is_migrated_in_its_pulled_copy(tmp_path: Path) -> None:
+    from .conftest import old_log
+
+    root = f"file://{tmp_path / 'fleet'}/"
+    (tmp_path / "old" / ".durable").mkdir(parents=True)
+    log = old_log(tmp_path / "old" / ".durable" / "v3.db", 3)
+    durable_nb.replicate(root, log=log)
+    fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
+    try:
+        deadline = time.monotonic() + 30
+        while fleet.logs().empty and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        durable_nb.stop_replication(log=log)
+    assert fleet.pull(progress=False)["action"].tolist() == ["pulled"]
+    runs = fleet.runs()
+    assert runs[["workflow", "status"]].astype(str).values.tolist() == [["w", "completed"]]
+    assert fleet.steps()["step"].tolist() == ["train"]
 
 
 def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:
