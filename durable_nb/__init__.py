@@ -21,6 +21,7 @@ from .errors import (
     SchemaTooNewError,
     WorkflowBusyError,
 )
+from .executors import use_executor  # dask is imported by the user, never here
 from .experiments import compare, experiments  # pandas is imported when they are called
 from .fleet import Fleet, fleet  # the module is light: boto3 and pandas load on first use
 from .plan import Plan, plan
@@ -73,6 +74,7 @@ __all__ = [
     "stop_replication",
     "timeline",
     "unload_ipython_extension",
+    "use_executor",
     "workflow",
 ]
 

@@ -52,6 +52,9 @@ def _traceback(error: BaseException, step: str) -> str:
     """The traceback to keep for a failed step: its last 20,000 characters, or, when the
     error came out of a nested step whose row already holds it, a pointer to that row (so a
     deep recursion of steps keeps one traceback, not one per level)."""
+    remote = getattr(error, "__durable_nb_remote__", None)
+    if remote is not None:  # raised on a worker: its traceback there
+        return remote[-_TRACEBACK_CHARS:]
     inner = getattr(error, "__durable_nb_step__", None)
     if inner is not None:
         return f"{type(error).__name__} raised in nested step {inner}; its row has the traceback"

@@ -53,11 +53,15 @@ class ValueDigest(NamedTuple):
     code: tuple[Any, ...] = ()
 
 
+_OBJECT_BUDGET = 500  # objects of installed packages walked by their state, per value
+
+
 class _Acc:
-    __slots__ = ("active", "code", "cost", "opaque")
+    __slots__ = ("active", "code", "cost", "objects", "opaque")
 
     def __init__(self) -> None:
         self.cost = 0
+        self.objects = 0  # objects of installed packages walked so far
         self.opaque = False
         self.code: list[Any] = []
         self.active: dict[int, int] = {}  # containers being digested: a cycle refers back
@@ -143,9 +147,13 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         return ("partial", _canon(value.func, acc), _canon(value.args, acc),
                 _canon(value.keywords, acc))  # fmt: skip
     if callable(value) and (inspect.isroutine(value) or isinstance(value, type)):
-        acc.code.append(value)  # named here; its code is walked by ``dependencies``
+        func = getattr(value, "__func__", value)  # a bound method: its function's module
+        module_ = getattr(func, "__module__", None)
+        if module_ is None or is_user_module(module_):
+            acc.code.append(value)  # named here; its code is walked by ``dependencies``
         return ("callable", getattr(value, "__module__", ""), value.__qualname__)
-    if is_user_module(module):
+    user = is_user_module(module)
+    if user:
         acc.code.append(t)  # an object of the user's class: its methods count
     fields = getattr(t, "__dataclass_fields__", None)
     if fields is not None:
@@ -162,6 +170,11 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
             inner = _canon(base(value), acc)
         return ("subclass", module, t.__qualname__, inner, *_state(value, t, acc))
     if _default_reduce(t) and (hasattr(value, "__dict__") or _slots(t)):
+        if not user:
+            acc.objects += 1
+            if acc.objects > _OBJECT_BUDGET:  # a live resource (a client, a loop): by type
+                acc.opaque = True
+                return ("type", module, t.__qualname__)
         return ("object", module, t.__qualname__, *_state(value, t, acc))
     try:
         data = pickle.dumps(value, protocol=5)

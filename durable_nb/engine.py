@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
@@ -585,6 +585,33 @@ class Step:
     def __repr__(self) -> str:
         return f"<durable step {self.name}>"
 
+    def __reduce__(self) -> Any:  # to a worker (executors): by name if importable, else its fn
+        module = sys.modules.get(self.__module__)
+        if self.__module__ != "__main__" and getattr(module, self.__qualname__, None) is self:
+            return self.__qualname__
+        return (_worker_step, (self.fn, self.name))
+
+    def map(self, *iterables: Iterable[Any], executor: Any = None) -> list[Any]:
+        """Call the step on each item (``zip`` of ``iterables``) on ``executor`` (a Dask
+        ``Client`` or a ``concurrent.futures.Executor``; default: ``use_executor``'s); the
+        results in input order. Completed calls replay here and never reach it."""
+        from .executors import map_calls
+
+        return map_calls(self, iterables, executor)
+
+    async def amap(self, *iterables: Iterable[Any], executor: Any = None) -> list[Any]:
+        """``map`` for async code: ``await step.amap(xs, executor=client)``."""
+        from .executors import amap_calls
+
+        return await amap_calls(self, iterables, executor)
+
+    def submit(self, *args: Any, executor: Any = None, **kwargs: Any) -> Any:
+        """One call on ``executor``: a ``concurrent.futures.Future`` of its value (already
+        done when it replays); its row is committed when it arrives."""
+        from .executors import submit_call
+
+        return submit_call(self, args, kwargs, executor)
+
     def _call(self, scope: _Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """Key and digest a call, at call time (so occurrences are deterministic under
         ``gather()``)."""
@@ -776,6 +803,10 @@ def step(fn: Any = None, /, *args: Any, **kwargs: Any) -> Any:
     if not args and not kwargs:
         return Step(fn)
     return _adhoc_step(fn)(*args, **kwargs)
+
+
+def _worker_step(fn: Callable[..., Any], name: str) -> Step:
+    return _steps.get(name) or Step(fn, name=name)
 
 
 @functools.lru_cache(maxsize=512)

@@ -1,0 +1,341 @@
+"""A step's calls on an executor: a Dask cluster, or any ``concurrent.futures.Executor``.
+
+The kernel stays the only writer of the log. ``Step.map(xs, executor=client)`` first applies
+the replay rule to every call, in input order (so occurrence numbers follow submission
+order): completed calls replay here and never reach the cluster; only the misses are
+submitted, each under a task key of its own (two identical calls are two occurrences, and
+Dask must not merge them). Workers never open the log: a call runs in ``run_remote``, which
+captures what it prints and returns an ``Outcome``; the kernel commits each one as it
+arrives (a large value blob-first, as for a local step) and shows what it printed.
+
+Faults: a call that raises is logged failed with its remote traceback, the other calls go
+on (none is cancelled) and are committed, then the map raises the first error. A worker
+killed mid-task is Dask's to reschedule; once it gives up, ``KilledWorker`` is the call's
+error. Ctrl-C cancels the outstanding calls, logs them interrupted, and re-raises. A kernel
+killed mid-map loses nothing committed: the rerun replays those calls and submits the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import pickle
+import queue
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import engine
+from .calls import encode
+from .capture import Capture, Event, settle
+from .errors import DurableError
+
+if TYPE_CHECKING:
+    from .calls import Call
+    from .engine import Step
+
+__all__ = ["Outcome", "RemoteError", "run_remote", "use_executor"]
+
+_default: list[Any] = []  # the executor set by use_executor, innermost last
+
+
+class RemoteError(Exception):
+    """An exception raised on a worker that could not travel back as itself."""
+
+
+@dataclass
+class Outcome:
+    """What one call did on a worker: when, what it showed, its value or its error."""
+
+    started: float
+    ended: float
+    events: list[Event] = field(default_factory=list)
+    value: Any = None
+    error: BaseException | None = None
+    trace: str | None = None
+
+
+def _portable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RemoteError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _shipped(fn: Any, executor: Any) -> Any:
+    """The function as sent to a process pool: cloudpickled (a notebook's functions are in
+    ``__main__``, which pickle can only name), unless the pool shares this process."""
+    if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+        return fn
+    try:
+        import cloudpickle
+    except ImportError:
+        return fn
+    return cloudpickle.dumps(fn)
+
+
+def run_remote(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
+    """Run one call where the executor puts it, capturing what it prints (on the worker)."""
+    if isinstance(fn, bytes):
+        fn = pickle.loads(fn)
+    started = time.time()
+    shown = Capture(routed=True)
+    try:
+        value = fn(*args, **kwargs)
+    except Exception as exc:
+        shown.stop()
+        trace = "".join(traceback.format_exception(exc))
+        return Outcome(started, time.time(), settle(shown.events), None, _portable(exc), trace)
+    shown.stop()
+    return Outcome(started, time.time(), settle(shown.events), value)
+
+
+class use_executor:  # used like a function, and as a context manager
+    """Make ``executor`` the default of ``Step.map`` / ``Step.submit``: from now on, or
+    inside ``with durable_nb.use_executor(client):`` only."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        _default.append(executor)
+
+    def __enter__(self) -> Any:
+        return self.executor
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor in _default:
+            _default.reverse()
+            _default.remove(self.executor)  # the innermost one
+            _default.reverse()
+
+
+def _chosen(executor: Any) -> Any:
+    chosen = executor if executor is not None else (_default[-1] if _default else None)
+    if chosen is None:
+        raise DurableError(
+            "no executor: pass executor=client (a dask.distributed.Client or a "
+            "concurrent.futures.Executor), or set one with durable_nb.use_executor(client)"
+        )
+    return chosen
+
+
+def _is_dask(executor: Any) -> bool:
+    distributed = sys.modules.get("distributed")
+    return distributed is not None and isinstance(executor, distributed.Client)
+
+
+class _Submitter:
+    """Submits calls to one executor; each finished future lands in ``done``."""
+
+    def __init__(self, executor: Any, step: Step) -> None:
+        self.executor, self.step = executor, step
+        self.dask = _is_dask(executor)
+        self.done: queue.Queue[Any] = queue.Queue()
+        self.prefix = f"{step.name}-{uuid.uuid4().hex[:8]}"
+
+    def submit(self, calls: list[tuple[Call, int]]) -> list[Any]:
+        fn: Any = self.step  # by name when importable, else by value (Step.__reduce__)
+        if self.dask:  # one graph update; explicit keys: identical calls stay apart
+            keys = [f"{self.prefix}-{call.key[3]}-{call.key[2][:12]}-{n}" for call, n in calls]
+            futures = self.executor.map(
+                run_remote, [fn] * len(calls), [c.args for c, _ in calls],
+                [c.kwargs for c, _ in calls], key=keys, pure=False,
+            )  # fmt: skip
+        else:
+            fn = self.shipped = getattr(self, "shipped", None) or _shipped(fn, self.executor)
+            futures = [self.executor.submit(run_remote, fn, c.args, c.kwargs) for c, _ in calls]
+        for future in futures:
+            future.add_done_callback(self.done.put)
+        return futures
+
+    def cancel(self, futures: list[Any]) -> None:
+        if self.dask and futures:
+            self.executor.cancel(futures)
+        else:
+            for future in futures:
+                future.cancel()
+
+
+def _outcome(future: Any) -> Outcome:
+    """A finished future as an Outcome (an error of the cluster itself, e.g. KilledWorker,
+    becomes the call's error)."""
+    try:
+        return future.result()
+    except BaseException as exc:  # whatever ended it is the call's error
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        now = time.time()
+        return Outcome(now, now, [], None, exc, None)
+
+
+def _show(events: list[Event]) -> None:
+    """Show here what a call printed on a worker (a kernel does not see workers' output;
+    a terminal does, from pools that share it, so there it is not shown twice)."""
+    if "ipykernel" not in sys.modules:
+        return
+    for kind, *rest in events:
+        if kind == "stdout":
+            sys.stdout.write(rest[0])
+        elif kind == "stderr":
+            sys.stderr.write(rest[0])
+
+
+def _commit(step: Step, call: Call, attempt: int, outcome: Outcome) -> bool:
+    """Log one finished call; True when it failed and should be submitted again."""
+    run = call.run
+    _show(outcome.events)
+    if outcome.error is not None:
+        error = outcome.error
+        if outcome.trace:
+            with contextlib.suppress(AttributeError, TypeError):
+                error.__durable_nb_remote__ = outcome.trace  # type: ignore[attr-defined]
+        return step._failed(call, attempt, outcome.started, outcome.events, error)
+    value = outcome.value
+    encoded, why = encode(value)
+    blob = None
+    if encoded is not None and not encoded.inline:  # the blob exists before its row
+        blob = run.store.blobs.write(encoded.segments)
+    row = call.row(attempt, outcome.started, outcome.events, value=value, encoded=encoded,
+                   blob=blob, note=why)  # fmt: skip
+    run.record(call, row)
+    step._completed(call, value, why, False)
+    return False
+
+
+def _scope_or_none() -> Any:
+    return engine._current.get() or engine._scope()
+
+
+def _bar(total: int, replayed: int, name: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=replayed, desc=f"{name}.map", unit="call",
+                disable=total < 2, leave=True)  # fmt: skip
+
+
+def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = None) -> list[Any]:
+    """``Step.map``: results in input order; see the module's docstring."""
+    if step.is_async:
+        raise DurableError(f"step {step.name} is async: map runs plain functions on workers")
+    argsets = list(zip(*iterables, strict=False))  # as map(): the shortest decides
+    chosen = _chosen(executor)
+    scope = _scope_or_none()
+    if scope is None:  # outside a workflow nothing is durable: compute, as a map would
+        return [o.value if o.error is None else _raise(o) for o in _plain(chosen, step, argsets)]
+    results: list[Any] = [None] * len(argsets)
+    todo: list[tuple[Call, int]] = []
+    for i, args in enumerate(argsets):  # in input order: occurrences follow it
+        call = step._call(scope, args, {})
+        replayed, value = step._lookup(call)
+        if replayed:
+            results[i] = value
+        else:
+            todo.append((call, i))
+    if not todo:
+        return results  # fully replayed: nothing reaches the executor
+    submitter = _Submitter(chosen, step)
+    attempts = {i: 1 for _, i in todo}
+    index = {}
+    for future, item in zip(submitter.submit(todo), todo, strict=True):
+        index[future] = item
+    bar = _bar(len(argsets), len(argsets) - len(todo), step.name)
+    failures: list[BaseException] = []
+    try:
+        while index:
+            try:
+                future = submitter.done.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            call, i = index.pop(future)
+            outcome = _outcome(future)
+            if _commit(step, call, attempts[i], outcome):
+                attempts[i] += 1
+                (again,) = submitter.submit([(call, i)])
+                index[again] = (call, i)
+                continue
+            if outcome.error is None:
+                results[i] = outcome.value
+            else:
+                failures.append(outcome.error)
+            bar.update()
+            bar.set_postfix(failed=len(failures), running=len(index), refresh=False)
+    except KeyboardInterrupt:
+        submitter.cancel(list(index))
+        interrupt = KeyboardInterrupt()
+        for call, i in index.values():
+            call.run.record(call, call.row(attempts[i], time.time(), [], error=interrupt))
+        raise
+    finally:
+        bar.close()
+    if failures:
+        first = failures[0]
+        if len(failures) > 1 or len(todo) > 1:
+            note = (
+                f"{len(failures)} of {len(argsets)} calls of {step.name} failed; the others "
+                "are in the log"
+            )
+            if hasattr(first, "add_note"):
+                first.add_note(note)
+        raise first
+    return results
+
+
+def _raise(outcome: Outcome) -> Any:
+    raise outcome.error  # type: ignore[misc]
+
+
+def _plain(executor: Any, step: Step, argsets: list[tuple[Any, ...]]) -> Iterator[Outcome]:
+    if _is_dask(executor):
+        futures = executor.map(run_remote, [step] * len(argsets), argsets,
+                               [{}] * len(argsets), pure=False)  # fmt: skip
+        yield from executor.gather(futures)
+        return
+    fn = _shipped(step, executor)
+    futures = [executor.submit(run_remote, fn, args, {}) for args in argsets]
+    for future in futures:
+        yield future.result()
+
+
+def submit_call(
+    step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], executor: Any = None
+) -> concurrent.futures.Future[Any]:
+    """``Step.submit``: a future of the call's value. A completed call replays at once (the
+    future is already done); else the call runs on the executor and its row is committed
+    when it arrives (wait for the future before the workflow ends)."""
+    chosen = _chosen(executor)
+    out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    scope = _scope_or_none()
+    if scope is None:
+        return chosen.submit(step.fn, *args, **kwargs)
+    call = step._call(scope, args, kwargs)
+    replayed, value = step._lookup(call)
+    if replayed:
+        out.set_result(value)
+        return out
+    submitter = _Submitter(chosen, step)
+
+    def arrived(future: Any) -> None:
+        outcome = _outcome(future)
+        try:
+            _commit(step, call, 1, outcome)
+        except BaseException as exc:  # handed to whoever waits
+            out.set_exception(exc)
+            return
+        if outcome.error is not None:
+            out.set_exception(outcome.error)
+        else:
+            out.set_result(outcome.value)
+
+    (remote,) = submitter.submit([(call, 0)])
+    remote.add_done_callback(arrived)
+    return out
+
+
+async def amap_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any) -> list[Any]:
+    """``Step.amap``: ``map`` for async code (it waits in a thread, the loop stays free)."""
+    return await asyncio.to_thread(map_calls, step, iterables, executor)

@@ -1,0 +1,44 @@
+"""Steps of the Dask tests, in a module the workers can import (a test file is not one).
+
+``work`` appends its number to the file ``counter`` before working (what really ran, on
+whichever worker), prints, sleeps ``sleep`` seconds and raises at ``fail_at``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import durable_nb
+
+
+@durable_nb.step
+def work(i: int, counter: str, sleep: float = 0.0, fail_at: int = -1) -> int:
+    with open(counter, "a") as f:
+        f.write(f"{i}\n")
+    print(f"working on {i}")
+    time.sleep(sleep)
+    if i == fail_at:
+        raise ValueError(f"call {i} failed")
+    return i * i
+
+
+@durable_nb.workflow
+def sweep(n: int, counter: str, sleep: float = 0.0, fail_at: int = -1) -> list[int]:
+    return work.map(range(n), [counter] * n, [sleep] * n, [fail_at] * n)
+
+
+def main() -> None:
+    """``python -m tests.dask_tasks ADDRESS LOG COUNTER N SLEEP``: a driver that runs
+    ``sweep`` on the cluster at ADDRESS with LOG as its log, and prints the results."""
+    import sys
+
+    from distributed import Client
+
+    address, log, counter, n, sleep = sys.argv[1:6]
+    durable_nb.open_log(log)
+    with Client(address) as client, durable_nb.use_executor(client):
+        print("results", sum(sweep(int(n), counter, float(sleep))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
