@@ -592,9 +592,8 @@ class Step:
         return (_worker_step, (self.fn, self.name))
 
     def map(self, *iterables: Iterable[Any], executor: Any = None) -> list[Any]:
-        """Call the step on each item (``zip`` of ``iterables``) on ``executor`` (a Dask
-        ``Client`` or a ``concurrent.futures.Executor``; default: ``use_executor``'s); the
-        results in input order. Completed calls replay here and never reach it."""
+        """Calls on ``executor`` (Dask, any ``concurrent.futures``; see ``executors``) of
+        each item of ``zip(*iterables)``, in input order; completed ones replay here."""
         from .executors import map_calls
 
         return map_calls(self, iterables, executor)
@@ -606,8 +605,7 @@ class Step:
         return await amap_calls(self, iterables, executor)
 
     def submit(self, *args: Any, executor: Any = None, **kwargs: Any) -> Any:
-        """One call on ``executor``: a ``concurrent.futures.Future`` of its value (already
-        done when it replays); its row is committed when it arrives."""
+        """One call on ``executor``: a ``concurrent.futures.Future`` of its value."""
         from .executors import submit_call
 
         return submit_call(self, args, kwargs, executor)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcome", "RemoteError", "run_remote", "use_executor"]
 
+_BAR_FROM = 20  # calls: a map of fewer shows no progress bar
 _default: list[Any] = []  # the executor set by use_executor, innermost last
 
 
@@ -103,6 +104,9 @@ class use_executor:  # used like a function, and as a context manager
     def __init__(self, executor: Any) -> None:
         self.executor = executor
         _default.append(executor)
+
+    def __repr__(self) -> str:
+        return f"default executor of step.map / submit: a {type(self.executor).__name__}"
 
     def __enter__(self) -> Any:
         return self.executor
@@ -215,7 +219,7 @@ def _bar(total: int, replayed: int, name: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=replayed, desc=f"{name}.map", unit="call",
-                disable=total < 2, leave=True)  # fmt: skip
+                disable=total < _BAR_FROM, leave=True)  # fmt: skip
 
 
 def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = None) -> list[Any]:
