@@ -183,6 +183,27 @@ def test_a_replayed_map_sends_nothing_and_shows_what_the_calls_printed(
     assert durable_nb.runs().iloc[-1]["steps_replayed"] == 20
 
 
+def test_ctrl_c_cancels_the_outstanding_calls_and_logs_them_interrupted(
+    client: distributed.Client, log: Path, tmp_path: Path
+) -> None:
+    counter = tmp_path / "ran.txt"
+
+    def interrupt() -> None:
+        while len(ran(counter)) < 3:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sweep(20, str(counter), 0.5)
+    assert time.monotonic() - start < 5  # not the 5 s the 20 calls would take
+    interrupted, completed = rows(log, "interrupted"), rows(log, "completed")
+    assert interrupted and len(interrupted) + len(completed) == 20
+    idle(client)
+    assert len(ran(counter)) < 20  # cancelled: the rest never ran
+
+
 def test_identical_calls_are_two_tasks_and_two_records(
     client: distributed.Client, log: Path, tmp_path: Path
 ) -> None:
@@ -236,3 +257,21 @@ def test_a_durable_cell_in_a_real_kernel_maps_on_the_cluster_and_replays_after_a
         finally:
             kernel.close()
     assert sorted(ran(counter)) == list(range(10))  # the second kernel replayed all ten
+
+    kernel = Kernel(tmp_path, kernel_env(tmp_path / "nb.ipynb"))
+    try:
+        assert kernel.execute(setup, timeout=60).status == "ok"
+        failing = (
+            "%%durable failing\n"
+            "from tests.dask_tasks import work\n"
+            f"work.map(range(8), [{str(counter)!r}] * 8, [0.0] * 8, [5] * 8, executor=client)\n"
+        )
+        reply = kernel.execute(failing, timeout=120)
+        assert reply.status == "error" and "call 5 failed" in reply.error["evalue"]
+        done = kernel.execute(
+            "import durable_nb\n"
+            "print(durable_nb.steps(workflow='failing')['status'].value_counts().to_dict())"
+        )
+        assert "'completed': 7" in done.stdout and "'failed': 1" in done.stdout
+    finally:
+        kernel.close()
