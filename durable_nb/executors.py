@@ -247,7 +247,8 @@ def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = 
     index = {}
     for future, item in zip(submitter.submit(todo), todo, strict=True):
         index[future] = item
-    bar = _bar(len(argsets), len(argsets) - len(todo), step.name)
+    replayed = len(argsets) - len(todo)
+    bar = _bar(len(argsets), replayed, step.name)
     failures: list[BaseException] = []
     try:
         while index:
@@ -267,7 +268,8 @@ def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = 
             else:
                 failures.append(outcome.error)
             bar.update()
-            bar.set_postfix(failed=len(failures), running=len(index), refresh=False)
+            bar.set_postfix(replayed=replayed, failed=len(failures), running=len(index),
+                            refresh=False)  # fmt: skip
     except KeyboardInterrupt:
         submitter.cancel(list(index))
         interrupt = KeyboardInterrupt()

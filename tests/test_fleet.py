@@ -191,6 +191,28 @@ def test_an_empty_root_a_missing_folder_and_a_dead_endpoint_are_one_line(
     assert "\n" not in str(info.value)
 
 
+def test_wrong_credentials_are_one_line_without_the_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_replication import start_moto
+
+    proc, endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="1")
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAREALKEY00001")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        make_bucket(endpoint, "guarded")  # the one action moto allows before checking keys
+        observer = durable_nb.fleet("s3://guarded/team/", cache=tmp_path / "cache")
+        with pytest.raises(ReplicationError, match="access denied") as info:
+            observer.pull(progress=False)
+        message = str(info.value)
+        assert "\n" not in message and "not-the-secret" not in message
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def test_a_log_of_an_older_schema_is_migrated_in_its_pulled_copy(tmp_path: Path) -> None:
     from .conftest import old_log
 
