@@ -323,7 +323,8 @@ class _Walk:
         if t is types.MethodType:
             if not is_user_module(getattr(obj.__func__, "__module__", None)):
                 self._package(getattr(obj.__func__, "__module__", None))
-                return  # a package's method: its version counts, not its object's state
+                self.value(f"{kind} {name}.__self__", obj.__self__)  # its object's state
+                return  # (not the package's code)
             self.reference(f"{name}.__func__", obj.__func__, attrs, kind=kind)
             self.reference(f"{name}.__self__", obj.__self__, attrs, kind=kind)
             return

@@ -16,11 +16,13 @@ tell apart the calls of one workflow, not resist an adversary.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
 import io
 import pickle
+import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -57,12 +59,13 @@ _OBJECT_BUDGET = 500  # objects of installed packages walked by their state, per
 
 
 class _Acc:
-    __slots__ = ("active", "code", "cost", "objects", "opaque")
+    __slots__ = ("active", "code", "cost", "objects", "opaque", "truncated")
 
     def __init__(self) -> None:
         self.cost = 0
         self.objects = 0  # objects of installed packages walked so far
         self.opaque = False
+        self.truncated = False  # the walk stopped at the budget
         self.code: list[Any] = []
         self.active: dict[int, int] = {}  # containers being digested: a cycle refers back
 
@@ -151,6 +154,9 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         module_ = getattr(func, "__module__", None)
         if module_ is None or is_user_module(module_):
             acc.code.append(value)  # named here; its code is walked by ``dependencies``
+        elif func is not value:  # a package's method: the object it is bound to counts
+            owner = _canon(getattr(value, "__self__", None), acc)
+            return ("method", module_, value.__qualname__, owner)
         return ("callable", getattr(value, "__module__", ""), value.__qualname__)
     user = is_user_module(module)
     if user:
@@ -173,7 +179,7 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         if not user:
             acc.objects += 1
             if acc.objects > _OBJECT_BUDGET:  # a live resource (a client, a loop): by type
-                acc.opaque = True
+                acc.opaque = acc.truncated = True
                 return ("type", module, t.__qualname__)
         return ("object", module, t.__qualname__, *_state(value, t, acc))
     try:
@@ -243,6 +249,12 @@ def digest_value(value: Any) -> ValueDigest:
         canon = _canon(value, acc)
     except RecursionError:  # nested too deep for the canonical form
         return ValueDigest(_deep(value), 0, False)
+    if acc.truncated:  # too big to walk: its pickle, if it has one, tells values apart
+        with contextlib.suppress(Exception):
+            return ValueDigest(
+                "pickle:" + xxh3_128_hexdigest(pickle.dumps(value, protocol=5)),
+                acc.cost, False, tuple(acc.code),
+            )  # fmt: skip
     return ValueDigest(xxh3_128_hexdigest(_dumps(canon)), acc.cost, acc.opaque, tuple(acc.code))
 
 
@@ -274,6 +286,11 @@ def args_digest(
         return _deep((args, sorted(kwargs.items())))
     if code is not None:
         code += acc.code
+    if acc.truncated:  # too big to walk: by pickle, else a key of its own (it runs)
+        try:
+            return "pickle:" + xxh3_128_hexdigest(pickle.dumps((args, kwargs), protocol=5))
+        except Exception:
+            return f"unjudged:{uuid.uuid4().hex}"
     return xxh3_128_hexdigest(_dumps(canon))
 
 

@@ -160,13 +160,20 @@ _current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
 _running: list[_Scope] = []  # top-level scopes of the runs in progress in this process
 _MAIN = threading.main_thread().ident
 _counting = threading.Lock()  # occurrence counts, when calls come from several threads
+_on_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("on_worker", default=False)
+
+
+def on_worker() -> contextvars.Token[bool]:
+    """Mark this context as an executor's worker: steps called here run plain (executors)."""
+    _current.set(None)
+    return _on_worker.set(True)
 
 
 def _scope() -> _Scope | None:
     """Where a step called here belongs: the context's scope; in a thread that did not
     inherit it (a ``ThreadPoolExecutor``'s), the one run in progress in the process."""
     scope = _current.get()
-    if scope is not None or threading.get_ident() == _MAIN or not _running:
+    if scope is not None or threading.get_ident() == _MAIN or not _running or _on_worker.get():
         return scope
     if len(_running) == 1:
         return _running[0]
@@ -803,8 +810,8 @@ def step(fn: Any = None, /, *args: Any, **kwargs: Any) -> Any:
     return _adhoc_step(fn)(*args, **kwargs)
 
 
-def _worker_step(fn: Callable[..., Any], name: str) -> Step:
-    return _steps.get(name) or Step(fn, name=name)
+def _worker_step(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    return fn  # on a worker a step is its function: plain, and the code that was sent
 
 
 @functools.lru_cache(maxsize=512)

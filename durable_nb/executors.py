@@ -23,6 +23,7 @@ import contextlib
 import pickle
 import queue
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -85,6 +86,9 @@ def run_remote(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcom
     """Run one call where the executor puts it, capturing what it prints (on the worker)."""
     if isinstance(fn, bytes):
         fn = pickle.loads(fn)
+    if getattr(fn, "__durable_step__", False):  # sent by name: its module's step
+        fn = fn.fn
+    token = engine.on_worker()  # steps it calls run plain here: only the kernel writes
     started = time.time()
     shown = Capture(routed=True)
     try:
@@ -93,6 +97,8 @@ def run_remote(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcom
         shown.stop()
         trace = "".join(traceback.format_exception(exc))
         return Outcome(started, time.time(), settle(shown.events), None, _portable(exc), trace)
+    finally:
+        engine._on_worker.reset(token)
     shown.stop()
     return Outcome(started, time.time(), settle(shown.events), value)
 
@@ -142,10 +148,10 @@ class _Submitter:
         self.done: queue.Queue[Any] = queue.Queue()
         self.prefix = f"{step.name}-{uuid.uuid4().hex[:8]}"
 
-    def submit(self, calls: list[tuple[Call, int]]) -> list[Any]:
+    def submit(self, calls: list[tuple[Call, int]], attempt: int = 1) -> list[Any]:
         fn: Any = self.step  # by name when importable, else by value (Step.__reduce__)
         if self.dask:  # one graph update; explicit keys: identical calls stay apart
-            keys = [f"{self.prefix}-{call.key[3]}-{call.key[2][:12]}-{n}" for call, n in calls]
+            keys = [f"{self.prefix}-{n}-{call.key[2][:12]}-{attempt}" for call, n in calls]
             futures = self.executor.map(
                 run_remote, [fn] * len(calls), [c.args for c, _ in calls],
                 [c.kwargs for c, _ in calls], key=keys, pure=False,
@@ -222,7 +228,10 @@ def _bar(total: int, replayed: int, name: str) -> Any:
                 disable=total < _BAR_FROM, leave=True)  # fmt: skip
 
 
-def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = None) -> list[Any]:
+def map_calls(
+    step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = None,
+    stop: threading.Event | None = None,
+) -> list[Any]:  # fmt: skip
     """``Step.map``: results in input order; see the module's docstring."""
     if step.is_async:
         raise DurableError(f"step {step.name} is async: map runs plain functions on workers")
@@ -255,12 +264,14 @@ def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = 
             try:
                 future = submitter.done.get(timeout=0.2)
             except queue.Empty:
+                if stop is not None and stop.is_set():  # amap's task was cancelled
+                    raise KeyboardInterrupt from None
                 continue
             call, i = index.pop(future)
             outcome = _outcome(future)
             if _commit(step, call, attempts[i], outcome):
                 attempts[i] += 1
-                (again,) = submitter.submit([(call, i)])
+                (again,) = submitter.submit([(call, i)], attempts[i])  # a key of its own
                 index[again] = (call, i)
                 continue
             if outcome.error is None:
@@ -270,11 +281,12 @@ def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = 
             bar.update()
             bar.set_postfix(replayed=replayed, failed=len(failures), running=len(index),
                             refresh=False)  # fmt: skip
-    except KeyboardInterrupt:
+    except BaseException as exc:  # Ctrl-C, or the log failing: nothing is left running
         submitter.cancel(list(index))
-        interrupt = KeyboardInterrupt()
-        for call, i in index.values():
-            call.run.record(call, call.row(attempts[i], time.time(), [], error=interrupt))
+        if isinstance(exc, KeyboardInterrupt):
+            interrupt = KeyboardInterrupt()
+            for call, i in index.values():
+                call.run.record(call, call.row(attempts[i], time.time(), [], error=interrupt))
         raise
     finally:
         bar.close()
@@ -289,6 +301,10 @@ def map_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any = 
                 first.add_note(note)
         raise first
     return results
+
+
+def _plain_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return fn(*args, **kwargs)
 
 
 def _raise(outcome: Outcome) -> Any:
@@ -316,8 +332,8 @@ def submit_call(
     chosen = _chosen(executor)
     out: concurrent.futures.Future[Any] = concurrent.futures.Future()
     scope = _scope_or_none()
-    if scope is None:
-        return chosen.submit(step.fn, *args, **kwargs)
+    if scope is None:  # outside a workflow: a plain call (its kwargs are not the executor's)
+        return chosen.submit(_plain_call, step.fn, args, kwargs)
     call = step._call(scope, args, kwargs)
     replayed, value = step._lookup(call)
     if replayed:
@@ -344,4 +360,9 @@ def submit_call(
 
 async def amap_calls(step: Step, iterables: tuple[Iterable[Any], ...], executor: Any) -> list[Any]:
     """``Step.amap``: ``map`` for async code (it waits in a thread, the loop stays free)."""
-    return await asyncio.to_thread(map_calls, step, iterables, executor)
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(map_calls, step, iterables, executor, stop)
+    except BaseException:  # cancelled (Ctrl-C in an async cell): the thread stops too
+        stop.set()
+        raise

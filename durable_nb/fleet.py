@@ -2,7 +2,7 @@
 
 Many notebooks and agents each write their own log, and Litestream replicates each under a
 shared root (``replicate("s3://bucket/team/")`` or ``DURABLE_NB_REPLICA_ROOT`` puts a log at
-``<root>/<host>/<folder>/<stem>``). ``fleet(root)`` is the third part of that architecture:
+``<root>/<host>/<folder>-<hash>/<stem>``). ``fleet(root)`` is the third part of that architecture:
 
 - ``Fleet.logs()``: the replicas, from one paginated listing (nothing is downloaded);
 - ``Fleet.pull()``: restores, with the real ``litestream restore`` and in parallel, each
@@ -112,7 +112,10 @@ class Fleet:
 
     def path(self, name: str) -> Path:
         """The pulled copy of log ``name`` in the cache."""
-        return self.cache / "logs" / f"{name}.db"
+        path = (self.cache / "logs" / f"{name}.db").resolve()
+        if not path.is_relative_to(self.cache.resolve()):
+            raise ReplicationError(f"log name {name!r} leads out of the cache; skipped")
+        return path
 
     def pull(
         self, names: Iterable[str] | None = None, *, jobs: int = 8, progress: bool = True
@@ -126,6 +129,8 @@ class Fleet:
         from tqdm.auto import tqdm
 
         listing = {item.name: item for item in self._listing()}
+        if isinstance(names, str):
+            names = [names]
         wanted = list(listing) if names is None else list(names)
         unknown = [name for name in wanted if name not in listing]
         if unknown:

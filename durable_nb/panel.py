@@ -54,7 +54,7 @@ class RestorePanel:
     def __init__(self, url: str | None = None, *, log: str | Path | None = None) -> None:
         self.log = Path(log).absolute() if log is not None else engine.get_store().path
         self.url = w.Text(
-            value=url or replication.default_replica_url(self.log),
+            value=url or replication.replica_url_for(None, self.log),
             description="Replica",
             layout=w.Layout(width="70%"),
         )

@@ -8,13 +8,14 @@ botocore is translated here, in one place, into a one-line ``ReplicationError``.
 Layout: Litestream writes ``<replica>/ltx/<level>/<min>-<max>.ltx`` (file) or
 ``<replica>/<level as 4 hex>/<min>-<max>.ltx`` (S3); durable_nb copies blob files to
 ``<replica>/blobs/<xx>/<digest>``. Under a shared root (a URL ending in ``/``), a log's
-replica is at ``<root>/<host>/<folder>/<stem>`` (``layout_name``), and ``Replica.listing()``
+replica is at ``<root>/<host>/<folder>-<hash>/<stem>`` (``layout_name``), and ``Replica.listing()``
 finds every replica below a root in one paginated listing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import shutil
@@ -67,8 +68,9 @@ def _segment(text: str) -> str:
 
 
 def layout_name(log_path: Path) -> str:
-    """Where a log's replica goes under a shared root: ``<host>/<folder>/<stem>``, the
-    machine, the notebook's folder (the one holding ``.durable/``) and the log's stem.
+    """Where a log's replica goes under a shared root: ``<host>/<folder>-<hash>/<stem>``:
+    the machine, the notebook's folder (the one holding ``.durable/``, with 6 hex digits of
+    its full path, so two folders of one name on one machine do not clash), the log's stem.
 
     ``DURABLE_NB_REPLICA_NAME`` replaces it (``agent-17``, ``team/alice/sweep``): the way
     for agents in containers, whose host names mean nothing, to pick theirs.
@@ -78,8 +80,10 @@ def layout_name(log_path: Path) -> str:
         return "/".join(_segment(part) for part in chosen.split("/") if part)
     log_path = log_path.absolute()
     folder = log_path.parent.parent if log_path.parent.name == ".durable" else log_path.parent
+    where = hashlib.sha256(str(folder).encode()).hexdigest()[:6]  # two folders of one name
     return "/".join(
-        _segment(part) for part in (socket.gethostname(), folder.name or "root", log_path.stem)
+        _segment(part)
+        for part in (socket.gethostname(), f"{folder.name or 'root'}-{where}", log_path.stem)
     )
 
 
@@ -126,6 +130,10 @@ _LTX_FILE = re.compile(r"^(.+)/ltx/(\d+)/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _BLOB = re.compile(r"^(.+)/blobs/[0-9a-f]{2}/[0-9a-f]+$")
 
 
+def _safe_name(name: str) -> bool:
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
 def _gather(entries: list[tuple[str, int, float]], ltx: re.Pattern[str], base: int) -> list[Listed]:
     """Replicas from (relative key, size, mtime) entries: a folder with LTX files is one.
     ``base``: how the level folder is numbered (16 on S3, 10 in a file replica)."""
@@ -133,6 +141,8 @@ def _gather(entries: list[tuple[str, int, float]], ltx: re.Pattern[str], base: i
     blob_bytes: dict[str, int] = {}
     for key, size, mtime in entries:
         match = ltx.match(key)
+        if match and not _safe_name(match[1]):
+            continue  # "..", "." or empty segments: never a path outside the cache
         if match:
             entry = found.setdefault(match[1], [0, 0.0, 0, []])
             high = int(match[4], 16)

@@ -396,7 +396,7 @@ def _ltx_points(replica: Replica, *, newest_only: bool = False) -> list[dict[str
 
 
 def _replica_for(url: str | None, log: str | os.PathLike[str] | None) -> Replica:
-    replica = parse_url(url or default_replica_url(_log_path(log)))
+    replica = parse_url(replica_url_for(url, _log_path(log)))  # where replicate() puts it
     replica.check()
     return replica
 

@@ -9,6 +9,7 @@ machine is safe to look at. ``result()`` loads one value, explicitly. Every view
 from __future__ import annotations
 
 import json
+import numbers
 import operator
 import os
 from collections.abc import Iterator
@@ -60,8 +61,8 @@ def _times(seconds: pd.Series) -> pd.Series:
 
 def _since(since: Any) -> float | None:
     """A time (datetime, pandas Timestamp, ISO string, Unix seconds) as Unix seconds."""
-    if since is None or isinstance(since, int | float):
-        return since
+    if since is None or isinstance(since, numbers.Real):
+        return float(since) if since is not None else None
     when = pd.Timestamp(since)
     return (when.tz_localize("UTC") if when.tzinfo is None else when).timestamp()
 

@@ -621,3 +621,37 @@ def test_packages_that_import_each_other_and_deep_values_do_not_break_a_call(
     for _ in range(3000):
         deep, other = [deep], [other]
     assert args_digest((deep,), {}) != args_digest((other,), {})
+
+
+COUNTS = __import__("collections").Counter("aab")
+TOP = COUNTS.most_common  # a package's bound method: the object it is bound to counts
+
+
+@step
+def top_letter() -> list[tuple[str, int]]:
+    return TOP(1)
+
+
+def test_a_global_bound_method_of_a_package_object_sees_its_object_change(
+    log_path: Path,
+) -> None:
+    with workflow("bound"):
+        assert top_letter() == [("a", 2)]
+    COUNTS.update("bbbb")
+    try:
+        with workflow("bound") as run:
+            assert top_letter() == [("b", 5)]  # not the stale [("a", 2)]
+        assert run.steps_replayed == 0
+    finally:
+        COUNTS.subtract("bbbb")
+
+
+def test_arguments_too_big_to_walk_are_told_apart_by_their_pickle() -> None:
+    import argparse
+
+    many = [argparse.Namespace(i=i) for i in range(600)]  # past the walk's budget
+    other = [*many[:-1], argparse.Namespace(i=-1)]
+    assert args_digest((many,), {}) != args_digest((other,), {})
+    assert args_digest((many,), {}) == args_digest(
+        ([argparse.Namespace(i=i) for i in range(600)],), {}
+    )

@@ -275,3 +275,31 @@ def test_a_durable_cell_in_a_real_kernel_maps_on_the_cluster_and_replays_after_a
         assert "'completed': 7" in done.stdout and "'failed': 1" in done.stdout
     finally:
         kernel.close()
+
+
+def test_pool_workers_never_write_the_log_and_run_the_code_they_were_sent(
+    log: Path, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    counter = str(tmp_path / "ran.txt")
+    for pool in (ThreadPoolExecutor(2), ProcessPoolExecutor(1)):
+        with pool, durable_nb.workflow(f"rows-{type(pool).__name__}"):
+            assert work.map(range(3), [counter] * 3, executor=pool) == [0, 1, 4]
+    assert len(rows(log, "completed")) == 6  # one row per call: none written by a worker
+
+    with ProcessPoolExecutor(1) as pool:  # one worker, reused: it must not keep old code
+
+        @durable_nb.step(name="versioned")
+        def versioned(i: int) -> str:
+            return f"v1-{i}"
+
+        with durable_nb.workflow("versions"):
+            assert versioned.map([1], executor=pool) == ["v1-1"]
+
+        @durable_nb.step(name="versioned")
+        def versioned(i: int) -> str:
+            return f"v2-{i}"
+
+        with durable_nb.workflow("versions"):
+            assert versioned.map([1], executor=pool) == ["v2-1"]

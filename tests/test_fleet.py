@@ -45,8 +45,9 @@ def run_agents(root: str, folder: Path, which: list[int], **env: str) -> None:
         assert proc.returncode == 0 and "synced" in out, f"agent {i}: {out}"
 
 
-def name(i: int) -> str:
-    return f"{socket.gethostname()}/agent{i:02d}/a"
+def name(i: int, agents: Path) -> str:
+    """Where agent ``i``'s log (``agents/agentNN/.durable/a.db``) lands under the root."""
+    return layout_name(agents / f"agent{i:02d}" / ".durable" / "a.db")
 
 
 def corrupt(root: str, log: str) -> None:
@@ -80,22 +81,22 @@ def test_twenty_agents_pulled_incrementally_one_corrupt_and_one_replayed_here(
     fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
 
     listed = fleet.logs()
-    assert sorted(listed["log"]) == [name(i) for i in range(AGENTS)]
+    assert sorted(listed["log"]) == [name(i, agents) for i in range(AGENTS)]
     assert (listed["txid"] > 0).all() and (listed["size"] > 0).all()
     assert listed["pulled_txid"].isna().all()  # the listing alone: nothing pulled
 
-    corrupt(root, name(19))
-    with pytest.warns(DurableWarning, match=rf"1 of 20 logs .* {name(19)}: "):
+    corrupt(root, name(19, agents))
+    with pytest.warns(DurableWarning, match=rf"1 of 20 logs .* {name(19, agents)}: "):
         first = fleet.pull(progress=False)
     assert (first["action"] == "pulled").sum() == AGENTS - 1
-    assert first.set_index("log").loc[name(19), "action"] == "failed"
-    assert fleet.logs().set_index("log").loc[name(19), "error"]
+    assert first.set_index("log").loc[name(19, agents), "action"] == "failed"
+    assert fleet.logs().set_index("log").loc[name(19, agents), "error"]
 
     runs = fleet.runs()
-    assert sorted(runs["log"].unique()) == [name(i) for i in range(AGENTS - 1)]
+    assert sorted(runs["log"].unique()) == [name(i, agents) for i in range(AGENTS - 1)]
     status = dict(zip(runs["log"], runs["status"].astype(str), strict=True))
-    assert status == {name(i): "failed" if i in FAILING else "completed" for i in range(19)}
-    failing = [name(i) for i in sorted(FAILING)]
+    assert status == {name(i, agents): "failed" if i in FAILING else "completed" for i in range(19)}
+    failing = [name(i, agents) for i in sorted(FAILING)]
     assert list(fleet.runs(status="failed")["log"].astype(str)) == failing
     failed_steps = fleet.steps(status="failed")
     assert sorted(failed_steps["log"].astype(str)) == failing
@@ -104,17 +105,17 @@ def test_twenty_agents_pulled_incrementally_one_corrupt_and_one_replayed_here(
 
     # two agents run again (two more steps each): exactly those two are downloaded again
     run_agents(root, agents, [1, 2], STEPS="12")
-    with pytest.warns(DurableWarning, match=name(19)):  # still corrupt: tried, reported
+    with pytest.warns(DurableWarning, match=name(19, agents)):  # still corrupt: tried, reported
         second = fleet.pull(progress=False)
     actions = second.set_index("log")["action"]
-    assert sorted(actions[actions == "pulled"].index) == [name(1), name(2)]
+    assert sorted(actions[actions == "pulled"].index) == [name(1, agents), name(2, agents)]
     assert (actions == "unchanged").sum() == AGENTS - 3
     runs = fleet.runs()
-    assert len(runs[runs["log"] == name(1)]) == 2
+    assert len(runs[runs["log"] == name(1, agents)]) == 2
 
     # the observer pulls agent 0 (failed at step 5) and finishes its workflow here
     observer = subprocess.run(
-        [sys.executable, AGENT, "observe", root, name(0), str(tmp_path / "cache")],
+        [sys.executable, AGENT, "observe", root, name(0, agents), str(tmp_path / "cache")],
         env={**os.environ, "PYTHONPATH": str(ROOT), "COUNTER": str(tmp_path / "here.txt")},
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -127,15 +128,15 @@ def test_twenty_agents_pulled_incrementally_one_corrupt_and_one_replayed_here(
 def test_open_makes_the_log_current_and_keeps_a_backup_of_the_working_copy(
     tmp_path: Path,
 ) -> None:
-    root = f"file://{tmp_path / 'fleet'}/"
-    run_agents(root, tmp_path / "agents", [3])
+    root, agents = f"file://{tmp_path / 'fleet'}/", tmp_path / "agents"
+    run_agents(root, agents, [3])
     fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
     try:
-        path = fleet.open(name(3))
+        path = fleet.open(name(3, agents))
         assert engine.current_store_path() == path
         assert durable_nb.runs()["status"].astype(str).tolist() == ["completed"]
         engine.close_log()
-        again = fleet.open(name(3), current=False)
+        again = fleet.open(name(3, agents), current=False)
         assert again == path and list(path.parent.glob("a.db.*.bak"))
         assert engine.current_store_path() != path
         with pytest.raises(ReplicationError, match=r"no replica 'nobody' under .*logs\(\)"):
@@ -145,8 +146,8 @@ def test_open_makes_the_log_current_and_keeps_a_backup_of_the_working_copy(
 
 
 def test_the_terminal_and_the_notebook_show_the_fleet(tmp_path: Path) -> None:
-    root = f"file://{tmp_path / 'fleet'}/"
-    run_agents(root, tmp_path / "agents", [4, 5])  # 5 fails at step 5
+    root, agents = f"file://{tmp_path / 'fleet'}/", tmp_path / "agents"
+    run_agents(root, agents, [4, 5])  # 5 fails at step 5
     cli = subprocess.run(
         [sys.executable, "-m", "durable_nb.cli", "fleet", root, "--pull", "--status", "failed",
          "--format", "csv", "--cache", str(tmp_path / "cache")],
@@ -155,7 +156,7 @@ def test_the_terminal_and_the_notebook_show_the_fleet(tmp_path: Path) -> None:
     assert cli.returncode == 0, cli.stderr
     lines = cli.stdout.splitlines()
     assert lines[0].startswith("log,run,workflow,status") and len(lines) == 2
-    assert lines[1].startswith(f"{name(5)},1,agent,failed,")
+    assert lines[1].startswith(f"{name(5, agents)},1,agent,failed,")
     assert "2 logs: 2 pulled, 0 unchanged, 0 failed" in cli.stderr
 
     kernel = Kernel(tmp_path, kernel_env(XDG_CACHE_HOME=str(tmp_path / "xdg")))
@@ -165,7 +166,7 @@ def test_the_terminal_and_the_notebook_show_the_fleet(tmp_path: Path) -> None:
         assert reply.status == "ok", reply.error
         assert f"2 logs under {root.rstrip('/')}: 2 pulled, 0 unchanged, 0 failed" in reply.stdout
         table = reply.results[-1]["text/plain"]  # after the progress bar (a widget)
-        assert name(4) in table and name(5) in table and "failed" in table
+        assert name(4, agents) in table and name(5, agents) in table and "failed" in table
         reply = kernel.execute("%durable fleet")
         assert reply.status == "error" and "usage: %durable fleet ROOT" in reply.stderr
     finally:
@@ -235,11 +236,14 @@ def test_a_log_of_an_older_schema_is_migrated_in_its_pulled_copy(tmp_path: Path)
 
 def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:
     log = tmp_path / "sweeps" / ".durable" / "lr.db"
-    assert layout_name(log) == f"{socket.gethostname()}/sweeps/lr"
+    host, folder, stem = layout_name(log).split("/")
+    assert (host, stem) == (socket.gethostname(), "lr") and folder.startswith("sweeps-")
+    other = tmp_path / "elsewhere" / "sweeps" / ".durable" / "lr.db"  # same names, other path
+    assert layout_name(other) != layout_name(log)
     from durable_nb.replication import replica_url_for
 
     assert replica_url_for(f"file://{tmp_path}/r/", log) == (
-        f"file://{tmp_path}/r/{socket.gethostname()}/sweeps/lr"
+        f"file://{tmp_path}/r/{layout_name(log)}"
     )
     assert replica_url_for(f"file://{tmp_path}/one", log) == f"file://{tmp_path}/one"
     os.environ["DURABLE_NB_REPLICA_ROOT"] = "s3://team/fleet"
@@ -248,3 +252,12 @@ def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:
         assert replica_url_for(None, log).startswith("s3://team/fleet/agent_17/run")
     finally:
         del os.environ["DURABLE_NB_REPLICA_ROOT"], os.environ["DURABLE_NB_REPLICA_NAME"]
+
+
+def test_a_replica_name_with_dot_dot_or_empty_segments_is_never_listed() -> None:
+    from durable_nb.replica import _LTX_S3, _gather
+
+    ltx = f"/0000/{'0' * 15}1-{'0' * 15}1.ltx"
+    names = [i.name for i in _gather([(k + ltx, 9, 0.0) for k in
+             ("ok/a", "../evil", "a/../../b", "/abs/path", "a//b")], _LTX_S3, 16)]  # fmt: skip
+    assert names == ["ok/a"]
