@@ -267,9 +267,11 @@ def map_calls(
                 if stop is not None and stop.is_set():  # amap's task was cancelled
                     raise KeyboardInterrupt from None
                 continue
-            call, i = index.pop(future)
+            call, i = index[future]
             outcome = _outcome(future)
-            if _commit(step, call, attempts[i], outcome):
+            retry = _commit(step, call, attempts[i], outcome)
+            del index[future]  # only now: a Ctrl-C before this logs the call interrupted
+            if retry:
                 attempts[i] += 1
                 (again,) = submitter.submit([(call, i)], attempts[i])  # a key of its own
                 index[again] = (call, i)
