@@ -267,6 +267,8 @@ def map_calls(
                 if stop is not None and stop.is_set():  # amap's task was cancelled
                     raise KeyboardInterrupt from None
                 continue
+            if future not in index:  # not one of ours any more (never expected)
+                continue
             call, i = index[future]
             outcome = _outcome(future)
             retry = _commit(step, call, attempts[i], outcome)
