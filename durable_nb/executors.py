@@ -6,7 +6,8 @@ order): completed calls replay here and never reach the cluster; only the misses
 submitted, each under a task key of its own (two identical calls are two occurrences, and
 Dask must not merge them). Workers never open the log: a call runs in ``run_remote``, which
 captures what it prints and returns an ``Outcome``; the kernel commits each one as it
-arrives (a large value blob-first, as for a local step) and shows what it printed.
+arrives (a large value blob-first, as for a local step), with what it printed: shown again on
+replay (live, a worker's output goes where the worker's goes).
 
 Faults: a call that raises is logged failed with its remote traceback, the other calls go
 on (none is cancelled) and are committed, then the map raises the first error. A worker
@@ -131,6 +132,11 @@ def _chosen(executor: Any) -> Any:
             "no executor: pass executor=client (a dask.distributed.Client or a "
             "concurrent.futures.Executor), or set one with durable_nb.use_executor(client)"
         )
+    if not callable(getattr(chosen, "submit", None)):
+        raise DurableError(
+            f"executor={chosen!r:.60} is not an executor: pass a dask.distributed.Client "
+            "(Client('tcp://host:8786') for an address) or a concurrent.futures.Executor"
+        )
     return chosen
 
 
@@ -183,22 +189,9 @@ def _outcome(future: Any) -> Outcome:
         return Outcome(now, now, [], None, exc, None)
 
 
-def _show(events: list[Event]) -> None:
-    """Show here what a call printed on a worker (a kernel does not see workers' output;
-    a terminal does, from pools that share it, so there it is not shown twice)."""
-    if "ipykernel" not in sys.modules:
-        return
-    for kind, *rest in events:
-        if kind == "stdout":
-            sys.stdout.write(rest[0])
-        elif kind == "stderr":
-            sys.stderr.write(rest[0])
-
-
 def _commit(step: Step, call: Call, attempt: int, outcome: Outcome) -> bool:
     """Log one finished call; True when it failed and should be submitted again."""
     run = call.run
-    _show(outcome.events)
     if outcome.error is not None:
         error = outcome.error
         if outcome.trace:
@@ -258,7 +251,7 @@ def map_calls(
         index[future] = item
     replayed = len(argsets) - len(todo)
     bar = _bar(len(argsets), replayed, step.name)
-    failures: list[BaseException] = []
+    failures: list[tuple[int, BaseException]] = []
     try:
         while index:
             try:
@@ -281,7 +274,7 @@ def map_calls(
             if outcome.error is None:
                 results[i] = outcome.value
             else:
-                failures.append(outcome.error)
+                failures.append((i, outcome.error))
             bar.update()
             bar.set_postfix(replayed=replayed, failed=len(failures), running=len(index),
                             refresh=False)  # fmt: skip
@@ -295,7 +288,7 @@ def map_calls(
     finally:
         bar.close()
     if failures:
-        first = failures[0]
+        first = min(failures, key=lambda f: f[0])[1]  # the first in input order
         if len(failures) > 1 or len(todo) > 1:
             note = (
                 f"{len(failures)} of {len(argsets)} calls of {step.name} failed; the others "
@@ -333,6 +326,8 @@ def submit_call(
     """``Step.submit``: a future of the call's value. A completed call replays at once (the
     future is already done); else the call runs on the executor and its row is committed
     when it arrives (wait for the future before the workflow ends)."""
+    if step.is_async:
+        raise DurableError(f"step {step.name} is async: submit runs plain functions on workers")
     chosen = _chosen(executor)
     out: concurrent.futures.Future[Any] = concurrent.futures.Future()
     scope = _scope_or_none()

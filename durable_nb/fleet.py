@@ -72,10 +72,22 @@ class Fleet:
 
     def _listing(self) -> list[Listed]:
         if self.root.scheme == "file" and not Path(self.root.path).is_dir():
-            return []
-        if self.root.scheme == "s3":
-            self.root.check()  # a short timeout: a dead endpoint is one line, not minutes
-        return self.root.listing()
+            found: list[Listed] = []
+        else:
+            if self.root.scheme == "s3":
+                self.root.check()  # a short timeout: a dead endpoint is one line, not minutes
+            found = self.root.listing()
+        if not found:
+            missing = self.root.scheme == "file" and not Path(self.root.path).is_dir()
+            warnings.warn(
+                f"no replicas under {self.url}"
+                + (" (the folder does not exist)" if missing else "")
+                + "; a fleet root is the URL logs replicate under (replicate(ROOT/)), "
+                "not one log's replica",
+                DurableWarning,
+                stacklevel=3,
+            )
+        return found
 
     def logs(self) -> pd.DataFrame:
         """One row per replica, from the listing alone: ``log`` (its name), ``url``,
@@ -245,6 +257,8 @@ class Fleet:
 
         from . import views
 
+        views._status(status, views.RUN_STATUSES)  # bad filters fail first, logs or none
+        since = views._since(since)
         logs: list[str] = []
         rows: list[tuple[Any, ...]] = []
         for name in self._pulled():  # rows of all logs, then one frame: 100 logs in ~0.1 s

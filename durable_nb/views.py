@@ -63,8 +63,19 @@ def _since(since: Any) -> float | None:
     """A time (datetime, pandas Timestamp, ISO string, Unix seconds) as Unix seconds."""
     if since is None or isinstance(since, numbers.Real):
         return float(since) if since is not None else None
-    when = pd.Timestamp(since)
+    try:
+        when = pd.Timestamp(since)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"since={since!r} is not a time: give a datetime, an ISO 8601 string such as "
+            "'2026-12-01T09:00', or Unix seconds"
+        ) from None
     return (when.tz_localize("UTC") if when.tzinfo is None else when).timestamp()
+
+
+def _status(status: str | None, known: list[str]) -> None:
+    if status is not None and status not in known:
+        raise ValueError(f"status={status!r} is not one of {', '.join(known)}")
 
 
 def run_rows(store: Store, status: str | None = None, since: Any = None) -> list[tuple[Any, ...]]:
@@ -96,6 +107,7 @@ def runs_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
 def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
     """One row per run: workflow, status, start, end, duration, steps run and replayed;
     only runs of ``status`` / started at or after ``since`` when given (filtered in SQL)."""
+    _status(status, RUN_STATUSES)
     with _opened(log) as store:
         return runs_frame(run_rows(store, status, since))
 
@@ -113,6 +125,7 @@ def steps(
 ) -> pd.DataFrame:  # fmt: skip
     """One row per step attempt, with its status, timing, result summary and replay count;
     only attempts of ``status`` / started at or after ``since`` when given (in SQL)."""
+    _status(status, STEP_STATUSES)
     if run is not None:
         run = operator.index(run)  # numpy integers too (sqlite binds them as BLOB)
     with _opened(log) as store:

@@ -178,9 +178,14 @@ def test_an_empty_root_a_missing_folder_and_a_dead_endpoint_are_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     empty = durable_nb.fleet(f"file://{tmp_path / 'none'}/", cache=tmp_path / "c1")
-    assert empty.logs().empty and empty.runs().empty
-    assert list(empty.runs().columns[:3]) == ["log", "run", "workflow"]
-    assert empty.pull(progress=False).empty
+    with pytest.warns(DurableWarning, match="no replicas under .*the folder does not exist"):
+        assert empty.logs().empty and empty.runs().empty
+        assert list(empty.runs().columns[:3]) == ["log", "run", "workflow"]
+        assert empty.pull(progress=False).empty
+    with pytest.raises(ValueError, match="status='exploded' is not one of completed, failed"):
+        empty.steps(status="exploded")
+    with pytest.raises(ValueError, match="since='yesterday' is not a time"):
+        empty.runs(since="yesterday")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there
