@@ -92,16 +92,15 @@ def run_remote(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcom
     token = engine.on_worker()  # steps it calls run plain here: only the kernel writes
     started = time.time()
     shown = Capture(routed=True)
+    value = error = trace = None
     try:
         value = fn(*args, **kwargs)
     except Exception as exc:
-        shown.stop()
-        trace = "".join(traceback.format_exception(exc))
-        return Outcome(started, time.time(), settle(shown.events), None, _portable(exc), trace)
+        error, trace = _portable(exc), "".join(traceback.format_exception(exc))
     finally:
+        shown.stop()
         engine._on_worker.reset(token)
-    shown.stop()
-    return Outcome(started, time.time(), settle(shown.events), value)
+    return Outcome(started, time.time(), settle(shown.events), value, error, trace)
 
 
 class use_executor:  # used like a function, and as a context manager
