@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_replication import start_moto
+from bench_replication import start_moto, use_moto
 
 import durable_nb
 from durable_nb import engine, step, workflow
@@ -99,11 +98,7 @@ def main() -> None:
     args = parser.parse_args()
 
     moto, endpoint = start_moto()
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL_S3=endpoint,
-    )  # fmt: skip
-    os.environ.pop("AWS_CA_BUNDLE", None)
+    use_moto(endpoint)
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
     root = "s3://bench/fleet/"
     try:

@@ -27,6 +27,15 @@ import durable_nb
 from durable_nb import step, workflow
 
 
+def use_moto(endpoint: str) -> None:
+    """Ordinary AWS settings pointing at the local S3 server (no CA bundle: litestream)."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL_S3=endpoint,
+    )  # fmt: skip
+    os.environ.pop("AWS_CA_BUNDLE", None)
+
+
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,10 +72,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     args = parser.parse_args()
     proc, endpoint = start_moto()
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL_S3=endpoint,
-    )  # fmt: skip
+    use_moto(endpoint)
     s3 = boto3.client("s3", endpoint_url=endpoint)
     s3.create_bucket(Bucket="bench")
     folder = Path(tempfile.mkdtemp(prefix="dnb-repl-"))
