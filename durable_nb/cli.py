@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import DurableError
 from .location import resolve_log
+from .records import RUN_STATUSES
 
 __all__ = ["main"]
 
@@ -249,8 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     fl.add_argument("root", help="s3://bucket/prefix/ or file:///dir/")
     fl.add_argument("--pull", action="store_true", help="pull the logs that changed first")
-    fl.add_argument("--status", choices=["running", "completed", "failed", "interrupted",
-                    "crashed"], help="only runs of this status")  # fmt: skip
+    fl.add_argument("--status", choices=RUN_STATUSES, help="only runs of this status")
     fl.add_argument("--cache", help="the folder of the pulled copies (default: per root, "
                     "under the user's cache folder)")  # fmt: skip
     _format_option(fl)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import engine, replication
 from .errors import DurableError, DurableWarning, ReplicationError
+from .records import RUN_STATUSES
 from .replica import Listed, Replica, parse_url, private_dirs
 from .store import Store
 
@@ -257,7 +258,7 @@ class Fleet:
 
         from . import views
 
-        views._status(status, views.RUN_STATUSES)  # bad filters fail first, logs or none
+        views._status(status, RUN_STATUSES)  # bad filters fail first, logs or none
         since = views._since(since)
         logs: list[str] = []
         rows: list[tuple[Any, ...]] = []

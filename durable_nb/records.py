@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["CellRecord", "RunRecord", "StepKey", "StepRow", "StoredStep"]
+__all__ = [
+    "RUN_STATUSES",
+    "STEP_STATUSES",
+    "CellRecord",
+    "RunRecord",
+    "StepKey",
+    "StepRow",
+    "StoredStep",
+]
+
+RUN_STATUSES = ["running", "completed", "failed", "interrupted", "crashed"]
+STEP_STATUSES = ["completed", "failed", "interrupted", "not_durable"]
 
 StepKey = tuple[str, str, str, int]
 """(scope, step name, argument digest, occurrence) within one workflow."""

@@ -21,6 +21,7 @@ import pandas as pd
 from . import engine, serialization
 from .errors import LogFileError
 from .location import resolve_log
+from .records import RUN_STATUSES, STEP_STATUSES
 from .store import Store
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ __all__ = ["events", "result", "runs", "steps", "timeline"]
 
 LogArg = str | os.PathLike[str] | Store | None
 
-RUN_STATUSES = ["running", "completed", "failed", "interrupted", "crashed"]
-STEP_STATUSES = ["completed", "failed", "interrupted", "not_durable"]
 STATUS_COLOURS = {
     "completed": "#2e7d32",
     "failed": "#c62828",
