@@ -689,15 +689,8 @@ class Step:
                 raise
             shown.stop()
             _current.reset(token)
-            encoded, why = encode(value)
-            blob = None
-            if encoded is not None and not encoded.inline:  # the blob exists before its row
-                blob = run.store.blobs.write(encoded.segments)
-            caught = interrupts.count() != before
-            run.record(call, call.row(attempt, started, shown.events, value=value,
-                                      encoded=encoded, blob=blob, note=why,
-                                      interrupted=caught))  # fmt: skip
-            self._completed(call, value, why, caught)
+            self._succeeded(call, attempt, started, shown.events, value,
+                            interrupts.count() != before)  # fmt: skip
             return value
         raise AssertionError("unreachable")
 
@@ -760,6 +753,20 @@ class Step:
             with run.lock:
                 run.failures.append((self.name, f"{type(exc).__name__}: {str(exc)[:80]}"))
         return again
+
+    def _succeeded(
+        self, call: Call, attempt: int, started: float, printed: list[Event], value: Any,
+        interrupted: bool = False,
+    ) -> None:  # fmt: skip
+        """Commit an attempt that returned (here or on a worker): its value encoded, a big
+        one blob-first (the blob exists before its row), its row, its count."""
+        encoded, why = encode(value)
+        blob = None
+        if encoded is not None and not encoded.inline:
+            blob = call.run.store.blobs.write(encoded.segments)
+        call.run.record(call, call.row(attempt, started, printed, value=value, encoded=encoded,
+                                       blob=blob, note=why, interrupted=interrupted))  # fmt: skip
+        self._completed(call, value, why, interrupted)
 
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
         """Count a finished call; warn once if its value is not durable."""

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import engine
-from .calls import encode
 from .capture import Capture, Event, settle
 from .errors import DurableError
 
@@ -190,22 +189,13 @@ def _outcome(future: Any) -> Outcome:
 
 def _commit(step: Step, call: Call, attempt: int, outcome: Outcome) -> bool:
     """Log one finished call; True when it failed and should be submitted again."""
-    run = call.run
     if outcome.error is not None:
         error = outcome.error
         if outcome.trace:
             with contextlib.suppress(AttributeError, TypeError):
                 error.__durable_nb_remote__ = outcome.trace  # type: ignore[attr-defined]
         return step._failed(call, attempt, outcome.started, outcome.events, error)
-    value = outcome.value
-    encoded, why = encode(value)
-    blob = None
-    if encoded is not None and not encoded.inline:  # the blob exists before its row
-        blob = run.store.blobs.write(encoded.segments)
-    row = call.row(attempt, outcome.started, outcome.events, value=value, encoded=encoded,
-                   blob=blob, note=why)  # fmt: skip
-    run.record(call, row)
-    step._completed(call, value, why, False)
+    step._succeeded(call, attempt, outcome.started, outcome.events, outcome.value)
     return False
 
 
