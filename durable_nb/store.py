@@ -359,9 +359,30 @@ class Store:
                 f"WHERE id = :run), 0) {extra} ORDER BY id",
                 params,
             ).fetchall()
-        return self.conn.execute(
-            f"SELECT {columns} FROM steps WHERE 1 {extra} ORDER BY id", params
-        ).fetchall()
+        sql, rest = self.all_steps_query(columns, status=status, since=since)
+        return self.conn.execute(sql, [-(1 << 63), (1 << 63) - 1, *rest]).fetchall()
+
+    def step_ids(self) -> tuple[int, int]:
+        """The ids of steps rows lie in ``[lo, hi)`` (an empty range for an empty log)."""
+        lo, hi = self.conn.execute(  # two subqueries: each reads one end of the rowid b-tree
+            "SELECT (SELECT min(id) FROM steps), (SELECT max(id) FROM steps)"
+        ).fetchone()
+        return (0, 0) if lo is None else (lo, hi + 1)
+
+    @staticmethod
+    def all_steps_query(
+        columns: str, *, status: str | None = None, since: float | None = None
+    ) -> tuple[str, list[Any]]:
+        """SQL for the steps rows (``columns``) of the whole log with ids in ``[?, ?)``, in
+        id order, of ``status`` / started at or after ``since``, and its other parameters
+        (positional, for any SQLite client)."""
+        extra = "".join(
+            condition
+            for condition, value in (("AND status = ? ", status), ("AND started_at >= ? ", since))
+            if value is not None
+        )
+        sql = f"SELECT {columns} FROM steps WHERE id >= ? AND id < ? {extra}ORDER BY id"
+        return sql, [value for value in (status, since) if value is not None]
 
     def experiment_rows(
         self, workflow: str | None, step: str | None, *, completed: bool

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import engine, serialization
+from . import columnar, engine, serialization
 from .errors import LogFileError
 from .location import resolve_log
 from .records import RUN_STATUSES, STEP_STATUSES
@@ -59,7 +59,9 @@ def _times(seconds: pd.Series) -> pd.Series:
 
 
 def _since(since: Any) -> float | None:
-    """A time (datetime, pandas Timestamp, ISO string, Unix seconds) as Unix seconds."""
+    """A time (datetime, pandas Timestamp, ISO string, Unix seconds) as Unix seconds; a time
+    object 1 µs earlier, so that a ``started`` value read from a view (rounded to the
+    nanosecond from the stored float) still includes its own row."""
     if since is None or isinstance(since, numbers.Real):
         return float(since) if since is not None else None
     try:
@@ -69,7 +71,7 @@ def _since(since: Any) -> float | None:
             f"since={since!r} is not a time: give a datetime, an ISO 8601 string such as "
             "'2026-12-01T09:00', or Unix seconds"
         ) from None
-    return (when.tz_localize("UTC") if when.tzinfo is None else when).timestamp()
+    return (when.tz_localize("UTC") if when.tzinfo is None else when).timestamp() - 1e-6
 
 
 def _status(status: str | None, known: list[str]) -> None:
@@ -111,11 +113,37 @@ def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) ->
         return runs_frame(run_rows(store, status, since))
 
 
-_STEP_COLUMNS = [
-    "id", "run", "workflow", "step", "args", "occurrence", "attempt", "status", "started",
-    "ended", "result_type", "result_size", "result_repr", "error_type", "error_message",
-    "reason",
-]  # fmt: skip
+_STEP_COLUMNS = {
+    "id": "int", "run_id": "int", "workflow": "text", "name": "text", "args_repr": "text",
+    "occurrence": "int", "attempt": "int", "status": "text", "started_at": "real",
+    "ended_at": "real", "result_type": "text", "result_size": "int", "result_repr": "text",
+    "error_type": "text", "error_message": "text", "reason": "text",
+}  # fmt: skip
+"""The steps columns ``steps()`` reads, and their kinds (for the columnar reader)."""
+_STEP_NAMES = {
+    "run_id": "run", "name": "step", "args_repr": "args", "started_at": "started",
+    "ended_at": "ended",
+}  # fmt: skip
+_TEXT = ["workflow", "step", "args", "status", "result_type", "result_repr", "error_type",
+         "error_message", "reason"]  # fmt: skip
+COLUMNAR_ROWS = 50_000
+"""From this many rows on, ``steps()`` of a whole log reads through Arrow (``columnar``)."""
+_TEXT_DTYPE = pd.Series([""]).dtype  # pandas' default for strings: "str" (pandas 3), object
+
+
+def _step_frame(store: Store, columns: str, workflow: str | None, run: int | None,
+                status: str | None, since: float | None) -> pd.DataFrame:  # fmt: skip
+    if workflow is None and run is None:
+        ids = store.step_ids()
+        if ids[1] - ids[0] >= COLUMNAR_ROWS:
+            sql, params = store.all_steps_query(columns, status=status, since=since)
+            frame = columnar.read_frame(store.path, sql, params, ids, _STEP_COLUMNS)
+            if frame is not None:
+                return frame.rename(columns=_STEP_NAMES)
+    rows = store.step_rows(columns, workflow, run, status=status, since=since)
+    return pd.DataFrame.from_records(
+        rows, columns=[_STEP_NAMES.get(name, name) for name in _STEP_COLUMNS]
+    )
 
 
 def steps(
@@ -128,21 +156,14 @@ def steps(
     if run is not None:
         run = operator.index(run)  # numpy integers too (sqlite binds them as BLOB)
     with _opened(log) as store:
-        rows = store.step_rows(
-            "id, run_id, workflow, name, args_repr, occurrence, attempt, status, started_at, "
-            "ended_at, result_type, result_size, result_repr, error_type, error_message, reason",
-            workflow,
-            run,
-            status=status,
-            since=_since(since),
-        )
+        df = _step_frame(store, ", ".join(_STEP_COLUMNS), workflow, run, status, _since(since))
         of_workflow = "AND workflow = ?" if workflow is not None else ""
         replays = store.conn.execute(
             "SELECT replayed_steps FROM runs WHERE replayed_steps IS NOT NULL "
             f"AND replayed_steps != '[]' {of_workflow}",
             () if workflow is None else (workflow,),
         ).fetchall()
-    df = pd.DataFrame.from_records(rows, columns=_STEP_COLUMNS)
+    df[_TEXT] = df[_TEXT].astype(_TEXT_DTYPE)  # the same dtypes from sqlite3 and from Arrow
     df["status"] = pd.Categorical(df["status"], categories=STEP_STATUSES)
     df["started"] = _times(df["started"])
     df["ended"] = _times(df["ended"])

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import durable_nb
-from durable_nb import LogFileError, Store, step, workflow
+from durable_nb import LogFileError, Store, columnar, step, views, workflow
 
 from .conftest import ROOT, python
 
@@ -80,6 +80,50 @@ def test_steps_columns_filters_and_replay_counts(log: Path) -> None:
     assert len(durable_nb.steps(workflow="other", log=log)) == 1
     assert set(durable_nb.steps(run=2, log=log)["args"]) == {"0.3"}
     assert durable_nb.steps(workflow="nope", log=log).empty
+
+
+def test_a_large_log_reads_through_arrow_into_the_same_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From COLUMNAR_ROWS rows on, steps() of a whole log reads through ADBC/Arrow on threads;
+    the frame equals the sqlite3 one, also where a text column is NULL in a partition's first
+    thousand rows (the driver infers a column's type there) and text further on."""
+    path = tmp_path / "big.db"
+
+    @step
+    def fails(i: int) -> None:
+        raise ValueError(f"bad row {i}: ünïcode, 'quotes', a\nnewline")
+
+    @step
+    def fine(i: int) -> dict[str, int]:
+        return {"i": i}
+
+    with Store(path) as store, workflow("big", store=store):
+        for i in range(1200):  # a partition's first rows: results NULL, errors set
+            with pytest.raises(ValueError):
+                fails(i)
+        for i in range(1800):  # then results set, errors NULL
+            fine(i)
+    with Store(path, readonly=True) as store:
+        sql, params = store.all_steps_query(", ".join(views._STEP_COLUMNS))
+        frame = columnar.read_frame(store.path, sql, params, store.step_ids(), views._STEP_COLUMNS)
+    assert frame is not None and len(frame) == 3000 and frame["id"].is_monotonic_increasing
+    cut = durable_nb.steps(log=path)["started"].iloc[2000]
+    frames = {}
+    for threshold in (10**9, 1):  # sqlite3, then Arrow
+        monkeypatch.setattr(views, "COLUMNAR_ROWS", threshold)
+        frames[threshold] = [
+            durable_nb.steps(log=path),
+            durable_nb.steps(log=path, status="failed"),
+            durable_nb.steps(log=path, since=cut),
+        ]
+    for slow, fast in zip(frames[10**9], frames[1], strict=True):
+        pd.testing.assert_frame_equal(slow, fast)
+    every, failed, recent = frames[1]
+    assert every["result_repr"].iloc[-1] == "{'i': 1799}"
+    assert every["result_type"].isna().sum() == 1200
+    assert len(failed) == 1200 and failed["error_message"].iloc[7].startswith("bad row 7: ünïcode")
+    assert len(recent) == 1000
 
 
 def test_events_in_time_order(log: Path) -> None:
