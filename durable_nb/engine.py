@@ -14,24 +14,30 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import os
 import sys
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from . import capture, interrupts, serialization
 from .calls import Call, args_repr, encode
 from .capture import REPLAY_MARK, Capture, Event
 from .codeinfo import code_digest, package_version
+from .current_log import (  # noqa: F401 - the engine's API as before
+    close_log,
+    current_store,
+    current_store_path,
+    default_log_path,
+    get_store,
+    open_log,
+    set_default_log_path,
+)
 from .dependencies import RunDependencies, StepDependencies, explain
 from .digests import Arguments, args_digest
 from .errors import BlobError, DurableError, DurableWarning, PlanStop, user_stacklevel
-from .location import locate_log
 from .plan import Plan
 from .records import CompletedRow, StepKey, StepRow, StoredStep
 from .store import Store
@@ -56,76 +62,6 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 _PYTHON = sys.version.split()[0]
-
-
-# -- the log of this process --------------------------------------------------------------
-
-_store_lock = threading.Lock()
-_store: Store | None = None
-_default_path: Path | None = None
-
-
-def default_log_path() -> Path:
-    """Where the log is when nobody said: ``DURABLE_NB_DB``, else the set default, else
-    the notebook's log if the environment names the notebook, else ``.durable/default.db``
-    in the working directory."""
-    env = os.environ.get("DURABLE_NB_DB")
-    if env:
-        return Path(env)
-    return _default_path or locate_log().path  # DURABLE_NB_NOTEBOOK, JPY_SESSION_NAME, ...
-
-
-def open_log(path: str | os.PathLike[str] | None = None, *, recover: bool = True) -> Store:
-    """Open (or create) the log at ``path`` and make it this process's current log
-    (``recover=False``: runs of dead processes are marked crashed at the first run)."""
-    global _store, _default_path
-    with _store_lock:
-        target = Path(path).expanduser().absolute() if path else default_log_path().absolute()
-        if _store is not None and _store.path == target:
-            return _store
-        new = Store(target, recover=recover)
-        if _store is not None:
-            _store.close()
-        _store, _default_path = new, target
-        return new
-
-
-def set_default_log_path(path: str | os.PathLike[str]) -> None:
-    """Use ``path`` as the log from now on unless ``DURABLE_NB_DB`` says otherwise."""
-    global _default_path, _store
-    with _store_lock:
-        _default_path = Path(path).expanduser().absolute()
-        if _store is not None and _store.path != _default_path:
-            _store.close()
-            _store = None
-
-
-def get_store(*, recover: bool = True) -> Store:
-    """The current log, opened on first use."""
-    store = _store
-    if store is not None:
-        return store
-    return open_log(None, recover=recover)
-
-
-def current_store() -> Store | None:
-    """The open current log, if one is open."""
-    return _store
-
-
-def current_store_path() -> Path | None:
-    """The path of the open current log, if one is open."""
-    store = _store
-    return store.path if store is not None else None
-
-
-def close_log() -> None:
-    """Close the current log, if any."""
-    global _store
-    with _store_lock:
-        if _store is not None:
-            _store.close()
-            _store = None
 
 
 # -- runs -----------------------------------------------------------------------------------

@@ -442,8 +442,8 @@ class Store:
 
     def insert(self, row: StepRow | CompletedRow) -> int:
         """Record one finished attempt of a step in a single commit."""
-        if type(row) is CompletedRow:
-            return self._write(INSERT_COMPLETED, row)
+        if type(row) is CompletedRow:  # bound as a plain tuple: 2 us less than a NamedTuple
+            return self._write(INSERT_COMPLETED, tuple(row))
         return self.insert_step(row)  # type: ignore[arg-type]
 
     def remember_digest(self, digest: str, document: Callable[[], str]) -> None:
@@ -522,7 +522,7 @@ class Store:
 
     def insert_step(self, row: StepRow) -> int:
         """Record one finished attempt of a step in a single commit."""
-        return self._write(INSERT_STEP, row)
+        return self._write(INSERT_STEP, tuple(row))
 
     def step_value_ref(
         self, workflow: str, step: str, occurrence: int | None = None, args: str | None = None
