@@ -55,7 +55,10 @@ def _opened(log: LogArg) -> Iterator[Store]:
 
 
 def _times(seconds: pd.Series) -> pd.Series:
-    return pd.to_datetime(seconds, unit="s", utc=True)
+    """Unix seconds as UTC timestamps, in nanoseconds also when there are none."""
+    return pd.to_datetime(seconds.astype("float64"), unit="s", utc=True).astype(
+        "datetime64[ns, UTC]"
+    )
 
 
 def _since(since: Any) -> float | None:

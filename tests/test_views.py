@@ -126,6 +126,31 @@ def test_a_large_log_reads_through_arrow_into_the_same_frame(
     assert len(recent) == 1000
 
 
+def test_a_columnar_read_keeps_this_processs_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Arrow reader's own SQLite runs in a child: in this process it would drop the
+    file locks of our connections when it closed the log (POSIX locks are per process), and
+    another process could then write while we hold a write transaction."""
+    path = tmp_path / "locked.db"
+    quick = step(abs)
+    monkeypatch.setattr(views, "COLUMNAR_ROWS", 1)
+    other = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], timeout=0.2, isolation_level=None)\n"
+        "try:\n    c.execute('BEGIN IMMEDIATE')\nexcept sqlite3.OperationalError as e:\n"
+        "    sys.exit(str(e))\n"
+    )
+    with Store(path) as store:
+        with workflow("w", store=store):
+            quick(-1)
+        with store.transaction():
+            assert len(durable_nb.steps(log=store)) == 1  # read through the child
+            writer = subprocess.run([sys.executable, "-c", other, str(path)],
+                                    capture_output=True, text=True)  # fmt: skip
+        assert writer.returncode == 1 and "locked" in writer.stderr
+
+
 def test_events_in_time_order(log: Path) -> None:
     df = durable_nb.events(log=log)
     assert isinstance(df["ts"].dtype, pd.DatetimeTZDtype)
