@@ -8,10 +8,12 @@ writers or readers, and is safe beside Litestream). A WAL only starts over once 
 is copied, which PASSIVE never sees while a writer goes on; so past 16 MiB a RESTART follows
 it, which copies the few frames left while the writer waits (milliseconds, every few
 thousand steps: a 40,000-step burst waited 0.15 s in all where TRUNCATEs had cost 0.36 s).
-With nobody writing, or past 64 MiB (several writers outpacing us), TRUNCATE gives the disk
-space back; ``journal_size_limit`` shrinks the file after a reset. A RESTART or TRUNCATE
-waits at most 20 ms for readers (it holds new writers meanwhile); one that a reader kept
-busy is not tried again for a second, then two, up to a minute.
+With nobody writing, or past 64 MiB (several writers outpacing us), TRUNCATE (after the
+PASSIVE) gives the disk space back; ``journal_size_limit`` shrinks the file after a reset.
+A RESTART or TRUNCATE waits at most 20 ms for readers (it holds new writers meanwhile); after
+one that a reader kept busy, none is tried for a second, then two, up to ten, until PASSIVE
+finds everything copied again (the reader let go). A look that finds the log busy or locked
+tries again at the next one; any other error stops the thread, with a warning.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ log = logging.getLogger(__name__)
 
 _LIMIT = 16 << 20  # journal_size_limit: what a WAL is shrunk to after a reset
 _BUSY_MS = 20  # how long a RESTART or TRUNCATE may keep writers waiting for a reader
+_FIRST_WAIT, _MAX_WAIT = 1.0, 10.0  # seconds without blocking checkpoints after a busy one
 
 
 class Checkpointer:
-    """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` for one log when its WAL exceeds a size."""
+    """Folds one log's WAL into the file from a thread, as the module doc says."""
 
     def __init__(
         self,
@@ -45,7 +48,7 @@ class Checkpointer:
         self.path = path
         self.interval = interval
         self.wal_bytes = wal_bytes
-        self.truncate_bytes = truncate_bytes  # past this, wait for readers and truncate
+        self.truncate_bytes = truncate_bytes  # past this, truncate even while writers write
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"durable-nb checkpoint {path.name}", daemon=True
@@ -60,37 +63,52 @@ class Checkpointer:
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
-        before, folded = -1, False  # the WAL's size at the previous look; all copied then
-        hold_off, wait = 0.0, 1.0  # no blocking checkpoint before then (a reader held one)
+        before, folded = -1, False  # the WAL's size at the previous look; folded in since
+        hold_off, wait = 0.0, _FIRST_WAIT  # no blocking checkpoint before hold_off
         try:
             while not self._stop.wait(self.interval):
                 size = self._wal_size()
                 idle, before = size == before, size
                 if size <= self.wal_bytes or (idle and folded):
-                    continue  # small, or nobody writing since it was all copied
+                    continue  # small, or nobody has written since it was all folded in
                 if conn is None:
                     conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                    # A blocking checkpoint holds new writers while it waits for readers:
-                    # never long. One that a reader keeps busy (Litestream holds a read
-                    # transaction; so may a viewer) is tried again later, less and less often.
                     conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
                     conn.execute(f"PRAGMA journal_size_limit = {_LIMIT}")
-                folded = idle
-                blocking = time.monotonic() >= hold_off
-                if blocking and (size > self.truncate_bytes or (idle and size > _LIMIT)):
-                    mode = "TRUNCATE"
-                else:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    mode = "RESTART" if blocking and size > _LIMIT and not idle else ""
-                if mode:
-                    busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-                    wait = min(2 * wait, 60.0) if busy else 1.0
-                    hold_off = time.monotonic() + wait if busy else 0.0
+                try:
+                    folded, hold_off, wait = self._fold(conn, size, idle, hold_off, wait)
+                except sqlite3.OperationalError as exc:  # busy or locked now: at the next look
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    folded = False
         except sqlite3.Error as exc:  # the log is closed, moved or restored under us: stop
-            log.debug("checkpoint of %s stopped: %s", self.path, exc)
+            log.warning("checkpoints of %s stopped: %s", self.path, exc)
         finally:
             if conn is not None:
                 conn.close()
+
+    def _fold(
+        self, conn: sqlite3.Connection, size: int, idle: bool, hold_off: float, wait: float
+    ) -> tuple[bool, float, float]:
+        """One look's checkpoints: (all folded in, hold_off, wait), as the module doc says."""
+        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        done = frames == copied
+        if done:
+            hold_off, wait = 0.0, _FIRST_WAIT  # whoever held a snapshot has let go
+        if size > self.truncate_bytes or (idle and size > _LIMIT):
+            mode = "TRUNCATE"  # gives the disk space back
+        elif size > _LIMIT and not idle:
+            mode = "RESTART"  # makes the writer's next commit start the WAL over
+        else:
+            return done, hold_off, wait
+        if time.monotonic() < hold_off:
+            return False, hold_off, wait
+        busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+        if busy:  # a reader holds a snapshot (Litestream, a viewer): try again later
+            return False, time.monotonic() + wait, min(2 * wait, _MAX_WAIT)
+        # after a RESTART the file keeps its size until the next commit: if none comes,
+        # the next (idle) look truncates it
+        return mode == "TRUNCATE", 0.0, _FIRST_WAIT
 
     def stop(self) -> None:
         """Stop the thread (idempotent)."""

@@ -64,8 +64,12 @@ def test_a_reader_holding_a_snapshot_never_holds_up_a_burst(tmp_path: Path) -> N
                 slowest = max(slowest, time.perf_counter() - started)
         assert run.steps_run == 20_000 and Path(f"{log}-wal").stat().st_size > 64 << 20
         assert slowest < 0.5, f"a step waited {slowest:.2f} s for a checkpoint"
-        reader.execute("COMMIT")
+        reader.execute("COMMIT")  # let go: the next tries (backing off) give the space back
         reader.close()
+        deadline = time.monotonic() + 15
+        while Path(f"{log}-wal").stat().st_size > 17 << 20:
+            assert time.monotonic() < deadline, "the WAL was not folded in once the reader left"
+            time.sleep(0.1)
 
 
 def test_only_the_newest_cell_snapshot_is_kept_and_gc_frees_the_rest(tmp_path: Path) -> None:
