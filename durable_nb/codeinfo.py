@@ -44,6 +44,11 @@ _MUTATORS = frozenset(
 )  # fmt: skip
 
 
+# Builtins that read globals by a name known only when the code runs: what such code depends
+# on cannot be known beforehand.
+_DYNAMIC = frozenset({"eval", "exec", "globals"})
+
+
 # -- code: per code object, cached for the process ---------------------------------------
 
 
@@ -53,7 +58,9 @@ class CodeInfo(NamedTuple):
     digest: str  # of its AST (or bytecode when the source is unknown or stale)
     globals: tuple[str, ...]  # global names it reads (write-only ones left out)
     freevars: tuple[bool, ...]  # per closure variable: whether it is read
-    attrs: frozenset[str]  # every name it uses, attribute names included
+    attrs: frozenset[str]  # every name it uses, attribute names and names in strings included
+    imports: tuple[tuple[str, int], ...] = ()  # modules imported in its body (name, level)
+    dynamic: tuple[str, ...] = ()  # builtins it calls that read globals by a run-time name
 
 
 class _StripDocs(ast.NodeTransformer):
@@ -172,13 +179,25 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     written = _written_only(tree) if tree is not None else set()
     names: set[str] = set()
     attrs: set[str] = set()
+    imports: dict[tuple[str, int], None] = {}
     for c in _codes(code):
         attrs.update(c.co_names)
+        # getattr(cfg, "RATE"), vars(cfg)["RATE"]: a name in a string may be an attribute
+        attrs.update(k for k in c.co_consts if isinstance(k, str) and k.isidentifier())
+        consts: list[Any] = [None, None]
         for ins in dis.get_instructions(c):
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
                 names.add(ins.argval)
+            elif ins.opname == "LOAD_CONST":
+                consts = [consts[1], ins.argval]
+            elif ins.opname == "IMPORT_NAME":  # after LOAD_CONST level, LOAD_CONST fromlist
+                level = consts[0] if isinstance(consts[0], int) else 0
+                imports[(ins.argval, level)] = None
     freevars = tuple(name not in written for name in code.co_freevars)
-    return CodeInfo(digest, tuple(sorted(names - written)), freevars, frozenset(attrs))
+    return CodeInfo(
+        digest, tuple(sorted(names - written)), freevars, frozenset(attrs), tuple(imports),
+        tuple(sorted(names & _DYNAMIC)),
+    )  # fmt: skip
 
 
 def code_digest(fn: Any) -> str:

@@ -27,15 +27,22 @@ the next call when a sample of 512 of its elements changed (``arr += 1``, ``arr[
 a change of a few elements may be missed until the next run); other big objects changed in
 place during a run are seen from the next run on.
 
-Code digests ignore comments, whitespace, docstrings and decorators (they hash the AST). A
-function from a file that was edited on disk but not re-imported is digested by its bytecode,
-so the digest always describes the code that runs.
+Modules a function imports in its body count as module globals do (the attributes it uses;
+names in string constants count as attributes, for ``getattr(cfg, "RATE")``). Code that calls
+``eval``, ``exec`` or ``globals()`` reads names known only when it runs: it cannot be judged,
+and runs every time. A decorator of the user's own under ``@step`` is the step's code (its
+closure counts); installed wrappers are looked through.
+
+Code digests ignore comments, whitespace, docstrings and decorator lines (they hash the
+AST). A function from a file that was edited on disk but not re-imported is digested by its
+bytecode, so the digest always describes the code that runs.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
+import importlib.util
 import inspect
 import os
 import pickle
@@ -51,6 +58,7 @@ from .codeinfo import (
     code_digest,
     code_info,
     installed_package,
+    is_user_file,
     is_user_module,
     package_version,
 )
@@ -75,6 +83,10 @@ _CLASS_SKIP = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__"
 
 
 # -- one call's digest ------------------------------------------------------------------
+
+
+class RunTimeNames(Exception):
+    """Code reads globals by names known only when it runs (``eval``, ``globals()[...]``)."""
 
 
 class Entry(NamedTuple):
@@ -241,6 +253,11 @@ class _Walk:
                 self.reference(f"{prefix}{name}", obj, info.attrs)
             elif name not in _BUILTIN_NAMES:
                 self.entries.append(Entry(f"global {prefix}{name}", "undefined"))
+        for builtin in info.dynamic:
+            if builtin not in glob:  # the builtin, not a global of the same name
+                raise RunTimeNames(f"{label.removeprefix('step ')} calls {builtin}()")
+        for module_name, level in info.imports:  # `from cfg import RATE` in the body
+            self._imported(module_name, level, glob, info.attrs)
         if fn.__closure__:
             names = code.co_freevars
             for name, read, cell in zip(names, info.freevars, fn.__closure__, strict=True):
@@ -346,6 +363,25 @@ class _Walk:
         else:
             self._package(module)
         self.value(f"{kind} {name}", obj)
+
+    def _imported(self, name: str, level: int, glob: dict[str, Any], attrs: frozenset[str]) -> None:
+        """A module a function imports in its body: the attributes of it that it uses, as for
+        a module global (a user module is imported now if it is not yet: the call would)."""
+        try:
+            full = importlib.util.resolve_name("." * level + name, glob.get("__package__"))
+            module = sys.modules.get(full)
+            if module is None:
+                spec = importlib.util.find_spec(full)
+                origin = spec.origin if spec is not None else None
+                if not origin or not is_user_file(origin):
+                    self._package(full)
+                    return
+                module = importlib.import_module(full)
+        except Exception as exc:  # the call will fail the same way: let it, and say why
+            self.entries.append(Entry(f"import {name}", f"unimportable: {type(exc).__name__}"))
+            return
+        self.reads.append((sys.modules, full, module))  # replaced in sys.modules: walk again
+        self.reference(full, module, attrs)
 
     def _module(self, module: types.ModuleType, attrs: frozenset[str]) -> None:
         if (id(module), attrs) in self.seen:  # packages that import each other
@@ -469,7 +505,15 @@ class StepDependencies:
         target = fn
         while isinstance(target, functools.partial):
             target = target.func
-        self.target = inspect.unwrap(target)
+        # Through installed wrappers (lru_cache, torch.no_grad) to the user's code; a wrapper
+        # of the user's own is that code: its closure (n in @times(n)) counts, and it leads
+        # on to the function it wraps.
+        while not (isinstance(target, types.FunctionType) and is_user_module(target.__module__)):
+            inner = getattr(target, "__wrapped__", None)
+            if inner is None:
+                break
+            target = inner
+        self.target = target
 
     def digest(self, run: RunDependencies, code: Iterable[Any] = ()) -> Digest:
         """The dependency digest of a call, read now; ``code`` is what its arguments hold
@@ -494,8 +538,12 @@ class StepDependencies:
         except (Exception, RecursionError) as exc:  # what it reads cannot be read: run it
             self._say_once(
                 "unreadable",
-                f"step {self.name}: what it depends on cannot be read ({type(exc).__name__}: "
-                f"{str(exc)[:80]}), so it cannot be judged: it runs every time",
+                f"step {self.name}: {exc}, which reads globals by a name known only when it "
+                "runs, so what it depends on cannot be known: it runs every time"
+                if isinstance(exc, RunTimeNames)
+                else f"step {self.name}: what it depends on cannot be read "
+                f"({type(exc).__name__}: {str(exc)[:80]}), so it cannot be judged: it runs "
+                "every time",
             )
             unjudged = f"unjudged:{os.urandom(8).hex()}"  # matches no record: it runs
             return Digest(unjudged, unjudged, [], set(), ["dependencies"])

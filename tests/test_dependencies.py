@@ -655,3 +655,91 @@ def test_arguments_too_big_to_walk_are_told_apart_by_their_pickle() -> None:
     assert args_digest((many,), {}) == args_digest(
         ([argparse.Namespace(i=i) for i in range(600)],), {}
     )
+
+
+LOCAL_IMPORTS = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import durable_nb
+from durable_nb import step, workflow
+durable_nb.open_log(sys.argv[1])
+
+@step
+def inside(x):
+    from local_cfg import RATE  # imported in the body: no global of the step names it
+    return x + RATE
+
+@step
+def aliased(x):
+    import local_cfg as c
+    return x + c.RATE
+
+@step
+def by_name(x):
+    import local_cfg
+    return x + getattr(local_cfg, "RATE")
+
+with workflow("local"):
+    print(inside(0), aliased(0), by_name(0))
+"""
+
+
+def test_modules_imported_in_a_step_body_count_in_a_fresh_process(tmp_path: Path) -> None:
+    """``from cfg import RATE`` (or ``import cfg as c``, ``getattr(cfg, "RATE")``) inside
+    a step: editing cfg.py and running again in a new process runs the steps again."""
+    log = str(tmp_path / "local.db")
+    outputs = []
+    for rate in (1, 1, 3):
+        (tmp_path / "local_cfg.py").write_text(f"RATE = {rate}\n")
+        proc = python(LOCAL_IMPORTS, log, str(tmp_path), cwd=tmp_path)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        outputs.append(out.strip())
+    assert outputs == ["1 1 1", "1 1 1", "3 3 3"]
+    for name in ("inside", "aliased", "by_name"):
+        assert reasons(Path(log), name) == [
+            None,
+            "global local_cfg.RATE changed (1 -> 3) since run 1",  # run 2 replayed run 1
+        ]
+
+
+def test_a_step_reading_globals_by_run_time_names_runs_every_time(module, log_path: Path) -> None:
+    """``globals()["F"]`` or ``eval("F")``: what it reads cannot be known, so it runs, said
+    once; a change of F is then never missed."""
+    nb = module("nb_dynamic", "F = 1\ndef s(x):\n    return x + globals()['F']\n")
+    results = []
+    with pytest.warns(DurableWarning, match=r"calls globals\(\).*runs every time"):
+        for f in (1, 1, 2):
+            nb.F = f
+            with workflow("dyn") as run:
+                results.append((Step(nb.s)(0), run.steps_run))
+    assert results == [(1, 1), (1, 1), (2, 1)]
+
+
+def test_a_users_decorator_under_step_counts(module, log_path: Path) -> None:
+    """``@step`` over ``@times(n)`` of the notebook's own: n is part of what the step is."""
+    source = """
+        import functools
+        from durable_nb import step
+        def times(n):
+            def decorate(fn):
+                @functools.wraps(fn)
+                def wrapper(*a, **kw):
+                    return n * fn(*a, **kw)
+                return wrapper
+            return decorate
+        @step
+        @times(2)
+        def s(x):
+            return x
+    """
+    nb = module("nb_decorated", source)
+    with workflow("deco"):
+        assert nb.s(1) == 2
+    with workflow("deco") as run:
+        assert nb.s(1) == 2
+    assert run.steps_replayed == 1
+    nb = module("nb_decorated", source.replace("@times(2)", "@times(5)"))
+    with workflow("deco") as run:
+        assert nb.s(1) == 5
+    assert reasons(log_path, "s")[1] == "closure variable n changed (2 -> 5) since run 1"
