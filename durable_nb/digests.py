@@ -140,7 +140,8 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         acc.cost += value.nbytes
         dtype = value.dtype.descr if value.dtype.names else value.dtype.str
         data = value if value.flags.c_contiguous else value.copy(order="C")
-        return ("ndarray", dtype, value.shape, xxh3_128_hexdigest(data.view("u1").data))
+        flat = data.reshape(-1)  # a view; 0-d arrays too
+        return ("ndarray", dtype, value.shape, xxh3_128_hexdigest(flat.view("u1").data))
     if module.startswith("pandas") and t.__name__ in ("DataFrame", "Series", "Index"):
         return _pandas(value, t, acc)
     if getattr(t, "__durable_step__", False):
@@ -192,21 +193,57 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
 
 
 def _pandas(value: Any, t: type, acc: _Acc) -> Any:
-    """A DataFrame, Series or Index by its values, index, names and dtypes (its pickle
-    changes with the internal layout, e.g. after a round trip)."""
+    """A DataFrame, Series or Index by its values, index, labels, names, dtypes (categories
+    and their order, time zones), ``attrs``, and what the value hash treats as equal (-0.0
+    and 0.0; None and NaN in object columns). Not its pickle: that changes with the internal
+    layout, e.g. after a round trip."""
     import pandas as pd
 
     kind = t.__name__
+    meta = _pandas_meta(value, kind, acc)
     try:
         hashed = pd.util.hash_pandas_object(value, index=kind != "Index").to_numpy()
     except TypeError:  # unhashable cells (lists, dicts): their canonical form
-        return (kind, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
+        return (kind, meta, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
     acc.cost += hashed.nbytes * 4
+    return (kind, value.shape, meta, xxh3_128_hexdigest(hashed.data), _pandas_exact(value, kind))
+
+
+def _dtype(dtype: Any, acc: _Acc) -> Any:
+    categories = getattr(dtype, "categories", None)
+    if categories is not None:  # 'category' alone hides the categories and their order
+        return ("category", _canon(list(categories), acc), bool(dtype.ordered))
+    return str(dtype)  # time zones included: datetime64[ns, UTC]
+
+
+def _pandas_meta(value: Any, kind: str, acc: _Acc) -> Any:
+    """Labels (by type: 1 is not '1'), axis and level names, dtypes, attrs."""
+    index = value if kind == "Index" else value.index
+    levels = getattr(index, "levels", None)  # a MultiIndex: each level's dtype
+    shape = [_canon(list(index.names), acc), _dtype(index.dtype, acc)]
+    shape += [_dtype(level.dtype, acc) for level in levels] if levels is not None else []
     if kind == "DataFrame":
-        names = (_canon([str(c) for c in value.columns], acc), tuple(map(str, value.dtypes)))
-    else:
-        names = (str(value.name), str(value.dtype))
-    return (kind, value.shape, names, xxh3_128_hexdigest(hashed.data))
+        columns = value.columns
+        shape += [_canon(list(columns), acc), _canon(list(columns.names), acc),
+                  [_dtype(d, acc) for d in value.dtypes]]  # fmt: skip
+    elif kind == "Series":
+        shape += [_canon(value.name, acc), _dtype(value.dtype, acc)]
+    attrs = getattr(value, "attrs", None)
+    return (*shape, _canon(dict(attrs), acc) if attrs else None)
+
+
+def _pandas_exact(value: Any, kind: str) -> str:
+    """Where floats are negative zero and object cells are None (not NaN)."""
+    import numpy as np
+
+    columns = [value.iloc[:, i] for i in range(value.shape[1])] if kind == "DataFrame" else [value]
+    hasher = xxh3_128()
+    for column in columns:
+        if column.dtype.kind == "f":
+            hasher.update(np.packbits(np.signbit(column.to_numpy())).tobytes())
+        elif column.dtype == object:
+            hasher.update(np.packbits(np.equal(column.to_numpy(), None)).tobytes())
+    return hasher.hexdigest()
 
 
 def _dumps(canon: Any) -> bytes:
