@@ -496,8 +496,7 @@ class Step:
         retry_delay: float = 1.0,
         track_versions: bool = False,
     ) -> None:
-        if retries < 0:
-            raise ValueError("retries must be 0 or more")
+        _check_options(fn, retries, backoff, retry_delay)
         # @step above @staticmethod / @classmethod: the function inside, bound as they bind
         self._binding = type(fn) if isinstance(fn, (staticmethod, classmethod)) else None
         if self._binding is not None:
@@ -745,12 +744,32 @@ def step(fn: Any = None, /, *args: Any, **kwargs: Any) -> Any:
     ``track_versions`` (package upgrades invalidate its records).
     """
     if fn is None:
-        return lambda f: Step(f, **kwargs)
+        return lambda f: _decorated(f, **kwargs)
     if isinstance(fn, Step):
         return fn(*args, **kwargs)
     if not args and not kwargs:
-        return Step(fn)
-    return _adhoc_step(fn)(*args, **kwargs)
+        return _decorated(fn)
+    return _adhoc_step(fn)(*args, **kwargs)  # any callable, a class too: step(Model, cfg)
+
+
+def _decorated(fn: Any, **options: Any) -> Step:
+    if isinstance(fn, type):
+        raise TypeError(f"@step goes on functions, not on class {fn.__qualname__}: put it on "
+                        "the methods to checkpoint")  # fmt: skip
+    return Step(fn, **options)
+
+
+def _check_options(fn: Any, retries: Any, backoff: Any, retry_delay: Any) -> None:
+    """One-line errors for what ``Step`` cannot take, before anything else fails on it."""
+    if not callable(fn) and not isinstance(fn, (staticmethod, classmethod)):
+        raise TypeError(f"step() takes a function, not {type(fn).__name__} "
+                        f"{serialization.short_repr(fn)}: write @step above a def, or "
+                        "step(fn, *args) for one call")  # fmt: skip
+    if type(retries) is not int or retries < 0:
+        raise ValueError(f"retries must be a whole number, 0 or more (got {retries!r})")
+    for option, value in (("backoff", backoff), ("retry_delay", retry_delay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{option} must be a number of 0 or more (got {value!r})")
 
 
 def _worker_step(fn: Callable[..., Any], name: str) -> Callable[..., Any]:

@@ -362,3 +362,32 @@ def test_wrong_credentials(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         proc.terminate()
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("make", "needles"),
+    [
+        (lambda: step(5), ("takes a function, not int 5", "@step above a def")),
+        (lambda: step(type("Model", (), {})), ("not on class Model", "methods")),
+        (lambda: step(retries=2)(type("Model", (), {})), ("not on class Model",)),
+        (lambda: step(retries="x")(abs), ("retries must be a whole number", "'x'")),
+        (lambda: step(retries=-1)(abs), ("retries must be a whole number, 0 or more",)),
+        (lambda: step(backoff=-1)(abs), ("backoff must be a number of 0 or more",)),
+        (lambda: step(retry_delay="1")(abs), ("retry_delay must be a number",)),
+    ],
+)
+def test_what_step_cannot_take_is_said_in_one_line(
+    make: Callable[[], object], needles: tuple[str, ...]
+) -> None:
+    with pytest.raises((TypeError, ValueError)) as info:
+        make()
+    one_line(str(info.value), *needles)
+
+
+def test_a_class_is_still_an_ad_hoc_step(log: Path) -> None:
+    from fractions import Fraction
+
+    for _ in range(2):
+        with workflow("boxed") as run:
+            assert step(Fraction, 3, 4) == Fraction(3, 4)
+    assert run.steps_replayed == 1
