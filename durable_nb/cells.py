@@ -164,6 +164,13 @@ def cell_reads(body: list[ast.stmt]) -> CellReads:
                 imports.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 imports.add(node.module)
+                attrs.update(alias.name for alias in node.names)  # what it takes of it
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.isidentifier()
+            ):
+                attrs.add(node.value)  # getattr(cfg, "RATE")
     reads = sorted(n for n in seen - dead if not n.startswith("__durable_nb"))
     return CellReads(tuple(reads), tuple(sorted(attrs)), unknown, tuple(sorted(imports)))
 

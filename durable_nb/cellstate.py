@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import types
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -94,7 +95,9 @@ class CellInputs:
             if opaque:
                 self.opaque[name] = opaque[0]
         for module in reads.imports:  # `import helpers` in the cell: the file it will load
-            self.digests[f"import {module}"] = module_digest(module)
+            loads = self.digests[f"import {module}"] = module_digest(module)
+            if loads.startswith("file "):  # and what the cell takes of it now (cfg.RATE = 70)
+                self.digests[f"module {module}"] = _module_now(module, self.attrs, run)
         self.digest = value_digest(tuple(sorted(self.digests.items())))
 
     def unjudgeable(self) -> str | None:
@@ -143,6 +146,17 @@ def changes(
             why = why or f"it changes module {name} in place"
         inplace.append(name)
     return CellChanges(names + inplace, inplace, deleted, why)
+
+
+def _module_now(name: str, attrs: frozenset[str], run: RunDependencies) -> str:
+    """The values of the attributes a cell uses of one of the user's modules, as they are
+    in memory (it is imported now if not yet, as the cell would, so a first run in a fresh
+    kernel digests like the next)."""
+    try:
+        module = sys.modules.get(name) or importlib.import_module(name)
+    except Exception as exc:  # the cell will fail the same way
+        return f"unimportable: {type(exc).__name__}"
+    return input_digest(name, module, attrs, run)[0]
 
 
 def module_digest(name: str) -> str:

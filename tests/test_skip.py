@@ -253,3 +253,22 @@ def test_a_headless_notebook_without_cell_ids_says_how_unnamed_cells_are_named(
     done = subprocess.run(cmd, env=kernel_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert "old.ipynb is nbformat 4.4, whose cells have no ids" in done.stdout
+
+
+def test_what_a_cell_takes_from_a_module_it_imports_is_an_input(tmp_path: Path) -> None:
+    """``from cfg import RATE`` in the cell, then ``cfg.RATE = 70`` elsewhere: the module's
+    file is unchanged, but what the cell takes of it is not, so it runs."""
+    (tmp_path / "cfgmod.py").write_text("RATE = 60\n")
+    kernel = Kernel(tmp_path, kernel_env(tmp_path / "nb.ipynb"))
+    cell = "%%durable takes\nfrom cfgmod import RATE as RR\nv = inc(RR)\n"
+    try:
+        for code in (SETUP, DEFS, "import cfgmod"):
+            assert kernel.execute(code).status == "ok"
+        assert kernel.execute(cell).status == "ok"
+        assert "skipped" in kernel.execute(cell).stdout  # nothing changed
+        kernel.execute("cfgmod.RATE = 70")
+        again = kernel.execute(cell)
+        assert "skipped" not in again.stdout, again.stdout
+        assert kernel.execute("print(v)").stdout == "71\n"
+    finally:
+        kernel.close()
