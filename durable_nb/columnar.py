@@ -21,6 +21,7 @@ newer commit than the other (rows are never half-shown).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -51,20 +52,18 @@ def _typed_query(sql: str, types: dict[str, str]) -> str:
 
 def read_frame(
     path: Path, sql: str, params: list[Any], ids: tuple[int, int], types: dict[str, str],
-    *, partitions: int = min(4, os.cpu_count() or 1),
+    *, categorical: tuple[str, ...] = (), partitions: int = min(4, os.cpu_count() or 1),
 ) -> pd.DataFrame | None:  # fmt: skip
     """The rows of ``sql`` as a DataFrame, or None when they cannot be read so (no pyarrow,
     or the child failed: the caller then reads them with sqlite3).
 
     ``sql`` takes an id range ``[lo, hi)`` as its first two parameters, then ``params``;
     ``ids`` bounds the ids to read; ``types`` names the columns and their kinds (int, real,
-    text) in order. Text columns come back in pandas' default string dtype, integer columns
-    with NULLs as floats (as pandas reads them from Arrow).
+    text) in order. Text columns come back in pandas' default string dtype (those named in
+    ``categorical`` as pandas Categoricals, encoded in the child), integer columns with NULLs
+    as floats (as pandas reads them from Arrow).
     """
-    try:
-        import pyarrow as pa
-        import pyarrow.ipc
-    except ImportError:
+    if not all(importlib.util.find_spec(m) for m in ("pyarrow", "adbc_driver_sqlite")):
         return None
     lo, hi = ids
     if hi <= lo:
@@ -78,18 +77,27 @@ def read_frame(
     handle, out = tempfile.mkstemp(prefix="durable-nb-view-", suffix=".arrow", dir=folder)
     os.close(handle)
     request = {"path": str(path), "sql": _typed_query(sql, types), "params": params,
-               "ranges": ranges, "out": out}  # fmt: skip
+               "ranges": ranges, "out": out, "categorical": categorical}  # fmt: skip
     try:
-        done = subprocess.run(
-            [sys.executable, __file__], input=json.dumps(request).encode(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=_TIMEOUT, check=False,
+        child = subprocess.Popen(
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )  # fmt: skip
-        if done.returncode != 0:  # e.g. a read-only folder: no shared-memory file
-            log.debug("reading %s with sqlite3: %s", path, done.stderr.decode(errors="replace"))
+        import pyarrow as pa  # while the child reads (a first import costs 0.1-0.2 s)
+        import pyarrow.ipc
+
+        try:
+            _, errors = child.communicate(json.dumps(request).encode(), timeout=_TIMEOUT)
+        except BaseException:  # a timeout, or Ctrl-C: the child goes too
+            child.kill()
+            child.wait()
+            raise
+        if child.returncode != 0:  # e.g. a read-only folder: no shared-memory file
+            log.debug("reading %s with sqlite3: %s", path, errors.decode(errors="replace"))
             return None
         with pa.OSFile(out) as source:
             table = pa.ipc.open_file(source).read_all()
-    except (OSError, subprocess.TimeoutExpired, pa.ArrowException) as exc:
+    except (OSError, ValueError, ImportError, subprocess.TimeoutExpired) as exc:  # Arrow's too
         log.debug("reading %s with sqlite3: %s", path, exc)
         return None
     finally:
@@ -129,6 +137,7 @@ def _read(path: str, sql: str, params: list[Any], out: list[Any], i: int) -> Non
 def _child() -> None:
     """Read the request on stdin; write the rows to its ``out`` file in Arrow's IPC format."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.ipc
 
     request = json.load(sys.stdin)
@@ -147,6 +156,9 @@ def _child() -> None:
         if isinstance(part, Exception):
             sys.exit(f"{type(part).__name__}: {part}")
     table = pa.concat_tables(out)
+    for name in request["categorical"]:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
     with pa.OSFile(request["out"], "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     os._exit(0)  # written and closed: skip freeing a million rows (0.1 s)

@@ -39,7 +39,7 @@ class AsyncStore:
     async def insert(self, row: StepRow | CompletedRow) -> int:
         """Record one finished attempt of a step in a single commit; returns its id."""
         sql = INSERT_COMPLETED if type(row) is CompletedRow else INSERT_STEP
-        return await self._write(sql, row)
+        return await self._write(sql, tuple(row))  # a plain tuple, as Store.insert binds
 
     async def _write(self, sql: str, params: tuple[object, ...]) -> int:
         assert self._conn is not None, "AsyncStore.open() first"

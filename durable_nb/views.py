@@ -127,8 +127,9 @@ _STEP_NAMES = {
     "run_id": "run", "name": "step", "args_repr": "args", "started_at": "started",
     "ended_at": "ended",
 }  # fmt: skip
-_TEXT = ["workflow", "step", "args", "status", "result_type", "result_repr", "error_type",
+_TEXT = ["workflow", "step", "args", "result_type", "result_repr", "error_type",
          "error_message", "reason"]  # fmt: skip
+"""The text columns of ``steps()`` (``status`` is made a Categorical)."""
 COLUMNAR_ROWS = 50_000
 """From this many rows on, ``steps()`` of a whole log reads through Arrow (``columnar``)."""
 _TEXT_DTYPE = pd.Series([""]).dtype  # pandas' default for strings: "str" (pandas 3), object
@@ -140,7 +141,9 @@ def _step_frame(store: Store, columns: str, workflow: str | None, run: int | Non
         ids = store.step_ids()
         if ids[1] - ids[0] >= COLUMNAR_ROWS:
             sql, params = store.all_steps_query(columns, status=status, since=since)
-            frame = columnar.read_frame(store.path, sql, params, ids, _STEP_COLUMNS)
+            frame = columnar.read_frame(
+                store.path, sql, params, ids, _STEP_COLUMNS, categorical=("status",)
+            )
             if frame is not None:
                 return frame.rename(columns=_STEP_NAMES)
     rows = store.step_rows(columns, workflow, run, status=status, since=since)
@@ -166,7 +169,9 @@ def steps(
             f"AND replayed_steps != '[]' {of_workflow}",
             () if workflow is None else (workflow,),
         ).fetchall()
-    df[_TEXT] = df[_TEXT].astype(_TEXT_DTYPE)  # the same dtypes from sqlite3 and from Arrow
+    for column in _TEXT:  # the same dtypes from sqlite3 and from Arrow
+        if df[column].dtype != _TEXT_DTYPE:
+            df[column] = df[column].astype(_TEXT_DTYPE)
     df["status"] = pd.Categorical(df["status"], categories=STEP_STATUSES)
     df["started"] = _times(df["started"])
     df["ended"] = _times(df["ended"])
