@@ -130,8 +130,9 @@ _STEP_NAMES = {
 _TEXT = ["workflow", "step", "args", "result_type", "result_repr", "error_type",
          "error_message", "reason"]  # fmt: skip
 """The text columns of ``steps()`` (``status`` is made a Categorical)."""
-COLUMNAR_ROWS = 50_000
-"""From this many rows on, ``steps()`` of a whole log reads through Arrow (``columnar``)."""
+COLUMNAR_ROWS = 150_000
+"""From this many rows on, ``steps()`` of a whole log reads through Arrow (``columnar``):
+the child process costs about 0.35 s, sqlite3 about 4.6 us a row and Arrow 1.2."""
 _TEXT_DTYPE = pd.Series([""]).dtype  # pandas' default for strings: "str" (pandas 3), object
 
 
