@@ -121,10 +121,13 @@ def main() -> None:
             runs_ms = (time.perf_counter() - t0) * 1e3
             total = store.conn.execute("SELECT count(*) FROM steps").fetchone()[0]
             all_s = None
-            if size == sizes[-1]:
-                t0 = time.perf_counter()
-                assert len(durable_nb.steps(log=store)) == total
-                all_s = time.perf_counter() - t0
+            if size == sizes[-1]:  # (first call of the process, median of repeat calls)
+                calls = []
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    assert len(durable_nb.steps(log=store)) == total
+                    calls.append(time.perf_counter() - t0)
+                all_s = (calls[0], statistics.median(calls))
             mb = (folder / "growth.db").stat().st_size / 1e6
             rows.append((total, mb, ck, rp, view, runs_ms, all_s))
         store.close()
@@ -144,7 +147,8 @@ def main() -> None:
           f"{last[3] / base[3]:.2f}x (targets <= 1.3); steps(workflow=one) {last[4]:.1f} ms "
           f"(target <= 20 ms)")  # fmt: skip
     if last[6] is not None:
-        print(f"steps() of all {last[0]:,}: {last[6]:.2f} s (target <= 2 s)")
+        print(f"steps() of all {last[0]:,}: {last[6][1]:.2f} s, median of {args.repeat} calls "
+              f"(target <= 2 s); the process's first call {last[6][0]:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -83,12 +83,12 @@ def read_frame(
             [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        import pyarrow as pa  # while the child reads (a first import costs 0.1-0.2 s)
-        import pyarrow.ipc
-
         try:
+            import pyarrow as pa  # while the child reads (a first import costs 0.1-0.2 s)
+            import pyarrow.ipc
+
             _, errors = child.communicate(json.dumps(request).encode(), timeout=_TIMEOUT)
-        except BaseException:  # a timeout, or Ctrl-C: the child goes too
+        except BaseException:  # a timeout, Ctrl-C, a broken pyarrow: the child goes too
             child.kill()
             child.wait()
             raise
