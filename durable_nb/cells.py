@@ -21,6 +21,8 @@ import ast
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from .codeinfo import named_in_strings
+
 __all__ = ["MARKER", "RUNNER", "CellReads", "cell_reads", "rewrite"]
 
 MARKER = "__durable_nb_cell__"
@@ -165,12 +167,8 @@ def cell_reads(body: list[ast.stmt]) -> CellReads:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 imports.add(node.module)
                 attrs.update(alias.name for alias in node.names)  # what it takes of it
-            elif (
-                isinstance(node, ast.Constant)
-                and isinstance(node.value, str)
-                and node.value.isidentifier()
-            ):
-                attrs.add(node.value)  # getattr(cfg, "RATE")
+
+        attrs |= named_in_strings(stmt)  # getattr(cfg, "RATE")
     reads = sorted(n for n in seen - dead if not n.startswith("__durable_nb"))
     return CellReads(tuple(reads), tuple(sorted(attrs)), unknown, tuple(sorted(imports)))
 

@@ -28,7 +28,6 @@ import copy
 import importlib
 import importlib.util
 import json
-import os
 import pickle
 import re
 import sys
@@ -37,11 +36,9 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from xxhash import xxh3_128_hexdigest
-
 from . import serialization
 from .cells import MARKER, RUNNER, CellReads
-from .codeinfo import is_user_file, package_version
+from .codeinfo import module_digest
 from .dependencies import RunDependencies, explain, input_digest
 from .digests import value_digest
 from .records import CellRecord, RunRecord
@@ -150,31 +147,10 @@ def changes(
 
 def _module_now(name: str, attrs: frozenset[str], run: RunDependencies) -> str:
     """The values of the attributes a cell uses of one of the user's modules, as they are
-    in memory (it is imported now if not yet, as the cell would, so a first run in a fresh
-    kernel digests like the next)."""
-    try:
-        module = sys.modules.get(name) or importlib.import_module(name)
-    except Exception as exc:  # the cell will fail the same way
-        return f"unimportable: {type(exc).__name__}"
-    return input_digest(name, module, attrs, run)[0]
-
-
-def module_digest(name: str) -> str:
-    """What ``import name`` would load: the user's own file by its contents, an installed
-    module by its package's version (nothing is imported; a parent package may be)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return "missing"
-    if spec is None:
-        return "missing"
-    origin = spec.origin
-    if not origin or not os.path.isfile(origin):
-        return "builtin"
-    if is_user_file(origin):
-        with open(origin, "rb") as f:
-            return "file " + xxh3_128_hexdigest(f.read())
-    return f"installed {package_version(name.partition('.')[0])}"
+    in memory; "not imported" when it is not yet (nothing is imported before the cell runs:
+    its code may set up what the module reads when it loads)."""
+    module = sys.modules.get(name)
+    return "not imported" if module is None else input_digest(name, module, attrs, run)[0]
 
 
 def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _Variables:

@@ -15,6 +15,8 @@ import ast
 import dis
 import functools
 import hashlib
+import importlib.machinery
+import importlib.util
 import inspect
 import os
 import sys
@@ -24,6 +26,8 @@ import types
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from xxhash import xxh3_128_hexdigest
+
 __all__ = [
     "CodeInfo",
     "code_digest",
@@ -31,6 +35,8 @@ __all__ = [
     "installed_package",
     "is_user_file",
     "is_user_module",
+    "module_digest",
+    "named_in_strings",
     "package_version",
 ]
 
@@ -59,7 +65,8 @@ class CodeInfo(NamedTuple):
     globals: tuple[str, ...]  # global names it reads (write-only ones left out)
     freevars: tuple[bool, ...]  # per closure variable: whether it is read
     attrs: frozenset[str]  # every name it uses, attribute names and names in strings included
-    imports: tuple[tuple[str, int], ...] = ()  # modules imported in its body (name, level)
+    imports: tuple[tuple[str, int, tuple[str, ...]], ...] = ()  # in its body: (name, level,
+    # the names of `from name import ...`)
     dynamic: tuple[str, ...] = ()  # builtins it calls that read globals by a run-time name
 
 
@@ -150,6 +157,35 @@ def _written_only(tree: ast.AST) -> set[str]:
     return {name for name, only in used.items() if only}
 
 
+_BY_NAME = frozenset({"getattr", "hasattr", "setattr", "delattr"})
+
+
+def named_in_strings(tree: ast.AST) -> set[str]:
+    """Attribute names given as strings: ``getattr(cfg, "RATE")``, ``vars(cfg)["RATE"]``,
+    ``cfg.__dict__["RATE"]`` (other strings, such as dict keys, are not names)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        text = None
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _BY_NAME
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+        ):
+            text = node.args[1].value
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            of = node.value
+            by_vars = (
+                isinstance(of, ast.Call) and isinstance(of.func, ast.Name) and of.func.id == "vars"
+            )
+            by_dict = isinstance(of, ast.Attribute) and of.attr == "__dict__"
+            text = node.slice.value if by_vars or by_dict else None
+        if isinstance(text, str) and text.isidentifier():
+            found.add(text)
+    return found
+
+
 _infos: dict[int, tuple[types.CodeType, CodeInfo]] = {}
 
 
@@ -179,20 +215,22 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     written = _written_only(tree) if tree is not None else set()
     names: set[str] = set()
     attrs: set[str] = set()
-    imports: dict[tuple[str, int], None] = {}
+    imports: dict[tuple[str, int, tuple[str, ...]], None] = {}
+    attrs.update(named_in_strings(tree) if tree is not None else ())
     for c in _codes(code):
         attrs.update(c.co_names)
-        # getattr(cfg, "RATE"), vars(cfg)["RATE"]: a name in a string may be an attribute
-        attrs.update(k for k in c.co_consts if isinstance(k, str) and k.isidentifier())
+        if tree is None:  # no source to tell getattr(cfg, "RATE") from a dict key: any name
+            attrs.update(k for k in c.co_consts if isinstance(k, str) and k.isidentifier())
         consts: list[Any] = [None, None]
         for ins in dis.get_instructions(c):
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
                 names.add(ins.argval)
-            elif ins.opname == "LOAD_CONST":
+            elif ins.opname in ("LOAD_CONST", "LOAD_SMALL_INT"):
                 consts = [consts[1], ins.argval]
-            elif ins.opname == "IMPORT_NAME":  # after LOAD_CONST level, LOAD_CONST fromlist
+            elif ins.opname == "IMPORT_NAME":  # after the level and the fromlist constants
                 level = consts[0] if isinstance(consts[0], int) else 0
-                imports[(ins.argval, level)] = None
+                fromlist = tuple(consts[1]) if isinstance(consts[1], tuple) else ()
+                imports[(ins.argval, level, fromlist)] = None
     freevars = tuple(name not in written for name in code.co_freevars)
     return CodeInfo(
         digest, tuple(sorted(names - written)), freevars, frozenset(attrs), tuple(imports),
@@ -253,6 +291,45 @@ def is_user_file(file: str) -> bool:
         os.sep + "site-packages" + os.sep not in path
         and os.sep + "dist-packages" + os.sep not in path
     )
+
+
+def find_module(name: str) -> Any:
+    """The spec of module ``name`` without importing anything (not even its parents, whose
+    folders are searched instead), or None."""
+    parts = name.split(".")
+    spec = None
+    for i in range(len(parts)):
+        prefix = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(prefix)
+        if loaded is not None:
+            spec = getattr(loaded, "__spec__", None)
+        elif i == 0:
+            spec = importlib.util.find_spec(prefix)  # a top-level name imports nothing
+        else:
+            places = spec.submodule_search_locations if spec is not None else None
+            spec = importlib.machinery.PathFinder.find_spec(prefix, places) if places else None
+        if spec is None:
+            return None
+    return spec
+
+
+def module_digest(name: str) -> str:
+    """What ``import name`` would load, importing nothing: the user's own file by its
+    contents, an installed module by its package's version."""
+    try:
+        top = find_module(name.partition(".")[0])
+        spec = find_module(name) if top is not None else None
+    except (ImportError, ValueError):
+        return "missing"
+    if spec is None:
+        return "missing"
+    origin = spec.origin
+    if not origin or not os.path.isfile(origin):
+        return "builtin"
+    if is_user_file(origin):
+        with open(origin, "rb") as f:
+            return "file " + xxh3_128_hexdigest(f.read())
+    return f"installed {package_version(name.partition('.')[0])}"
 
 
 _versions: dict[str, str | None] = {}

@@ -28,7 +28,8 @@ a change of a few elements may be missed until the next run); other big objects 
 place during a run are seen from the next run on.
 
 Modules a function imports in its body count as module globals do (the attributes it uses;
-names in string constants count as attributes, for ``getattr(cfg, "RATE")``). Code that calls
+a user module not imported yet is imported when the call is digested; names given to
+``getattr`` or ``vars(m)[...]`` as strings count as attributes). Code that calls
 ``eval``, ``exec`` or ``globals()`` reads names known only when it runs: it cannot be judged,
 and runs every time. A decorator of the user's own under ``@step`` is the step's code (its
 closure counts); installed wrappers are looked through.
@@ -60,6 +61,7 @@ from .codeinfo import (
     installed_package,
     is_user_file,
     is_user_module,
+    module_digest,
     package_version,
 )
 from .digests import _PRIMITIVES, digest_value
@@ -256,8 +258,8 @@ class _Walk:
         for builtin in info.dynamic:
             if builtin not in glob:  # the builtin, not a global of the same name
                 raise RunTimeNames(f"{label.removeprefix('step ')} calls {builtin}()")
-        for module_name, level in info.imports:  # `from cfg import RATE` in the body
-            self._imported(module_name, level, glob, info.attrs)
+        for module_name, level, fromlist in info.imports:  # `from cfg import RATE` in it
+            self._imported(module_name, level, fromlist, glob, info.attrs)
         if fn.__closure__:
             names = code.co_freevars
             for name, read, cell in zip(names, info.freevars, fn.__closure__, strict=True):
@@ -364,24 +366,35 @@ class _Walk:
             self._package(module)
         self.value(f"{kind} {name}", obj)
 
-    def _imported(self, name: str, level: int, glob: dict[str, Any], attrs: frozenset[str]) -> None:
+    def _imported(
+        self, name: str, level: int, fromlist: tuple[str, ...], glob: dict[str, Any],
+        attrs: frozenset[str],
+    ) -> None:  # fmt: skip
         """A module a function imports in its body: the attributes of it that it uses, as for
-        a module global (a user module is imported now if it is not yet: the call would)."""
+        a module global; for ``from pkg import sub``, the submodule too. A module of the
+        user's not imported yet is imported now, just before the call that would import it
+        (also when the call then replays): the same digest in a fresh process as in a warm
+        one. Installed ones are recorded, never imported here."""
         try:
             full = importlib.util.resolve_name("." * level + name, glob.get("__package__"))
-            module = sys.modules.get(full)
-            if module is None:
-                spec = importlib.util.find_spec(full)
-                origin = spec.origin if spec is not None else None
-                if not origin or not is_user_file(origin):
-                    self._package(full)
-                    return
-                module = importlib.import_module(full)
-        except Exception as exc:  # the call will fail the same way: let it, and say why
-            self.entries.append(Entry(f"import {name}", f"unimportable: {type(exc).__name__}"))
+        except (ImportError, ValueError) as exc:  # the call will fail the same way
+            self.entries.append(Entry(f"import {name}", f"unresolvable: {type(exc).__name__}"))
             return
-        self.reads.append((sys.modules, full, module))  # replaced in sys.modules: walk again
-        self.reference(full, module, attrs)
+        for target in (full, *(f"{full}.{n}" for n in fromlist if n != "*")):
+            module = sys.modules.get(target)
+            if module is None:
+                loads = module_digest(target)  # imports nothing
+                if not loads.startswith("file "):  # installed, built in, or no module at all
+                    if target == full:
+                        self._package(full)
+                    continue
+                try:
+                    module = importlib.import_module(target)
+                except Exception as exc:  # the call will fail the same way: let it
+                    self.entries.append(Entry(f"import {target}", f"failed: {type(exc).__name__}"))
+                    continue
+            self.reads.append((sys.modules, target, module))  # replaced: walk again
+            self.reference(target, module, attrs)
 
     def _module(self, module: types.ModuleType, attrs: frozenset[str]) -> None:
         if (id(module), attrs) in self.seen:  # packages that import each other
@@ -449,6 +462,15 @@ def _fingerprint(obj: Any, *, big: bool = False) -> Any:
         return digest_value(obj).digest
 
 
+def _user_code(fn: types.FunctionType) -> bool:
+    """Whether a function's code is in a file of the user's (functools.wraps copies
+    ``__module__`` from the function it wraps, so the module name cannot tell)."""
+    filename = fn.__code__.co_filename
+    if filename.startswith("<"):  # the notebook's cells, exec'd code
+        return is_user_module(fn.__module__)
+    return is_user_file(filename)
+
+
 def _label(obj: types.FunctionType | type) -> str:
     """``helper`` for the notebook's own, ``helpers.helper`` for a user module's."""
     name = obj.__qualname__.rpartition("<locals>.")[2]
@@ -508,10 +530,12 @@ class StepDependencies:
         # Through installed wrappers (lru_cache, torch.no_grad) to the user's code; a wrapper
         # of the user's own is that code: its closure (n in @times(n)) counts, and it leads
         # on to the function it wraps.
-        while not (isinstance(target, types.FunctionType) and is_user_module(target.__module__)):
+        seen = {id(target)}  # (a __wrapped__ cycle ends it)
+        while not (isinstance(target, types.FunctionType) and _user_code(target)):
             inner = getattr(target, "__wrapped__", None)
-            if inner is None:
+            if inner is None or id(inner) in seen:
                 break
+            seen.add(id(inner))
             target = inner
         self.target = target
 

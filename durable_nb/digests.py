@@ -236,13 +236,17 @@ def _pandas_exact(value: Any, kind: str) -> str:
     """Where floats are negative zero and object cells are None (not NaN)."""
     import numpy as np
 
-    columns = [value.iloc[:, i] for i in range(value.shape[1])] if kind == "DataFrame" else [value]
     hasher = xxh3_128()
-    for column in columns:
-        if column.dtype.kind == "f":
-            hasher.update(np.packbits(np.signbit(column.to_numpy())).tobytes())
-        elif column.dtype == object:
-            hasher.update(np.packbits(np.equal(column.to_numpy(), None)).tobytes())
+    if kind == "DataFrame":  # the float and the object columns each as one block
+        floats = value.select_dtypes(include=["floating"]).to_numpy()
+        objects = value.select_dtypes(include=["object"]).to_numpy()
+    else:
+        floats = value.to_numpy() if value.dtype.kind == "f" else None
+        objects = value.to_numpy() if value.dtype == object else None
+    if floats is not None and floats.size and floats.dtype.kind == "f":
+        hasher.update(np.packbits(np.signbit(floats)).tobytes())
+    if objects is not None and objects.size:
+        hasher.update(np.packbits(np.equal(objects, None)).tobytes())
     return hasher.hexdigest()
 
 

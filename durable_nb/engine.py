@@ -14,6 +14,9 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import math
+import numbers
+import operator
 import sys
 import threading
 import time
@@ -765,10 +768,15 @@ def _check_options(fn: Any, retries: Any, backoff: Any, retry_delay: Any) -> Non
         raise TypeError(f"step() takes a function, not {type(fn).__name__} "
                         f"{serialization.short_repr(fn)}: write @step above a def, or "
                         "step(fn, *args) for one call")  # fmt: skip
-    if type(retries) is not int or retries < 0:
+    try:
+        whole = not isinstance(retries, bool) and operator.index(retries) >= 0
+    except TypeError:
+        whole = False
+    if not whole:
         raise ValueError(f"retries must be a whole number, 0 or more (got {retries!r})")
     for option, value in (("backoff", backoff), ("retry_delay", retry_delay)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not real or not math.isfinite(value) or value < 0:
             raise ValueError(f"{option} must be a number of 0 or more (got {value!r})")
 
 

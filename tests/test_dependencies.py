@@ -679,8 +679,13 @@ def by_name(x):
     import local_cfg
     return x + getattr(local_cfg, "RATE")
 
+@step
+def submodule(x):
+    from local_pkg import sub  # a submodule: `local_pkg` itself holds nothing of it
+    return x + sub.RATE
+
 with workflow("local"):
-    print(inside(0), aliased(0), by_name(0))
+    print(inside(0), aliased(0), by_name(0), submodule(0))
 """
 
 
@@ -689,13 +694,16 @@ def test_modules_imported_in_a_step_body_count_in_a_fresh_process(tmp_path: Path
     a step: editing cfg.py and running again in a new process runs the steps again."""
     log = str(tmp_path / "local.db")
     outputs = []
+    (tmp_path / "local_pkg").mkdir()
+    (tmp_path / "local_pkg" / "__init__.py").write_text("")
     for rate in (1, 1, 3):
         (tmp_path / "local_cfg.py").write_text(f"RATE = {rate}\n")
+        (tmp_path / "local_pkg" / "sub.py").write_text(f"RATE = {rate}\n")
         proc = python(LOCAL_IMPORTS, log, str(tmp_path), cwd=tmp_path)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         outputs.append(out.strip())
-    assert outputs == ["1 1 1", "1 1 1", "3 3 3"]
+    assert outputs == ["1 1 1 1", "1 1 1 1", "3 3 3 3"]
     for name in ("inside", "aliased", "by_name"):
         assert reasons(Path(log), name) == [
             None,
@@ -776,3 +784,47 @@ def test_pandas_values_differ_in_everything_a_step_can_see() -> None:
     for a, b in pairs:
         assert value_digest(a) != value_digest(b), (a, b)
         assert value_digest(a) == value_digest(a.copy())
+
+
+def test_dict_keys_are_not_attribute_names_and_installed_wrappers_are_looked_through(
+    module, log_path: Path
+) -> None:
+    """A string such as the key "history" is not ``helpers.history`` (a list its helper
+    appends to); a ContextDecorator's wrapper (contextlib's code, as torch.no_grad) is not
+    the step's code even though functools.wraps gave it the step's module."""
+    helpers = module("dict_keys_helpers", "history = []\ndef score(x):\n    history.append(x)\n"
+                     "    return x\n")  # fmt: skip
+    nb = module(
+        "nb_keys",
+        """
+        import contextlib
+        import dict_keys_helpers
+        class quiet(contextlib.ContextDecorator):
+            def __enter__(self):
+                self.entered = getattr(self, "entered", 0) + 1
+            def __exit__(self, *exc):
+                return False
+        def keyed(x):
+            return {"history": dict_keys_helpers.score(x)}
+        @quiet()
+        def wrapped(x):
+            return x
+        """,
+    )
+    for _ in range(2):
+        with workflow("keys") as run:
+            assert Step(nb.keyed)(1) == {"history": 1} and Step(nb.wrapped)(2) == 2
+    assert (run.steps_replayed, helpers.history) == (2, [1])
+
+
+def test_a_wrapped_cycle_does_not_hang_and_numpy_options_are_numbers() -> None:
+    class Loop:
+        def __call__(self, x: int) -> int:
+            return x
+
+    a, b = Loop(), Loop()
+    a.__wrapped__, b.__wrapped__ = b, a  # type: ignore[attr-defined]
+    assert step(a).name  # returns (it once looped forever)
+    assert step(retries=np.int64(2), backoff=np.float32(2.0))(abs).retries == 2
+    with pytest.raises(ValueError, match="backoff must be a number"):
+        step(backoff=float("nan"))(abs)
