@@ -36,6 +36,7 @@ __all__ = [
     "is_user_file",
     "is_user_module",
     "module_digest",
+    "module_source",
     "named_in_strings",
     "package_version",
 ]
@@ -313,23 +314,31 @@ def find_module(name: str) -> Any:
     return spec
 
 
+def module_source(name: str) -> tuple[str, str | None]:
+    """Where ``import name`` would load from, importing nothing: ("user", its file) for the
+    user's own, ("installed", file), ("builtin", None) or ("missing", None)."""
+    try:
+        spec = find_module(name)
+    except (ImportError, ValueError):
+        return "missing", None
+    if spec is None:
+        return "missing", None
+    origin = spec.origin
+    if not origin or not os.path.isfile(origin):
+        return "builtin", None
+    return ("user" if is_user_file(origin) else "installed"), origin
+
+
 def module_digest(name: str) -> str:
     """What ``import name`` would load, importing nothing: the user's own file by its
     contents, an installed module by its package's version."""
-    try:
-        top = find_module(name.partition(".")[0])
-        spec = find_module(name) if top is not None else None
-    except (ImportError, ValueError):
-        return "missing"
-    if spec is None:
-        return "missing"
-    origin = spec.origin
-    if not origin or not os.path.isfile(origin):
-        return "builtin"
-    if is_user_file(origin):
-        with open(origin, "rb") as f:
+    kind, origin = module_source(name)
+    if kind == "user":
+        with open(origin, "rb") as f:  # type: ignore[arg-type]
             return "file " + xxh3_128_hexdigest(f.read())
-    return f"installed {package_version(name.partition('.')[0])}"
+    if kind == "installed":
+        return f"installed {package_version(name.partition('.')[0])}"
+    return kind
 
 
 _versions: dict[str, str | None] = {}

@@ -61,7 +61,7 @@ from .codeinfo import (
     installed_package,
     is_user_file,
     is_user_module,
-    module_digest,
+    module_source,
     package_version,
 )
 from .digests import _PRIMITIVES, digest_value
@@ -383,8 +383,7 @@ class _Walk:
         for target in (full, *(f"{full}.{n}" for n in fromlist if n != "*")):
             module = sys.modules.get(target)
             if module is None:
-                loads = module_digest(target)  # imports nothing
-                if not loads.startswith("file "):  # installed, built in, or no module at all
+                if module_source(target)[0] != "user":  # installed, built in, or no module
                     if target == full:
                         self._package(full)
                     continue

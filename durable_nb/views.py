@@ -127,8 +127,8 @@ _STEP_NAMES = {
     "run_id": "run", "name": "step", "args_repr": "args", "started_at": "started",
     "ended_at": "ended",
 }  # fmt: skip
-_TEXT = ["workflow", "step", "args", "result_type", "result_repr", "error_type",
-         "error_message", "reason"]  # fmt: skip
+_TEXT = [_STEP_NAMES.get(c, c) for c, kind in _STEP_COLUMNS.items()
+         if kind == "text" and c != "status"]  # fmt: skip
 """The text columns of ``steps()`` (``status`` is made a Categorical)."""
 COLUMNAR_ROWS = 150_000
 """From this many rows on, ``steps()`` of a whole log reads through Arrow (``columnar``):
