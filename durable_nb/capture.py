@@ -2,8 +2,12 @@
 
 What a step shows is a list of events, in order: ``("stdout", text)``, ``("stderr", text)``
 (tqdm bars, warnings, logging) and ``("display", data, metadata)`` (``display()``, a
-figure's ``plt.show()``). A sync step in the main thread swaps ``sys.stdout`` and
-``sys.stderr`` for ``Tee`` objects (a nested step's write through its parent's). While
+figure's ``plt.show()``). While a run is in progress, ``sys.stdout`` and ``sys.stderr``
+are ``Shared`` tees: a sync step in the main thread only adds its event list to theirs (a
+nested step's list after its parent's), which costs a fraction of swapping streams per
+step; the engine puts the streams back when the last run ends (``release``). Where the
+streams were replaced by someone else meanwhile, such a step swaps them for ``Tee``
+objects of its own for the time it runs, as before. While
 async steps or steps in other threads capture, the streams are ``_Router`` objects that
 pass each write on and append it to the event lists of the steps the writing context is
 inside (``contextvars``: each asyncio task and each thread has its own, so concurrent
@@ -29,11 +33,13 @@ __all__ = [
     "KEPT",
     "REPLAY_MARK",
     "Capture",
+    "Shared",
     "Stream",
     "Tee",
     "budget",
     "clip",
     "record_display",
+    "release",
     "replay",
     "set_display",
     "settle",
@@ -99,6 +105,26 @@ class Tee(Stream):
     def write(self, text: str) -> int:
         self.events.append((self.stream, text))
         return self.target.write(text)
+
+
+class Shared(Stream):
+    """Keeps each write as an event of every step in ``lists`` (the sync steps running in
+    the main thread, outermost first); with none, it only passes writes on."""
+
+    __slots__ = ("lists", "stream")
+
+    def __init__(self, target: Any, stream: str) -> None:
+        self.target = target
+        self.lists: list[list[Event]] = []
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for events in self.lists:
+            events.append((self.stream, text))
+        return self.target.write(text)
+
+    def isatty(self) -> bool:
+        return False if self.lists else bool(self.target.isatty())
 
 
 # The event lists of the steps the current context (task, thread) is inside, outermost first.
@@ -191,28 +217,49 @@ class Capture:
     and steps in other threads run interleaved, so they are routed by context instead.
     """
 
-    __slots__ = ("_logged", "_tees", "_token", "events")
+    __slots__ = ("_logged", "_shared", "_tees", "_token", "events")
 
     def __init__(self, *, routed: bool = False) -> None:
-        self.events: list[Event] = []
+        events: list[Event] = []
+        self.events = events
         self._token: contextvars.Token[tuple[list[Event], ...]] | None = None
         self._tees: tuple[Tee, Tee] | None = None
+        self._shared: tuple[Shared, Shared] | None = None
         if routed or threading.get_ident() != _MAIN:
-            self._token = _lists.set((*_lists.get(), self.events))
+            self._token = _lists.set((*_lists.get(), events))
             _install()
         else:
-            _main.append(self.events)
-            with _users_lock:
-                out = Tee(sys.stdout, self.events, "stdout")
-                err = Tee(sys.stderr, self.events, "stderr")
-                self._tees = out, err
-                sys.stdout, sys.stderr = out, err
+            _main.append(events)
+            out, err = sys.stdout, sys.stderr
+            if type(out) is not Shared or type(err) is not Shared:
+                out, err = _share()
+            if out is not None:
+                out.lists.append(events)
+                err.lists.append(events)
+                self._shared = out, err
+            else:  # the streams are someone else's wrappers (or a router): tee them
+                with _users_lock:
+                    out = Tee(sys.stdout, events, "stdout")
+                    err = Tee(sys.stderr, events, "stderr")
+                    self._tees = out, err
+                    sys.stdout, sys.stderr = out, err
         self._logged = _log_start() if logging.root.handlers else False
 
     def stop(self) -> None:
         """Stop capturing (what was shown stays in ``events``)."""
         if self._logged:
             _log_stop()
+        events = self.events
+        if self._shared is not None:
+            for shared in self._shared:
+                lists = shared.lists
+                if lists and lists[-1] is events:
+                    lists.pop()
+                else:  # stopped out of order: drop this list only
+                    shared.lists = [e for e in lists if e is not events]
+            if _main and _main[-1] is events:
+                _main.pop()
+            return
         if self._tees is not None:
             out, err = self._tees
             with _users_lock:  # a router its threads no longer need is not put back
@@ -226,6 +273,32 @@ class Capture:
             _lists.reset(self._token)  # type: ignore[arg-type]
         except ValueError:  # stopped in another context than started: drop this list only
             _lists.set(tuple(e for e in _lists.get() if e is not self.events))
+
+
+def _share() -> tuple[Shared, Shared] | tuple[None, None]:
+    """Put ``Shared`` tees in place of plain ``sys.stdout`` / ``sys.stderr`` (they stay
+    until ``release``); (None, None) when either is already a wrapper of ours or a
+    router, which per-step tees then go through."""
+    with _users_lock:
+        out, err = sys.stdout, sys.stderr
+        if isinstance(out, (Tee, _Router)) or isinstance(err, (Tee, _Router)):
+            return None, None
+        if type(out) is not Shared:
+            out = sys.stdout = Shared(out, "stdout")
+        if type(err) is not Shared:
+            err = sys.stderr = Shared(err, "stderr")
+        return out, err
+
+
+def release() -> None:
+    """Put back the streams ``Shared`` tees stand in for, where they are still on top and
+    no step uses them (the engine calls it when the last run in progress ends)."""
+    with _users_lock:
+        out, err = sys.stdout, sys.stderr
+        if type(out) is Shared and not out.lists:
+            sys.stdout = out.target
+        if type(err) is Shared and not err.lists:
+            sys.stderr = err.target
 
 
 def _spent(stream: Any) -> bool:

@@ -163,6 +163,44 @@ def test_log_lines_are_kept_once_and_the_streams_put_back(log_path: Path) -> Non
     assert rows["outer"].count("inner says 1") == 1
 
 
+def test_streams_stay_shared_through_a_run_and_honour_redirects(log_path: Path) -> None:
+    import contextlib
+    import io
+    import sys
+
+    before = sys.stdout, sys.stderr
+
+    @step
+    def inner(i: int) -> int:
+        print(f"inner {i}")
+        return i
+
+    @step
+    def outer(i: int) -> int:
+        print(f"outer {i}")
+        return inner(i) + 1
+
+    buffer = io.StringIO()
+    with workflow("shared"):
+        outer(1)
+        print("between steps")  # the cell's, no step's
+        with contextlib.redirect_stdout(buffer):  # a step under someone else's stream
+            outer(2)
+        outer(3)
+    assert (sys.stdout, sys.stderr) == before
+    assert buffer.getvalue() == "outer 2\ninner 2\n"
+    rows = (
+        sqlite3.connect(log_path)
+        .execute("SELECT name, args_repr, stdout FROM steps ORDER BY id")
+        .fetchall()
+    )
+    shown = {(name, args): out for name, args, out in rows}
+    for i in (1, 2, 3):
+        assert shown[("outer", str(i))] == f"outer {i}\ninner {i}\n"
+        assert shown[("inner", str(i))] == f"inner {i}\n"
+    assert all("between" not in (out or "") for _, _, out in rows)
+
+
 def test_interleaved_streams_keep_at_most_kept_in_all(log_path: Path) -> None:
     import sys
 
