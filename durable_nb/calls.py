@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import serialization
 from .capture import Event, settle, stdout_of
-from .experiments import metrics_document
+from .experiments import metrics_document, result_documents
 from .records import CompletedRow, StepKey, StepRow
+from .serialization import args_repr
 
 if TYPE_CHECKING:
     from .dependencies import Digest
@@ -25,16 +26,6 @@ if TYPE_CHECKING:
     from .engine import Run
 
 __all__ = ["Call", "args_repr"]
-
-
-def args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """The arguments of a call as shown in the log, at most 200 characters."""
-    if len(args) == 1 and not kwargs:
-        return serialization.short_repr(args[0])
-    parts = [serialization.short_repr(a) for a in args]
-    parts += [f"{k}={serialization.short_repr(v)}" for k, v in kwargs.items()]
-    text = ", ".join(parts)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
@@ -105,17 +96,19 @@ class Call:
         arrived while it ran: kept, never replayed). The common checkpoint (value inline,
         nothing printed, nothing to note) is the smaller ``CompletedRow``."""
         run, (scope, name, digest, occurrence) = self.run, self.key
-        shown = args_repr(self.args, self.kwargs)
-        params = self.arguments.params(self.args, self.kwargs) if self.arguments else None
+        if self.arguments is not None:
+            shown, params = self.arguments.documents(self.args, self.kwargs)
+        else:
+            shown, params = args_repr(self.args, self.kwargs), None
         reason = note or self.reason
         if interrupted:
             reason = "Ctrl-C arrived while it ran and it returned: kept, but it runs again"
         if error is None and encoded is not None and encoded.inline and not printed and not reason:
-            type_name, value_repr = serialization.describe(value)
+            type_name, value_repr, metrics = result_documents(value)
             return CompletedRow(
                 run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
                 attempt, started, time.time(), encoded.size, type_name, value_repr, shown,
-                encoded.segments[0], params, metrics_document(value),  # type: ignore[arg-type]
+                encoded.segments[0], params, metrics,  # type: ignore[arg-type]
             )  # fmt: skip
         events = settle(printed) if printed else []
         stdout = stdout_of(events) or None

@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 from xxhash import xxh3_128, xxh3_128_hexdigest
 
 from .codeinfo import is_user_module
-from .experiments import flat_pairs, params_document
+from .experiments import flat_texts, params_document
+from .serialization import args_repr
 
 __all__ = [
     "Arguments",
@@ -414,13 +415,19 @@ class Arguments:
             return args, kwargs
         return bound_args + args, {**bound_kw, **kwargs}
 
-    def params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        """The call's arguments by name as a JSON document (``experiments``)."""
-        if self._simple and not kwargs and len(args) == self._positional:  # the common case
-            flat = flat_pairs(zip(self._names, args, strict=True))
-            if flat is not None:
-                return flat if args else None
-        return params_document(self.named(args, kwargs))
+    def documents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str | None]:
+        """The call's arguments as the log shows them (``args_repr``) and by name as a JSON
+        document (``params``, for ``experiments``); in the common case (plain values given
+        by position) from one pass that formats each value once."""
+        if self._simple and not kwargs and len(args) == self._positional:
+            texts = flat_texts(zip(self._names, args, strict=True))
+            if texts is not None:
+                if not args:
+                    return "", None
+                shown = texts[0]
+                text = shown[0] if len(shown) == 1 else ", ".join(shown)
+                return text if len(text) <= 200 else text[:197] + "...", texts[1]
+        return args_repr(args, kwargs), params_document(self.named(args, kwargs))
 
     def named(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults filled in (``args``/``kwargs``

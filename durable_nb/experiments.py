@@ -23,17 +23,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .serialization import short_repr
+from .serialization import describe, short_repr
+
+Texts = tuple[list[str], str]
 
 __all__ = [
     "MAX_FIELDS",
     "compare",
     "experiments",
+    "flat_texts",
     "metrics_document",
     "params_document",
+    "result_documents",
     "styled",
 ]
 
@@ -52,6 +56,8 @@ def _jsonable(value: Any) -> Any:
         t = type(value)
     if t is float and not math.isfinite(value):
         return repr(value)
+    if t is int and value.bit_length() > 14_000:  # more digits than Python turns into text
+        return short_repr(value)
     if t in _SCALARS:
         return value
     for base in (bool, int, float, str):  # a subclass (an IntEnum, a str subclass)
@@ -98,6 +104,7 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=st
 
 
 _quote = json.encoder.encode_basestring  # the C one, as json.dumps uses
+_finite = math.isfinite
 
 
 def _flat(fields: dict[Any, Any]) -> str | None:
@@ -105,31 +112,75 @@ def _flat(fields: dict[Any, Any]) -> str | None:
     written at once, as json.dumps would write it), or None."""
     if len(fields) > MAX_FIELDS:
         return None
-    return flat_pairs(fields.items())
+    texts = flat_texts(fields.items())
+    return None if texts is None else texts[1]
 
 
-def flat_pairs(pairs: Any) -> str | None:
-    """The JSON object of (name, scalar) pairs, as json.dumps writes it; None if a name is
-    not a string or a value not a JSON scalar (then the slower, general path is taken)."""
+_names: dict[str, tuple[str, str]] = {}  # a name: its JSON key with ':', its repr with ': '
+
+
+def _name(key: str) -> tuple[str, str]:
+    if len(_names) > 4096:
+        _names.clear()
+    texts = _names[key] = (f"{_quote(key)}:", f"{key!r}: ")
+    return texts
+
+
+def flat_texts(pairs: Iterable[tuple[Any, Any]], keyed: bool = False) -> Texts | None:
+    """For (name, value) pairs whose names are strings and values JSON scalars: each
+    value's short repr (``'name': repr`` with ``keyed``, as a dict's repr shows it) and the
+    JSON object of the pairs as json.dumps writes it, each value formatted once (the
+    checkpoint needs both); None for anything else (then the general path is taken)."""
+    shown = []
     parts = []
-    for key, value in pairs:
-        t = type(value)
-        if type(key) is not str:
-            return None
-        if t is str:
-            text = _quote(value)
-        elif t is int:
-            text = int.__repr__(value)
-        elif t is float and math.isfinite(value):
-            text = float.__repr__(value)
-        elif t is bool:
-            text = "true" if value else "false"
-        elif value is None:
-            text = "null"
-        else:
-            return None
-        parts.append(f"{_quote(key)}:{text}")
-    return "{" + ",".join(parts) + "}"
+    try:
+        for key, value in pairs:
+            names = _names.get(key) if type(key) is str else None
+            if names is None:
+                if type(key) is not str:
+                    return None
+                names = _name(key)
+            t = type(value)
+            if t is int:
+                text = doc = int.__repr__(value)
+            elif t is float:
+                if not _finite(value):
+                    return None
+                text = doc = float.__repr__(value)
+            elif t is str:
+                text = repr(value) if len(value) <= 80 else repr(value[:80])
+                doc = _quote(value)
+            elif t is bool:
+                text, doc = ("True", "true") if value else ("False", "false")
+            elif value is None:
+                text, doc = "None", "null"
+            else:
+                return None
+            parts.append(names[0] + doc)
+            if len(text) > 80:
+                text = text[:77] + "..."
+            shown.append(names[1] + text if keyed else text)
+    except ValueError:  # an int too long to convert to text
+        return None
+    return shown, "{" + ",".join(parts) + "}"
+
+
+def result_documents(value: Any) -> tuple[str, str, str | None]:
+    """(type name, short repr, ``metrics`` JSON) of a step's result, as
+    ``serialization.describe`` and ``metrics_document`` give them; a small dict of scalars
+    or a scalar (the common results) in one pass."""
+    t = type(value)
+    if t is dict and len(value) <= 6:
+        texts = flat_texts(value.items(), keyed=True)
+        if texts is not None:
+            text = "{" + ", ".join(texts[0]) + "}"
+            text = text if len(text) <= 80 else text[:77] + "..."
+            return "dict", text, texts[1] if value else None
+    elif t is int or t is float or t is str or t is bool:
+        texts = flat_texts((("result", value),))
+        if texts is not None:
+            return t.__name__, texts[0][0], texts[1]
+    return (*describe(value), metrics_document(value))
 
 
 def params_document(named: Mapping[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ __all__ = [
     "INLINE_LIMIT",
     "Encoded",
     "NotSerializable",
+    "args_repr",
     "decode",
     "describe",
     "encode",
@@ -105,16 +106,26 @@ def _flat(value: Any) -> bool:
 def short_repr(value: object) -> str:
     """A repr of at most 80 characters that stays cheap for huge values."""
     cls = type(value)
-    if cls in _SCALARS:
-        text = repr(value) if cls is not str or len(value) <= 80 else repr(value[:80])  # type: ignore[index]
-    elif (cls is dict or cls is list or cls is tuple) and len(value) <= 6 and _flat(value):  # type: ignore[arg-type]
-        text = repr(value)
-    else:
-        try:
+    try:
+        if cls in _SCALARS:
+            text = repr(value) if cls is not str or len(value) <= 80 else repr(value[:80])  # type: ignore[index]
+        elif (cls is dict or cls is list or cls is tuple) and len(value) <= 6 and _flat(value):  # type: ignore[arg-type]
+            text = repr(value)
+        else:
             text = _repr.repr(value)
-        except Exception:
-            text = f"<{cls.__qualname__}>"
+    except Exception:  # a failing __repr__, an int of more digits than Python turns into text
+        text = f"<int of {value.bit_length()} bits>" if cls is int else f"<{cls.__qualname__}>"  # type: ignore[attr-defined]
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def args_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The arguments of a call as shown in the log, at most 200 characters."""
+    if len(args) == 1 and not kwargs:
+        return short_repr(args[0])
+    parts = [short_repr(a) for a in args]
+    parts += [f"{k}={short_repr(v)}" for k, v in kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 _type_names: dict[type, str] = {}

@@ -111,6 +111,43 @@ with workflow("gone"):
 """
 
 
+ODD_VALUES = [
+    1.5, -0.0, 1e300, float("nan"), float("inf"), 2**70, "x" * 100, 'é"\'\\\n', True, None,
+    (1, 2), [1, 2], b"by", {}, {"k": 1}, {1: 2}, {"a" * 90: 1}, {"x": float("inf")},
+    {"a": 1, "b": 2.5, "c": "s", "d": None, "e": True, "f": 0, "g": 7}, np.float64(2.5),
+    np.int64(3), 10**5000, {"x": 10**5000},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=lambda v: type(v).__name__)
+def test_the_one_pass_texts_match_repr_and_json(value: object) -> None:
+    from durable_nb.digests import Arguments
+    from durable_nb.experiments import metrics_document, params_document, result_documents
+    from durable_nb.serialization import args_repr, describe
+
+    assert result_documents(value) == (*describe(value), metrics_document(value))
+
+    def two(a: object, b: object = "s") -> None: ...
+
+    arguments = Arguments(two)
+    for args in ((value, "y" * 90), (value, value)):
+        expected = (args_repr(args, {}), params_document(arguments.named(args, {})))
+        assert arguments.documents(args, {}) == expected
+
+
+def test_a_result_too_long_to_print_is_kept_and_replayed(log_path: Path) -> None:
+    @step
+    def power(n: int) -> int:
+        return 10**n  # more digits than Python turns into text
+
+    for _ in range(2):
+        with workflow("huge") as run:
+            assert power(5000) == 10**5000
+    assert run.steps_replayed == 1
+    row = sqlite3.connect(log_path).execute("SELECT result_repr, metrics FROM steps").fetchone()
+    assert row == ("<int of 16610 bits>", '{"result":"<int of 16610 bits>"}')
+
+
 def test_results_of_a_module_gone_are_still_read_and_pickles_never_run(tmp_path: Path) -> None:
     module = tmp_path / "gone_module.py"
     module.write_text(
