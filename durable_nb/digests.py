@@ -420,7 +420,7 @@ class Arguments:
         document (``params``, for ``experiments``); in the common case (plain values given
         by position) from one pass that formats each value once."""
         if self._simple and not kwargs and len(args) == self._positional:
-            texts = flat_texts(zip(self._names, args, strict=True))
+            texts = flat_texts(zip(self._names, args))  # noqa: B905 - same lengths; strict= costs
             if texts is not None:
                 if not args:
                     return "", None

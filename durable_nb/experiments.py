@@ -141,12 +141,12 @@ def flat_texts(pairs: Iterable[tuple[Any, Any]], keyed: bool = False) -> Texts |
                     return None
                 names = _name(key)
             t = type(value)
-            if t is int:
-                text = doc = int.__repr__(value)
+            if t is int:  # (exact types: repr() is their own, and twice as fast as int.__repr__)
+                text = doc = repr(value)
             elif t is float:
                 if not _finite(value):
                     return None
-                text = doc = float.__repr__(value)
+                text = doc = repr(value)
             elif t is str:
                 text = repr(value) if len(value) <= 80 else repr(value[:80])
                 doc = _quote(value)

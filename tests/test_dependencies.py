@@ -556,6 +556,43 @@ def test_a_big_array_changed_in_place_between_two_calls_is_seen(module, log_path
     assert (run.steps_replayed, run.steps_run) == (1, 1)
 
 
+@pytest.mark.parametrize(
+    "make", ["np.zeros((600, 500))", "np.zeros((600, 500), order='F')", "np.zeros(600_000)[::2]"]
+)
+def test_big_arrays_of_every_layout_changed_in_place_are_seen(
+    module, log_path: Path, make: str
+) -> None:
+    nb = module(
+        "nb_layouts",
+        f"import numpy as np\nARR = {make}\ndef s(tag):\n    return float(ARR.sum())\n",
+    )
+    s = Step(nb.s)
+    with workflow("layouts") as run:
+        assert s("a") == 0.0
+        assert s("a") == 0.0  # a second call of the same arguments: the next occurrence
+        nb.ARR += 1
+        assert s("a") == nb.ARR.size
+    with workflow("layouts") as run:
+        nb.ARR[:] = 0
+        assert s("a") == s("a") == 0.0  # replayed: recorded with zeros
+        nb.ARR += 2  # changed in place between calls: the third runs
+        assert s("a") == 2 * nb.ARR.size
+    assert (run.steps_replayed, run.steps_run) == (2, 1)
+
+
+def test_a_big_array_given_a_new_shape_in_place_is_a_new_value(module, log_path: Path) -> None:
+    nb = module(
+        "nb_shape",
+        "import numpy as np\nARR = np.zeros((600, 500))\ndef s():\n    return ARR.ndim\n",
+    )
+    s = Step(nb.s)
+    with workflow("shape") as run:
+        assert s() == 2
+        nb.ARR.shape = (300_000,)  # the same memory and values, another shape
+        assert s() == 1
+    assert run.steps_run == 2
+
+
 EDITED = """
 import sys, pathlib
 sys.path.insert(0, sys.argv[2])
