@@ -128,6 +128,7 @@ class Store:
         self._me = owners.current_owner()
         self._digests: set[str] = set()  # digests whose document is stored (this process)
         self.conn = connect(self.path, readonly=readonly)
+        self._cursor = self.conn.cursor()  # writes share one (a cursor per statement: +1 us)
         self._checkpointer = None if readonly else Checkpointer(self.path)
         self._recovered = False
         if not readonly and recover:  # else at the first run (a --plan writes nothing)
@@ -179,7 +180,7 @@ class Store:
         """One statement, one atomic commit (autocommit mode); returns the new rowid."""
         try:
             with self._lock:
-                return self.conn.execute(sql, params).lastrowid or 0
+                return self._cursor.execute(sql, params).lastrowid or 0
         except sqlite3.Error as exc:
             raise fail(self.path, exc, "write") from None
 
