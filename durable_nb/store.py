@@ -126,7 +126,7 @@ class Store:
         self._depth = 0
         self._active: set[int] = set()
         self._me = owners.current_owner()
-        self._digests: set[str] = set()  # digests whose document is stored (this process)
+        self.digests_stored: set[str] = set()  # digests whose document is stored (here)
         self.conn = connect(self.path, readonly=readonly)
         self._cursor = self.conn.cursor()  # writes share one (a cursor per statement: +1 us)
         self._checkpointer = None if readonly else Checkpointer(self.path)
@@ -449,11 +449,11 @@ class Store:
 
     def remember_digest(self, digest: str, document: Callable[[], str]) -> None:
         """Store what ``digest`` covers (``document()``, JSON) unless already stored."""
-        if digest in self._digests:
+        if digest in self.digests_stored:
             return
         sql = "INSERT OR IGNORE INTO digests (digest, doc) VALUES (?, ?)"
         self._write(sql, (digest, document()))
-        self._digests.add(digest)
+        self.digests_stored.add(digest)
 
     def digest_document(self, digest: str) -> dict[str, Any] | None:
         """What a stored digest covers, or None for a record older than dependency digests."""
@@ -518,7 +518,7 @@ class Store:
                     f" by {who}; their digests were {', '.join(old) or 'none'}",
                 ),
             )
-        self._digests.update(documents)
+        self.digests_stored.update(documents)
         return len(changes)
 
     def insert_step(self, row: StepRow) -> int:
