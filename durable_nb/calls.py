@@ -37,6 +37,7 @@ def encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
 
 
 _TRACEBACK_CHARS = 20_000
+_new_row = tuple.__new__  # a NamedTuple from a tuple, without its Python-level __new__
 
 
 def _traceback(error: BaseException, step: str) -> str:
@@ -105,11 +106,11 @@ class Call:
             reason = "Ctrl-C arrived while it ran and it returned: kept, but it runs again"
         if error is None and encoded is not None and encoded.inline and not printed and not reason:
             type_name, value_repr, metrics = result_documents(value)
-            return CompletedRow(
+            return _new_row(CompletedRow, (
                 run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
                 attempt, started, time.time(), encoded.size, type_name, value_repr, shown,
-                encoded.segments[0], params, metrics,  # type: ignore[arg-type]
-            )  # fmt: skip
+                encoded.segments[0], params, metrics,
+            ))  # fmt: skip
         events = settle(printed) if printed else []
         stdout = stdout_of(events) or None
         extra = any(e[0] != "stdout" for e in events)

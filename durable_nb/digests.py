@@ -372,6 +372,7 @@ class Arguments:
         "_positional",
         "_sig",
         "_simple",
+        "binds",
     )  # fmt: skip
 
     def __init__(self, fn: Callable[..., Any]) -> None:
@@ -383,6 +384,7 @@ class Arguments:
             bound_kw = {**target.keywords, **bound_kw}
             target = target.func
         self._bound = (bound_args, bound_kw)
+        self.binds = bool(bound_args or bound_kw)  # a partial's: ``merged`` adds them
         try:
             self._sig: inspect.Signature | None = inspect.signature(target)
         except (TypeError, ValueError):

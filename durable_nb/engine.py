@@ -572,16 +572,19 @@ class Step:
             occurrence = scope.counts.get(counter, 0)
             scope.counts[counter] = occurrence + 1
         key = (scope.key, self.name, digest, occurrence)
-        merged = self._arguments.merged(args, kwargs)
+        if self._arguments.binds:
+            args, kwargs = self._arguments.merged(args, kwargs)
         run = scope.run
         digest_ = self.dependencies.digest(run.deps, code)
-        return Call(run, self.name, key, digest_, *merged, self._arguments)
+        return Call(run, self.name, key, digest_, args, kwargs, self._arguments)
 
     def _lookup(self, call: Call) -> tuple[bool, Any]:
         """(replayed, value): the replay rule applied to one call; sets ``call.reason``."""
         run = call.run
         digest = call.digest
         decision = decide(run.completed, call.key, digest.value)
+        if decision is _RUN and not run.plan:  # never run: the common case of a first run
+            return False, None
         record = decision.record
         if record is None:
             stale = decision.stale
@@ -621,7 +624,7 @@ class Step:
             started = time.time()
             token = _current.set(_Scope(run, call.key))
             shown = Capture()
-            before = interrupts.count()
+            before = interrupts.seen  # (an attribute: a call costs more, in a loop of steps)
             try:
                 value = self.fn(*args, **kwargs)
             except BaseException as exc:
@@ -634,7 +637,7 @@ class Step:
             shown.stop()
             _current.reset(token)
             self._succeeded(call, attempt, started, shown.events, value,
-                            interrupts.count() != before)  # fmt: skip
+                            interrupts.seen != before)  # fmt: skip
             return value
         raise AssertionError("unreachable")
 
@@ -717,15 +720,16 @@ class Step:
         run = call.run
         with run.lock:  # steps may finish in several threads at once
             run.steps_run += 1
-        if why is None and not interrupted:
-            run.used[(self.name, call.digest.value)] = call.digest.refs
-        if why is not None:
-            run.warn_once(
-                self.name,
-                f"step {self.name} returned a {serialization.describe(value)[0]} that cannot "
-                f"be pickled; it is not durable and will run again next time "
-                f"({why.split(';')[0]})",
-            )
+        if why is None:
+            if not interrupted:
+                run.used[(self.name, call.digest.value)] = call.digest.refs
+            return
+        run.warn_once(
+            self.name,
+            f"step {self.name} returned a {serialization.describe(value)[0]} that cannot "
+            f"be pickled; it is not durable and will run again next time "
+            f"({why.split(';')[0]})",
+        )
 
 
 @overload

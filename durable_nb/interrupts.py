@@ -14,9 +14,10 @@ import threading
 from types import FrameType
 from typing import Any
 
-__all__ = ["count", "unwatch", "watch"]
+__all__ = ["count", "seen", "unwatch", "watch"]
 
-_count = 0
+seen = 0
+"""How many SIGINTs arrived while a workflow was watching (read it; ``count()`` too)."""
 _watchers = 0
 _previous: Any = None
 _lock = threading.Lock()
@@ -24,12 +25,12 @@ _lock = threading.Lock()
 
 def count() -> int:
     """How many SIGINTs arrived while a workflow was watching."""
-    return _count
+    return seen
 
 
 def _handler(signum: int, frame: FrameType | None) -> Any:
-    global _count
-    _count += 1
+    global seen
+    seen += 1
     previous = _previous
     if callable(previous):
         return previous(signum, frame)
