@@ -38,6 +38,7 @@ def encode(value: Any) -> tuple[serialization.Encoded | None, str | None]:
 
 _TRACEBACK_CHARS = 20_000
 _new_row = tuple.__new__  # a NamedTuple from a tuple, without its Python-level __new__
+_COPIED = 4096  # inline values up to this size are bound as a bytearray (about 1 us less)
 
 
 def _traceback(error: BaseException, step: str) -> str:
@@ -106,10 +107,13 @@ class Call:
             reason = "Ctrl-C arrived while it ran and it returned: kept, but it runs again"
         if error is None and encoded is not None and encoded.inline and not printed and not reason:
             type_name, value_repr, metrics = result_documents(value)
+            payload = encoded.segments[0]
+            if encoded.size <= _COPIED:  # sqlite3 looks up an adapter for bytes, not bytearray
+                payload = bytearray(payload)
             return _new_row(CompletedRow, (
                 run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
                 attempt, started, time.time(), encoded.size, type_name, value_repr, shown,
-                encoded.segments[0], params, metrics,
+                payload, params, metrics,
             ))  # fmt: skip
         events = settle(printed) if printed else []
         stdout = stdout_of(events) or None

@@ -95,7 +95,7 @@ class CompletedRow(NamedTuple):
     result_type: str
     result_repr: str
     args_repr: str
-    result: bytes
+    result: bytes | bytearray
     params: str | None
     metrics: str | None
 
