@@ -212,9 +212,10 @@ def _bypassing_handlers() -> list[logging.Handler]:
 class Capture:
     """What one step call shows, from creation to ``stop``: ``events``.
 
-    A sync step in the main thread swaps ``sys.stdout`` and ``sys.stderr`` for ``Tee``s
-    (the cheapest; a nested step's tees write through its parent's). Async steps (``routed``)
-    and steps in other threads run interleaved, so they are routed by context instead.
+    A sync step in the main thread adds its list to the ``Shared`` tees (put in place by the
+    first one), or, where the streams are someone else's wrappers, swaps them for ``Tee``s
+    of its own (a nested step's write through its parent's). Async steps (``routed``) and
+    steps in other threads run interleaved, so they are routed by context instead.
     """
 
     __slots__ = ("_logged", "_shared", "_tees", "_token", "events")
