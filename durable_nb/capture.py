@@ -108,23 +108,22 @@ class Tee(Stream):
 
 
 class Shared(Stream):
-    """Keeps each write as an event of every step in ``lists`` (the sync steps running in
-    the main thread, outermost first); with none, it only passes writes on."""
+    """Keeps each write as an event of every sync step running in the main thread that
+    captures through it (``_main``, outermost first); with none, it only passes writes on."""
 
-    __slots__ = ("lists", "stream")
+    __slots__ = ("stream",)
 
     def __init__(self, target: Any, stream: str) -> None:
         self.target = target
-        self.lists: list[list[Event]] = []
         self.stream = stream
 
     def write(self, text: str) -> int:
-        for events in self.lists:
+        for events in _main:
             events.append((self.stream, text))
         return self.target.write(text)
 
     def isatty(self) -> bool:
-        return False if self.lists else bool(self.target.isatty())
+        return False if _main else bool(self.target.isatty())
 
 
 # The event lists of the steps the current context (task, thread) is inside, outermost first.
@@ -149,8 +148,10 @@ class _Router(Stream):
         return self.target.write(text)
 
 
-# Sync steps in the main thread (one at a time, nested): their event lists, outermost first.
+# Sync steps in the main thread (one at a time, nested): their event lists, outermost first;
+# those that capture through the Shared tees, and those that tee the streams themselves.
 _main: list[list[Event]] = []
+_teed: list[list[Event]] = []
 _MAIN = threading.main_thread().ident
 
 
@@ -225,49 +226,35 @@ class Capture:
         self.events = events
         self._token: contextvars.Token[tuple[list[Event], ...]] | None = None
         self._tees: tuple[Tee, Tee] | None = None
-        self._shared: tuple[Shared, Shared] | None = None
+        self._shared = False
         if routed or threading.get_ident() != _MAIN:
             self._token = _lists.set((*_lists.get(), events))
             _install()
-        else:
+        elif (type(sys.stdout) is Shared and type(sys.stderr) is Shared) or _share():
             _main.append(events)
-            out, err = sys.stdout, sys.stderr
-            if type(out) is not Shared or type(err) is not Shared:
-                out, err = _share()
-            if out is not None:
-                out.lists.append(events)
-                err.lists.append(events)
-                self._shared = out, err
-            else:  # the streams are someone else's wrappers (or a router): tee them
-                with _users_lock:
-                    out = Tee(sys.stdout, events, "stdout")
-                    err = Tee(sys.stderr, events, "stderr")
-                    self._tees = out, err
-                    sys.stdout, sys.stderr = out, err
+            self._shared = True
+        else:  # the streams are someone else's wrappers (or a router): tee them
+            _teed.append(events)
+            with _users_lock:
+                out = Tee(sys.stdout, events, "stdout")
+                err = Tee(sys.stderr, events, "stderr")
+                self._tees = out, err
+                sys.stdout, sys.stderr = out, err
         self._logged = _log_start() if logging.root.handlers else False
 
     def stop(self) -> None:
         """Stop capturing (what was shown stays in ``events``)."""
         if self._logged:
             _log_stop()
-        events = self.events
-        if self._shared is not None:
-            for shared in self._shared:
-                lists = shared.lists
-                if lists and lists[-1] is events:
-                    lists.pop()
-                else:  # stopped out of order: drop this list only
-                    shared.lists = [e for e in lists if e is not events]
-            if _main and _main[-1] is events:
-                _main.pop()
+        if self._shared:
+            _drop(_main, self.events)
             return
         if self._tees is not None:
             out, err = self._tees
             with _users_lock:  # a router its threads no longer need is not put back
                 sys.stdout = out.target.target if _spent(out.target) else out.target
                 sys.stderr = err.target.target if _spent(err.target) else err.target
-            if _main and _main[-1] is self.events:
-                _main.pop()
+            _drop(_teed, self.events)
             return
         _uninstall()
         try:
@@ -276,30 +263,37 @@ class Capture:
             _lists.set(tuple(e for e in _lists.get() if e is not self.events))
 
 
-def _share() -> tuple[Shared, Shared] | tuple[None, None]:
+def _drop(lists: list[list[Event]], events: list[Event]) -> None:
+    if lists and lists[-1] is events:
+        lists.pop()
+    else:  # stopped out of order: drop this list only
+        lists[:] = [e for e in lists if e is not events]
+
+
+def _share() -> bool:
     """Put ``Shared`` tees in place of plain ``sys.stdout`` / ``sys.stderr`` (they stay
-    until ``release``); (None, None) when either is already a wrapper of ours or a
-    router, which per-step tees then go through."""
+    until ``release``); False when either is a wrapper of ours, which a step then tees."""
     with _users_lock:
         out, err = sys.stdout, sys.stderr
         if isinstance(out, (Tee, _Router)) or isinstance(err, (Tee, _Router)):
-            return None, None
+            return False
         if type(out) is not Shared:
-            out = sys.stdout = Shared(out, "stdout")
+            sys.stdout = Shared(out, "stdout")
         if type(err) is not Shared:
-            err = sys.stderr = Shared(err, "stderr")
-        return out, err
+            sys.stderr = Shared(err, "stderr")
+        return True
 
 
 def release() -> None:
     """Put back the streams ``Shared`` tees stand in for, where they are still on top and
     no step uses them (the engine calls it when the last run in progress ends)."""
     with _users_lock:
-        out, err = sys.stdout, sys.stderr
-        if type(out) is Shared and not out.lists:
-            sys.stdout = out.target
-        if type(err) is Shared and not err.lists:
-            sys.stderr = err.target
+        if _main:
+            return
+        if type(sys.stdout) is Shared:
+            sys.stdout = sys.stdout.target
+        if type(sys.stderr) is Shared:
+            sys.stderr = sys.stderr.target
 
 
 def _spent(stream: Any) -> bool:
@@ -336,14 +330,15 @@ def _log_stop() -> None:
 def _capturing() -> list[list[Event]]:
     """The event lists of the steps capturing in this context."""
     lists = list(_lists.get())
-    if _main and threading.get_ident() == _MAIN:
+    if (_main or _teed) and threading.get_ident() == _MAIN:
         lists += _main
+        lists += _teed
     return lists
 
 
 def record_display(data: dict[str, Any], metadata: dict[str, Any] | None) -> None:
     """A rich display (``display()``, a figure) shown now: part of the capturing steps'."""
-    if _main or _lists.get():
+    if _main or _teed or _lists.get():
         event = ("display", data, metadata or {})
         for events in _capturing():
             events.append(event)
