@@ -205,7 +205,9 @@ def _bypassing_handlers() -> list[logging.Handler]:
     found = []
     for handler in logging.root.handlers:
         stream = getattr(handler, "stream", None)
-        if isinstance(handler, logging.StreamHandler) and not isinstance(stream, (_Router, Tee)):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            stream, (_Router, Tee, Shared)
+        ):
             found.append(handler)
     return found
 

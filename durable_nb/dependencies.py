@@ -446,23 +446,8 @@ Probe = Callable[[], Any]
 
 
 def _probe(obj: Any, *, big: bool = False) -> Probe:
-    """What gives ``obj``'s fingerprint (``_fingerprint``) at each look; for a big numpy
-    array whose elements can be seen in order without a copy, it keeps the strided view of
-    the sample, so that a look only copies those elements (a third of its cost)."""
-    t = type(obj)
-    if (
-        big
-        and t.__module__ == "numpy"
-        and t.__name__ == "ndarray"
-        and not obj.dtype.hasobject
-        and (obj.ndim == 1 or obj.flags.c_contiguous)
-    ):
-        sample = _sample(obj.reshape(-1), big)  # a view of a view: no copy
-
-        def look() -> Any:
-            return (obj.shape, obj.dtype, xxh3_64_intdigest(sample.tobytes()))
-
-        return look
+    """What gives ``obj``'s fingerprint (``_fingerprint``) at each look. (A big array's
+    sample view is not kept between looks: ``ndarray.resize`` frees the memory it sees.)"""
     return functools.partial(_fingerprint, obj, big=big)
 
 

@@ -865,3 +865,16 @@ def test_a_wrapped_cycle_does_not_hang_and_numpy_options_are_numbers() -> None:
     assert step(retries=np.int64(2), backoff=np.float32(2.0))(abs).retries == 2
     with pytest.raises(ValueError, match="backoff must be a number"):
         step(backoff=float("nan"))(abs)
+
+
+def test_a_big_array_resized_in_place_between_calls_runs_again(module, log_path: Path) -> None:
+    nb = module(
+        "nb_resize",
+        "import numpy as np\nARR = np.ones(1_000_000)\ndef s():\n    return float(ARR.sum())\n",
+    )
+    s = Step(nb.s)
+    with workflow("resize") as run:
+        assert s() == 1_000_000.0
+        nb.ARR.resize(3_000_000, refcheck=False)  # frees the memory a kept view would read
+        assert s() == 1_000_000.0  # the new elements are zeros: a new shape, so it runs
+    assert run.steps_run == 2
