@@ -155,8 +155,8 @@ class RunDependencies:
     __slots__ = ("arguments", "big", "packages", "walks")
 
     def __init__(self) -> None:
-        self.big: dict[int, tuple[Any, str, Probe, Any, tuple[Any, ...]]] = {}  # id -> (obj,
-        # digest, its probe, its fingerprint, code inside)
+        self.big: dict[int, tuple[Any, str, Any, tuple[Any, ...]]] = {}  # id -> (obj, digest,
+        # fingerprint, code inside)
         self.packages: set[str] = set()
         self.walks: dict[StepDependencies, _Walk] = {}
         # (step, ids of the code its arguments held) -> (base, walk, digest, that code)
@@ -201,7 +201,7 @@ class _Walk:
         self.reads: list[tuple[Any, str, Any]] = []  # (mapping, key, value it had)
         self.attrs: list[tuple[Any, str, Any]] = []  # (object, attribute, value it had)
         self.keys: list[tuple[Any, int]] = []  # (class dict, how many members it had)
-        self.rehash: list[tuple[Any, Probe, Any]] = []  # (mutable value, probe, fingerprint)
+        self.rehash: list[tuple[Any, Any, bool]] = []  # (mutable value, fingerprint, big)
         self.refs: list[list[str]] = []  # what arguments brought (see ``Digest.refs``)
         self.digest: Digest | None = None
 
@@ -224,8 +224,8 @@ class _Walk:
             for mapping, count in self.keys:  # a member added (each one is read by identity)
                 if len(mapping) != count:
                     return False
-            for obj, probe, fingerprint in self.rehash:
-                if probe() != fingerprint:
+            for obj, fingerprint, big in self.rehash:
+                if _fingerprint(obj, big=big) != fingerprint:
                     self.run.big.pop(id(obj), None)  # changed in place: hash it again
                     return False
         except Exception:  # e.g. a closure cell emptied since: walk again
@@ -416,9 +416,9 @@ class _Walk:
         fingerprint shows a change."""
         big = self.run.big
         hit = big.get(id(obj))
-        if hit is not None and hit[0] is obj and hit[2]() == hit[3]:
-            _, digest, probe, fingerprint, code = hit
-            self.rehash.append((obj, probe, fingerprint))
+        if hit is not None and hit[0] is obj and hit[2] == _fingerprint(obj, big=True):
+            _, digest, fingerprint, code = hit
+            self.rehash.append((obj, fingerprint, True))
             self.entries.append(Entry(label, digest))
         else:
             try:
@@ -429,33 +429,15 @@ class _Walk:
             if opaque:
                 self.opaque.append(label)
             elif cost > BIG:
-                probe = _probe(obj, big=True)
-                fingerprint = probe()
-                big[id(obj)] = (obj, digest, probe, fingerprint, code)
-                self.rehash.append((obj, probe, fingerprint))
-            elif not _immutable(obj):  # may change in place
-                probe = _probe(obj)
-                self.rehash.append((obj, probe, probe()))
+                fingerprint = _fingerprint(obj, big=True)
+                big[id(obj)] = (obj, digest, fingerprint, code)
+                self.rehash.append((obj, fingerprint, True))
+            elif not _immutable(obj):
+                self.rehash.append((obj, _fingerprint(obj), False))  # may change in place
             self.entries.append(Entry(label, digest, obj))
         name = label.partition(" ")[2]
         for inner in dict.fromkeys(code):  # each function or class once, in order found
             self.reference(name, inner, frozenset())
-
-
-Probe = Callable[[], Any]
-
-
-def _probe(obj: Any, *, big: bool = False) -> Probe:
-    """What gives ``obj``'s fingerprint (``_fingerprint``) at each look. (A big array's
-    sample view is not kept between looks: ``ndarray.resize`` frees the memory it sees.)"""
-    return functools.partial(_fingerprint, obj, big=big)
-
-
-def _sample(flat: Any, big: bool) -> Any:
-    """About 512 elements of a 1-d array, at a stride that is no multiple of a page
-    (samples a whole number of pages apart share cache sets: twice as slow to read)."""
-    stride = flat.size // 512 if big else 1
-    return flat[:: stride + 9 if stride >= 64 else max(1, stride)]
 
 
 def _fingerprint(obj: Any, *, big: bool = False) -> Any:
@@ -466,7 +448,11 @@ def _fingerprint(obj: Any, *, big: bool = False) -> Any:
     t = type(obj)
     if t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
         flat = obj if obj.ndim == 1 else obj.reshape(-1)  # a copy only if not contiguous
-        return (obj.shape, obj.dtype, xxh3_64_intdigest(_sample(flat, big).tobytes()))
+        # about 512 elements, at a stride that is no multiple of a page (samples a whole
+        # number of pages apart share cache sets: twice as slow to read)
+        stride = flat.size // 512 if big else 1
+        sample = flat[:: stride + 9 if stride >= 64 else max(1, stride)]
+        return (obj.shape, obj.dtype, xxh3_64_intdigest(sample.tobytes()))
     if big:
         return "big"  # once per run (documented): hashing it at each call would cost its size
     try:

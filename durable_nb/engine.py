@@ -314,14 +314,9 @@ class Run:
         return explain(doc, call.digest, call.name, stale.run_id)
 
     def record(self, call: Call, row: StepRow | CompletedRow) -> None:
-        """Commit a finished attempt (its digest's document first, once per process), and
-        keep the run's lowest row id: where its rows start, even if ids were reused."""
-        store = self.store
-        if row.code_digest not in store.digests_stored:
-            store.remember_digest(row.code_digest, call.document)
-        row_id = store.insert(row)
-        if self.first_row is None or 0 < row_id < self.first_row:  # (_first_row, inline)
-            self.first_row = row_id
+        """Commit a finished attempt (its digest's document first, once per process)."""
+        self.store.remember_digest(row.code_digest, call.document)
+        self._first_row(self.store.insert(row))
 
     async def arecord(self, call: Call, row: StepRow | CompletedRow) -> None:
         """``record`` for async steps: the row goes through the aiosqlite twin."""
@@ -330,6 +325,7 @@ class Run:
         self._first_row(await store.insert(row))
 
     def _first_row(self, row_id: int) -> None:
+        """Keep the run's lowest row id: where its rows start, even if ids were reused."""
         if self.first_row is None or 0 < row_id < self.first_row:
             self.first_row = row_id
 

@@ -42,13 +42,16 @@ class NotSerializable(Exception):
 
 
 class Encoded(NamedTuple):
-    """A serialized value: its format name, the byte segments to store, in order, their
-    size, and whether it is small enough to live in the log row itself (``pickle``)."""
+    """A serialized value: its format name and the byte segments to store, in order."""
 
     format: str
     segments: tuple[bytes | memoryview, ...]
     size: int
-    inline: bool
+
+    @property
+    def inline(self) -> bool:
+        """Whether the value is small enough to live in the log row itself."""
+        return self.format == PICKLE
 
 
 _PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, set})
@@ -62,7 +65,7 @@ def encode(value: object) -> Encoded:
         except Exception as exc:
             raise NotSerializable(f"{type(exc).__name__}: {exc}") from None
         if len(head) <= INLINE_LIMIT:
-            return Encoded(PICKLE, (head,), len(head), True)
+            return Encoded(PICKLE, (head,), len(head))
         # big: arrays inside go out of band, so replay maps them (aligned) instead of copying
     buffers: list[pickle.PickleBuffer] = []
     try:
@@ -70,15 +73,14 @@ def encode(value: object) -> Encoded:
     except Exception as exc:  # pickle raises many types: PicklingError, TypeError, ...
         raise NotSerializable(f"{type(exc).__name__}: {exc}") from None
     if not buffers:
-        small = len(head) <= INLINE_LIMIT
-        return Encoded(PICKLE if small else PICKLE_OOB, (head,), len(head), small)
+        return Encoded(PICKLE if len(head) <= INLINE_LIMIT else PICKLE_OOB, (head,), len(head))
     raws = [b.raw() for b in buffers]
     size = len(head) + sum(r.nbytes for r in raws)
     if size > INLINE_LIMIT:
-        return Encoded(PICKLE_OOB, (head, *raws), size, False)
+        return Encoded(PICKLE_OOB, (head, *raws), size)
     if raws:  # small value with buffers: keep it as one in-band pickle
         head = pickle.dumps(value, protocol=5)
-    return Encoded(PICKLE, (head,), len(head), True)
+    return Encoded(PICKLE, (head,), len(head))
 
 
 def decode(fmt: str, segments: list[bytes | memoryview] | tuple[bytes | memoryview, ...]) -> object:

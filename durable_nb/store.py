@@ -126,7 +126,7 @@ class Store:
         self._depth = 0
         self._active: set[int] = set()
         self._me = owners.current_owner()
-        self.digests_stored: set[str] = set()  # digests whose document is stored (here)
+        self._digests: set[str] = set()  # digests whose document is stored (this process)
         self.conn = connect(self.path, readonly=readonly)
         self._cursor = self.conn.cursor()  # writes share one (a cursor per statement: +1 us)
         self._checkpointer = None if readonly else Checkpointer(self.path)
@@ -443,21 +443,17 @@ class Store:
 
     def insert(self, row: StepRow | CompletedRow) -> int:
         """Record one finished attempt of a step in a single commit."""
-        if type(row) is not CompletedRow:
-            return self.insert_step(row)  # type: ignore[arg-type]
-        try:  # as _write does, without its frame (once per checkpoint)
-            with self._lock:  # bound as a plain tuple: 2 us less than a NamedTuple
-                return self._cursor.execute(INSERT_COMPLETED, tuple(row)).lastrowid or 0
-        except sqlite3.Error as exc:
-            raise fail(self.path, exc, "write") from None
+        if type(row) is CompletedRow:  # bound as a plain tuple: 2 us less than a NamedTuple
+            return self._write(INSERT_COMPLETED, tuple(row))
+        return self.insert_step(row)  # type: ignore[arg-type]
 
     def remember_digest(self, digest: str, document: Callable[[], str]) -> None:
         """Store what ``digest`` covers (``document()``, JSON) unless already stored."""
-        if digest in self.digests_stored:
+        if digest in self._digests:
             return
         sql = "INSERT OR IGNORE INTO digests (digest, doc) VALUES (?, ?)"
         self._write(sql, (digest, document()))
-        self.digests_stored.add(digest)
+        self._digests.add(digest)
 
     def digest_document(self, digest: str) -> dict[str, Any] | None:
         """What a stored digest covers, or None for a record older than dependency digests."""
@@ -522,7 +518,7 @@ class Store:
                     f" by {who}; their digests were {', '.join(old) or 'none'}",
                 ),
             )
-        self.digests_stored.update(documents)
+        self._digests.update(documents)
         return len(changes)
 
     def insert_step(self, row: StepRow) -> int:
