@@ -2,12 +2,12 @@
 
 What a step shows is a list of events, in order: ``("stdout", text)``, ``("stderr", text)``
 (tqdm bars, warnings, logging) and ``("display", data, metadata)`` (``display()``, a
-figure's ``plt.show()``). While a run is in progress, ``sys.stdout`` and ``sys.stderr``
-are ``Shared`` tees: a sync step in the main thread only adds its event list to theirs (a
-nested step's list after its parent's), which costs a fraction of swapping streams per
-step; the engine puts the streams back when the last run ends (``release``). Where the
-streams were replaced by someone else meanwhile, such a step swaps them for ``Tee``
-objects of its own for the time it runs, as before. While
+figure's ``plt.show()``). A sync step in the main thread puts ``Shared`` tees in
+place of ``sys.stdout`` and ``sys.stderr`` for the time it runs (the same two objects step
+after step, while the streams under them stay the same); a step nested in it only adds its
+event list to theirs, after its parent's. Between steps the streams are the real ones
+again. Where a step finds the streams replaced by someone else's wrapper inside a running
+step (``redirect_stdout``), it tees them with ``Tee`` objects of its own. While
 async steps or steps in other threads capture, the streams are ``_Router`` objects that
 pass each write on and append it to the event lists of the steps the writing context is
 inside (``contextvars``: each asyncio task and each thread has its own, so concurrent
@@ -39,7 +39,6 @@ __all__ = [
     "budget",
     "clip",
     "record_display",
-    "release",
     "replay",
     "set_display",
     "settle",
@@ -109,7 +108,9 @@ class Tee(Stream):
 
 class Shared(Stream):
     """Keeps each write as an event of every sync step running in the main thread that
-    captures through it (``_main``, outermost first); with none, it only passes writes on."""
+    captures through it (``_main``, outermost first); with none, it only passes writes on.
+    A write that reaches a second ``Shared`` down the chain (a user's wrapper around one,
+    wrapped again by the next step) is kept once, by the first."""
 
     __slots__ = ("stream",)
 
@@ -118,13 +119,25 @@ class Shared(Stream):
         self.stream = stream
 
     def write(self, text: str) -> int:
+        if not _main or _inside.active:
+            return self.target.write(text)
         for events in _main:
             events.append((self.stream, text))
-        return self.target.write(text)
+        _inside.active = True
+        try:
+            return self.target.write(text)
+        finally:
+            _inside.active = False
 
     def isatty(self) -> bool:
         return False if _main else bool(self.target.isatty())
 
+
+class _Inside(threading.local):
+    active = False
+
+
+_inside = _Inside()  # in a Shared tee's write, on this thread
 
 # The event lists of the steps the current context (task, thread) is inside, outermost first.
 _lists: contextvars.ContextVar[tuple[list[Event], ...]] = contextvars.ContextVar(
@@ -153,6 +166,8 @@ class _Router(Stream):
 _main: list[list[Event]] = []
 _teed: list[list[Event]] = []
 _MAIN = threading.main_thread().ident
+_out: Shared | None = None  # the tees the outermost main-thread step puts in place
+_err: Shared | None = None
 
 
 _users = 0  # captures active right now, in every task and thread
@@ -215,13 +230,14 @@ def _bypassing_handlers() -> list[logging.Handler]:
 class Capture:
     """What one step call shows, from creation to ``stop``: ``events``.
 
-    A sync step in the main thread adds its list to the ``Shared`` tees (put in place by the
-    first one), or, where the streams are someone else's wrappers, swaps them for ``Tee``s
-    of its own (a nested step's write through its parent's). Async steps (``routed``) and
+    The outermost sync step in the main thread puts the ``Shared`` tees in place and puts
+    the streams back at ``stop``; a step nested in it adds its list to theirs. Where the
+    streams are someone else's wrappers, a step swaps them for ``Tee``s of its own (a nested
+    step's write through its parent's). Async steps (``routed``) and
     steps in other threads run interleaved, so they are routed by context instead.
     """
 
-    __slots__ = ("_logged", "_shared", "_tees", "_token", "events")
+    __slots__ = ("_logged", "_saved", "_shared", "_tees", "_token", "events")
 
     def __init__(self, *, routed: bool = False) -> None:
         events: list[Event] = []
@@ -229,12 +245,17 @@ class Capture:
         self._token: contextvars.Token[tuple[list[Event], ...]] | None = None
         self._tees: tuple[Tee, Tee] | None = None
         self._shared = False
+        self._saved: tuple[Any, Any] | None = None
         if routed or threading.get_ident() != _MAIN:
             self._token = _lists.set((*_lists.get(), events))
             _install()
-        elif (type(sys.stdout) is Shared and type(sys.stderr) is Shared) or _share():
+        elif _main and sys.stdout is _out and sys.stderr is _err:  # nested: write through
             _main.append(events)
             self._shared = True
+        elif not _main and (saved := _share()) is not None:
+            _main.append(events)
+            self._shared = True
+            self._saved = saved
         else:  # the streams are someone else's wrappers (or a router): tee them
             _teed.append(events)
             with _users_lock:
@@ -250,6 +271,8 @@ class Capture:
             _log_stop()
         if self._shared:
             _drop(_main, self.events)
+            if self._saved is not None:
+                _unshare(*self._saved)
             return
         if self._tees is not None:
             out, err = self._tees
@@ -272,30 +295,37 @@ def _drop(lists: list[list[Event]], events: list[Event]) -> None:
         lists[:] = [e for e in lists if e is not events]
 
 
-def _share() -> bool:
-    """Put ``Shared`` tees in place of plain ``sys.stdout`` / ``sys.stderr`` (they stay
-    until ``release``); False when either is a wrapper of ours, which a step then tees."""
+def _share() -> tuple[Any, Any] | None:
+    """Put the ``Shared`` tees in place of ``sys.stdout`` / ``sys.stderr`` for the outermost
+    main-thread step (the two of the previous step while the streams under them are the
+    same); the streams to put back, or None when either is a wrapper of ours, which a step
+    then tees."""
+    global _out, _err
     with _users_lock:
         out, err = sys.stdout, sys.stderr
         if isinstance(out, (Tee, _Router)) or isinstance(err, (Tee, _Router)):
-            return False
-        if type(out) is not Shared:
-            sys.stdout = Shared(out, "stdout")
-        if type(err) is not Shared:
-            sys.stderr = Shared(err, "stderr")
-        return True
+            return None
+        if _out is None or _out.target is not out:
+            _out = out if type(out) is Shared else Shared(out, "stdout")
+        if _err is None or _err.target is not err:
+            _err = err if type(err) is Shared else Shared(err, "stderr")
+        sys.stdout, sys.stderr = _out, _err
+        return out, err
 
 
-def release() -> None:
-    """Put back the streams ``Shared`` tees stand in for, where they are still on top and
-    no step uses them (the engine calls it when the last run in progress ends)."""
+def _unshare(out: Any, err: Any) -> None:
+    """Put back the streams the outermost step found; under a router that threads' steps
+    still use, put them under the router instead."""
     with _users_lock:
-        if _main:
+        if sys.stdout is _out and sys.stderr is _err:
+            sys.stdout, sys.stderr = out, err
             return
-        if type(sys.stdout) is Shared:
-            sys.stdout = sys.stdout.target
-        if type(sys.stderr) is Shared:
-            sys.stderr = sys.stderr.target
+        for name, tee, saved in (("stdout", _out, out), ("stderr", _err, err)):
+            current = getattr(sys, name)
+            if isinstance(current, _Router) and current.target is tee and _users:
+                current.target = saved
+            else:
+                setattr(sys, name, saved)
 
 
 def _spent(stream: Any) -> bool:

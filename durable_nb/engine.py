@@ -417,8 +417,6 @@ class workflow:
             _current.set(None)
         if self._root in _running:
             _running.remove(self._root)
-            if not _running:
-                capture.release()
         if not self.plan:
             return False
         run = self.run

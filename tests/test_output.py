@@ -108,6 +108,8 @@ def test_what_a_step_prints_is_kept_bounded(log_path: Path) -> None:
 
 @pytest.mark.parametrize("steps", [20, 5000])
 def test_timeline_stays_bounded(log_path: Path, steps: int) -> None:
+    import matplotlib.pyplot  # noqa: F401  (imported before the clock starts)
+
     import durable_nb
 
     quick = step(abs)
@@ -163,7 +165,7 @@ def test_log_lines_are_kept_once_and_the_streams_put_back(log_path: Path) -> Non
     assert rows["outer"].count("inner says 1") == 1
 
 
-def test_streams_stay_shared_through_a_run_and_honour_redirects(log_path: Path) -> None:
+def test_streams_are_teed_per_step_and_honour_redirects(log_path: Path) -> None:
     import contextlib
     import io
     import sys
@@ -183,6 +185,7 @@ def test_streams_stay_shared_through_a_run_and_honour_redirects(log_path: Path) 
     buffer = io.StringIO()
     with workflow("shared"):
         outer(1)
+        assert (sys.stdout, sys.stderr) == before  # the real streams between steps
         print("between steps")  # the cell's, no step's
         with contextlib.redirect_stdout(buffer):  # a step under someone else's stream
             outer(2)
@@ -199,6 +202,103 @@ def test_streams_stay_shared_through_a_run_and_honour_redirects(log_path: Path) 
         assert shown[("outer", str(i))] == f"outer {i}\ninner {i}\n"
         assert shown[("inner", str(i))] == f"inner {i}\n"
     assert all("between" not in (out or "") for _, _, out in rows)
+
+
+def test_wrapped_and_redirected_streams_are_recorded_once_in_the_right_step(
+    log_path: Path,
+) -> None:
+    import contextlib
+    import io
+    import sys
+
+    before = sys.stdout, sys.stderr
+    kept: list[object] = []
+
+    class Wrap:  # a user's wrapper that passes writes on (as wandb's or a logger's)
+        def __init__(self, target: object) -> None:
+            self.target = target
+
+        def write(self, text: str) -> int:
+            return self.target.write(text)  # type: ignore[attr-defined]
+
+        def flush(self) -> None:
+            pass
+
+    @step
+    def keeps_the_stream() -> int:
+        kept.append(Wrap(sys.stdout))  # wraps the step's own tee
+        return 0
+
+    @step
+    def inner(i: int) -> int:
+        print(f"inner {i}")
+        return i
+
+    @step
+    def prints(i: int) -> int:
+        print(f"prints {i}")
+        return i
+
+    @step
+    def redirects(i: int) -> int:
+        with contextlib.redirect_stdout(sys.stderr):
+            inner(i)  # to stderr: its own stdout, its parent's stderr
+        with contextlib.redirect_stdout(io.StringIO()):
+            inner(i + 1)  # to a buffer: its own, not its parent's
+        return i
+
+    with workflow("wrapped"):
+        keeps_the_stream()
+        sys.stdout = kept[0]  # the cell puts the wrapper in place: a tee under it
+        try:
+            prints(1)
+        finally:
+            sys.stdout = before[0]
+        redirects(5)
+    assert (sys.stdout, sys.stderr) == before
+    rows = (
+        sqlite3.connect(log_path)
+        .execute("SELECT name, args_repr, stdout, output FROM steps ORDER BY id")
+        .fetchall()
+    )
+    shown = {(name, args): (out, output) for name, args, out, output in rows}
+    assert shown[("prints", "1")][0] == "prints 1\n"  # once, not once per tee
+    assert shown[("inner", "5")][0] == "inner 5\n"
+    assert shown[("inner", "6")][0] == "inner 6\n"
+    out, output = shown[("redirects", "5")]
+    assert not out and "inner 5" in output and "inner 6" not in output
+    assert '"stderr"' in output
+
+
+@pytest.mark.filterwarnings("ignore:step waits")  # the Event it waits on is not digested
+def test_streams_are_put_back_when_thread_steps_outlive_the_run(log_path: Path) -> None:
+    import sys
+    import threading
+
+    before = sys.stdout, sys.stderr
+    go = threading.Event()
+
+    @step
+    def waits(i: int) -> int:
+        go.wait(5)
+        print(f"waited {i}")
+        return i
+
+    @step
+    def quick() -> int:
+        print("quick")
+        return 1
+
+    with workflow("outlived"):
+        quick()
+        worker = threading.Thread(target=waits, args=(1,))
+        worker.start()  # a router in place, still there when the run ends
+        time.sleep(0.05)
+    go.set()
+    worker.join()
+    assert (sys.stdout, sys.stderr) == before
+    rows = dict(sqlite3.connect(log_path).execute("SELECT name, stdout FROM steps").fetchall())
+    assert rows == {"waits": "waited 1\n", "quick": "quick\n"}
 
 
 def test_interleaved_streams_keep_at_most_kept_in_all(log_path: Path) -> None:
