@@ -15,6 +15,7 @@ import ctypes
 import enum
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -299,11 +300,18 @@ class Replicator:
         if points:
             txid, at = points[0]["txid"], points[0]["time"]
         local = _last_local_change(self.log_path)
-        lag = max(0.0, local - at.timestamp()) if local is not None and at else None
+        lag = lag_seconds(local, at) if local is not None and at else None
         return ReplicationStatus(
             self.state.value, self.url, self.process.pid if running and self.process else None,
             txid, at, lag, self.last_error(),
         )  # fmt: skip
+
+
+def lag_seconds(local: float, replicated: datetime) -> float:
+    """How far a replica whose newest point is ``replicated`` is behind a log last changed
+    at ``local`` (Unix time), to the millisecond: the resolution of LTX timestamps, which
+    litestream takes after the change it copies, so a copy in the same millisecond is 0."""
+    return max(0.0, (math.floor(local * 1000) - round(replicated.timestamp() * 1000)) / 1000)
 
 
 def _last_local_change(path: Path) -> float | None:

@@ -172,6 +172,18 @@ def test_status_and_second_start(notebook_log: Path) -> None:
     assert replicator.state.value == "stopped" and replicator.process is None
 
 
+def test_lag_is_counted_to_the_millisecond_of_the_replicas_timestamps() -> None:
+    from datetime import datetime, timezone
+
+    from durable_nb.replication import lag_seconds
+
+    copied = datetime.fromtimestamp(1_700_000_000.123, timezone.utc)  # an LTX time, in ms
+    assert lag_seconds(1_700_000_000.1234, copied) == 0  # copied in the same millisecond
+    assert lag_seconds(1_700_000_000.0, copied) == 0
+    assert lag_seconds(1_700_000_000.1245, copied) == 0.001
+    assert lag_seconds(1_700_000_002.5, copied) == pytest.approx(2.377)
+
+
 def test_blob_reaches_the_replica_before_its_row_commits(notebook_log: Path) -> None:
     replicator = durable_nb.replicate()
     replica_blobs = notebook_log.parent / "replica" / "exp" / "blobs"
