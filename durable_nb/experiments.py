@@ -56,7 +56,7 @@ def _jsonable(value: Any) -> Any:
         t = type(value)
     if t is float and not math.isfinite(value):
         return repr(value)
-    if t is int and value.bit_length() > 14_000:  # more digits than Python turns into text
+    if t is int and value.bit_length() > 14_000 and _too_long(value):
         return short_repr(value)
     if t in _SCALARS:
         return value
@@ -64,6 +64,15 @@ def _jsonable(value: Any) -> Any:
         if isinstance(value, base):
             return _jsonable(base(value))
     return short_repr(value)
+
+
+def _too_long(value: int) -> bool:
+    """More digits than Python turns into text (``sys.set_int_max_str_digits``)."""
+    try:
+        repr(value)
+    except ValueError:
+        return True
+    return False
 
 
 def _flatten(

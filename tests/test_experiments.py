@@ -146,6 +146,9 @@ def test_a_result_too_long_to_print_is_kept_and_replayed(log_path: Path) -> None
     assert run.steps_replayed == 1
     row = sqlite3.connect(log_path).execute("SELECT result_repr, metrics FROM steps").fetchone()
     assert row == ("<int of 16610 bits>", '{"result":"<int of 16610 bits>"}')
+    from durable_nb.experiments import metrics_document
+
+    assert metrics_document(10**4250) == '{"result":1' + "0" * 4250 + "}"  # Python prints it
 
 
 def test_results_of_a_module_gone_are_still_read_and_pickles_never_run(tmp_path: Path) -> None:
