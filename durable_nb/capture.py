@@ -172,6 +172,7 @@ _err: Shared | None = None
 
 _users = 0  # captures active right now, in every task and thread
 _users_lock = threading.Lock()
+_acquire, _release = _users_lock.acquire, _users_lock.release
 
 
 def _install() -> None:
@@ -237,44 +238,61 @@ class Capture:
     steps in other threads run interleaved, so they are routed by context instead.
     """
 
-    __slots__ = ("_logged", "_saved", "_shared", "_tees", "_token", "events")
+    __slots__ = ("_err", "_kind", "_logged", "_out", "_tees", "_token", "events")
 
     def __init__(self, *, routed: bool = False) -> None:
         events: list[Event] = []
         self.events = events
-        self._token: contextvars.Token[tuple[list[Event], ...]] | None = None
-        self._tees: tuple[Tee, Tee] | None = None
-        self._shared = False
-        self._saved: tuple[Any, Any] | None = None
         if routed or threading.get_ident() != _MAIN:
+            self._kind = _ROUTED
             self._token = _lists.set((*_lists.get(), events))
             _install()
         elif _main and sys.stdout is _out and sys.stderr is _err:  # nested: write through
+            self._kind = _NESTED
             _main.append(events)
-            self._shared = True
-        elif not _main and (saved := _share()) is not None:
-            _main.append(events)
-            self._shared = True
-            self._saved = saved
-        else:  # the streams are someone else's wrappers (or a router): tee them
-            _teed.append(events)
-            with _users_lock:
-                out = Tee(sys.stdout, events, "stdout")
-                err = Tee(sys.stderr, events, "stderr")
-                self._tees = out, err
-                sys.stdout, sys.stderr = out, err
+        else:
+            _acquire()  # (not ``with``: twice the cost, and this runs at every step)
+            try:
+                out, err = sys.stdout, sys.stderr
+                if not _main and (
+                    (_out is not None and _out.target is out and _err.target is err)  # type: ignore[union-attr]
+                    or _new_tees(out, err)
+                ):
+                    self._kind = _OUTER
+                    self._out, self._err = out, err
+                    sys.stdout, sys.stderr = _out, _err
+                    _main.append(events)
+                else:  # the streams are someone else's wrappers (or a router): tee them
+                    self._kind = _TEED
+                    _teed.append(events)
+                    self._tees = Tee(out, events, "stdout"), Tee(err, events, "stderr")
+                    sys.stdout, sys.stderr = self._tees
+            finally:
+                _release()
         self._logged = _log_start() if logging.root.handlers else False
 
     def stop(self) -> None:
         """Stop capturing (what was shown stays in ``events``)."""
         if self._logged:
             _log_stop()
-        if self._shared:
-            _drop(_main, self.events)
-            if self._saved is not None:
-                _unshare(*self._saved)
+        kind = self._kind
+        if kind <= _OUTER:  # _NESTED or _OUTER
+            events = self.events
+            if _main and _main[-1] is events:
+                _main.pop()
+            else:
+                _drop(_main, events)
+            if kind == _OUTER:
+                _acquire()
+                try:
+                    if sys.stdout is _out and sys.stderr is _err:
+                        sys.stdout, sys.stderr = self._out, self._err
+                    else:
+                        _put_back(self._out, self._err)
+                finally:
+                    _release()
             return
-        if self._tees is not None:
+        if kind == _TEED:
             out, err = self._tees
             with _users_lock:  # a router its threads no longer need is not put back
                 sys.stdout = out.target.target if _spent(out.target) else out.target
@@ -283,9 +301,12 @@ class Capture:
             return
         _uninstall()
         try:
-            _lists.reset(self._token)  # type: ignore[arg-type]
+            _lists.reset(self._token)
         except ValueError:  # stopped in another context than started: drop this list only
             _lists.set(tuple(e for e in _lists.get() if e is not self.events))
+
+
+_NESTED, _OUTER, _TEED, _ROUTED = range(4)  # how a capture records (``Capture._kind``)
 
 
 def _drop(lists: list[list[Event]], events: list[Event]) -> None:
@@ -295,37 +316,30 @@ def _drop(lists: list[list[Event]], events: list[Event]) -> None:
         lists[:] = [e for e in lists if e is not events]
 
 
-def _share() -> tuple[Any, Any] | None:
-    """Put the ``Shared`` tees in place of ``sys.stdout`` / ``sys.stderr`` for the outermost
-    main-thread step (the two of the previous step while the streams under them are the
-    same); the streams to put back, or None when either is a wrapper of ours, which a step
+def _new_tees(out: Any, err: Any) -> bool:
+    """Make the ``Shared`` tees the outermost main-thread step puts over ``out`` and ``err``
+    (called with the lock held); False when either is a wrapper of ours, which a step
     then tees."""
     global _out, _err
-    with _users_lock:
-        out, err = sys.stdout, sys.stderr
-        if isinstance(out, (Tee, _Router)) or isinstance(err, (Tee, _Router)):
-            return None
-        if _out is None or _out.target is not out:
-            _out = out if type(out) is Shared else Shared(out, "stdout")
-        if _err is None or _err.target is not err:
-            _err = err if type(err) is Shared else Shared(err, "stderr")
-        sys.stdout, sys.stderr = _out, _err
-        return out, err
+    if isinstance(out, (Tee, _Router)) or isinstance(err, (Tee, _Router)):
+        return False
+    if _out is None or _out.target is not out:
+        _out = out if type(out) is Shared else Shared(out, "stdout")
+    if _err is None or _err.target is not err:
+        _err = err if type(err) is Shared else Shared(err, "stderr")
+    return True
 
 
-def _unshare(out: Any, err: Any) -> None:
-    """Put back the streams the outermost step found; under a router that threads' steps
-    still use, put them under the router instead."""
-    with _users_lock:
-        if sys.stdout is _out and sys.stderr is _err:
-            sys.stdout, sys.stderr = out, err
-            return
-        for name, tee, saved in (("stdout", _out, out), ("stderr", _err, err)):
-            current = getattr(sys, name)
-            if isinstance(current, _Router) and current.target is tee and _users:
-                current.target = saved
-            else:
-                setattr(sys, name, saved)
+def _put_back(out: Any, err: Any) -> None:
+    """Put back the streams the outermost step found where its tees are no longer on top
+    (called with the lock held): under a router that threads' steps still use, or in place
+    of what the step left there."""
+    for name, tee, saved in (("stdout", _out, out), ("stderr", _err, err)):
+        current = getattr(sys, name)
+        if isinstance(current, _Router) and current.target is tee and _users:
+            current.target = saved
+        else:
+            setattr(sys, name, saved)
 
 
 def _spent(stream: Any) -> bool:
