@@ -10,7 +10,8 @@ arrives (a large value blob-first, as for a local step), with what it printed: s
 replay (live, a worker's output goes where the worker's goes).
 
 Faults: a call that raises is logged failed with its remote traceback, the other calls go
-on (none is cancelled) and are committed, then the map raises the first error. A worker
+on (none is cancelled) and are committed, then the map raises the first error; a step's
+``retries`` submit it again after ``retry_delay`` (times ``backoff``), meanwhile. A worker
 killed mid-task is Dask's to reschedule; once it gives up, ``KilledWorker`` is the call's
 error. Ctrl-C cancels the outstanding calls, logs them interrupted, and re-raises. A kernel
 killed mid-map loses nothing committed: the rerun replays those calls and submits the rest.
@@ -241,10 +242,13 @@ def map_calls(
     replayed = len(argsets) - len(todo)
     bar = _bar(len(argsets), replayed, step.name)
     failures: list[tuple[int, BaseException]] = []
+    waiting: list[tuple[float, Call, int]] = []  # retries not yet due (retry_delay, backoff)
     try:
-        while index:
+        while index or waiting:
+            if waiting:
+                _resubmit_due(submitter, waiting, attempts, index)
             try:
-                future = submitter.done.get(timeout=0.2)
+                future = submitter.done.get(timeout=_wait(waiting))
             except queue.Empty:
                 if stop is not None and stop.is_set():  # amap's task was cancelled
                     raise KeyboardInterrupt from None
@@ -256,9 +260,9 @@ def map_calls(
             retry = _commit(step, call, attempts[i], outcome)
             del index[future]  # only now: a Ctrl-C before this logs the call interrupted
             if retry:
+                delay = step._delay(attempts[i])
                 attempts[i] += 1
-                (again,) = submitter.submit([(call, i)], attempts[i])  # a key of its own
-                index[again] = (call, i)
+                waiting.append((time.monotonic() + delay, call, i))
                 continue
             if outcome.error is None:
                 results[i] = outcome.value
@@ -287,6 +291,28 @@ def map_calls(
                 first.add_note(note)
         raise first
     return results
+
+
+def _resubmit_due(
+    submitter: _Submitter, waiting: list[tuple[float, Call, int]], attempts: dict[int, int],
+    index: dict[Any, tuple[Call, int]],
+) -> None:  # fmt: skip
+    """Submit the retries whose delay has passed (each attempt under a key of its own)."""
+    now = time.monotonic()
+    due = [(call, i) for at, call, i in waiting if at <= now]
+    if due:
+        waiting[:] = [w for w in waiting if w[0] > now]
+        for call, i in due:
+            (again,) = submitter.submit([(call, i)], attempts[i])
+            index[again] = (call, i)
+
+
+def _wait(waiting: list[tuple[float, Call, int]]) -> float:
+    """How long to wait for the next finished call: until the next retry is due, at most
+    0.2 s (a cancelled ``amap`` is noticed in that time)."""
+    if not waiting:
+        return 0.2
+    return max(0.0, min(0.2, min(w[0] for w in waiting) - time.monotonic()))
 
 
 def _plain_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -329,20 +355,27 @@ def submit_call(
         return out
     submitter = _Submitter(chosen, step)
 
-    def arrived(future: Any) -> None:
+    def send(attempt: int) -> None:
+        (remote,) = submitter.submit([(call, 0)], attempt)
+        remote.add_done_callback(lambda future: arrived(future, attempt))
+
+    def arrived(future: Any, attempt: int) -> None:
         outcome = _outcome(future)
         try:
-            _commit(step, call, 1, outcome)
+            again = _commit(step, call, attempt, outcome)
         except BaseException as exc:  # handed to whoever waits
             out.set_exception(exc)
             return
-        if outcome.error is not None:
+        if again:  # retries, after retry_delay (times backoff), each a task of its own
+            timer = threading.Timer(step._delay(attempt), send, (attempt + 1,))
+            timer.daemon = True
+            timer.start()
+        elif outcome.error is not None:
             out.set_exception(outcome.error)
         else:
             out.set_result(outcome.value)
 
-    (remote,) = submitter.submit([(call, 0)])
-    remote.add_done_callback(arrived)
+    send(1)
     return out
 
 

@@ -1,7 +1,8 @@
 """Steps of the Dask tests, in a module the workers can import (a test file is not one).
 
 ``work`` appends its number to the file ``counter`` before working (what really ran, on
-whichever worker), prints, sleeps ``sleep`` seconds and raises at ``fail_at``.
+whichever worker), prints, sleeps ``sleep`` seconds and raises at ``fail_at``; ``flaky``
+fails twice before it returns.
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ def work(i: int, counter: str, sleep: float = 0.0, fail_at: int = -1) -> int:
     if i == fail_at:
         raise ValueError(f"call {i} failed")
     return i * i
+
+
+@durable_nb.step(retries=2, retry_delay=0.4, backoff=2)
+def flaky(i: int, counter: str) -> int:
+    """Fails on its first two attempts (counted in ``counter``), then returns ``i``."""
+    with open(counter, "a") as f:
+        f.write(f"{i}\n")
+    with open(counter) as f:
+        if f.read().split().count(str(i)) <= 2:
+            raise ConnectionError(f"call {i}: try again")
+    return i
 
 
 @durable_nb.workflow

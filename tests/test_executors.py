@@ -24,7 +24,7 @@ import durable_nb  # noqa: E402
 from durable_nb import engine  # noqa: E402
 
 from .conftest import ROOT, current_log  # noqa: E402
-from .dask_tasks import sweep, work  # noqa: E402
+from .dask_tasks import flaky, sweep, work  # noqa: E402
 from .kernels import Kernel, kernel_env  # noqa: E402
 
 
@@ -233,6 +233,28 @@ def test_identical_calls_are_two_tasks_and_two_records(
     assert tasks(client) == 3 and Counter(ran(Path(counter))) == {3: 3}
     occurrences = durable_nb.steps()["occurrence"].tolist()
     assert sorted(occurrences) == [0, 1, 2]  # committed as they arrived
+
+
+def test_a_failed_call_is_submitted_again_after_its_retry_delay(
+    client: distributed.Client, log: Path, tmp_path: Path
+) -> None:
+    counter = str(tmp_path / "ran.txt")
+    with durable_nb.workflow("flaky"):
+        assert flaky.map([1, 2], [counter] * 2) == [1, 2]
+        assert flaky.submit(3, counter).result(timeout=60) == 3
+    conn = sqlite3.connect(log)
+    for i in (1, 2, 3):
+        attempts = conn.execute(
+            "SELECT attempt, status, started_at, ended_at FROM steps WHERE args_repr LIKE ? "
+            "ORDER BY attempt",
+            (f"{i},%",),
+        ).fetchall()
+        assert [(a, s) for a, s, _, _ in attempts] == [
+            (1, "failed"), (2, "failed"), (3, "completed")
+        ]  # fmt: skip
+        gaps = [attempts[k + 1][2] - attempts[k][3] for k in (0, 1)]
+        assert gaps[0] >= 0.4 and gaps[1] >= 0.8  # retry_delay, then times backoff
+    assert tasks(client) == 9  # each attempt its own task
 
 
 def test_a_process_pool_and_a_default_executor(log: Path, tmp_path: Path) -> None:
