@@ -579,9 +579,14 @@ class DurableMagics(Magics):
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:
             raise UsageError("usage: %durable open PATH")
+        existed = Path(opts.args[0]).expanduser().exists()
         store = engine.open_log(opts.args[0])
         self.ext.location = LogLocation(store.path, None, "%durable open")
-        print(f"log: {store.path}")
+        if existed:
+            n = len(store.workflows())
+            print(f"log: {store.path} ({n} workflow{'' if n == 1 else 's'})")
+        else:  # a typo in PATH would otherwise look like a history gone
+            print(f"log: {store.path} (new: there was no log at this path; it is empty)")
 
     def _forget(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:
