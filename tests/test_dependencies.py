@@ -557,7 +557,13 @@ def test_a_big_array_changed_in_place_between_two_calls_is_seen(module, log_path
 
 
 @pytest.mark.parametrize(
-    "make", ["np.zeros((600, 500))", "np.zeros((600, 500), order='F')", "np.zeros(600_000)[::2]"]
+    "make",
+    [
+        "np.zeros((600, 500))",
+        "np.zeros((600, 500), order='F')",
+        "np.zeros(600_000)[::2]",
+        "np.zeros((700, 600))[:, :500]",  # strided in two dimensions: sampled in place
+    ],
 )
 def test_big_arrays_of_every_layout_changed_in_place_are_seen(
     module, log_path: Path, make: str
