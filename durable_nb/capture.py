@@ -94,7 +94,7 @@ class Stream:
 class Tee(Stream):
     """Keeps each write as an event of one step."""
 
-    __slots__ = ("events", "stream")
+    __slots__ = ("__dict__", "events", "stream")  # (a __dict__: ``sys.stdout.write = f``)
 
     def __init__(self, target: Any, events: list[Event], stream: str) -> None:
         super().__init__(target)
@@ -102,7 +102,8 @@ class Tee(Stream):
         self.stream = stream
 
     def write(self, text: str) -> int:
-        self.events.append((self.stream, text))
+        if not _inside.replaying:
+            self.events.append((self.stream, text))
         return self.target.write(text)
 
 
@@ -112,7 +113,7 @@ class Shared(Stream):
     A write that reaches a second ``Shared`` down the chain (a user's wrapper around one,
     wrapped again by the next step) is kept once, by the first."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("__dict__", "stream")  # (a __dict__: wandb and others set ``.write``)
 
     def __init__(self, target: Any, stream: str) -> None:
         self.target = target
@@ -134,10 +135,31 @@ class Shared(Stream):
 
 
 class _Inside(threading.local):
-    active = False
+    active = False  # in a Shared tee's write, on this thread
+    replaying = False  # writing a replayed step's marked lines (``replay`` keeps them)
 
 
-_inside = _Inside()  # in a Shared tee's write, on this thread
+_inside = _Inside()
+
+
+class _Nowhere(Shared):
+    """What a step puts in place of a stream set to None: writes go nowhere and are not
+    kept (``print`` does nothing then, as without durable_nb)."""
+
+    __slots__ = ()
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(None, stream)
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
 
 # The event lists of the steps the current context (task, thread) is inside, outermost first.
 _lists: contextvars.ContextVar[tuple[list[Event], ...]] = contextvars.ContextVar(
@@ -149,15 +171,16 @@ class _Router(Stream):
     """``sys.stdout`` / ``sys.stderr`` while steps capture off the main thread or in
     asyncio tasks: each write goes to the event lists of the writing context's steps."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("__dict__", "stream")
 
     def __init__(self, target: Any, stream: str) -> None:
         super().__init__(target)
         self.stream = stream
 
     def write(self, text: str) -> int:
-        for events in _lists.get():
-            events.append((self.stream, text))
+        if not _inside.replaying:
+            for events in _lists.get():
+                events.append((self.stream, text))
         return self.target.write(text)
 
 
@@ -172,7 +195,6 @@ _err: Shared | None = None
 
 _users = 0  # captures active right now, in every task and thread
 _users_lock = threading.Lock()
-_acquire, _release = _users_lock.acquire, _users_lock.release
 
 
 def _install() -> None:
@@ -197,7 +219,8 @@ def _uninstall() -> None:
 
 
 class _Logged(logging.Handler):
-    """Records what logging handlers bound to the real streams write, as stderr events."""
+    """Records what logging handlers bound to the real streams write, as events of the
+    stream each one writes to."""
 
     def __init__(self, shown: list[logging.Handler]) -> None:
         super().__init__(min(h.level for h in shown))
@@ -206,7 +229,10 @@ class _Logged(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         for handler in self.shown:
             if record.levelno >= handler.level and handler.filter(record):
-                _route_text("stderr", handler.format(record) + "\n")
+                stream = getattr(handler, "stream", None)
+                real = _out.target if _out is not None else None
+                name = "stdout" if stream is sys.__stdout__ or stream is real else "stderr"
+                _route_text(name, handler.format(record) + "\n")
                 return
 
 
@@ -251,8 +277,7 @@ class Capture:
             self._kind = _NESTED
             _main.append(events)
         else:
-            _acquire()  # (not ``with``: twice the cost, and this runs at every step)
-            try:
+            with _users_lock:  # (``with``: a Ctrl-C cannot leave it held)
                 out, err = sys.stdout, sys.stderr
                 if not _main and (
                     (_out is not None and _out.target is out and _err.target is err)  # type: ignore[union-attr]
@@ -265,10 +290,12 @@ class Capture:
                 else:  # the streams are someone else's wrappers (or a router): tee them
                     self._kind = _TEED
                     _teed.append(events)
-                    self._tees = Tee(out, events, "stdout"), Tee(err, events, "stderr")
+                    self._tees = (
+                        _Nowhere("stdout") if out is None else Tee(out, events, "stdout"),
+                        _Nowhere("stderr") if err is None else Tee(err, events, "stderr"),
+                    )
+                    self._out, self._err = out, err
                     sys.stdout, sys.stderr = self._tees
-            finally:
-                _release()
         self._logged = _log_start() if logging.root.handlers else False
 
     def stop(self) -> None:
@@ -283,20 +310,17 @@ class Capture:
             else:
                 _drop(_main, events)
             if kind == _OUTER:
-                _acquire()
-                try:
+                with _users_lock:
                     if sys.stdout is _out and sys.stderr is _err:
                         sys.stdout, sys.stderr = self._out, self._err
                     else:
                         _put_back(self._out, self._err)
-                finally:
-                    _release()
             return
         if kind == _TEED:
             out, err = self._tees
             with _users_lock:  # a router its threads no longer need is not put back
-                sys.stdout = out.target.target if _spent(out.target) else out.target
-                sys.stderr = err.target.target if _spent(err.target) else err.target
+                _restore("stdout", out, self._out.target if _spent(self._out) else self._out)
+                _restore("stderr", err, self._err.target if _spent(self._err) else self._err)
             _drop(_teed, self.events)
             return
         _uninstall()
@@ -316,6 +340,20 @@ def _drop(lists: list[list[Event]], events: list[Event]) -> None:
         lists[:] = [e for e in lists if e is not events]
 
 
+def _restore(name: str, tee: Stream, saved: Any) -> None:
+    """Put ``saved`` back in place of a step's ``tee`` (called with the lock held): under a
+    router that threads' steps still use; not at all where the step put a stream of its own
+    in place (``sys.stdout = TextIOWrapper(...)``), which stays, as it would without us."""
+    current = getattr(sys, name)
+    if current is tee:
+        setattr(sys, name, saved)
+    elif isinstance(current, _Router) and current.target is tee:
+        if _users:
+            current.target = saved
+        else:
+            setattr(sys, name, saved)
+
+
 def _new_tees(out: Any, err: Any) -> bool:
     """Make the ``Shared`` tees the outermost main-thread step puts over ``out`` and ``err``
     (called with the lock held); False when either is a wrapper of ours, which a step
@@ -324,22 +362,23 @@ def _new_tees(out: Any, err: Any) -> bool:
     if isinstance(out, (Tee, _Router)) or isinstance(err, (Tee, _Router)):
         return False
     if _out is None or _out.target is not out:
-        _out = out if type(out) is Shared else Shared(out, "stdout")
+        _out = _nowhere_or_shared(out, "stdout")
     if _err is None or _err.target is not err:
-        _err = err if type(err) is Shared else Shared(err, "stderr")
+        _err = _nowhere_or_shared(err, "stderr")
     return True
 
 
+def _nowhere_or_shared(stream: Any, name: str) -> Shared:
+    if stream is None:
+        return _Nowhere(name)
+    return stream if type(stream) is Shared else Shared(stream, name)
+
+
 def _put_back(out: Any, err: Any) -> None:
-    """Put back the streams the outermost step found where its tees are no longer on top
-    (called with the lock held): under a router that threads' steps still use, or in place
-    of what the step left there."""
-    for name, tee, saved in (("stdout", _out, out), ("stderr", _err, err)):
-        current = getattr(sys, name)
-        if isinstance(current, _Router) and current.target is tee and _users:
-            current.target = saved
-        else:
-            setattr(sys, name, saved)
+    """Put back the streams the outermost step found, where its tees are no longer both on
+    top (called with the lock held; see ``_restore``)."""
+    _restore("stdout", _out, out)  # type: ignore[arg-type]
+    _restore("stderr", _err, err)  # type: ignore[arg-type]
 
 
 def _spent(stream: Any) -> bool:
@@ -441,15 +480,30 @@ def _marked(text: str) -> str:
 
 
 def replay(events: list[Event]) -> None:
-    """Show a replayed step's events again, in order, each line of text marked."""
-    for kind, *rest in events:
-        if kind == "stdout":
-            sys.stdout.write(_marked(rest[0]))
-        elif kind == "stderr":
-            sys.stderr.write(_marked(rest[0]))
-        elif _show_display is not None:
-            _show_display(rest[0], rest[1])
-        else:
-            text = rest[0].get("text/plain")
-            if text:
-                sys.stdout.write(_marked(text + "\n"))
+    """Show a replayed step's events again, in order, each line of text marked. A step
+    running around the replayed one keeps the text as it was first shown, unmarked (else
+    its own replay would mark it twice)."""
+    lists = _capturing()
+    for event in events:
+        kind = event[0]
+        if kind == "display" and _show_display is not None:
+            _show_display(event[1], event[2])  # recorded by record_display, as shown
+            continue
+        for found in lists:
+            found.append(tuple(event))  # (read back from JSON: a list)
+        if kind != "display":
+            _quietly(sys.stderr if kind == "stderr" else sys.stdout, _marked(event[1]))
+        elif event[1].get("text/plain"):
+            _quietly(sys.stdout, _marked(event[1]["text/plain"] + "\n"))
+
+
+def _quietly(stream: Any, text: str) -> None:
+    """Write ``text`` through our tees without their keeping it."""
+    if stream is None:  # print does nothing then
+        return
+    inside = _inside
+    inside.active = inside.replaying = True
+    try:
+        stream.write(text)
+    finally:
+        inside.active = inside.replaying = False

@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import itertools
 import math
 import numbers
 import operator
@@ -79,7 +80,7 @@ class _Scope:
         self.run = run
         self._key = key
         self._text: str | None = None if key else ""
-        self.counts: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, str], itertools.count[int]] = {}
 
     @property
     def key(self) -> str:
@@ -98,10 +99,6 @@ _current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
 
 _running: list[_Scope] = []  # top-level scopes of the runs in progress in this process
 _MAIN = threading.main_thread().ident
-_counting = threading.Lock()  # occurrence counts, when calls come from several threads
-# Locks on the path of every step are taken with acquire/release: a ``with`` block costs
-# about twice as much.
-_count_acquire, _count_release = _counting.acquire, _counting.release
 _on_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("on_worker", default=False)
 
 
@@ -565,12 +562,11 @@ class Step:
         code: list[Any] = []  # callbacks, steps, classes of objects found in the arguments
         digest = args_digest(*bound, code)
         counter = (self.name, digest)
-        _count_acquire()  # calls from several threads (main among them) count in turn
-        try:
-            occurrence = scope.counts.get(counter, 0)
-            scope.counts[counter] = occurrence + 1
-        finally:
-            _count_release()
+        # calls from several threads (main among them) count in turn, without a lock (a
+        # Ctrl-C between a lock's acquire and its try would leave it held): the dict's
+        # setdefault and a count's next are atomic
+        seq = scope.counts.get(counter) or scope.counts.setdefault(counter, itertools.count())
+        occurrence = next(seq)
         key = (scope.key, self.name, digest, occurrence)
         if self._arguments.binds:
             args, kwargs = self._arguments.merged(args, kwargs)
@@ -625,17 +621,19 @@ class Step:
             token = _current.set(_Scope(run, call.key))
             shown = Capture()
             before = interrupts.seen  # (an attribute: a call costs more, in a loop of steps)
+            error = None
             try:
                 value = self.fn(*args, **kwargs)
             except BaseException as exc:
+                error = exc
+            finally:  # (a Ctrl-C just after the call still puts the streams back)
                 shown.stop()
                 _current.reset(token)
-                if self._failed(call, attempt, started, shown.events, exc):
+            if error is not None:
+                if self._failed(call, attempt, started, shown.events, error):
                     time.sleep(self._delay(attempt))
                     continue
-                raise
-            shown.stop()
-            _current.reset(token)
+                raise error
             self._succeeded(call, attempt, started, shown.events, value,
                             interrupts.seen != before)  # fmt: skip
             return value
@@ -718,12 +716,8 @@ class Step:
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
         """Count a finished call; warn once if its value is not durable."""
         run = call.run
-        lock = run.lock
-        lock.acquire()  # steps may finish in several threads at once
-        try:
+        with run.lock:  # steps may finish in several threads at once
             run.steps_run += 1
-        finally:
-            lock.release()
         if why is None:
             if not interrupted:
                 run.used[(self.name, call.digest.value)] = call.digest.refs

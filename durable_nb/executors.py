@@ -275,7 +275,7 @@ def map_calls(
         submitter.cancel(list(index))
         if isinstance(exc, KeyboardInterrupt):
             interrupt = KeyboardInterrupt()
-            for call, i in index.values():
+            for call, i in [*index.values(), *((c, i) for _, c, i in waiting)]:
                 call.run.record(call, call.row(attempts[i], time.time(), [], error=interrupt))
         raise
     finally:
@@ -367,13 +367,19 @@ def submit_call(
             out.set_exception(exc)
             return
         if again:  # retries, after retry_delay (times backoff), each a task of its own
-            timer = threading.Timer(step._delay(attempt), send, (attempt + 1,))
+            timer = threading.Timer(step._delay(attempt), resend, (attempt + 1,))
             timer.daemon = True
             timer.start()
         elif outcome.error is not None:
             out.set_exception(outcome.error)
         else:
             out.set_result(outcome.value)
+
+    def resend(attempt: int) -> None:
+        try:
+            send(attempt)
+        except BaseException as exc:  # the executor broke or was shut down meanwhile
+            out.set_exception(exc)
 
     send(1)
     return out

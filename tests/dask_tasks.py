@@ -34,6 +34,19 @@ def flaky(i: int, counter: str) -> int:
     return i
 
 
+@durable_nb.step(retries=1, retry_delay=0.2)
+def dies(i: int) -> int:
+    """Ends its worker process (a pool breaks)."""
+    import os
+
+    os._exit(1)
+
+
+@durable_nb.step(retries=3, retry_delay=30)
+def fails(i: int) -> int:
+    raise ConnectionError(f"call {i}: try again")
+
+
 @durable_nb.workflow
 def sweep(n: int, counter: str, sleep: float = 0.0, fail_at: int = -1) -> list[int]:
     return work.map(range(n), [counter] * n, [sleep] * n, [fail_at] * n)

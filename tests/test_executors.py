@@ -24,7 +24,7 @@ import durable_nb  # noqa: E402
 from durable_nb import engine  # noqa: E402
 
 from .conftest import ROOT, current_log  # noqa: E402
-from .dask_tasks import flaky, sweep, work  # noqa: E402
+from .dask_tasks import dies, fails, flaky, sweep, work  # noqa: E402
 from .kernels import Kernel, kernel_env  # noqa: E402
 
 
@@ -255,6 +255,34 @@ def test_a_failed_call_is_submitted_again_after_its_retry_delay(
         gaps = [attempts[k + 1][2] - attempts[k][3] for k in (0, 1)]
         assert gaps[0] >= 0.4 and gaps[1] >= 0.8  # retry_delay, then times backoff
     assert tasks(client) == 9  # each attempt its own task
+
+
+def test_a_retry_the_executor_cannot_take_fails_the_future(log: Path) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    with (
+        ProcessPoolExecutor(1) as pool,
+        durable_nb.use_executor(pool),
+        durable_nb.workflow("broken"),
+    ):
+        future = dies.submit(1)
+        with pytest.raises(BrokenProcessPool):
+            future.result(timeout=60)  # not a future left pending for good
+
+
+def test_ctrl_c_logs_a_call_waiting_for_its_retry_interrupted(
+    client: distributed.Client, log: Path
+) -> None:
+    def interrupt() -> None:
+        while not rows(log, "failed"):
+            time.sleep(0.02)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt).start()
+    with pytest.raises(KeyboardInterrupt), durable_nb.workflow("waits"):
+        fails.map([7])  # its retry is due in 30 s
+    assert rows(log, "failed") == ["7"] and rows(log, "interrupted") == ["7"]
 
 
 def test_a_process_pool_and_a_default_executor(log: Path, tmp_path: Path) -> None:

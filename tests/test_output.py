@@ -301,6 +301,92 @@ def test_streams_are_put_back_when_thread_steps_outlive_the_run(log_path: Path) 
     assert rows == {"waits": "waited 1\n", "quick": "quick\n"}
 
 
+def test_a_stream_a_step_puts_in_place_stays_and_patched_writes_work(log_path: Path) -> None:
+    import io
+    import logging
+    import sys
+
+    before = sys.stdout, sys.stderr
+    mine = io.StringIO()
+    patched: list[str] = []
+
+    @step
+    def redirects() -> int:
+        sys.stdout = mine  # for the rest of the cell, as it would without durable_nb
+        return 1
+
+    @step
+    def patches() -> int:
+        original = sys.stdout.write
+        sys.stdout.write = lambda text: patched.append(text) or original(text)  # as wandb does
+        print("patched")
+        return 2
+
+    @step
+    def prints_nowhere() -> int:
+        print("to None")  # a no-op, as print is when sys.stdout is None
+        return 3
+
+    @step
+    def logs() -> int:
+        logging.getLogger("t").warning("to stdout")
+        return 4
+
+    handler = logging.StreamHandler(before[0])  # bound to the real stdout between steps
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handlers = logging.root.handlers[:]
+    try:
+        with workflow("kept"):
+            redirects()
+            print("after")
+        assert sys.stdout is mine and mine.getvalue() == "after\n"
+        sys.stdout = before[0]
+        with workflow("kept"):
+            patches()
+            sys.stdout = None
+            prints_nowhere()
+            sys.stdout = before[0]
+            logging.root.handlers = [handler]  # the only one (pytest's own are not in a kernel)
+            logs()
+    finally:
+        sys.stdout, sys.stderr = before
+        logging.root.handlers = handlers
+    assert "".join(patched) == "patched\n"
+    rows = dict(sqlite3.connect(log_path).execute("SELECT name, stdout FROM steps").fetchall())
+    assert rows["patches"] == "patched\n" and rows["logs"] == "to stdout\n"
+    assert rows["prints_nowhere"] is None
+
+
+def test_a_nested_replay_is_kept_unmarked_in_the_step_around_it(log_path: Path) -> None:
+    fail = [True]
+
+    @step
+    def inner() -> int:
+        print("inner ran")
+        return 1
+
+    @step
+    def outer() -> int:
+        value = inner()
+        print("outer ran")
+        if fail[0]:
+            raise RuntimeError("not yet")
+        return value
+
+    with pytest.raises(RuntimeError), workflow("nest"):
+        outer()
+    fail[0] = False
+    with workflow("nest") as run:  # outer runs again, inner replays inside it
+        outer()
+    assert run.steps_replayed == 1
+    stored = (
+        sqlite3.connect(log_path)
+        .execute("SELECT stdout FROM steps WHERE name = 'outer' AND status = 'completed'")
+        .fetchone()[0]
+    )
+    assert stored == "inner ran\nouter ran\n"  # its replay marks each line once
+
+
 def test_interleaved_streams_keep_at_most_kept_in_all(log_path: Path) -> None:
     import sys
 
