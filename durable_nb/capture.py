@@ -102,7 +102,7 @@ class Tee(Stream):
         self.stream = stream
 
     def write(self, text: str) -> int:
-        if not _inside.replaying:
+        if not _inside.replaying and not _thread_steps():
             self.events.append((self.stream, text))
         return self.target.write(text)
 
@@ -120,7 +120,7 @@ class Shared(Stream):
         self.stream = stream
 
     def write(self, text: str) -> int:
-        if not _main or _inside.active:
+        if not _main or _inside.active or _thread_steps():
             return self.target.write(text)
         for events in _main:
             events.append((self.stream, text))
@@ -132,6 +132,12 @@ class Shared(Stream):
 
     def isatty(self) -> bool:
         return False if _main else bool(self.target.isatty())
+
+
+def _thread_steps() -> bool:
+    """Whether the writer is a step running in another thread than the main one: its text
+    is its own (its router keeps it), not the main-thread step's running meanwhile."""
+    return bool(_lists.get()) and threading.get_ident() != _MAIN
 
 
 class _Inside(threading.local):

@@ -387,6 +387,38 @@ def test_a_nested_replay_is_kept_unmarked_in_the_step_around_it(log_path: Path) 
     assert stored == "inner ran\nouter ran\n"  # its replay marks each line once
 
 
+@pytest.mark.filterwarnings("ignore:step")  # the Events the steps wait on are not digested
+def test_a_thread_step_keeps_its_lines_out_of_a_main_thread_step_running_meanwhile(
+    log_path: Path,
+) -> None:
+    import threading
+
+    started, printed = threading.Event(), threading.Event()
+
+    @step
+    def in_thread(i: int) -> int:
+        started.wait(5)
+        print(f"thread {i}")
+        printed.set()
+        return i
+
+    @step
+    def in_main() -> int:
+        print("main before")
+        started.set()
+        printed.wait(5)
+        print("main after")
+        return 0
+
+    with workflow("apart"):
+        worker = threading.Thread(target=in_thread, args=(1,))
+        worker.start()
+        in_main()
+        worker.join()
+    rows = dict(sqlite3.connect(log_path).execute("SELECT name, stdout FROM steps").fetchall())
+    assert rows == {"in_main": "main before\nmain after\n", "in_thread": "thread 1\n"}
+
+
 def test_interleaved_streams_keep_at_most_kept_in_all(log_path: Path) -> None:
     import sys
 
