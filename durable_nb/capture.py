@@ -38,6 +38,7 @@ __all__ = [
     "Tee",
     "budget",
     "clip",
+    "forget_streams",
     "record_display",
     "replay",
     "set_display",
@@ -385,6 +386,16 @@ def _put_back(out: Any, err: Any) -> None:
     top (called with the lock held; see ``_restore``)."""
     _restore("stdout", _out, out)  # type: ignore[arg-type]
     _restore("stderr", _err, err)  # type: ignore[arg-type]
+
+
+def forget_streams() -> None:
+    """Drop the cached tees once no step captures through them (the engine calls it when the
+    last run in progress ends), so that the stream under them (in a kernel, a cell's output
+    recorder) is not kept alive until the next step."""
+    global _out, _err
+    with _users_lock:
+        if not _main and sys.stdout is not _out and sys.stderr is not _err:
+            _out = _err = None
 
 
 def _spent(stream: Any) -> bool:

@@ -417,6 +417,8 @@ class workflow:
             _current.set(None)
         if self._root in _running:
             _running.remove(self._root)
+            if not _running:
+                capture.forget_streams()
         if not self.plan:
             return False
         run = self.run

@@ -204,6 +204,32 @@ def test_streams_are_teed_per_step_and_honour_redirects(log_path: Path) -> None:
     assert all("between" not in (out or "") for _, _, out in rows)
 
 
+def test_the_stream_under_a_run_is_not_kept_alive_after_it(log_path: Path) -> None:
+    import gc
+    import io
+    import sys
+    import weakref
+
+    @step
+    def prints() -> int:
+        print("kept")
+        return 1
+
+    before = sys.stdout
+    recorder = io.StringIO()  # as a kernel's cell recorder stands under a durable cell
+    sys.stdout = recorder
+    try:
+        with workflow("alive"):
+            prints()
+    finally:
+        sys.stdout = before
+    assert recorder.getvalue() == "kept\n"
+    gone = weakref.ref(recorder)
+    del recorder
+    gc.collect()
+    assert gone() is None
+
+
 def test_wrapped_and_redirected_streams_are_recorded_once_in_the_right_step(
     log_path: Path,
 ) -> None:
