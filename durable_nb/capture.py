@@ -286,10 +286,7 @@ class Capture:
         else:
             with _users_lock:  # (``with``: a Ctrl-C cannot leave it held)
                 out, err = sys.stdout, sys.stderr
-                if not _main and (
-                    (_out is not None and _out.target is out and _err.target is err)  # type: ignore[union-attr]
-                    or _new_tees(out, err)
-                ):
+                if not _main and _tees_over(out, err):
                     self._kind = _OUTER
                     self._out, self._err = out, err
                     sys.stdout, sys.stderr = _out, _err
@@ -361,11 +358,14 @@ def _restore(name: str, tee: Stream, saved: Any) -> None:
             setattr(sys, name, saved)
 
 
-def _new_tees(out: Any, err: Any) -> bool:
-    """Make the ``Shared`` tees the outermost main-thread step puts over ``out`` and ``err``
-    (called with the lock held); False when either is a wrapper of ours, which a step
-    then tees."""
+def _tees_over(out: Any, err: Any) -> bool:
+    """Have ``_out`` and ``_err`` be the ``Shared`` tees the outermost main-thread step puts
+    over ``out`` and ``err`` (the previous step's while the streams under them are the same;
+    called with the lock held); False when either is a wrapper of ours, which a step then
+    tees."""
     global _out, _err
+    if _out is not None and _err is not None and _out.target is out and _err.target is err:
+        return True
     if isinstance(out, (Tee, _Router)) or isinstance(err, (Tee, _Router)):
         return False
     if _out is None or _out.target is not out:

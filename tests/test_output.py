@@ -58,6 +58,12 @@ def texts(cell: object, name: str) -> str:
     return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == name)  # type: ignore[attr-defined]
 
 
+def stored(log: Path, column: str = "stdout") -> dict[str, object]:
+    """What each step's row holds in ``column``, by step name."""
+    query = f"SELECT name, {column} FROM steps"
+    return dict(sqlite3.connect(log).execute(query).fetchall())
+
+
 def test_a_replayed_step_shows_everything_it_showed(tmp_path: Path) -> None:
     env = kernel_env(tmp_path / "showy.ipynb")
     first = run_all(notebook("%load_ext durable_nb", SHOWY, CELL), tmp_path, env)
@@ -161,7 +167,7 @@ def test_log_lines_are_kept_once_and_the_streams_put_back(log_path: Path) -> Non
     finally:
         logging.root.removeHandler(handler)
     assert (sys.stdout, sys.stderr) == before
-    rows = dict(sqlite3.connect(log_path).execute("SELECT name, output FROM steps").fetchall())
+    rows = stored(log_path, "output")
     assert rows["outer"].count("inner says 1") == 1
 
 
@@ -323,7 +329,7 @@ def test_streams_are_put_back_when_thread_steps_outlive_the_run(log_path: Path) 
     go.set()
     worker.join()
     assert (sys.stdout, sys.stderr) == before
-    rows = dict(sqlite3.connect(log_path).execute("SELECT name, stdout FROM steps").fetchall())
+    rows = stored(log_path)
     assert rows == {"waits": "waited 1\n", "quick": "quick\n"}
 
 
@@ -378,7 +384,7 @@ def test_a_stream_a_step_puts_in_place_stays_and_patched_writes_work(log_path: P
         sys.stdout, sys.stderr = before
         logging.root.handlers = handlers
     assert "".join(patched) == "patched\n"
-    rows = dict(sqlite3.connect(log_path).execute("SELECT name, stdout FROM steps").fetchall())
+    rows = stored(log_path)
     assert rows["patches"] == "patched\n" and rows["logs"] == "to stdout\n"
     assert rows["prints_nowhere"] is None
 
@@ -441,7 +447,7 @@ def test_a_thread_step_keeps_its_lines_out_of_a_main_thread_step_running_meanwhi
         worker.start()
         in_main()
         worker.join()
-    rows = dict(sqlite3.connect(log_path).execute("SELECT name, stdout FROM steps").fetchall())
+    rows = stored(log_path)
     assert rows == {"in_main": "main before\nmain after\n", "in_thread": "thread 1\n"}
 
 
