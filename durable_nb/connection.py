@@ -153,6 +153,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                 conn.execute(pragma)
         if not readonly:
             _migrate(conn)
+        elif conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            conn = _migrated_copy(conn)
     except sqlite3.Error as exc:
         conn.close()
         raise fail(path, exc, "open" if readonly else "write") from None
@@ -160,6 +162,22 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _migrated_copy(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """A log of an older schema opened read-only: the file cannot be migrated, so views
+    read a migrated copy of it in memory (the file stays as it is; the first process that
+    writes to it migrates it)."""
+    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        conn.backup(copy)
+        _migrate(copy, quiet=True)
+    except BaseException:
+        copy.close()
+        raise
+    finally:
+        conn.close()
+    return copy
 
 
 def _set_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:
@@ -228,15 +246,16 @@ def _say_if_slow(conn: sqlite3.Connection, version: int) -> None:
         )
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, *, quiet: bool = False) -> None:
     """Apply the migrations this file lacks, in one write transaction that first reads the
-    version again (two processes opening a new log at once must not both migrate it)."""
+    version again (two processes opening a new log at once must not both migrate it);
+    ``quiet``: no warning that it takes seconds (a copy in memory, not the user's file)."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version and version < SCHEMA_VERSION:
+        if version and version < SCHEMA_VERSION and not quiet:
             _say_if_slow(conn, version)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in _statements(script):

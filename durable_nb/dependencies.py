@@ -124,12 +124,15 @@ class Digest:
 
     def doc(self, step: str) -> dict[str, Any]:
         """The JSON document stored beside the digest: what it covers, with short reprs."""
-        return {
+        doc = {
             "step": step,
             "base": self.base,
             "entries": [[e.label, e.digest, _shown(e.value)] for e in self.entries],
             "refs": self.refs,
         }
+        if self.opaque:  # values digested by their type only: a change to them is not seen
+            doc["opaque"] = self.opaque
+        return doc
 
 
 _SHOWN = frozenset({*_PRIMITIVES, tuple, list, dict, set, frozenset})
@@ -694,12 +697,20 @@ def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> 
     for label in before.keys() - now.keys():
         changes.append((20, f"no longer depends on {label.partition(' ')[2]}"))
     if not changes:
-        return f"dependencies of {name} changed since run {run_id}"
+        return f"dependencies of {name} changed since run {run_id}" + _by_type(new)
     changes.sort(key=lambda c: c[0])
     texts = [text for _, text in changes[:3]]
     if len(changes) > 3:
         texts.append(f"{len(changes) - 3} more")
-    return "; ".join(texts) + f" since run {run_id}"
+    return "; ".join(texts) + f" since run {run_id}" + _by_type(new)
+
+
+def _by_type(digest: Digest) -> str:
+    """What the reason adds about values only counted by their type (not seen changing)."""
+    if not digest.opaque:
+        return ""
+    names = [label.partition(" ")[2] for label in digest.opaque]
+    return f" ({', '.join(dict.fromkeys(names))} counted by type only)"
 
 
 def _changed(kind: str, what: str, old: str | None, new: str | None) -> str:

@@ -26,6 +26,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .errors import DurableError
 from .serialization import describe, short_repr
 
 Texts = tuple[list[str], str]
@@ -233,6 +234,9 @@ def metrics_document(value: Any) -> str | None:
 # -- the table ------------------------------------------------------------------------------
 
 
+_NON_FINITE = {"nan", "inf", "-inf"}
+
+
 def _column(values: list[Any]) -> Any:
     """A column with a real dtype: booleans, integers, floats (missing as NA / NaN), text
     (``"nan"`` / ``"inf"``, as non-finite floats are written, read as numbers)."""
@@ -245,8 +249,10 @@ def _column(values: list[Any]) -> Any:
         return pd.array(values, dtype="Int64")
     if kinds and kinds <= {int, float}:
         return pd.array([float("nan") if v is None else v for v in values], dtype="float64")
-    if kinds <= {str, int, float} and any(v in ("nan", "inf", "-inf") for v in values):
-        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
+    if str in kinds and kinds <= {str, int, float}:
+        texts = {v for v in values if type(v) is str}
+        if texts <= _NON_FINITE:  # a text column that holds "nan" among other words stays text
+            return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
     return values
 
 
@@ -262,8 +268,9 @@ def experiments(
 
     ``latest`` (the default): per call, its newest completed record (after a code change
     and a rerun, the new values only). ``latest=False``: every attempt, failed ones too,
-    with ``status`` and ``error`` columns. A result field named like a parameter is
-    ``result.NAME``. Read from the JSON written at checkpoint time: nothing is unpickled.
+    with ``status`` and ``error`` columns. A parameter named like one of those columns
+    is ``param.NAME``; a result field named like a parameter or a column is ``result.NAME``.
+    Read from the JSON written at checkpoint time: nothing is unpickled.
     """
     import pandas as pd
 
@@ -281,7 +288,9 @@ def experiments(
     metrics = json.loads("[" + ",".join(r[9] or "{}" for r in rows) + "]")
     param_names = list(dict.fromkeys(k for p in params for k in p))
     metric_names = list(dict.fromkeys(k for m in metrics for k in m))
-    taken = {*param_names, "workflow", "run", "step", "status", "error", "duration", "started"}
+    fixed = ("workflow", "run", "step", "status", "error", "duration", "started")
+    shown = [f"param.{name}" if name in fixed else name for name in param_names]
+    taken = {*shown, *fixed}
     data: dict[str, Any] = {
         "workflow": [r[0] for r in rows],
         "run": pd.array([r[5] for r in rows], dtype="int64"),
@@ -290,8 +299,8 @@ def experiments(
     if not latest:
         data["status"] = pd.Categorical([r[6] for r in rows])
         data["error"] = [r[7] for r in rows]
-    for name in param_names:
-        data[name] = _column([p.get(name) for p in params])
+    for name, column in zip(param_names, shown, strict=True):
+        data[column] = _column([p.get(name) for p in params])
     results = []
     for name in metric_names:
         column = f"result.{name}" if name in taken else name
@@ -313,7 +322,16 @@ def compare(workflow: str, run_a: int, run_b: int, *, log: Any = None) -> Any:
 
     from .views import _opened
 
+    if run_a == run_b:
+        raise DurableError(f"compare takes two different runs of {workflow!r}, not {run_a} twice")
     with _opened(log) as store:
+        known = {run.id for run in store.runs(workflow)}
+        for run in (run_a, run_b):
+            if run not in known:
+                raise DurableError(
+                    f"{workflow!r} has no run {run}; its runs are "
+                    f"{_listed(sorted(known)) or 'none'} (durable_nb.runs({workflow!r}))"
+                )
         a, b = store.run_calls(run_a), store.run_calls(run_b)
     calls: dict[tuple[Any, ...], dict[str, Any]] = {}
     for run, rows in ((run_a, a), (run_b, b)):
@@ -345,6 +363,11 @@ def compare(workflow: str, run_a: int, run_b: int, *, log: Any = None) -> Any:
         )
     columns = ["step", "args", f"run {run_a}", f"run {run_b}", "difference"]
     return pd.DataFrame(out, columns=columns)
+
+
+def _listed(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[-10:]))
+    return shown if len(ids) <= 10 else f"..., {shown}"
 
 
 _LOWER_IS_BETTER = ("loss", "err", "mse", "mae", "rmse", "time", "latency", "cost")

@@ -7,8 +7,10 @@ modules written to ``tmp_path`` and imported, as the user's own ``.py`` files wo
 from __future__ import annotations
 
 import functools
+import getpass
 import importlib
 import json
+import socket
 import sqlite3
 import sys
 import textwrap
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 
 import durable_nb
-from durable_nb import DurableWarning, Step, step, workflow
+from durable_nb import DurableWarning, Step, dependencies, step, workflow
 from durable_nb.digests import args_digest, value_digest
 
 from .conftest import python
@@ -92,6 +94,10 @@ def test_globals_helpers_and_helpers_of_helpers_invalidate(module, log_path: Pat
         "code of nb_globals.double changed; global nb_globals.FACTOR changed (100 -> 10) "
         "since run 3",
     ]
+    said = durable_nb.events(log=log_path)  # the events view says it too
+    started = said[said["kind"] == "step started"]["detail"].tolist()
+    assert started[1] == "(1) -- global nb_globals.FACTOR changed (10 -> 100) since run 1"
+    assert durable_nb.steps("g", log=log_path)["reason"].tolist()[1:] == reasons(log_path, "s")[1:]
 
 
 def test_a_comment_or_docstring_in_a_helper_changes_nothing(module, log_path: Path) -> None:
@@ -211,28 +217,42 @@ def test_installed_packages_are_recorded_not_hashed(log_path: Path) -> None:
     assert [e[0] for e in doc["entries"]] == ["code step stats"]  # numpy is not hashed
 
 
-def test_big_globals_are_hashed_once_per_run(module, log_path: Path) -> None:
+def test_big_globals_are_hashed_once_per_run(
+    module, log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nb = module(
         "nb_big",
         "import numpy as np\nBIG = np.ones(2_000_000)\ndef s(i):\n    return float(BIG[i])\n",
     )
+    hashed: list[int] = []  # the real digest, counted: which objects it walked
+    real = dependencies.digest_value
+
+    def counted(obj: object) -> object:
+        hashed.append(id(obj))
+        return real(obj)
+
+    monkeypatch.setattr(dependencies, "digest_value", counted)
     s = Step(nb.s)
     with workflow("big") as run:
         assert [s(i) for i in range(3)] == [1.0, 1.0, 1.0]
+    assert hashed.count(id(nb.BIG)) == 1  # once for three calls
     assert list(run.deps.big) == [id(nb.BIG)]  # cached by object for the rest of the run
     nb.BIG[0] = 7.0  # in place: seen from the next run on
     with workflow("big") as run:
         assert s(0) == 7.0 and s(1) == 1.0
     assert run.steps_run == 2  # the array's digest changed for every call
-    nb.BIG = np.ones(3)  # rebound: seen at the next call
+    assert hashed.count(id(nb.BIG)) == 2  # once more in the second run
     with workflow("big") as run:
-        assert s(1) == 1.0
+        nb.BIG = np.full(3, 5.0)  # rebound within a run: seen at the next call
+        assert s(1) == 5.0 and s(2) == 5.0
+    assert run.steps_run == 2 and hashed.count(id(nb.BIG)) == 1
 
 
 def test_values_that_cannot_be_digested_count_by_type_and_warn_once(module, log_path: Path) -> None:
     nb = module(
         "nb_opaque",
-        "import threading\nLOCK = threading.Lock()\ndef s(x):\n    return x if LOCK else 0\n",
+        "import threading\nLOCK = threading.Lock()\nF = 1\n"
+        "def s(x):\n    return x * F if LOCK else 0\n",
     )
     s = Step(nb.s)
     with warnings.catch_warnings(record=True) as caught:
@@ -244,6 +264,14 @@ def test_values_that_cannot_be_digested_count_by_type_and_warn_once(module, log_
     assert len(said) == 1 and "nb_opaque.LOCK cannot be digested" in said[0]
     runs = sqlite3.connect(log_path).execute("SELECT steps_run, steps_replayed FROM runs")
     assert runs.fetchall() == [(2, 0), (0, 2)]
+    nb.F = 3  # a change that is seen: its reason also names what is not
+    with workflow("opaque"):
+        assert s(1) == 3
+    assert reasons(log_path, "s")[-1] == (
+        "global nb_opaque.F changed (1 -> 3) since run 1 (nb_opaque.LOCK counted by type only)"
+    )
+    docs = sqlite3.connect(log_path).execute("SELECT doc FROM digests").fetchall()
+    assert {tuple(json.loads(d)["opaque"]) for (d,) in docs} == {("global nb_opaque.LOCK",)}
 
 
 def test_partial_arguments_are_part_of_the_key(log_path: Path) -> None:
@@ -338,6 +366,11 @@ def test_accept_makes_changed_steps_replay_and_leaves_a_note(module, log_path: P
     assert run.steps_replayed == 1 and nb.calls == []
     note = sqlite3.connect(log_path).execute("SELECT kind, detail FROM notes").fetchone()
     assert note[0] == "accept" and "1 records accepted for digests " in note[1]
+    assert f"{getpass.getuser()}@{socket.gethostname()}" in note[1]  # who accepted
+    durable_nb.get_store().forget("acc", "s")  # undone: the accepted record is gone
+    with workflow("acc") as run:
+        assert s(1) == 20
+    assert run.steps_run == 1 and nb.calls == [1]
     nb.FACTOR = 3  # a later change still counts
     with workflow("acc") as run:
         assert s(1) == 6

@@ -3,10 +3,14 @@ read from JSON written at checkpoint time, never from a pickle."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
 import sqlite3
 import subprocess
 import sys
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,8 @@ import pytest
 
 import durable_nb
 from durable_nb import step, workflow
+from durable_nb.errors import DurableError
+from durable_nb.experiments import MAX_FIELDS
 
 from .conftest import ROOT, python
 from .kernels import Kernel, kernel_env
@@ -73,6 +79,94 @@ def test_failed_calls_with_latest_false_and_clashing_names(log_path: Path) -> No
     assert every["error"].tolist()[1] == "ValueError: diverged"
 
 
+def test_parameters_named_like_the_fixed_columns_keep_both(log_path: Path) -> None:
+    @step
+    def sched(step: int, run: int, duration: float) -> dict[str, object]:
+        return {"step": step * 2, "workflow": "w", "loss": 0.5}
+
+    with workflow("sched") as first:
+        sched(10, 7, 0.5)
+        sched(20, 8, 1.5)
+    df = durable_nb.experiments("sched")
+    assert df["step"].tolist() == ["sched", "sched"] and df["run"].tolist() == [first.id] * 2
+    assert df["param.step"].tolist() == [10, 20] and df["param.run"].tolist() == [7, 8]
+    assert df["param.duration"].tolist() == [0.5, 1.5]
+    assert str(df["duration"].dtype).startswith("timedelta64")
+    assert df["result.step"].tolist() == [20, 40] and df["result.workflow"].tolist() == ["w"] * 2
+
+
+def test_text_with_the_word_nan_stays_text_and_non_finite_numbers_are_numbers(
+    log_path: Path,
+) -> None:
+    @step
+    def opt(name: str, score: float) -> float:
+        return score
+
+    with workflow("words"):
+        for name, score in (("adam", 1.0), ("nan", float("nan")), ("sgd", float("inf"))):
+            opt(name, score)
+    df = durable_nb.experiments("words")
+    assert df["name"].tolist() == ["adam", "nan", "sgd"]
+    assert pd.api.types.is_float_dtype(df["score"]) and pd.api.types.is_float_dtype(df["result"])
+    assert df["score"].tolist()[0] == 1.0 and np.isnan(df["score"].tolist()[1])
+    assert df["result"].tolist()[2] == float("inf")
+
+
+class Scores(typing.NamedTuple):
+    loss: float
+    acc: float
+
+
+@dataclasses.dataclass
+class Fit:
+    loss: float
+    detail: dict[str, object]
+
+
+class Frozen(Mapping[str, float]):
+    """A read-only Mapping that is not a dict."""
+
+    def __init__(self, items: dict[str, float]) -> None:
+        self._items = items
+
+    def __getitem__(self, key: str) -> float:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def test_every_kind_of_result_gives_its_fields(log_path: Path) -> None:
+    kinds = {
+        "series": pd.Series({"loss": 0.25, "acc": 0.5}),
+        "namedtuple": Scores(0.25, 0.5),
+        "dataclass": Fit(0.25, {"acc": 0.5, "inner": {"k": 1}}),
+        "mapping": Frozen({"loss": 0.25, "acc": 0.5}),
+        "wide": {f"f{i:03d}": i for i in range(500)},
+        "array": np.zeros(3),
+    }
+
+    @step
+    def result_of(kind: str) -> object:
+        return kinds[kind]
+
+    with workflow("kinds"):
+        for kind in kinds:
+            result_of(kind)
+    df = durable_nb.experiments("kinds").set_index("kind")
+    for kind in ("series", "namedtuple", "mapping"):
+        assert (df.loc[kind, "loss"], df.loc[kind, "acc"]) == (0.25, 0.5), kind
+    assert (df.loc["dataclass", "loss"], df.loc["dataclass", "detail.acc"]) == (0.25, 0.5)
+    assert df.loc["dataclass", "detail.inner.k"] == 1
+    wide = [c for c in df.columns if c.startswith("f") and pd.notna(df.loc["wide", c])]
+    assert 0 < len(wide) <= MAX_FIELDS  # bounded, never the whole dict
+    fields = [c for c in df.columns if c not in ("workflow", "run", "step", "duration", "started")]
+    assert df.loc["array", fields].isna().all()  # an array has no fields: nothing, not an error
+
+
 def test_odd_arguments_become_short_reprs(log_path: Path) -> None:
     @step
     def use(data: object, frame: object, n: object = np.int64(3)) -> float:
@@ -106,8 +200,9 @@ def first(x):
 def second(x):
     return measure(x)[1]
 
-with workflow("gone"):
-    first(0.5), second(0.5)
+for _ in range(2):  # the second run replays: a run to compare with
+    with workflow("gone"):
+        first(0.5), second(0.5)
 """
 
 
@@ -176,12 +271,13 @@ def test_results_of_a_module_gone_are_still_read_and_pickles_never_run(tmp_path:
         "df = durable_nb.experiments('gone', log=sys.argv[1])\n"
         "print(df[['step', 'loss', 'acc', 'left', 'right']].to_csv(index=False))\n"
         "durable_nb.steps(log=sys.argv[1]); durable_nb.runs(log=sys.argv[1])\n"
-        "durable_nb.events(log=sys.argv[1]); durable_nb.compare('gone', 1, 1, log=sys.argv[1])\n"
+        "durable_nb.events(log=sys.argv[1]); print(durable_nb.compare('gone', 1, 2, log=sys.argv[1])['run 2'].tolist())\n"
     )
     proc = python(reader, str(log), cwd=tmp_path)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "first,0.25,0.5,," in out and "second,,,0.5,-0.5" in out
+    assert out.splitlines()[-1].count("'replayed'") == 2  # first and second, from run 1
     assert not (tmp_path / "pwned").exists()
 
 
@@ -199,6 +295,47 @@ def test_compare_says_what_a_change_did(log_path: Path) -> None:
     assert by_args["0.001"] == f"only in run {a.id}" and by_args["0.03"] == f"only in run {b.id}"
     assert by_args["0.003"] == "loss: 3.006 -> 3.012"
     assert set(df[f"run {b.id}"].dropna()) == {"ran"}
+    with workflow("cmp") as c:  # the same code: every call replays, nothing differs
+        for lr in LRS[1:4]:
+            train(lr)  # type: ignore[operator]
+    same = durable_nb.compare("cmp", b.id, c.id)
+    assert same[f"run {c.id}"].tolist() == ["replayed"] * 3
+    assert same["difference"].tolist() == [""] * 3
+    with workflow("other") as other:
+        pass
+    with pytest.raises(DurableError, match=f"'cmp' has no run {other.id}; its runs are "):
+        durable_nb.compare("cmp", a.id, other.id)
+
+
+def test_an_older_log_is_read_without_being_changed(tmp_path: Path) -> None:
+    from .conftest import old_log
+
+    old = old_log(tmp_path / "old.db", 6, result={"loss": 0.5})
+    with sqlite3.connect(old) as conn:  # a second run that made the same call again
+        conn.execute(
+            "INSERT INTO runs (workflow, status, started_at, ended_at, owner, pid) "
+            "VALUES ('w', 'completed', 3, 4, 'gone:host:1:1', 1)"
+        )
+        conn.execute(
+            "INSERT INTO steps (run_id, workflow, scope, name, args_digest, occurrence, "
+            "code_digest, attempt, status, started_at, ended_at, result_format, args_repr, "
+            "result) SELECT 2, workflow, scope, name, args_digest, occurrence, 'c2', 1, status, "
+            "3, 4, result_format, args_repr, result FROM steps"
+        )
+    before = old.read_bytes()
+    table = durable_nb.experiments(log=old)  # no parameters or fields: not written then
+    assert table[["workflow", "run", "step"]].values.tolist() == [["w", 2, "train"]]
+    assert durable_nb.compare("w", 1, 2, log=old)[
+        ["run 1", "run 2", "difference"]
+    ].values.tolist() == [["ran", "ran", ""]]
+    assert durable_nb.steps(log=old)["step"].tolist() == ["train", "train"]
+    out = subprocess.run(
+        [sys.executable, "-m", "durable_nb.cli", "experiments", str(old), "--format", "json"],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert [row["run"] for row in json.loads(out.stdout)] == [2]  # the newest record of it
+    assert old.read_bytes() == before  # read, not migrated: the file is as it was
 
 
 def test_experiments_in_a_kernel_and_a_terminal(tmp_path: Path) -> None:
@@ -225,3 +362,16 @@ def test_experiments_in_a_kernel_and_a_terminal(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "workflow,run,step,lr,loss,acc,duration,started"
     assert len(out.stdout.splitlines()) == 4
+    for name, rows in (("sweep", 3), ("other", 0)):
+        out = subprocess.run(
+            [sys.executable, "-m", "durable_nb.cli", "experiments", str(tmp_path / "exp.ipynb"),
+             "--workflow", name],
+            capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        if rows:  # a table a person reads: a header and one line per call
+            assert lines[0].split() == ["workflow", "run", "step", "lr", "loss", "acc", "duration"]
+            assert len(lines) == 1 + rows and lines[1].split()[:3] == ["sweep", "1", "train"]
+        else:
+            assert lines == ["(empty)"]

@@ -118,8 +118,14 @@ def test_exactly_the_affected_steps_run_again_with_their_reason(tmp_path: Path) 
                 "by_module",
                 "code of helpers.triple changed",
             ),
+            (  # autoreload (loaded before the loop) swaps the code of the function in place
+                "open('helpers.py', 'w').write('def triple(x):\\n    return 300 * x\\n')",
+                "by_module",
+                "code of helpers.triple changed",
+            ),
             ("BIG = BIG * 2", "by_array", "global BIG changed since run"),
         ]
+        assert kernel.execute("%load_ext autoreload\n%autoreload 2").status == "ok"
         for code, step, reason in changes:
             assert kernel.execute(code).status == "ok"
             reply = kernel.execute(CELL)
@@ -138,7 +144,7 @@ def test_exactly_the_affected_steps_run_again_with_their_reason(tmp_path: Path) 
         reply = kernel.execute(CELL)
         assert "5 steps replayed, 0 run" in reply.stdout and ran(tmp_path) == []
         values = kernel.execute("print(out)").stdout
-        assert values.startswith("[300, 3, 3, 30, ")
+        assert values.startswith("[300, 3, 3, 300, ")
     finally:
         kernel.close()
     env_json = sqlite3.connect(log).execute("SELECT environment FROM runs ORDER BY id DESC")
