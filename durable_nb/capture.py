@@ -200,6 +200,7 @@ _out: Shared | None = None  # the tees the outermost main-thread step puts in pl
 _err: Shared | None = None
 
 
+_unstopped: list[Capture] = []  # the main thread's captures not yet stopped, oldest first
 _users = 0  # captures active right now, in every task and thread
 _users_lock = threading.Lock()
 
@@ -301,12 +302,19 @@ class Capture:
                     self._out, self._err = out, err
                     sys.stdout, sys.stderr = self._tees
         self._logged = _log_start() if logging.root.handlers else False
+        if self._kind != _ROUTED:
+            _unstopped.append(self)
 
     def stop(self) -> None:
         """Stop capturing (what was shown stays in ``events``)."""
         if self._logged:
             _log_stop()
         kind = self._kind
+        if kind != _ROUTED:
+            if _unstopped and _unstopped[-1] is self:
+                _unstopped.pop()
+            else:
+                _drop(_unstopped, self)
         if kind <= _OUTER:  # _NESTED or _OUTER
             events = self.events
             if _main and _main[-1] is events:
@@ -337,11 +345,11 @@ class Capture:
 _NESTED, _OUTER, _TEED, _ROUTED = range(4)  # how a capture records (``Capture._kind``)
 
 
-def _drop(lists: list[list[Event]], events: list[Event]) -> None:
-    if lists and lists[-1] is events:
-        lists.pop()
-    else:  # stopped out of order: drop this list only
-        lists[:] = [e for e in lists if e is not events]
+def _drop(items: list[Any], item: Any) -> None:
+    if items and items[-1] is item:
+        items.pop()
+    else:  # stopped out of order: drop this one only
+        items[:] = [e for e in items if e is not item]
 
 
 def _restore(name: str, tee: Stream, saved: Any) -> None:
@@ -391,8 +399,14 @@ def _put_back(out: Any, err: Any) -> None:
 def forget_streams() -> None:
     """Drop the cached tees once no step captures through them (the engine calls it when the
     last run in progress ends), so that the stream under them (in a kernel, a cell's output
-    recorder) is not kept alive until the next step."""
+    recorder) is not kept alive until the next step.
+
+    With no run in progress no main-thread step captures, so what one left behind is undone
+    first: a Ctrl-C landing between a capture's start and its step's ``try`` (a window of a
+    few bytecodes) would otherwise leave its list recording and our tees in place."""
     global _out, _err
+    for left in reversed(_unstopped[:]):
+        left.stop()
     with _users_lock:
         if not _main and sys.stdout is not _out and sys.stderr is not _err:
             _out = _err = None

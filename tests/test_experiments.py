@@ -271,7 +271,8 @@ def test_results_of_a_module_gone_are_still_read_and_pickles_never_run(tmp_path:
         "df = durable_nb.experiments('gone', log=sys.argv[1])\n"
         "print(df[['step', 'loss', 'acc', 'left', 'right']].to_csv(index=False))\n"
         "durable_nb.steps(log=sys.argv[1]); durable_nb.runs(log=sys.argv[1])\n"
-        "durable_nb.events(log=sys.argv[1]); print(durable_nb.compare('gone', 1, 2, log=sys.argv[1])['run 2'].tolist())\n"
+        "durable_nb.events(log=sys.argv[1])\n"
+        "print(durable_nb.compare('gone', 1, 2, log=sys.argv[1])['run 2'].tolist())\n"
     )
     proc = python(reader, str(log), cwd=tmp_path)
     out, err = proc.communicate(timeout=60)

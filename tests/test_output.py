@@ -236,6 +236,40 @@ def test_the_stream_under_a_run_is_not_kept_alive_after_it(log_path: Path) -> No
     assert gone() is None
 
 
+@pytest.mark.parametrize("under", ["plain", "redirected"])
+def test_a_capture_left_by_a_ctrl_c_before_its_try_is_undone_when_the_run_ends(
+    log_path: Path, under: str
+) -> None:
+    """A Ctrl-C landing between a step's ``Capture()`` and its ``try`` leaves the capture
+    running; the end of the last run undoes it (streams back, nothing recorded later)."""
+    import contextlib
+    import io
+    import sys
+
+    from durable_nb.capture import Capture
+
+    @step
+    def later() -> int:
+        print("later")
+        return 1
+
+    before = sys.stdout, sys.stderr
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink) if under == "redirected" else contextlib.nullcontext():
+        under_run = sys.stdout
+        with pytest.raises(KeyboardInterrupt), workflow("left"):
+            left = Capture()  # what the interrupted step started, never stopped
+            raise KeyboardInterrupt
+        assert (sys.stdout, sys.stderr) == (under_run, before[1])  # put back
+        print("between runs")
+        with workflow("left"):
+            later()
+        assert (sys.stdout, sys.stderr) == (under_run, before[1])
+    assert left.events == [] and (sys.stdout, sys.stderr) == before
+    printed = sqlite3.connect(log_path).execute("SELECT stdout FROM steps WHERE name = 'later'")
+    assert printed.fetchall() == [("later\n",)]
+
+
 def test_wrapped_and_redirected_streams_are_recorded_once_in_the_right_step(
     log_path: Path,
 ) -> None:
