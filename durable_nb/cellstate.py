@@ -25,6 +25,7 @@ again next time, and its summary line says why.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import importlib.util
 import json
@@ -134,7 +135,7 @@ def changes(
     inplace = []
     deps = RunDependencies()
     for name, obj in inputs.objects.items():
-        if namespace.get(name, _UNSET) is not obj or name in inputs.opaque or callable(obj):
+        if namespace.get(name, _UNSET) is not obj or name in inputs.opaque or _is_code(obj):
             continue
         digest, _ = input_digest(name, obj, inputs.attrs, deps)
         if digest == inputs.digests[name]:
@@ -143,6 +144,16 @@ def changes(
             why = why or f"it changes module {name} in place"
         inplace.append(name)
     return CellChanges(names + inplace, inplace, deleted, why)
+
+
+def _is_code(obj: Any) -> bool:
+    """Functions, classes, methods, steps: code, whose digest changes with what it reads,
+    not with changes made to it. A callable object (a model, an ``Accumulator`` with
+    ``__call__``) is a value: its changes in place count."""
+    return isinstance(obj, _CODE) or bool(getattr(type(obj), "__durable_step__", False))
+
+
+_CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, functools.partial)
 
 
 def _module_now(name: str, attrs: frozenset[str], run: RunDependencies) -> str:
@@ -340,7 +351,7 @@ class NamespaceGuard:
         self.saved = dict(namespace)
         for name in reads:
             value = namespace.get(name)
-            if value is None or callable(value) or isinstance(value, types.ModuleType):
+            if value is None or _is_code(value) or isinstance(value, types.ModuleType):
                 continue
             try:
                 namespace[name] = copy.deepcopy(value)

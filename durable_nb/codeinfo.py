@@ -26,7 +26,7 @@ import types
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from xxhash import xxh3_128_hexdigest
+from xxhash import xxh3_128, xxh3_128_hexdigest
 
 __all__ = [
     "CodeInfo",
@@ -69,6 +69,7 @@ class CodeInfo(NamedTuple):
     imports: tuple[tuple[str, int, tuple[str, ...]], ...] = ()  # in its body: (name, level,
     # the names of `from name import ...`)
     dynamic: tuple[str, ...] = ()  # builtins it calls that read globals by a run-time name
+    outputs: tuple[str, ...] = ()  # global names only used as ``NAME.mutator(...)``
 
 
 class _StripDocs(ast.NodeTransformer):
@@ -235,7 +236,7 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     freevars = tuple(name not in written for name in code.co_freevars)
     return CodeInfo(
         digest, tuple(sorted(names - written)), freevars, frozenset(attrs), tuple(imports),
-        tuple(sorted(names & _DYNAMIC)),
+        tuple(sorted(names & _DYNAMIC)), tuple(sorted(names & written)),
     )  # fmt: skip
 
 
@@ -331,14 +332,75 @@ def module_source(name: str) -> tuple[str, str | None]:
 
 def module_digest(name: str) -> str:
     """What ``import name`` would load, importing nothing: the user's own file by its
-    contents, an installed module by its package's version."""
+    contents, with the user's modules it imports in turn (found in its source, and so on);
+    an installed module by its package's version."""
     kind, origin = module_source(name)
     if kind == "user":
-        with open(origin, "rb") as f:  # type: ignore[arg-type]
-            return "file " + xxh3_128_hexdigest(f.read())
+        files = _user_files(name, origin)  # type: ignore[arg-type]
+        if len(files) == 1:  # the form older logs stored
+            with open(origin, "rb") as f:  # type: ignore[arg-type]
+                return "file " + xxh3_128_hexdigest(f.read())
+        hasher = xxh3_128()
+        for module, path in files:
+            with open(path, "rb") as f:
+                hasher.update(module.encode() + b"\0" + f.read() + b"\0")
+        return "file " + hasher.hexdigest()
     if kind == "installed":
         return f"installed {package_version(name.partition('.')[0])}"
     return kind
+
+
+def _user_files(name: str, origin: str) -> list[tuple[str, str]]:
+    """The user's modules that importing ``name`` (from ``origin``) loads, itself first: the
+    ones its source imports (anywhere in it), and theirs, and the packages around them."""
+    found = {name: origin}
+    queue = [(name, origin)]
+    while queue:
+        module, path = queue.pop()
+        package = module if os.path.basename(path) == "__init__.py" else module.rpartition(".")[0]
+        for target, level, fromlist in _file_imports(path):
+            try:
+                base = importlib.util.resolve_name("." * level + target, package or None)
+            except (ImportError, ValueError):
+                continue
+            names = [base, *(f"{base}.{n}" for n in fromlist if n != "*")]
+            parts = base.split(".")
+            names += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages
+            for candidate in names:
+                if candidate in found:
+                    continue
+                kind, where = module_source(candidate)
+                if kind == "user" and where is not None:
+                    found[candidate] = where
+                    queue.append((candidate, where))
+    first = [(name, origin)]
+    return first + sorted((m, p) for m, p in found.items() if m != name)
+
+
+_imports_of: dict[str, tuple[tuple[float, int], list[tuple[str, int, tuple[str, ...]]]]] = {}
+
+
+def _file_imports(path: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """The imports in a source file, as (module, level, names): parsed once per version."""
+    try:
+        stat = os.stat(path)
+        version = (stat.st_mtime, stat.st_size)
+        cached = _imports_of.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return []
+    found: list[tuple[str, int, tuple[str, ...]]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0, ()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = tuple(alias.name for alias in node.names)
+            found.append((node.module or "", node.level, names))
+    _imports_of[path] = (version, found)
+    return found
 
 
 _versions: dict[str, str | None] = {}

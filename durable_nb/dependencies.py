@@ -16,7 +16,9 @@ A step's *dependency digest* decides, with its key, whether a stored result may 
 
 A name the code only mutates through a statement such as ``log.append(x)`` or
 ``logger.info(...)`` (and never reads otherwise) is an output of the step, not an input, and
-is left out. Values that cannot be digested count by their type and are listed as such.
+is left out; unless it names code (``helpers.update(d)``: the module's function counts) or an
+object of the user's class (``tracker.add(d)``: its class's code counts, its state is the
+output). Values that cannot be digested count by their type and are listed as such.
 
 When values are read: at each call (a value that may change in place is checked at each
 call by a fast digest of its pickle). A value whose digest is costly (more than ~256 KiB of
@@ -186,6 +188,9 @@ def _immutable(obj: Any) -> bool:
     return (t is tuple or t is frozenset) and all(_immutable(v) for v in obj)
 
 
+_CODE = (types.ModuleType, types.FunctionType, types.MethodType)
+
+
 class _Walk:
     """One traversal from a step's function: the entries, in a deterministic order, and
     what it read on the way, so that the next call can check that nothing changed by
@@ -258,6 +263,10 @@ class _Walk:
                 self.reference(f"{prefix}{name}", obj, info.attrs)
             elif name not in _BUILTIN_NAMES:
                 self.entries.append(Entry(f"global {prefix}{name}", "undefined"))
+        for name in info.outputs:  # `NAME.update(d)`: an output, unless NAME is code
+            obj = glob.get(name, _MISSING)
+            self.reads.append((glob, name, obj))
+            self._output(f"{prefix}{name}", obj, info.attrs)
         for builtin in info.dynamic:
             if builtin not in glob:  # the builtin, not a global of the same name
                 raise RunTimeNames(f"{label.removeprefix('step ')} calls {builtin}()")
@@ -266,15 +275,27 @@ class _Walk:
         if fn.__closure__:
             names = code.co_freevars
             for name, read, cell in zip(names, info.freevars, fn.__closure__, strict=True):
-                if not read:
-                    continue
                 try:
                     contents = cell.cell_contents
                 except ValueError:  # not assigned yet
                     continue
                 self.attrs.append((cell, "cell_contents", contents))
                 inner = name if label.startswith("step ") else f"{label}.{name}"
-                self.reference(inner, contents, info.attrs, kind="closure")
+                if read:
+                    self.reference(inner, contents, info.attrs, kind="closure")
+                else:
+                    self._output(inner, contents, info.attrs, kind="closure")
+
+    def _output(self, name: str, obj: Any, attrs: frozenset[str], *, kind: str = "global") -> None:
+        """A name the code only uses as ``NAME.mutator(...)``: a list appended to, a logger,
+        a file are outputs (left out), but a module's, a class's or a function's code runs
+        (``helpers.update(d)``), and so does the class's of a user's object (its state is
+        the output)."""
+        t = type(obj)
+        if t in _CODE or isinstance(obj, type) or getattr(t, "__durable_step__", False):
+            self.reference(name, obj, attrs, kind=kind)
+        elif is_user_module(getattr(t, "__module__", None)):
+            self.cls(t)
 
     def cls(self, cls: type) -> None:
         if id(cls) in self.seen:
@@ -321,6 +342,7 @@ class _Walk:
                 self.function(obj, _label(obj))
             else:
                 self._package(obj.__module__)
+            self._wrapped(name, obj, attrs, kind)
             return
         if t is types.ModuleType:
             if is_user_module(obj.__name__):
@@ -368,6 +390,25 @@ class _Walk:
         else:
             self._package(module)
         self.value(f"{kind} {name}", obj)
+
+    def _wrapped(self, name: str, fn: Any, attrs: frozenset[str], kind: str) -> None:
+        """An installed function around the user's (its ``__module__`` may say the user's):
+        a decorator's wrapper (``__wrapped__``), ``functools.singledispatch`` (every
+        registered implementation)."""
+        if ("wrapped", id(fn)) in self.seen:
+            return
+        self.seen.add(("wrapped", id(fn)))
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            self.attrs.append((fn, "__wrapped__", wrapped))
+            self.reference(name, wrapped, attrs, kind=kind)
+        registry = getattr(fn, "registry", None)
+        if isinstance(registry, types.MappingProxyType) and hasattr(fn, "dispatch"):
+            self.keys.append((registry, len(registry)))
+            for klass, impl in list(registry.items()):
+                self.reads.append((registry, klass, impl))
+                self.reference(f"{name}[{getattr(klass, '__qualname__', klass)}]", impl, attrs,
+                               kind=kind)  # fmt: skip
 
     def _imported(
         self, name: str, level: int, fromlist: tuple[str, ...], glob: dict[str, Any],

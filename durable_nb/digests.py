@@ -1,8 +1,9 @@
 """Digests that decide replay: of a call's arguments, of values, of a cell's source.
 
 The digests are canonical: equal values give equal digests in every process, whatever
-``PYTHONHASHSEED`` is. Dicts, keyword arguments and sets are sorted; dataclasses and plain
-objects are digested by their fields (not by their pickle, which depends on set order);
+``PYTHONHASHSEED`` is. Keyword arguments, sets and an object's attributes are sorted; dicts
+keep their order (a step may iterate one); dataclasses and plain objects are digested by
+their fields and attributes (not by their pickle, which depends on set order);
 numpy arrays by dtype (field names included), shape and data. A value that cannot be digested
 (a client, a connection) counts by its type only, and ``ValueDigest.opaque`` says so.
 
@@ -16,12 +17,14 @@ tell apart the calls of one workflow, not resist an adversary.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
 import inspect
 import io
 import pickle
+import types
 import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -98,11 +101,13 @@ def _slots(t: type) -> list[str]:
     return names
 
 
-def _state(value: Any, t: type, acc: _Acc) -> tuple[Any, ...]:
-    """An object's own attributes: its ``__dict__`` and the slots of its classes."""
+def _state(value: Any, t: type, acc: _Acc, skip: Any = ()) -> tuple[Any, ...]:
+    """An object's own attributes: its ``__dict__`` (in any order: set in another order,
+    they are the same object) and the slots of its classes; not the names in ``skip``."""
     attrs = vars(value) if hasattr(value, "__dict__") else {}
+    own = [(_canon(k, acc), _canon(v, acc)) for k, v in attrs.items() if k not in skip]
     slots = [(n, _canon(getattr(value, n), acc)) for n in _slots(t) if hasattr(value, n)]
-    return (_canon(attrs, acc), *slots)
+    return (("dict", *_sorted(own)), *slots)
 
 
 _BUILTIN_BASES = (dict, list, tuple, set, frozenset, str, bytes, int, float, complex)
@@ -130,8 +135,10 @@ def _canon(value: Any, acc: _Acc) -> Any:
 def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
     if t is tuple or t is list:
         return (t.__name__, *[_canon(v, acc) for v in value])
-    if t is dict:
-        return ("dict", *_sorted([(_canon(k, acc), _canon(v, acc)) for k, v in value.items()]))
+    if t is dict:  # by its items in order: a step may iterate it (list(d), a prompt)
+        items = [(_canon(k, acc), _canon(v, acc)) for k, v in value.items()]
+        in_order = _sorted(items[:]) == items  # (the form older logs stored for these)
+        return ("dict" if in_order else "dict-ordered", *items)
     if t is set or t is frozenset:
         return (t.__name__, *_sorted([_canon(v, acc) for v in value]))
     module = t.__module__
@@ -164,9 +171,12 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
     if user:
         acc.code.append(t)  # an object of the user's class: its methods count
     fields = getattr(t, "__dataclass_fields__", None)
-    if fields is not None:
+    if fields is not None:  # its fields, and attributes set besides them (__post_init__)
         state = [(name, _canon(getattr(value, name, None), acc)) for name in fields]
-        return ("dataclass", module, t.__qualname__, *state)
+        extra = _state(value, t, acc, skip=fields) if hasattr(value, "__dict__") else ()
+        if extra and extra[0] == ("dict",) and len(extra) == 1:
+            extra = ()  # nothing besides its fields: the form older logs stored
+        return ("dataclass", module, t.__qualname__, *state, *extra)
     if isinstance(value, tuple) and hasattr(t, "_fields"):  # a NamedTuple
         return ("namedtuple", module, t.__qualname__, *[_canon(v, acc) for v in value])
     if isinstance(value, _BUILTIN_BASES):
@@ -176,7 +186,12 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
             inner: Any = base.__repr__(value)
         else:
             inner = _canon(base(value), acc)
+        factory = getattr(value, "default_factory", None)  # a defaultdict: what it makes
+        if factory is not None and isinstance(value, collections.defaultdict):
+            inner = (inner, ("default_factory", _canon(factory, acc)))
         return ("subclass", module, t.__qualname__, inner, *_state(value, t, acc))
+    if t is types.SimpleNamespace:  # its attributes, as an object's (code in them counts)
+        return ("namespace", *_state(value, t, acc))
     if _default_reduce(t) and (hasattr(value, "__dict__") or _slots(t)):
         if not user:
             acc.objects += 1
@@ -185,12 +200,32 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
                 return ("type", module, t.__qualname__)
         return ("object", module, t.__qualname__, *_state(value, t, acc))
     try:
-        data = pickle.dumps(value, protocol=5)
+        data = _pickled(value, acc)
     except Exception:
         acc.opaque = True
         return ("type", module, t.__qualname__)
     acc.cost += len(data)
     return ("pickle", module, t.__qualname__, xxh3_128_hexdigest(data))
+
+
+class _CodeFinder(pickle.Pickler):
+    """A pickler that notes the user's functions and classes it meets: pickle writes them
+    by name, so their code is added to what ``dependencies`` walks."""
+
+    def __init__(self, file: io.BytesIO, acc: _Acc) -> None:
+        super().__init__(file, protocol=5)
+        self.acc = acc
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)) and is_user_module(obj.__module__):
+            self.acc.code.append(obj)
+        return NotImplemented
+
+
+def _pickled(value: Any, acc: _Acc) -> bytes:
+    buffer = io.BytesIO()
+    _CodeFinder(buffer, acc).dump(value)
+    return buffer.getvalue()
 
 
 def _pandas(value: Any, t: type, acc: _Acc) -> Any:

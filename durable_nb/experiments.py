@@ -235,6 +235,7 @@ def metrics_document(value: Any) -> str | None:
 
 
 _NON_FINITE = {"nan", "inf", "-inf"}
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _column(values: list[Any]) -> Any:
@@ -243,6 +244,8 @@ def _column(values: list[Any]) -> Any:
     import pandas as pd
 
     kinds = {type(v) for v in values} - {type(None)}
+    if int in kinds and any(type(v) is int and not _INT64[0] <= v <= _INT64[1] for v in values):
+        return values  # integers past 64 bits: kept exact, as Python ints
     if kinds == {bool}:
         return pd.array(values, dtype="boolean")
     if kinds == {int}:

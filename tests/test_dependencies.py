@@ -917,3 +917,105 @@ def test_a_big_array_resized_in_place_between_calls_runs_again(module, log_path:
         nb.ARR.resize(3_000_000, refcheck=False)  # frees the memory a kept view would read
         assert s() == 1_000_000.0  # the new elements are zeros: a new shape, so it runs
     assert run.steps_run == 2
+
+
+REVIEWED = """
+import collections, dataclasses, functools, types
+import nb_outputs_helpers as helpers
+
+@dataclasses.dataclass
+class Cfg:
+    lr: float
+    def __post_init__(self):
+        self.scale = 1
+
+CFG = Cfg(0.5)
+ORDER = {"a": 1, "b": 2}
+DD = collections.defaultdict(lambda: 0)
+
+def loss(x):
+    return x * 2
+
+NS = types.SimpleNamespace(loss=loss, lr=1)
+
+class Aug:
+    k = 1
+    def add(self, d):
+        d["aug"] = self.k
+
+AUG = Aug()
+
+@functools.singledispatch
+def fmt(x):
+    return "any"
+
+@fmt.register
+def _(x: int):
+    return x * 10
+
+def by_fields():
+    return CFG.lr * CFG.scale
+
+def by_order():
+    return list(ORDER)
+
+def by_factory():
+    return DD.default_factory()  # what DD["missing"] would be
+
+def by_namespace(x):
+    return NS.loss(x) * NS.lr
+
+def by_module(x):
+    d = {"x": x}
+    helpers.update(d)
+    return d
+
+def by_object():
+    d = {}
+    AUG.add(d)
+    return d
+
+def by_dispatch(x):
+    return fmt(x)
+"""
+
+
+@pytest.mark.parametrize(
+    ("step_name", "args", "first", "change", "second"),
+    [
+        ("by_fields", (), 0.5, lambda nb, m: setattr(nb.CFG, "scale", 10), 5.0),
+        ("by_order", (), ["a", "b"], lambda nb, m: setattr(nb, "ORDER", {"b": 2, "a": 1}),
+         ["b", "a"]),
+        ("by_factory", (), 0,
+         lambda nb, m: setattr(nb, "DD", nb.collections.defaultdict(lambda: 5)), 5),
+        ("by_namespace", (3,), 6,
+         lambda nb, m: setattr(nb.NS, "loss", lambda x: x * 1000), 3000),
+        ("by_module", (1,), {"x": 1, "y": 2},
+         lambda nb, m: m("nb_outputs_helpers", "def update(d):\n    d['y'] = d['x'] * 3\n"),
+         {"x": 1, "y": 3}),
+        ("by_object", (), {"aug": 1}, lambda nb, m: setattr(nb.Aug, "k", 7), {"aug": 7}),
+        ("by_dispatch", (1,), 10,
+         lambda nb, m: nb.fmt.register(int, lambda x: x * 1000), 1000),
+    ],
+)  # fmt: skip
+def test_review_cases_of_values_and_code_a_step_reaches(
+    module, log_path: Path, step_name: str, args: tuple[object, ...], first: object,
+    change: object, second: object,
+) -> None:  # fmt: skip
+    """Cases a new user found replaying stale results: attributes a dataclass sets besides
+    its fields, a dict's order, a defaultdict's factory, a function in a SimpleNamespace, a
+    module's or a user object's method called as a statement, singledispatch."""
+    helpers = module("nb_outputs_helpers", "def update(d):\n    d['y'] = d['x'] * 2\n")
+    assert helpers is not None
+    nb = module(f"nb_reviewed_{step_name}", REVIEWED)
+    s = Step(getattr(nb, step_name))
+    for _ in range(2):
+        with workflow(step_name):
+            assert s(*args) == first
+    change(nb, module)  # type: ignore[operator]
+    with workflow(step_name) as run:
+        assert s(*args) == second
+    assert run.steps_run == 1
+    with workflow(step_name) as run:  # and the new value replays
+        assert s(*args) == second
+    assert run.steps_replayed == 1

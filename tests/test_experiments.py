@@ -167,6 +167,23 @@ def test_every_kind_of_result_gives_its_fields(log_path: Path) -> None:
     assert df.loc["array", fields].isna().all()  # an array has no fields: nothing, not an error
 
 
+def test_integers_past_64_bits_are_kept_exact(log_path: Path) -> None:
+    @step
+    def big(n: int) -> dict[str, int]:
+        return {"v": n + 1}
+
+    with workflow("ints"):
+        big(2**70)
+        big(5)
+    df = durable_nb.experiments("ints", "big")
+    assert df["n"].tolist() == [2**70, 5] and df["v"].tolist() == [2**70 + 1, 6]
+    out = subprocess.run(
+        [sys.executable, "-m", "durable_nb.cli", "experiments", str(log_path), "--format", "csv"],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert out.returncode == 0 and str(2**70 + 1) in out.stdout, out.stderr
+
+
 def test_odd_arguments_become_short_reprs(log_path: Path) -> None:
     @step
     def use(data: object, frame: object, n: object = np.int64(3)) -> float:

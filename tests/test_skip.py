@@ -272,3 +272,53 @@ def test_what_a_cell_takes_from_a_module_it_imports_is_an_input(tmp_path: Path) 
         assert kernel.execute("print(v)").stdout == "71\n"
     finally:
         kernel.close()
+
+
+def test_a_callable_object_changed_in_place_is_restored(tmp_path: Path) -> None:
+    """A model with ``__call__`` is a value: its change in place is restored by a skip."""
+    state = (
+        "class Acc:\n    def __init__(self):\n        self.total = 0\n"
+        "    def __call__(self, x):\n        return x + self.total\n"
+        "acc = Acc()\n"
+    )
+    cell = "%%durable acc\nacc.total += inc(4)\n"
+    show = "print(acc.total, acc(1))"
+    assert run(tmp_path, DEFS, state, cell, show)[-1] == "5 6\n" and ran(tmp_path) == ["inc"]
+    again = run(tmp_path, DEFS, state, cell, show)
+    assert "acc: skipped" in again[3] and again[-1] == "5 6\n" and ran(tmp_path) == []
+
+
+def test_a_plan_puts_back_a_callable_object_the_cell_changes() -> None:
+    from durable_nb.cellstate import NamespaceGuard
+
+    class Acc:
+        def __init__(self) -> None:
+            self.total = 0
+
+        def __call__(self, x: int) -> int:
+            return x + self.total
+
+    namespace = {"acc": Acc()}
+    guard = NamespaceGuard(namespace, ["acc"])
+    namespace["acc"].total += 11  # what the planned cell does
+    guard.restore()
+    assert namespace["acc"].total == 0
+
+
+def test_user_modules_a_module_imports_in_turn_are_inputs(tmp_path: Path) -> None:
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("from .core import compute\n")
+    (tmp_path / "mypkg" / "core.py").write_text("from utils import g\ndef compute(x):\n"
+                                                "    return g(x) * 2\n")  # fmt: skip
+    (tmp_path / "utils.py").write_text("def g(x):\n    return x + 1\n")
+    cell = "%%durable deep\nimport mypkg\ny = mypkg.compute(inc(2))\n"
+    assert run(tmp_path, DEFS, cell, "print(y)")[-1] == "8\n"
+    assert "deep: skipped" in run(tmp_path, DEFS, cell, "print(y)")[2]
+    (tmp_path / "mypkg" / "core.py").write_text("from utils import g\ndef compute(x):\n"
+                                                "    return g(x) * 1000\n")  # fmt: skip
+    out = run(tmp_path, DEFS, cell, "print(y)")
+    assert "skipped" not in out[2] and out[-1] == "4000\n"
+    assert "deep: skipped" in run(tmp_path, DEFS, cell, "print(y)")[2]
+    (tmp_path / "utils.py").write_text("def g(x):\n    return x + 2\n")  # two imports down
+    out = run(tmp_path, DEFS, cell, "print(y)")
+    assert "skipped" not in out[2] and out[-1] == "5000\n"
