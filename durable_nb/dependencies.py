@@ -101,6 +101,11 @@ class Entry(NamedTuple):
     value: Any = None  # the value, kept for a short repr in a reason (only when small)
 
 
+# The version of the digest rules, in each digest's document: 2 since a dict's order counts
+# (a change of rule then says so, instead of "changed" between two equal-looking values).
+RULES = 2
+
+
 class Digest:
     """A call's dependency digest, with the entries it was made from."""
 
@@ -131,6 +136,7 @@ class Digest:
             "base": self.base,
             "entries": [[e.label, e.digest, _shown(e.value)] for e in self.entries],
             "refs": self.refs,
+            "rules": RULES,
         }
         if self.opaque:  # values digested by their type only: a change to them is not seen
             doc["opaque"] = self.opaque
@@ -733,6 +739,8 @@ def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> 
         elif before[label][0] != digest:
             if kind == "version":  # a version entry's digest is the version itself
                 changes.append((rank, f"{what} {before[label][0]} -> {digest}"))
+            elif old.get("rules", 1) < RULES and shown is not None and before[label][1] == shown:
+                changes.append((rank, _newer_rule(kind, what)))
             else:
                 changes.append((rank, _changed(kind, what, before[label][1], shown)))
     for label in before.keys() - now.keys():
@@ -752,6 +760,13 @@ def _by_type(digest: Digest) -> str:
         return ""
     names = [label.partition(" ")[2] for label in digest.opaque]
     return f" ({', '.join(dict.fromkeys(names))} counted by type only)"
+
+
+def _newer_rule(kind: str, what: str) -> str:
+    return (
+        f"{kind} {what} is digested by a newer rule (durable_nb was upgraded; its value "
+        "looks the same: accept replays it)"
+    )
 
 
 def _changed(kind: str, what: str, old: str | None, new: str | None) -> str:

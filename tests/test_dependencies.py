@@ -1019,3 +1019,30 @@ def test_review_cases_of_values_and_code_a_step_reaches(
     with workflow(step_name) as run:  # and the new value replays
         assert s(*args) == second
     assert run.steps_replayed == 1
+
+
+def test_a_value_digested_by_an_older_rule_says_so(module, log_path: Path) -> None:
+    """A log written before a dict's order counted: its digest of an unsorted dict differs
+    from today's although the value is the same. The reason says it is the rule, not the
+    value, and accept brings it back."""
+    nb = module("nb_rules", "ORDER = {'b': 2, 'a': 1}\ndef s():\n    return list(ORDER)\n")
+    s = Step(nb.s)
+    with workflow("rules"):
+        assert s() == ["b", "a"]
+    conn = sqlite3.connect(log_path)
+    with conn:  # as the older rule stored it: another digest, no "rules" in its document
+        (digest, text) = conn.execute("SELECT digest, doc FROM digests").fetchone()
+        doc = json.loads(text)
+        del doc["rules"]
+        for entry in doc["entries"]:
+            if entry[0] == "global nb_rules.ORDER":
+                entry[1] = "older-digest-of-the-same-value"
+        conn.execute("INSERT INTO digests VALUES ('older', ?)", (json.dumps(doc),))
+        conn.execute("UPDATE steps SET code_digest = 'older' WHERE code_digest = ?", (digest,))
+    with workflow("rules") as run:
+        assert s() == ["b", "a"]
+    assert run.steps_run == 1
+    assert reasons(log_path, "s")[-1] == (
+        "global nb_rules.ORDER is digested by a newer rule (durable_nb was upgraded; its value "
+        "looks the same: accept replays it) since run 1"
+    )
