@@ -306,15 +306,18 @@ class Capture:
             _unstopped.append(self)
 
     def stop(self) -> None:
-        """Stop capturing (what was shown stays in ``events``)."""
-        if self._logged:
-            _log_stop()
+        """Stop capturing (what was shown stays in ``events``); once: a capture
+        ``forget_streams`` stopped already is left as it is."""
         kind = self._kind
         if kind != _ROUTED:
             if _unstopped and _unstopped[-1] is self:
                 _unstopped.pop()
-            else:
+            elif any(c is self for c in _unstopped):
                 _drop(_unstopped, self)
+            else:
+                return
+        if self._logged:
+            _log_stop()
         if kind <= _OUTER:  # _NESTED or _OUTER
             events = self.events
             if _main and _main[-1] is events:
@@ -405,8 +408,9 @@ def forget_streams() -> None:
     first: a Ctrl-C landing between a capture's start and its step's ``try`` (a window of a
     few bytecodes) would otherwise leave its list recording and our tees in place."""
     global _out, _err
-    for left in reversed(_unstopped[:]):
-        left.stop()
+    if threading.get_ident() == _MAIN:  # (the main thread cannot start one meanwhile)
+        for left in reversed(_unstopped[:]):
+            left.stop()
     with _users_lock:
         if not _main and sys.stdout is not _out and sys.stderr is not _err:
             _out = _err = None

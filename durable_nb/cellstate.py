@@ -147,10 +147,15 @@ def changes(
 
 
 def _is_code(obj: Any) -> bool:
-    """Functions, classes, methods, steps: code, whose digest changes with what it reads,
-    not with changes made to it. A callable object (a model, an ``Accumulator`` with
-    ``__call__``) is a value: its changes in place count."""
-    return isinstance(obj, _CODE) or bool(getattr(type(obj), "__durable_step__", False))
+    """Functions, classes, methods, steps and wrappers of code: code, whose digest
+    changes with what it reads, not with changes made to it. A callable object (a model, an
+    ``Accumulator`` with ``__call__``) is a value: its changes in place count."""
+    if isinstance(obj, _CODE) or getattr(type(obj), "__durable_step__", False):
+        return True
+    try:  # a wrapper of code: lru_cache, functools.wraps objects, numba and np.vectorize
+        return any(hasattr(obj, name) for name in ("__wrapped__", "py_func", "pyfunc"))
+    except Exception:  # a proxy that raises on unknown attributes: a value
+        return False
 
 
 _CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, functools.partial)

@@ -168,6 +168,15 @@ def _migrated_copy(conn: sqlite3.Connection) -> sqlite3.Connection:
     """A log of an older schema opened read-only: the file cannot be migrated, so views
     read a migrated copy of it in memory (the file stays as it is; the first process that
     writes to it migrates it)."""
+    size = _file_size(conn)
+    if size > _QUICK_CHECK_MAX_BYTES:
+        warnings.warn(
+            f"this log is of an older schema and opened read-only, so it is read through a "
+            f"copy in memory ({size >> 20} MiB, at each open); open it once with "
+            "%durable open PATH (writable) to update it",
+            DurableWarning,
+            stacklevel=user_stacklevel(),
+        )
     copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
         conn.backup(copy)
@@ -178,6 +187,14 @@ def _migrated_copy(conn: sqlite3.Connection) -> sqlite3.Connection:
     finally:
         conn.close()
     return copy
+
+
+def _file_size(conn: sqlite3.Connection) -> int:
+    pages, size = conn.execute(
+        "SELECT (SELECT page_count FROM pragma_page_count), "
+        "(SELECT page_size FROM pragma_page_size)"
+    ).fetchone()
+    return int(pages * size)
 
 
 def _set_wal(conn: sqlite3.Connection, timeout: float = 10.0) -> None:

@@ -17,8 +17,8 @@ A step's *dependency digest* decides, with its key, whether a stored result may 
 A name the code only mutates through a statement such as ``log.append(x)`` or
 ``logger.info(...)`` (and never reads otherwise) is an output of the step, not an input, and
 is left out; unless it names code (``helpers.update(d)``: the module's function counts) or an
-object of the user's class (``tracker.add(d)``: its class's code counts, its state is the
-output). Values that cannot be digested count by their type and are listed as such.
+object of the user's class (``aug.add(d)``: its method may read its state), which count as
+any name read. Values that cannot be digested count by their type and are listed as such.
 
 When values are read: at each call (a value that may change in place is checked at each
 call by a fast digest of its pickle). A value whose digest is costly (more than ~256 KiB of
@@ -66,7 +66,7 @@ from .codeinfo import (
     module_source,
     package_version,
 )
-from .digests import _PRIMITIVES, digest_value
+from .digests import _PRIMITIVES, digest_value, legacy_digest
 from .errors import DurableWarning, user_stacklevel
 from .serialization import short_repr
 
@@ -295,13 +295,16 @@ class _Walk:
     def _output(self, name: str, obj: Any, attrs: frozenset[str], *, kind: str = "global") -> None:
         """A name the code only uses as ``NAME.mutator(...)``: a list appended to, a logger,
         a file are outputs (left out), but a module's, a class's or a function's code runs
-        (``helpers.update(d)``), and so does the class's of a user's object (its state is
-        the output)."""
+        (``helpers.update(d)``), and so does a user's object's method, which may read its
+        state (``aug.add(d)``): those count as any name read."""
         t = type(obj)
-        if t in _CODE or isinstance(obj, type) or getattr(t, "__durable_step__", False):
+        if (
+            t in _CODE
+            or isinstance(obj, type)
+            or getattr(t, "__durable_step__", False)
+            or is_user_module(getattr(t, "__module__", None))
+        ):
             self.reference(name, obj, attrs, kind=kind)
-        elif is_user_module(getattr(t, "__module__", None)):
-            self.cls(t)
 
     def cls(self, cls: type) -> None:
         if id(cls) in self.seen:
@@ -368,7 +371,8 @@ class _Walk:
             return
         if t is functools.partial:
             self.reference(f"{name}.func", obj.func, attrs, kind=kind)
-            self.value(f"{kind} {name}", (obj.args, obj.keywords))
+            keywords = dict(sorted(obj.keywords.items()))  # called the same in any order
+            self.value(f"{kind} {name}", (obj.args, keywords))
             return
         if t is types.MethodType:
             if not is_user_module(getattr(obj.__func__, "__module__", None)):
@@ -730,6 +734,8 @@ def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> 
         )
     before = {label: (digest, shown) for label, digest, shown in old["entries"]}
     now = {e.label: (e.digest, _shown(e.value)) for e in new.entries}
+    values = {e.label: e.value for e in new.entries}
+    older_rules = old.get("rules", 1) < RULES
     changes: list[tuple[int, str]] = []
     for label, (digest, shown) in now.items():
         kind, _, what = label.partition(" ")
@@ -739,7 +745,7 @@ def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> 
         elif before[label][0] != digest:
             if kind == "version":  # a version entry's digest is the version itself
                 changes.append((rank, f"{what} {before[label][0]} -> {digest}"))
-            elif old.get("rules", 1) < RULES and shown is not None and before[label][1] == shown:
+            elif older_rules and _same_by_older_rule(values[label], before[label][0]):
                 changes.append((rank, _newer_rule(kind, what)))
             else:
                 changes.append((rank, _changed(kind, what, before[label][1], shown)))
@@ -760,6 +766,12 @@ def _by_type(digest: Digest) -> str:
         return ""
     names = [label.partition(" ")[2] for label in digest.opaque]
     return f" ({', '.join(dict.fromkeys(names))} counted by type only)"
+
+
+def _same_by_older_rule(value: Any, stored: str) -> bool:
+    """Whether ``value`` has, by the rules before RULES 2, the digest ``stored``: then
+    only the rule changed, not the value."""
+    return value is not None and legacy_digest(value) == stored
 
 
 def _newer_rule(kind: str, what: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import functools
 import hashlib
 import inspect
@@ -63,9 +64,10 @@ _OBJECT_BUDGET = 500  # objects of installed packages walked by their state, per
 
 
 class _Acc:
-    __slots__ = ("active", "code", "cost", "objects", "opaque", "truncated")
+    __slots__ = ("active", "code", "cost", "legacy", "objects", "opaque", "truncated")
 
-    def __init__(self) -> None:
+    def __init__(self, *, legacy: bool = False) -> None:
+        self.legacy = legacy  # the rules before RULES 2 (``legacy_digest``)
         self.cost = 0
         self.objects = 0  # objects of installed packages walked so far
         self.opaque = False
@@ -103,11 +105,21 @@ def _slots(t: type) -> list[str]:
 
 def _state(value: Any, t: type, acc: _Acc, skip: Any = ()) -> tuple[Any, ...]:
     """An object's own attributes: its ``__dict__`` (in any order: set in another order,
-    they are the same object) and the slots of its classes; not the names in ``skip``."""
+    they are the same object) and the slots of its classes; not the names in ``skip``, nor
+    the values a ``functools.cached_property`` keeps (a cache, filled when first read)."""
     attrs = vars(value) if hasattr(value, "__dict__") else {}
-    own = [(_canon(k, acc), _canon(v, acc)) for k, v in attrs.items() if k not in skip]
+    own = [
+        (_canon(k, acc), _canon(v, acc)) for k, v in attrs.items()
+        if k not in skip
+        and (acc.legacy or not isinstance(getattr(t, k, None), functools.cached_property))
+    ]  # fmt: skip
     slots = [(n, _canon(getattr(value, n), acc)) for n in _slots(t) if hasattr(value, n)]
     return (("dict", *_sorted(own)), *slots)
+
+
+def _keywords(mapping: dict[str, Any], acc: _Acc) -> Any:
+    """Keyword arguments (a partial's, a function's keyword defaults): order has no meaning."""
+    return ("dict", *_sorted([(_canon(k, acc), _canon(v, acc)) for k, v in mapping.items()]))
 
 
 _BUILTIN_BASES = (dict, list, tuple, set, frozenset, str, bytes, int, float, complex)
@@ -137,8 +149,10 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         return (t.__name__, *[_canon(v, acc) for v in value])
     if t is dict:  # by its items in order: a step may iterate it (list(d), a prompt)
         items = [(_canon(k, acc), _canon(v, acc)) for k, v in value.items()]
-        in_order = _sorted(items[:]) == items  # (the form older logs stored for these)
-        return ("dict" if in_order else "dict-ordered", *items)
+        ordered = _sorted(items[:])
+        if ordered == items or acc.legacy:  # sorted: the form older logs stored
+            return ("dict", *ordered)
+        return ("dict-ordered", *items)
     if t is set or t is frozenset:
         return (t.__name__, *_sorted([_canon(v, acc) for v in value]))
     module = t.__module__
@@ -157,7 +171,7 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         return ("step", value.name)
     if t is functools.partial:  # its function's code counts, and its own arguments
         return ("partial", _canon(value.func, acc), _canon(value.args, acc),
-                _canon(value.keywords, acc))  # fmt: skip
+                _keywords(value.keywords, acc))  # fmt: skip
     if callable(value) and (inspect.isroutine(value) or isinstance(value, type)):
         func = getattr(value, "__func__", value)  # a bound method: its function's module
         module_ = getattr(func, "__module__", None)
@@ -173,7 +187,8 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
     fields = getattr(t, "__dataclass_fields__", None)
     if fields is not None:  # its fields, and attributes set besides them (__post_init__)
         state = [(name, _canon(getattr(value, name, None), acc)) for name in fields]
-        extra = _state(value, t, acc, skip=fields) if hasattr(value, "__dict__") else ()
+        has_dict = hasattr(value, "__dict__") and not acc.legacy
+        extra = _state(value, t, acc, skip=fields) if has_dict else ()
         if extra and extra[0] == ("dict",) and len(extra) == 1:
             extra = ()  # nothing besides its fields: the form older logs stored
         return ("dataclass", module, t.__qualname__, *state, *extra)
@@ -187,10 +202,10 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         else:
             inner = _canon(base(value), acc)
         factory = getattr(value, "default_factory", None)  # a defaultdict: what it makes
-        if factory is not None and isinstance(value, collections.defaultdict):
+        if factory is not None and isinstance(value, collections.defaultdict) and not acc.legacy:
             inner = (inner, ("default_factory", _canon(factory, acc)))
         return ("subclass", module, t.__qualname__, inner, *_state(value, t, acc))
-    if t is types.SimpleNamespace:  # its attributes, as an object's (code in them counts)
+    if t is types.SimpleNamespace and not acc.legacy:  # its attributes, as an object's
         return ("namespace", *_state(value, t, acc))
     if _default_reduce(t) and (hasattr(value, "__dict__") or _slots(t)):
         if not user:
@@ -222,7 +237,18 @@ class _CodeFinder(pickle.Pickler):
         return NotImplemented
 
 
+# Modules whose objects pickle without any code of the user's in them: pickled in C, not
+# through the code-finding pickler (+2 us for a datetime or a Path argument).
+_LEAF_MODULES = frozenset({
+    "datetime", "pathlib", "decimal", "uuid", "fractions", "ipaddress", "re", "numpy",
+    "zoneinfo", "enum",
+})  # fmt: skip
+
+
 def _pickled(value: Any, acc: _Acc) -> bytes:
+    t = type(value)
+    if acc.legacy or t.__module__ in _LEAF_MODULES or isinstance(value, enum.Enum):
+        return pickle.dumps(value, protocol=5)
     buffer = io.BytesIO()
     _CodeFinder(buffer, acc).dump(value)
     return buffer.getvalue()
@@ -265,7 +291,7 @@ def _pandas_meta(value: Any, kind: str, acc: _Acc) -> Any:
     elif kind == "Series":
         shape += [_canon(value.name, acc), _dtype(value.dtype, acc)]
     attrs = getattr(value, "attrs", None)
-    return (*shape, _canon(dict(attrs), acc) if attrs else None)
+    return (*shape, _keywords(dict(attrs), acc) if attrs else None)
 
 
 def _pandas_exact(value: Any, kind: str) -> str:
@@ -333,6 +359,20 @@ def digest_value(value: Any) -> ValueDigest:
                 acc.cost, False, tuple(acc.code),
             )  # fmt: skip
     return ValueDigest(xxh3_128_hexdigest(_dumps(canon)), acc.cost, acc.opaque, tuple(acc.code))
+
+
+def legacy_digest(value: Any) -> str | None:
+    """The digest a value had under the rules before ``dependencies.RULES`` 2 (dicts
+    sorted, dataclasses by their fields only...), or None when it cannot be told: to say
+    that a digest changed because the rule did, not the value."""
+    acc = _Acc(legacy=True)
+    try:
+        canon = _canon(value, acc)
+    except Exception:  # deep values, values whose methods raise: not told
+        return None
+    if acc.truncated:
+        return None
+    return xxh3_128_hexdigest(_dumps(canon))
 
 
 def value_digest(value: Any) -> str:

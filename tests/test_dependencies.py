@@ -24,7 +24,7 @@ import pytest
 
 import durable_nb
 from durable_nb import DurableWarning, Step, dependencies, step, workflow
-from durable_nb.digests import args_digest, value_digest
+from durable_nb.digests import args_digest, legacy_digest, value_digest
 
 from .conftest import python
 
@@ -994,6 +994,7 @@ def by_dispatch(x):
          lambda nb, m: m("nb_outputs_helpers", "def update(d):\n    d['y'] = d['x'] * 3\n"),
          {"x": 1, "y": 3}),
         ("by_object", (), {"aug": 1}, lambda nb, m: setattr(nb.Aug, "k", 7), {"aug": 7}),
+        ("by_object", (), {"aug": 1}, lambda nb, m: setattr(nb.AUG, "k", 9), {"aug": 9}),
         ("by_dispatch", (1,), 10,
          lambda nb, m: nb.fmt.register(int, lambda x: x * 1000), 1000),
     ],
@@ -1030,19 +1031,47 @@ def test_a_value_digested_by_an_older_rule_says_so(module, log_path: Path) -> No
     with workflow("rules"):
         assert s() == ["b", "a"]
     conn = sqlite3.connect(log_path)
-    with conn:  # as the older rule stored it: another digest, no "rules" in its document
-        (digest, text) = conn.execute("SELECT digest, doc FROM digests").fetchone()
-        doc = json.loads(text)
-        del doc["rules"]
-        for entry in doc["entries"]:
-            if entry[0] == "global nb_rules.ORDER":
-                entry[1] = "older-digest-of-the-same-value"
-        conn.execute("INSERT INTO digests VALUES ('older', ?)", (json.dumps(doc),))
-        conn.execute("UPDATE steps SET code_digest = 'older' WHERE code_digest = ?", (digest,))
-    with workflow("rules") as run:
-        assert s() == ["b", "a"]
-    assert run.steps_run == 1
-    assert reasons(log_path, "s")[-1] == (
-        "global nb_rules.ORDER is digested by a newer rule (durable_nb was upgraded; its value "
-        "looks the same: accept replays it) since run 1"
-    )
+    text = conn.execute("SELECT doc FROM digests").fetchone()[0]
+    for n, (stored_as, said) in enumerate([
+        ({"b": 2, "a": 1}, "global nb_rules.ORDER is digested by a newer rule (durable_nb was "
+                           "upgraded; its value looks the same: accept replays it) since run 1"),
+        ({"b": 2, "a": 0}, "global nb_rules.ORDER changed ({'b': 2, 'a': 1} -> {'b': 2, 'a': 1}) "
+                           "since run 2"),  # another value, whatever its short repr says
+    ]):  # fmt: skip
+        with conn:  # as the older rule stored it: no "rules" in its document
+            doc = json.loads(text)
+            del doc["rules"]
+            for entry in doc["entries"]:
+                if entry[0] == "global nb_rules.ORDER":
+                    entry[1] = legacy_digest(stored_as)
+            conn.execute("INSERT INTO digests VALUES (?, ?)", (f"older{n}", json.dumps(doc)))
+            conn.execute("UPDATE steps SET code_digest = ?", (f"older{n}",))
+        with workflow("rules") as run:
+            assert s() == ["b", "a"]
+        assert run.steps_run == 1
+        assert reasons(log_path, "s")[-1] == said
+
+
+def test_caches_and_keyword_order_do_not_change_a_digest() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Cfg:
+        lr: float
+
+        @functools.cached_property
+        def derived(self) -> float:
+            return self.lr * 2
+
+    cfg = Cfg(0.5)
+    before = value_digest(cfg)
+    assert cfg.derived == 1.0  # filled in the object's __dict__ now
+    assert value_digest(cfg) == before
+
+    def f(a: int = 0, b: int = 0) -> int:
+        return a + b
+
+    assert value_digest(functools.partial(f, a=1, b=2)) == value_digest(
+        functools.partial(f, b=2, a=1)
+    )  # called the same way: one digest
+    assert value_digest({"a": 1, "b": 2}) != value_digest({"b": 2, "a": 1})  # iterated apart

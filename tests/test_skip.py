@@ -298,8 +298,15 @@ def test_a_plan_puts_back_a_callable_object_the_cell_changes() -> None:
         def __call__(self, x: int) -> int:
             return x + self.total
 
-    namespace = {"acc": Acc()}
-    guard = NamespaceGuard(namespace, ["acc"])
+    import functools
+
+    @functools.lru_cache
+    def cached(x: int) -> int:  # a wrapper of code, not a value: never deep-copied
+        return x
+
+    namespace = {"acc": Acc(), "cached": cached}
+    guard = NamespaceGuard(namespace, ["acc", "cached"])
+    assert namespace["cached"] is cached and namespace["acc"] is not guard.saved["acc"]
     namespace["acc"].total += 11  # what the planned cell does
     guard.restore()
     assert namespace["acc"].total == 0
