@@ -195,6 +195,11 @@ def _immutable(obj: Any) -> bool:
 
 
 _CODE = (types.ModuleType, types.FunctionType, types.MethodType)
+# A Step's own attributes (the rest, set by the user, count as a function's would).
+_STEP_OWN = frozenset({
+    "_binding", "fn", "name", "retries", "backoff", "retry_delay", "is_async",
+    "dependencies", "_arguments",
+})  # fmt: skip
 
 
 class _Walk:
@@ -259,6 +264,9 @@ class _Walk:
         self.functions.append((fn, code, defaults, kwdefaults))  # autoreload swaps __code__
         if defaults or kwdefaults:
             self.value(f"defaults {label}", (defaults, kwdefaults))
+        own = fn.__dict__
+        if own and not ("registry" in own and "dispatch" in own):  # (singledispatch's own)
+            self._attributes(label.removeprefix("step "), own)  # ``h.scale = 2``: it may read
         glob = fn.__globals__
         module = glob.get("__name__")
         prefix = "" if module == "__main__" else f"{module}."
@@ -292,6 +300,21 @@ class _Walk:
                 else:
                     self._output(inner, contents, info.attrs, kind="closure")
 
+    def _attributes(
+        self, name: str, own: dict[str, Any], skip: frozenset[str] = frozenset()
+    ) -> None:
+        """The attributes a user set on a function or a step (not dunders, not ``skip``)."""
+        if ("attributes", id(own)) in self.seen:
+            return
+        self.seen.add(("attributes", id(own)))
+        self.keys.append((own, len(own)))
+        for key in sorted(own):
+            if key in skip or (key.startswith("__") and key.endswith("__")):
+                continue
+            value = own[key]
+            self.reads.append((own, key, value))
+            self.reference(f"{name}.{key}", value, frozenset(), kind="attribute")
+
     def _output(self, name: str, obj: Any, attrs: frozenset[str], *, kind: str = "global") -> None:
         """A name the code only uses as ``NAME.mutator(...)``: a list appended to, a logger,
         a file are outputs (left out), but a module's, a class's or a function's code runs
@@ -312,6 +335,10 @@ class _Walk:
         self.seen.add(id(cls))
         qualname = _label(cls)
         self.attrs.append((cls, "__bases__", cls.__bases__))
+        meta = type(cls)
+        if meta is not type and is_user_module(meta.__module__):  # its methods run on cls
+            self.attrs.append((cls, "__class__", meta))
+            self.reference(f"{qualname} metaclass", meta, frozenset())
         for base in cls.__bases__:
             if base is not object:
                 self.reference(f"{qualname} base", base, frozenset())
@@ -368,6 +395,7 @@ class _Walk:
         if getattr(t, "__durable_step__", False):  # a nested step: its result is made of it
             self.attrs.append((obj, "fn", obj.fn))
             self.reference(name, inspect.unwrap(obj.fn), attrs, kind=kind)
+            self._attributes(name, vars(obj), skip=_STEP_OWN)  # ``g.scale = 5`` on a step
             return
         if t is functools.partial:
             self.reference(f"{name}.func", obj.func, attrs, kind=kind)
@@ -727,6 +755,12 @@ _KINDS = {"code": 0, "defaults": 1, "global": 2, "closure": 3, "argument": 4, "v
 
 def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> str:
     """Why a call whose stored record has document ``old`` runs again with ``new``."""
+    if new.value.startswith("unjudged:"):
+        return (
+            f"what {name} depends on cannot be known before it runs (eval, exec or globals() "
+            "in its code, or a value that cannot be read; a warning said which): it runs "
+            "every time"
+        )
     if old is None:
         return (
             f"the record of {name} (run {run_id}) predates dependency digests; "

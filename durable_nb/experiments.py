@@ -83,10 +83,23 @@ def _flatten(
         if len(out) >= MAX_FIELDS:
             return
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and depth < 3:
-            _flatten(value, out, f"{name}.", depth + 1)
-        else:
-            out[name] = _jsonable(value)
+        inner = _nested(value) if depth < 3 else None
+        if inner is not None:  # a dict, dataclass or NamedTuple inside: its fields as a.b
+            _flatten(inner, out, f"{name}.", depth + 1)
+            continue
+        while name in out:  # {"a.b": 1, "a": {"b": 2}}: both kept, the second as a.b~2
+            name += "~2"
+        out[name] = _jsonable(value)
+
+
+def _nested(value: Any) -> Mapping[Any, Any] | None:
+    if isinstance(value, Mapping):
+        return value
+    if (dataclasses.is_dataclass(value) and not isinstance(value, type)) or (
+        isinstance(value, tuple) and hasattr(type(value), "_fields")
+    ):
+        return _fields(value)
+    return None
 
 
 def _fields(value: Any) -> Mapping[Any, Any] | None:
@@ -305,8 +318,8 @@ def experiments(
     for name, column in zip(param_names, shown, strict=True):
         data[column] = _column([p.get(name) for p in params])
     results = []
-    for name in metric_names:
-        column = f"result.{name}" if name in taken else name
+    for name in metric_names:  # (a field "param.x" would read as a renamed parameter)
+        column = f"result.{name}" if name in taken or name.startswith("param.") else name
         results.append(column)
         data[column] = _column([m.get(name) for m in metrics])
     started = _times(pd.Series([r[10] for r in rows], dtype="float64"))

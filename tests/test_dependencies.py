@@ -798,6 +798,14 @@ def test_a_step_reading_globals_by_run_time_names_runs_every_time(module, log_pa
             with workflow("dyn") as run:
                 results.append((Step(nb.s)(0), run.steps_run))
     assert results == [(1, 1), (1, 1), (2, 1)]
+    assert (
+        reasons(log_path, "s")[1:]
+        == [
+            "what s depends on cannot be known before it runs (eval, exec or globals() in its "
+            "code, or a value that cannot be read; a warning said which): it runs every time"
+        ]
+        * 2
+    )
 
 
 def test_a_users_decorator_under_step_counts(module, log_path: Path) -> None:
@@ -977,6 +985,32 @@ def by_object():
 
 def by_dispatch(x):
     return fmt(x)
+
+def scaled(x):
+    return x * scaled.k
+
+scaled.k = 2
+
+def by_attribute(x):
+    return scaled(x)
+
+class Meta(type):
+    def k(cls):
+        return 2
+
+class WithMeta(metaclass=Meta):
+    pass
+
+def by_metaclass(x):
+    return WithMeta.k() * x
+
+from durable_nb import step
+
+@step
+def by_own_attribute(x):
+    return x * by_own_attribute.k
+
+by_own_attribute.k = 2
 """
 
 
@@ -997,6 +1031,9 @@ def by_dispatch(x):
         ("by_object", (), {"aug": 1}, lambda nb, m: setattr(nb.AUG, "k", 9), {"aug": 9}),
         ("by_dispatch", (1,), 10,
          lambda nb, m: nb.fmt.register(int, lambda x: x * 1000), 1000),
+        ("by_attribute", (3,), 6, lambda nb, m: setattr(nb.scaled, "k", 5), 15),
+        ("by_metaclass", (3,), 6, lambda nb, m: setattr(nb.Meta, "k", lambda cls: 9), 27),
+        ("by_own_attribute", (3,), 6, lambda nb, m: setattr(nb.by_own_attribute, "k", 5), 15),
     ],
 )  # fmt: skip
 def test_review_cases_of_values_and_code_a_step_reaches(
@@ -1005,11 +1042,13 @@ def test_review_cases_of_values_and_code_a_step_reaches(
 ) -> None:  # fmt: skip
     """Cases a new user found replaying stale results: attributes a dataclass sets besides
     its fields, a dict's order, a defaultdict's factory, a function in a SimpleNamespace, a
-    module's or a user object's method called as a statement, singledispatch."""
+    module's or a user object's method called as a statement, singledispatch, an attribute
+    set on a function or a step, a metaclass."""
     helpers = module("nb_outputs_helpers", "def update(d):\n    d['y'] = d['x'] * 2\n")
     assert helpers is not None
     nb = module(f"nb_reviewed_{step_name}", REVIEWED)
-    s = Step(getattr(nb, step_name))
+    fn = getattr(nb, step_name)
+    s = fn if isinstance(fn, Step) else Step(fn)
     for _ in range(2):
         with workflow(step_name):
             assert s(*args) == first

@@ -167,6 +167,33 @@ def test_every_kind_of_result_gives_its_fields(log_path: Path) -> None:
     assert df.loc["array", fields].isna().all()  # an array has no fields: nothing, not an error
 
 
+@dataclasses.dataclass
+class Inner:
+    w: int
+
+
+@dataclasses.dataclass
+class Outer:
+    inner: Inner
+    v: float
+
+
+def test_nested_fields_are_flattened_and_none_is_lost(log_path: Path) -> None:
+    @step
+    def shaped(kind: str) -> object:
+        if kind == "nested":
+            return Outer(Inner(3), 0.5)
+        return {"a.b": 1, "a": {"b": 2}, "param.loss": 0.25}
+
+    with workflow("shapes"):
+        shaped("nested")
+        shaped("clash")
+    df = durable_nb.experiments("shapes").set_index("kind")
+    assert (df.loc["nested", "inner.w"], df.loc["nested", "v"]) == (3, 0.5)
+    assert (df.loc["clash", "a.b"], df.loc["clash", "a.b~2"]) == (1, 2)
+    assert df.loc["clash", "result.param.loss"] == 0.25  # not read as a renamed parameter
+
+
 def test_integers_past_64_bits_are_kept_exact(log_path: Path) -> None:
     @step
     def big(n: int) -> dict[str, int]:
