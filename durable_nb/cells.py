@@ -146,6 +146,15 @@ def _bound_first(stmt: ast.stmt) -> set[str]:
     return set()
 
 
+_IMPORTS_BY_NAME = frozenset({"import_module", "__import__"})
+
+
+def _call_name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    return func.attr if isinstance(func, ast.Attribute) else None
+
+
 def cell_reads(body: list[ast.stmt]) -> CellReads:
     """What a cell reads: every name it loads (including names it also assigns, as in
     ``x = f(x)``), except names whose first use is an unconditional top-level binding
@@ -167,6 +176,13 @@ def cell_reads(body: list[ast.stmt]) -> CellReads:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 imports.add(node.module)
                 attrs.update(alias.name for alias in node.names)  # what it takes of it
+            elif isinstance(node, ast.Call) and _call_name(node.func) in _IMPORTS_BY_NAME:
+                target = _constant(node.args[0]) if node.args else None
+                if isinstance(target, str):  # importlib.import_module("m2"): an import
+                    imports.add(target)
+                else:
+                    called = _call_name(node.func)
+                    unknown = unknown or f"it imports a module named at run time ({called}())"
 
         attrs |= named_in_strings(stmt)  # getattr(cfg, "RATE")
     reads = sorted(n for n in seen - dead if not n.startswith("__durable_nb"))

@@ -486,6 +486,10 @@ class _Walk:
             obj = members[attr]
             self.reads.append((members, attr, obj))
             self.reference(f"{module.__name__}.{attr}", obj, attrs)
+        lazy = members.get("__getattr__")  # PEP 562: names it serves count through its code
+        if lazy is not None and attrs - members.keys():
+            self.reads.append((members, "__getattr__", lazy))
+            self.reference(f"{module.__name__}.__getattr__", lazy, attrs)
 
     def _package(self, module: str | None) -> None:
         top = installed_package(module)

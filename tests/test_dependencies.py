@@ -1114,3 +1114,16 @@ def test_caches_and_keyword_order_do_not_change_a_digest() -> None:
         functools.partial(f, b=2, a=1)
     )  # called the same way: one digest
     assert value_digest({"a": 1, "b": 2}) != value_digest({"b": 2, "a": 1})  # iterated apart
+
+
+def test_names_a_module_serves_through_its_getattr_count(module, log_path: Path) -> None:
+    """PEP 562: ``lazy.RATE`` served by the module's ``__getattr__``, from a dict it reads."""
+    lazy = module("nb_lazy", "_V = {'RATE': 1}\ndef __getattr__(name):\n    return _V[name]\n")
+    nb = module("nb_lazy_user", "import nb_lazy\ndef s():\n    return nb_lazy.RATE\n")
+    s = Step(nb.s)
+    for expected, change in [(1, None), (1, None), (5, lambda: lazy._V.update(RATE=5))]:
+        if change:
+            change()
+        with workflow("lazy") as run:
+            assert s() == expected
+    assert run.steps_run == 1

@@ -329,3 +329,13 @@ def test_user_modules_a_module_imports_in_turn_are_inputs(tmp_path: Path) -> Non
     (tmp_path / "utils.py").write_text("def g(x):\n    return x + 2\n")  # two imports down
     out = run(tmp_path, DEFS, cell, "print(y)")
     assert "skipped" not in out[2] and out[-1] == "5000\n"
+
+
+def test_a_module_imported_by_name_is_an_input(tmp_path: Path) -> None:
+    (tmp_path / "m2.py").write_text("K = 2\n")
+    cell = "%%durable byname\nimport importlib\nm = importlib.import_module('m2')\ny = inc(m.K)\n"
+    assert run(tmp_path, DEFS, cell, "print(y, m.K)")[-1] == "3 2\n"
+    assert "byname: skipped" in run(tmp_path, DEFS, cell, "print(y, m.K)")[2]
+    (tmp_path / "m2.py").write_text("K = 7\n")
+    out = run(tmp_path, DEFS, cell, "print(y, m.K)")
+    assert "skipped" not in out[2] and out[-1] == "8 7\n"
