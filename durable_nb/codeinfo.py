@@ -70,6 +70,7 @@ class CodeInfo(NamedTuple):
     # the names of `from name import ...`)
     dynamic: tuple[str, ...] = ()  # builtins it calls that read globals by a run-time name
     outputs: tuple[str, ...] = ()  # global names only used as ``NAME.mutator(...)``
+    stored: frozenset[str] = frozenset()  # attribute names it assigns (``w.calls += 1``)
 
 
 class _StripDocs(ast.NodeTransformer):
@@ -218,6 +219,7 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     names: set[str] = set()
     attrs: set[str] = set()
     imports: dict[tuple[str, int, tuple[str, ...]], None] = {}
+    stored: set[str] = set()
     attrs.update(named_in_strings(tree) if tree is not None else ())
     for c in _codes(code):
         attrs.update(c.co_names)
@@ -229,6 +231,8 @@ def _analyse(code: types.CodeType) -> CodeInfo:
                 names.add(ins.argval)
             elif ins.opname in ("LOAD_CONST", "LOAD_SMALL_INT"):
                 consts = [consts[1], ins.argval]
+            elif ins.opname == "STORE_ATTR":
+                stored.add(ins.argval)
             elif ins.opname == "IMPORT_NAME":  # after the level and the fromlist constants
                 level = consts[0] if isinstance(consts[0], int) else 0
                 fromlist = tuple(consts[1]) if isinstance(consts[1], tuple) else ()
@@ -236,7 +240,7 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     freevars = tuple(name not in written for name in code.co_freevars)
     return CodeInfo(
         digest, tuple(sorted(names - written)), freevars, frozenset(attrs), tuple(imports),
-        tuple(sorted(names & _DYNAMIC)), tuple(sorted(names & written)),
+        tuple(sorted(names & _DYNAMIC)), tuple(sorted(names & written)), frozenset(stored),
     )  # fmt: skip
 
 

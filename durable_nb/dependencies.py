@@ -266,7 +266,9 @@ class _Walk:
             self.value(f"defaults {label}", (defaults, kwdefaults))
         own = fn.__dict__
         if own and not ("registry" in own and "dispatch" in own):  # (singledispatch's own)
-            self._attributes(label.removeprefix("step "), own)  # ``h.scale = 2``: it may read
+            # ``h.scale = 2``: it may read them; not those it sets itself (``w.calls += 1``,
+            # a timer's ``w.seconds = ...``): its state, which a replay does not update
+            self._attributes(label.removeprefix("step "), own, skip=info.stored)
         glob = fn.__globals__
         module = glob.get("__name__")
         prefix = "" if module == "__main__" else f"{module}."

@@ -207,6 +207,13 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         return ("subclass", module, t.__qualname__, inner, *_state(value, t, acc))
     if t is types.SimpleNamespace and not acc.legacy:  # its attributes, as an object's
         return ("namespace", *_state(value, t, acc))
+    fields_set = getattr(value, "__pydantic_fields_set__", None)
+    if isinstance(fields_set, set) and hasattr(t, "model_fields") and not acc.legacy:
+        # a pydantic model: its fields and which were set, as sets are digested (its pickle
+        # holds that set in an order that changes with PYTHONHASHSEED)
+        extra = [_canon(getattr(value, n, None), acc) for n in _PYDANTIC_STATE]
+        return ("pydantic", module, t.__qualname__, _keywords(vars(value), acc),
+                _canon(fields_set, acc), *extra)  # fmt: skip
     if _default_reduce(t) and (hasattr(value, "__dict__") or _slots(t)):
         if not user:
             acc.objects += 1
@@ -237,6 +244,8 @@ class _CodeFinder(pickle.Pickler):
         return NotImplemented
 
 
+_PYDANTIC_STATE = ("__pydantic_extra__", "__pydantic_private__")
+
 # Modules whose objects pickle without any code of the user's in them: pickled in C, not
 # through the code-finding pickler (+2 us for a datetime or a Path argument).
 _LEAF_MODULES = frozenset({
@@ -263,12 +272,39 @@ def _pandas(value: Any, t: type, acc: _Acc) -> Any:
 
     kind = t.__name__
     meta = _pandas_meta(value, kind, acc)
+    if _cells_by_str(value, kind):  # pandas would hash their str(), a memory address in it
+        return (kind, meta, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
     try:
         hashed = pd.util.hash_pandas_object(value, index=kind != "Index").to_numpy()
-    except TypeError:  # unhashable cells (lists, dicts): their canonical form
+    except (TypeError, ValueError):  # unhashable cells (lists, dicts): their canonical form
         return (kind, meta, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
     acc.cost += hashed.nbytes * 4
     return (kind, value.shape, meta, xxh3_128_hexdigest(hashed.data), _pandas_exact(value, kind))
+
+
+# What pandas.api.types.infer_dtype says of object cells that hash by their value.
+_BY_VALUE = frozenset({
+    "string", "bytes", "empty", "integer", "floating", "mixed-integer-float", "boolean",
+    "complex", "decimal", "datetime", "datetime64", "date", "time", "timedelta",
+    "timedelta64", "period", "interval",
+})  # fmt: skip
+
+
+def _cells_by_str(value: Any, kind: str) -> bool:
+    """Whether object cells (or labels) hold other objects, which pandas hashes by str():
+    ``<Model object at 0x7f...>`` differs in every process."""
+    import pandas as pd
+
+    if kind == "DataFrame":  # (only its object columns are looked at)
+        parts = [value.iloc[:, i] for i, d in enumerate(value.dtypes.to_numpy()) if d.kind == "O"]
+    else:
+        parts = [value]
+    if kind != "Index":
+        parts.append(value.index)
+    return any(
+        part.dtype.kind == "O" and pd.api.types.infer_dtype(part, skipna=True) not in _BY_VALUE
+        for part in parts
+    )
 
 
 def _dtype(dtype: Any, acc: _Acc) -> Any:
