@@ -178,7 +178,7 @@ def cell_reads(body: list[ast.stmt]) -> CellReads:
                 attrs.update(alias.name for alias in node.names)  # what it takes of it
             elif isinstance(node, ast.Call) and _call_name(node.func) in _IMPORTS_BY_NAME:
                 target = _constant(node.args[0]) if node.args else None
-                if isinstance(target, str):  # importlib.import_module("m2"): an import
+                if isinstance(target, str) and not target.startswith("."):  # an import
                     imports.add(target)
                 else:
                     called = _call_name(node.func)

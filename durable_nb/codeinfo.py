@@ -160,6 +160,39 @@ def _written_only(tree: ast.AST) -> set[str]:
     return {name for name, only in used.items() if only}
 
 
+def _own_state(tree: ast.AST, own: str) -> set[str]:
+    """Attributes a function keeps on itself: assigned (``w.calls += 1``), filled
+    (``w.cache[x] = v``) or mutated (``w.seen.add(x)``) through its own name ``own``."""
+
+    def own_attr(node: ast.AST) -> str | None:
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == own
+        ):
+            return node.attr
+        return None
+
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        targets: list[ast.AST] = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _MUTATORS
+        ):
+            targets = [node.func.value]
+        for target in targets:
+            if isinstance(target, ast.Subscript):
+                target = target.value
+            name = own_attr(target)
+            if name is not None:
+                found.add(name)
+    return found
+
+
 _BY_NAME = frozenset({"getattr", "hasattr", "setattr", "delattr"})
 
 
@@ -219,7 +252,7 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     names: set[str] = set()
     attrs: set[str] = set()
     imports: dict[tuple[str, int, tuple[str, ...]], None] = {}
-    stored: set[str] = set()
+    stored = _own_state(tree, code.co_name) if tree is not None else set()
     attrs.update(named_in_strings(tree) if tree is not None else ())
     for c in _codes(code):
         attrs.update(c.co_names)
@@ -231,8 +264,6 @@ def _analyse(code: types.CodeType) -> CodeInfo:
                 names.add(ins.argval)
             elif ins.opname in ("LOAD_CONST", "LOAD_SMALL_INT"):
                 consts = [consts[1], ins.argval]
-            elif ins.opname == "STORE_ATTR":
-                stored.add(ins.argval)
             elif ins.opname == "IMPORT_NAME":  # after the level and the fromlist constants
                 level = consts[0] if isinstance(consts[0], int) else 0
                 fromlist = tuple(consts[1]) if isinstance(consts[1], tuple) else ()

@@ -397,7 +397,9 @@ class _Walk:
         if getattr(t, "__durable_step__", False):  # a nested step: its result is made of it
             self.attrs.append((obj, "fn", obj.fn))
             self.reference(name, inspect.unwrap(obj.fn), attrs, kind=kind)
-            self._attributes(name, vars(obj), skip=_STEP_OWN)  # ``g.scale = 5`` on a step
+            fn = inspect.unwrap(obj.fn)
+            own = code_info(fn.__code__).stored if isinstance(fn, types.FunctionType) else ()
+            self._attributes(name, vars(obj), skip=_STEP_OWN | own)  # ``g.scale = 5``
             return
         if t is functools.partial:
             self.reference(f"{name}.func", obj.func, attrs, kind=kind)
@@ -491,7 +493,10 @@ class _Walk:
         lazy = members.get("__getattr__")  # PEP 562: names it serves count through its code
         if lazy is not None and attrs - members.keys():
             self.reads.append((members, "__getattr__", lazy))
-            self.reference(f"{module.__name__}.__getattr__", lazy, attrs)
+            try:
+                self.reference(f"{module.__name__}.__getattr__", lazy, attrs)
+            except RunTimeNames:  # the lazy-import idiom (globals()[name] = ...): not walked
+                self.entries.append(Entry(f"code {module.__name__}.__getattr__", "dynamic"))
 
     def _package(self, module: str | None) -> None:
         top = installed_package(module)

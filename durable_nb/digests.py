@@ -207,13 +207,15 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
         return ("subclass", module, t.__qualname__, inner, *_state(value, t, acc))
     if t is types.SimpleNamespace and not acc.legacy:  # its attributes, as an object's
         return ("namespace", *_state(value, t, acc))
-    fields_set = getattr(value, "__pydantic_fields_set__", None)
-    if isinstance(fields_set, set) and hasattr(t, "model_fields") and not acc.legacy:
-        # a pydantic model: its fields and which were set, as sets are digested (its pickle
-        # holds that set in an order that changes with PYTHONHASHSEED)
-        extra = [_canon(getattr(value, n, None), acc) for n in _PYDANTIC_STATE]
-        return ("pydantic", module, t.__qualname__, _keywords(vars(value), acc),
-                _canon(fields_set, acc), *extra)  # fmt: skip
+    if hasattr(t, "__pydantic_fields__") and hasattr(t, "model_fields") and not acc.legacy:
+        # a pydantic model (asked of its class: an object's __getattr__ is not called): its
+        # fields and which were set, as sets are digested (its pickle holds that set in an
+        # order that changes with PYTHONHASHSEED)
+        fields_set = getattr(value, "__pydantic_fields_set__", None)
+        if isinstance(fields_set, set):
+            extra = [_canon(getattr(value, n, None), acc) for n in _PYDANTIC_STATE]
+            return ("pydantic", module, t.__qualname__, *_state(value, t, acc),
+                    _canon(fields_set, acc), *extra)  # fmt: skip
     if _default_reduce(t) and (hasattr(value, "__dict__") or _slots(t)):
         if not user:
             acc.objects += 1
@@ -272,12 +274,14 @@ def _pandas(value: Any, t: type, acc: _Acc) -> Any:
 
     kind = t.__name__
     meta = _pandas_meta(value, kind, acc)
-    if _cells_by_str(value, kind):  # pandas would hash their str(), a memory address in it
-        return (kind, meta, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
+    if not acc.legacy and _cells_by_str(value, kind):  # pandas hashes their str(): an address
+        return (kind, meta, *_cells(value, kind, acc))
     try:
         hashed = pd.util.hash_pandas_object(value, index=kind != "Index").to_numpy()
     except (TypeError, ValueError):  # unhashable cells (lists, dicts): their canonical form
-        return (kind, meta, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
+        if acc.legacy:
+            return (kind, meta, _canon(list(value) if kind == "Index" else value.to_dict(), acc))
+        return (kind, meta, *_cells(value, kind, acc))
     acc.cost += hashed.nbytes * 4
     return (kind, value.shape, meta, xxh3_128_hexdigest(hashed.data), _pandas_exact(value, kind))
 
@@ -301,10 +305,27 @@ def _cells_by_str(value: Any, kind: str) -> bool:
         parts = [value]
     if kind != "Index":
         parts.append(value.index)
+    labels = []
+    for part in parts:
+        if isinstance(part, pd.MultiIndex):  # its levels, not its tuples
+            labels += list(part.levels)
+        elif isinstance(part.dtype, pd.CategoricalDtype):  # its categories
+            labels.append(part.dtype.categories)
+        elif part.dtype.kind == "O":
+            labels.append(part)
     return any(
-        part.dtype.kind == "O" and pd.api.types.infer_dtype(part, skipna=True) not in _BY_VALUE
-        for part in parts
+        label.dtype.kind == "O" and pd.api.types.infer_dtype(label, skipna=True) not in _BY_VALUE
+        for label in labels
     )
+
+
+def _cells(value: Any, kind: str, acc: _Acc) -> tuple[Any, ...]:
+    """Labels and cells, canonically, in order (duplicate labels kept apart)."""
+    if kind == "Index":
+        return (_canon(list(value), acc),)
+    columns = list(value.columns) if kind == "DataFrame" else []
+    rows = value.to_numpy(dtype=object).tolist()
+    return (_canon(list(value.index), acc), _canon(columns, acc), _canon(rows, acc))
 
 
 def _dtype(dtype: Any, acc: _Acc) -> Any:

@@ -98,7 +98,10 @@ def _nested(value: Any) -> Mapping[Any, Any] | None:
     if (dataclasses.is_dataclass(value) and not isinstance(value, type)) or (
         isinstance(value, tuple) and hasattr(type(value), "_fields")
     ):
-        return _fields(value)
+        try:
+            return _fields(value)
+        except Exception:  # a field never set (init=False): kept as its short repr
+            return None
     return None
 
 

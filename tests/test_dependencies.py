@@ -1151,3 +1151,91 @@ def test_names_a_module_serves_through_its_getattr_count(module, log_path: Path)
         with workflow("lazy") as run:
             assert s() == expected
     assert run.steps_run == 1
+
+
+KEEPS_STATE = """
+import functools
+from durable_nb import step
+
+def memo(fn):
+    @functools.wraps(fn)
+    def wrapper(x):
+        if x not in wrapper.cache:
+            wrapper.cache[x] = fn(x)
+        return wrapper.cache[x]
+    wrapper.cache = {}
+    return wrapper
+
+@memo
+def slow(x):
+    return x * 2
+
+@step
+def uses_memo(x):
+    return slow(x)
+
+@step
+def counts_itself(x):
+    counts_itself.calls = getattr(counts_itself, "calls", 0) + 1
+    return x + 1
+
+class Lazy:  # __getattr__ that raises for unknown names, as many config classes do
+    def __init__(self):
+        self._d = {"a": 1}
+    def __getattr__(self, name):
+        return self.__dict__["_d"][name]
+
+CFG = Lazy()
+
+@step
+def reads_lazy(x):
+    return x + CFG.a
+"""
+
+
+def test_state_a_function_keeps_on_itself_is_not_an_input(module, log_path: Path) -> None:
+    """A memo cache or a call counter kept on the function replays; an object whose
+    ``__getattr__`` raises is still digested by its state (and never raises in the call)."""
+    nb = module("nb_keeps_state", KEEPS_STATE)
+    for _ in range(2):
+        with workflow("state") as run:
+            assert (nb.uses_memo(2), nb.counts_itself(1), nb.reads_lazy(1)) == (4, 2, 2)
+    assert (run.steps_run, run.steps_replayed) == (0, 3)
+    nb.CFG._d["a"] = 5  # its state changed in place: seen
+    with workflow("state") as run:
+        assert nb.reads_lazy(1) == 6
+    assert run.steps_run == 1
+    assert args_digest((nb.CFG,), {})  # as an argument: digested, no KeyError
+
+
+def test_frames_of_objects_keep_duplicate_labels_apart_and_labels_stay_fast() -> None:
+    import pandas as pd
+
+    from durable_nb.digests import _cells_by_str
+
+    class P:
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+    one = pd.Series([P(1), P(2)], index=[0, 0])
+    other = pd.Series([P(9), P(2)], index=[0, 0])
+    assert value_digest(one) != value_digest(other)
+    columns = pd.DataFrame([[P(1), P(2)]], columns=["a", "a"])
+    assert value_digest(columns) != value_digest(pd.DataFrame([[P(1), P(3)]], columns=["a", "a"]))
+    index = pd.MultiIndex.from_tuples([("x", 1), ("y", 2)])
+    plain = pd.DataFrame({"c": pd.Categorical(["u", "v"])}, index=index)
+    assert not _cells_by_str(plain, "DataFrame")  # hashed by pandas, as before
+
+
+def test_a_lazy_import_module_getattr_does_not_make_a_step_unjudged(module, log_path: Path) -> None:
+    module(
+        "nb_lazypkg",
+        "RATE = 3\ndef __getattr__(name):\n    import importlib\n"
+        "    mod = importlib.import_module('json')\n    globals()[name] = mod\n    return mod\n",
+    )
+    nb = module("nb_lazy_reader", "import nb_lazypkg\ndef s():\n    return nb_lazypkg.RATE\n")
+    s = Step(nb.s)
+    for _ in range(2):
+        with workflow("lazyimport") as run:
+            assert s() == 3
+    assert run.steps_replayed == 1

@@ -178,20 +178,30 @@ class Outer:
     v: float
 
 
+@dataclasses.dataclass
+class Unset:
+    w: int
+    later: int = dataclasses.field(init=False)
+
+
 def test_nested_fields_are_flattened_and_none_is_lost(log_path: Path) -> None:
     @step
     def shaped(kind: str) -> object:
         if kind == "nested":
             return Outer(Inner(3), 0.5)
+        if kind == "unset":  # a field never set: the row is still written
+            return {"part": Unset(1), "v": 2}
         return {"a.b": 1, "a": {"b": 2}, "param.loss": 0.25}
 
     with workflow("shapes"):
         shaped("nested")
         shaped("clash")
+        shaped("unset")
     df = durable_nb.experiments("shapes").set_index("kind")
     assert (df.loc["nested", "inner.w"], df.loc["nested", "v"]) == (3, 0.5)
     assert (df.loc["clash", "a.b"], df.loc["clash", "a.b~2"]) == (1, 2)
     assert df.loc["clash", "result.param.loss"] == 0.25  # not read as a renamed parameter
+    assert df.loc["unset", "v"] == 2 and "Unset" in df.loc["unset", "part"]
 
 
 def test_integers_past_64_bits_are_kept_exact(log_path: Path) -> None:
