@@ -98,7 +98,8 @@ def drive(folder: Path, disrupt: str, n: int, seed: int) -> None:
         else:
             kernel.km.interrupt_kernel()
             kernel.wait(msg_id, timeout=60)
-        assert integrity(log) == "ok"
+        if log.exists():  # (a kill before the cell opened the log leaves none to check)
+            assert integrity(log) == "ok"
     assert kernel is not None
     result = kernel.execute("print(squares == [i * i for i in range(60)])")
     kernel.close()
