@@ -23,8 +23,8 @@ import sys
 import sysconfig
 import textwrap
 import types
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar
 
 from xxhash import xxh3_128, xxh3_128_hexdigest
 
@@ -113,22 +113,34 @@ def _codes(code: types.CodeType) -> Iterable[types.CodeType]:
             yield from _codes(const)
 
 
+T = TypeVar("T")
+
 _compiled: dict[str, tuple[tuple[float, int], dict[tuple[str, int], bytes]]] = {}
+
+
+def _per_version(cache: dict[str, tuple[tuple[float, int], T]], path: str,
+                 compute: Callable[[bytes], T]) -> T:  # fmt: skip
+    """``compute`` of a file's bytes, once per version of the file (mtime and size)."""
+    stat = os.stat(path)
+    version = (stat.st_mtime, stat.st_size)
+    cached = cache.get(path)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    with open(path, "rb") as f:
+        value = compute(f.read())
+    cache[path] = (version, value)
+    return value
 
 
 def _file_codes(path: str) -> dict[tuple[str, int], bytes]:
     """Every code object of a file as it is on disk now, by (name, first line): its
     bytecode digest. Compiled once per version of the file."""
-    stat = os.stat(path)
-    version = (stat.st_mtime, stat.st_size)
-    cached = _compiled.get(path)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    with open(path, "rb") as f:
-        compiled = compile(f.read(), path, "exec", dont_inherit=True)
-    codes = {(c.co_name, c.co_firstlineno): _bytecode(c) for c in _codes(compiled)}
-    _compiled[path] = (version, codes)
-    return codes
+
+    def codes(source: bytes) -> dict[tuple[str, int], bytes]:
+        compiled = compile(source, path, "exec", dont_inherit=True)
+        return {(c.co_name, c.co_firstlineno): _bytecode(c) for c in _codes(compiled)}
+
+    return _per_version(_compiled, path, codes)
 
 
 def _compiled_matches(code: types.CodeType) -> bool:
@@ -417,25 +429,21 @@ _imports_of: dict[str, tuple[tuple[float, int], list[tuple[str, int, tuple[str, 
 
 def _file_imports(path: str) -> list[tuple[str, int, tuple[str, ...]]]:
     """The imports in a source file, as (module, level, names): parsed once per version."""
+
+    def imports(source: bytes) -> list[tuple[str, int, tuple[str, ...]]]:
+        found: list[tuple[str, int, tuple[str, ...]]] = []
+        for node in ast.walk(ast.parse(source, path)):
+            if isinstance(node, ast.Import):
+                found += [(alias.name, 0, ()) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = tuple(alias.name for alias in node.names)
+                found.append((node.module or "", node.level, names))
+        return found
+
     try:
-        stat = os.stat(path)
-        version = (stat.st_mtime, stat.st_size)
-        cached = _imports_of.get(path)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), path)
+        return _per_version(_imports_of, path, imports)
     except (OSError, SyntaxError, ValueError):
         return []
-    found: list[tuple[str, int, tuple[str, ...]]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(alias.name, 0, ()) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = tuple(alias.name for alias in node.names)
-            found.append((node.module or "", node.level, names))
-    _imports_of[path] = (version, found)
-    return found
 
 
 _versions: dict[str, str | None] = {}

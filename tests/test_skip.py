@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from .kernels import Kernel, cell_text, kernel_env, notebook, run_all
 
@@ -180,14 +181,31 @@ def test_headless_runs_name_unnamed_cells_by_their_id(tmp_path: Path) -> None:
     assert f"cell-{nb.cells[2].id}: skipped" in third.stdout
 
 
-def test_a_module_the_cell_imports_is_an_input(tmp_path: Path) -> None:
-    (tmp_path / "helpers.py").write_text("def f(v):\n    return v * 2\n")
-    cell = "%%durable imp\nimport helpers\nfrom helpers import f\ny = helpers.f(inc(1)) + f(1)\n"
-    assert run(tmp_path, DEFS, cell, "print(y)")[-1] == "6\n"
-    assert "imp: skipped" in run(tmp_path, DEFS, cell, "print(y)")[2]
-    (tmp_path / "helpers.py").write_text("def f(v):\n    return v * 200\n")
-    out = run(tmp_path, DEFS, cell, "print(y)")
-    assert "skipped" not in out[2] and out[-1] == "600\n"
+@pytest.mark.parametrize(
+    ("file", "before", "after", "cell", "show", "outputs"),
+    [
+        (  # import helpers / from helpers import f
+            "helpers.py", "def f(v):\n    return v * 2\n", "def f(v):\n    return v * 200\n",
+            "%%durable imp\nimport helpers\nfrom helpers import f\ny = helpers.f(inc(1)) + f(1)\n",
+            "print(y)", ("6\n", "600\n"),
+        ),
+        (  # importlib.import_module("m2"): an import by name
+            "m2.py", "K = 2\n", "K = 7\n",
+            "%%durable imp\nimport importlib\nm = importlib.import_module('m2')\ny = inc(m.K)\n",
+            "print(y, m.K)", ("3 2\n", "8 7\n"),
+        ),
+    ],
+)  # fmt: skip
+def test_a_module_the_cell_imports_is_an_input(
+    tmp_path: Path, file: str, before: str, after: str, cell: str, show: str,
+    outputs: tuple[str, str],
+) -> None:  # fmt: skip
+    (tmp_path / file).write_text(before)
+    assert run(tmp_path, DEFS, cell, show)[-1] == outputs[0]
+    assert "imp: skipped" in run(tmp_path, DEFS, cell, show)[2]
+    (tmp_path / file).write_text(after)
+    out = run(tmp_path, DEFS, cell, show)
+    assert "skipped" not in out[2] and out[-1] == outputs[1]
 
 
 def test_a_cell_that_caught_a_failed_step_runs_again(tmp_path: Path) -> None:
@@ -329,13 +347,3 @@ def test_user_modules_a_module_imports_in_turn_are_inputs(tmp_path: Path) -> Non
     (tmp_path / "utils.py").write_text("def g(x):\n    return x + 2\n")  # two imports down
     out = run(tmp_path, DEFS, cell, "print(y)")
     assert "skipped" not in out[2] and out[-1] == "5000\n"
-
-
-def test_a_module_imported_by_name_is_an_input(tmp_path: Path) -> None:
-    (tmp_path / "m2.py").write_text("K = 2\n")
-    cell = "%%durable byname\nimport importlib\nm = importlib.import_module('m2')\ny = inc(m.K)\n"
-    assert run(tmp_path, DEFS, cell, "print(y, m.K)")[-1] == "3 2\n"
-    assert "byname: skipped" in run(tmp_path, DEFS, cell, "print(y, m.K)")[2]
-    (tmp_path / "m2.py").write_text("K = 7\n")
-    out = run(tmp_path, DEFS, cell, "print(y, m.K)")
-    assert "skipped" not in out[2] and out[-1] == "8 7\n"
