@@ -44,7 +44,17 @@ def work(i):
     time.sleep(0.01 + (i % 7) * 0.004)
     return i * i
 """
-CELL = "%%durable sixty\nsquares = [work(i) for i in range(60)]\nprint(sum(squares))"
+# The cell says when its code has started, and ends in a pause: an interrupt is sent only
+# while the cell's own code runs. One landing in ipykernel's handling of the request, before
+# or after the code (a few ms), makes ipykernel log "KeyboardInterrupt caught in kernel." and
+# send no execute_reply at all: its window, not ours, and a hang for the test.
+CELL = (
+    "%%durable sixty\n"
+    "open('started.txt', 'w').write(open('attempt.txt').read())\n"
+    "squares = [work(i) for i in range(60)]\n"
+    "print(sum(squares))\n"
+    "time.sleep(1.0)"
+)
 
 
 def executions(folder: Path) -> list[tuple[int, int]]:
@@ -71,6 +81,15 @@ def committed(log: Path) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
+def started(folder: Path, attempt: int, timeout: float = 60) -> None:
+    """Wait until the cell's own code runs in this attempt."""
+    marker = folder / "started.txt"
+    deadline = time.monotonic() + timeout
+    while not (marker.exists() and marker.read_text() == str(attempt)):
+        assert time.monotonic() < deadline, f"attempt {attempt}: the cell never started"
+        time.sleep(0.005)
+
+
 def drive(folder: Path, disrupt: str, n: int, seed: int) -> None:
     """Run the cell, disrupt it (kill the kernel or interrupt it) at random moments, n
     times, then let it finish; no completed step may ever run again."""
@@ -91,6 +110,8 @@ def drive(folder: Path, disrupt: str, n: int, seed: int) -> None:
             reply = kernel.wait(msg_id, timeout=120)
             assert reply["content"]["status"] == "ok"
             break
+        if disrupt == "interrupt":
+            started(folder, attempt)
         time.sleep(rng.uniform(0.0, 0.9))
         if disrupt == "kill":
             kernel.kill()
