@@ -71,13 +71,24 @@ class CodeInfo(NamedTuple):
     dynamic: tuple[str, ...] = ()  # builtins it calls that read globals by a run-time name
     outputs: tuple[str, ...] = ()  # global names only used as ``NAME.mutator(...)``
     stored: frozenset[str] = frozenset()  # attribute names it assigns (``w.calls += 1``)
+    bare: frozenset[str] = frozenset()  # global names used other than as ``NAME.attr``
+    # (``get_rate(cfg)``: a module passed on, whose attributes another function reads)
 
 
 class _StripDocs(ast.NodeTransformer):
-    """Remove docstrings and decorators, which do not change what a function computes."""
+    """Remove docstrings, and the function's own decorators (its wrapper is walked instead),
+    which do not change what it computes. Decorators of functions and classes defined in
+    it stay: ``@times(3)`` on an inner function is code."""
+
+    def __init__(self) -> None:
+        self.depth = 0
 
     def _strip(self, node: Any) -> Any:
-        self.generic_visit(node)
+        self.depth += 1
+        try:
+            self.generic_visit(node)
+        finally:
+            self.depth -= 1
         body = node.body
         if (
             body
@@ -86,7 +97,7 @@ class _StripDocs(ast.NodeTransformer):
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-        if hasattr(node, "decorator_list"):
+        if hasattr(node, "decorator_list") and self.depth == 0:
             node.decorator_list = []
         return node
 
@@ -170,6 +181,23 @@ def _written_only(tree: ast.AST) -> set[str]:
         if isinstance(node, ast.Name):
             used[node.id] = used.get(node.id, True) and id(node) in mutated
     return {name for name, only in used.items() if only}
+
+
+def self_state(code: types.CodeType) -> frozenset[str]:
+    """Attributes a method keeps on its object through its first parameter (``self``)."""
+    hit = _self_states.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(code)))
+        found = frozenset(_own_state(tree, code.co_varnames[0]))
+    except (OSError, TypeError, SyntaxError, IndentationError, ValueError, IndexError):
+        found = frozenset()
+    _self_states[id(code)] = (code, found)
+    return found
+
+
+_self_states: dict[int, tuple[types.CodeType, frozenset[str]]] = {}
 
 
 def _own_state(tree: ast.AST, own: str) -> set[str]:
@@ -264,6 +292,7 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     names: set[str] = set()
     attrs: set[str] = set()
     imports: dict[tuple[str, int, tuple[str, ...]], None] = {}
+    bare: set[str] = set()
     stored = _own_state(tree, code.co_name) if tree is not None else set()
     attrs.update(named_in_strings(tree) if tree is not None else ())
     for c in _codes(code):
@@ -271,9 +300,15 @@ def _analyse(code: types.CodeType) -> CodeInfo:
         if tree is None:  # no source to tell getattr(cfg, "RATE") from a dict key: any name
             attrs.update(k for k in c.co_consts if isinstance(k, str) and k.isidentifier())
         consts: list[Any] = [None, None]
+        pending = None  # a global just loaded: bare unless an attribute of it is read next
         for ins in dis.get_instructions(c):
+            if pending is not None:
+                if ins.opname not in ("LOAD_ATTR", "LOAD_METHOD"):
+                    bare.add(pending)
+                pending = None
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
                 names.add(ins.argval)
+                pending = ins.argval
             elif ins.opname in ("LOAD_CONST", "LOAD_SMALL_INT"):
                 consts = [consts[1], ins.argval]
             elif ins.opname == "IMPORT_NAME":  # after the level and the fromlist constants
@@ -284,6 +319,7 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     return CodeInfo(
         digest, tuple(sorted(names - written)), freevars, frozenset(attrs), tuple(imports),
         tuple(sorted(names & _DYNAMIC)), tuple(sorted(names & written)), frozenset(stored),
+        frozenset(bare),
     )  # fmt: skip
 
 
@@ -323,8 +359,11 @@ def is_user_module(name: str | None) -> bool:
         return known
     top = name.partition(".")[0]
     mine = name == "__main__"
-    if not mine and top != "durable_nb" and top not in sys.stdlib_module_names:
-        file = getattr(sys.modules.get(name), "__file__", None)
+    if not mine and top != "durable_nb":  # (a user's statistics.py is not the stdlib's:
+        module = sys.modules.get(name)  # its file tells)
+        if module is None:  # not imported (yet): not cached
+            return False
+        file = getattr(module, "__file__", None)
         mine = bool(file) and is_user_file(file)
     _user_modules[name] = mine
     return mine

@@ -65,6 +65,7 @@ from .codeinfo import (
     is_user_module,
     module_source,
     package_version,
+    self_state,
 )
 from .digests import _PRIMITIVES, digest_value, legacy_digest
 from .errors import DurableWarning, user_stacklevel
@@ -102,8 +103,9 @@ class Entry(NamedTuple):
 
 
 # The version of the digest rules, in each digest's document: 2 since a dict's order counts
-# (a change of rule then says so, instead of "changed" between two equal-looking values).
-RULES = 2
+# (a change of rule then says so, instead of "changed" between two equal-looking values); 3
+# since which installed module, function or class a name refers to counts.
+RULES = 3
 
 
 class Digest:
@@ -276,7 +278,10 @@ class _Walk:
             obj = glob.get(name, _MISSING)
             self.reads.append((glob, name, obj))
             if obj is not _MISSING:
-                self.reference(f"{prefix}{name}", obj, info.attrs)
+                used = info.attrs
+                if name in info.bare and type(obj) is types.ModuleType:  # passed on: any
+                    used = _public(obj)  # of its attributes may be read where it goes
+                self.reference(f"{prefix}{name}", obj, used)
             elif name not in _BUILTIN_NAMES:
                 self.entries.append(Entry(f"global {prefix}{name}", "undefined"))
         for name in info.outputs:  # `NAME.update(d)`: an output, unless NAME is code
@@ -346,10 +351,14 @@ class _Walk:
                 self.reference(f"{qualname} base", base, frozenset())
         members = vars(cls)
         self.keys.append((members, len(members)))
+        if "__pydantic_fields__" in members:  # pydantic keeps fields out of the class dict
+            self._pydantic(cls, qualname)
         for name in sorted(members):
             if name in _CLASS_SKIP:
                 continue
             attr = members[name]
+            if type(attr).__name__ == "PydanticDescriptorProxy":  # a validator: _pydantic's
+                continue
             self.reads.append((members, name, attr))
             if isinstance(attr, (staticmethod, classmethod)):
                 attr = attr.__func__
@@ -366,6 +375,30 @@ class _Walk:
             elif not (name.startswith("__") and name.endswith("__")) and name != "_abc_impl":
                 self.value(f"global {qualname}.{name}", attr)
 
+    def _pydantic(self, cls: type, qualname: str) -> None:
+        """A pydantic model class: its fields (annotation, default, factory) and the code of
+        its validators and serializers."""
+        fields = vars(cls)["__pydantic_fields__"]
+        described = []
+        for name, field in sorted(fields.items()):
+            required = field.is_required()
+            default = None if required or field.default_factory else field.default
+            described.append((name, repr(field.annotation), required, default))
+            if field.default_factory is not None:
+                self.reference(f"{qualname}.{name} default_factory", field.default_factory,
+                               frozenset())  # fmt: skip
+        self.value(f"global {qualname} fields", described)
+        decorators = vars(cls).get("__pydantic_decorators__")
+        for group in ("validators", "field_validators", "root_validators", "field_serializers",
+                      "model_serializers", "model_validators", "computed_fields"):  # fmt: skip
+            for name, decorator in sorted(getattr(decorators, group, {}).items()):
+                func = getattr(decorator, "func", None)
+                func = getattr(func, "__func__", func)  # bound to the class
+                if isinstance(func, property):
+                    func = func.fget
+                if isinstance(func, types.FunctionType):
+                    self.function(func, f"{qualname}.{name}")
+
     def reference(
         self, name: str, obj: Any, attrs: frozenset[str], *, kind: str = "global"
     ) -> None:
@@ -379,20 +412,20 @@ class _Walk:
             if is_user_module(obj.__module__):
                 self.function(obj, _label(obj))
             else:
-                self._package(obj.__module__)
+                self._installed(f"{kind} {name}", obj.__module__, obj.__qualname__)
             self._wrapped(name, obj, attrs, kind)
             return
         if t is types.ModuleType:
             if is_user_module(obj.__name__):
                 self._module(obj, attrs)
             else:
-                self._package(obj.__name__)
+                self._installed(f"{kind} {name}", obj.__name__)
             return
         if isinstance(obj, type):
             if is_user_module(obj.__module__):
                 self.cls(obj)
             else:
-                self._package(obj.__module__)
+                self._installed(f"{kind} {name}", obj.__module__, obj.__qualname__)
             return
         if getattr(t, "__durable_step__", False):  # a nested step: its result is made of it
             self.attrs.append((obj, "fn", obj.fn))
@@ -407,15 +440,18 @@ class _Walk:
             self.value(f"{kind} {name}", (obj.args, keywords))
             return
         if t is types.MethodType:
-            if not is_user_module(getattr(obj.__func__, "__module__", None)):
-                self._package(getattr(obj.__func__, "__module__", None))
+            func = obj.__func__
+            if not is_user_module(getattr(func, "__module__", None)):
+                module = getattr(func, "__module__", None)
+                self._installed(f"{kind} {name}", module, getattr(func, "__qualname__", None))
                 self.value(f"{kind} {name}.__self__", obj.__self__)  # its object's state
                 return  # (not the package's code)
             self.reference(f"{name}.__func__", obj.__func__, attrs, kind=kind)
             self.reference(f"{name}.__self__", obj.__self__, attrs, kind=kind)
             return
         if t is types.BuiltinFunctionType or t is types.BuiltinMethodType:
-            self._package(getattr(obj, "__module__", None))
+            module = getattr(obj, "__module__", None)
+            self._installed(f"{kind} {name}", module, getattr(obj, "__qualname__", None))
             return
         try:
             wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and other wrappers
@@ -424,6 +460,11 @@ class _Walk:
         if wrapped is not None and callable(obj) and id(obj) not in self.seen:
             self.seen.add(id(obj))
             self.attrs.append((obj, "__wrapped__", wrapped))
+            if is_user_module(getattr(t, "__module__", None)):  # a decorator of the user's,
+                self.cls(t)  # as a class: its __call__ and what it holds (k in Scaled(f, k))
+                own = getattr(obj, "__dict__", None)
+                if own:
+                    self._attributes(name, own, skip=_self_state(t))
             self.reference(name, wrapped, attrs, kind=kind)
             return
         module = getattr(t, "__module__", None)
@@ -498,6 +539,14 @@ class _Walk:
             except RunTimeNames:  # the lazy-import idiom (globals()[name] = ...): not walked
                 self.entries.append(Entry(f"code {module.__name__}.__getattr__", "dynamic"))
 
+    def _installed(self, label: str, module: str | None, qualname: str | None = None) -> None:
+        """An installed (or built-in) module, function or class a name refers to: which one
+        counts (``Model = Ridge`` -> ``Lasso``, ``AGG = max`` -> ``min``), not its code; its
+        package is recorded for the run's environment."""
+        self._package(module)
+        what = f"{module}.{qualname}" if qualname else str(module)
+        self.entries.append(Entry(label, f"installed {what}", what))
+
     def _package(self, module: str | None) -> None:
         top = installed_package(module)
         if top is not None:
@@ -530,7 +579,8 @@ class _Walk:
             self.entries.append(Entry(label, digest, obj))
         name = label.partition(" ")[2]
         for inner in dict.fromkeys(code):  # each function or class once, in order found
-            self.reference(name, inner, frozenset())
+            if inner is not obj:  # (a callable with no module of its own names itself)
+                self.reference(name, inner, frozenset())
 
 
 def _fingerprint(obj: Any, *, big: bool = False) -> Any:
@@ -577,6 +627,21 @@ def _sample_places(size: int) -> Any:
     import numpy as np
 
     return np.arange(0, size, _stride(size))
+
+
+def _public(module: types.ModuleType) -> frozenset[str]:
+    """A module's names, dunders left out."""
+    return frozenset(n for n in vars(module) if not (n.startswith("__") and n.endswith("__")))
+
+
+def _self_state(cls: type) -> frozenset[str]:
+    """What a wrapper class's ``__call__`` keeps on its object (``self.calls += 1``): its
+    state, as a function's own attributes are, not an input."""
+    call = vars(cls).get("__call__")
+    code = getattr(call, "__code__", None)
+    if not isinstance(code, types.CodeType) or not code.co_varnames:
+        return frozenset()
+    return self_state(code)
 
 
 def _user_code(fn: types.FunctionType) -> bool:
@@ -649,6 +714,10 @@ class StepDependencies:
         # on to the function it wraps.
         seen = {id(target)}  # (a __wrapped__ cycle ends it)
         while not (isinstance(target, types.FunctionType) and _user_code(target)):
+            if not isinstance(target, types.FunctionType) and is_user_module(
+                getattr(type(target), "__module__", None)
+            ):  # a wrapper object of the user's class: its code and state count
+                break
             inner = getattr(target, "__wrapped__", None)
             if inner is None or id(inner) in seen:
                 break
@@ -677,7 +746,7 @@ class StepDependencies:
             run.arguments[key] = (base, walk, digest, objs)  # objs: their ids stay theirs
             return digest
         except (Exception, RecursionError) as exc:  # what it reads cannot be read: run it
-            self._say_once(
+            self.say_once(
                 "unreadable",
                 f"step {self.name}: {exc}, which reads globals by a name known only when it "
                 "runs, so what it depends on cannot be known: it runs every time"
@@ -746,14 +815,15 @@ class StepDependencies:
 
     def _warn_opaque(self, opaque: list[str]) -> None:
         for label in opaque:
-            self._say_once(
+            self.say_once(
                 label,
                 f"step {self.name}: {label.partition(' ')[2]} cannot be digested, so only its "
                 "type counts for replay; a change to it is not seen (pass what the step needs "
                 "of it as arguments)",
             )
 
-    def _say_once(self, key: str, message: str) -> None:
+    def say_once(self, key: str, message: str) -> None:
+        """Warn ``message`` once per process for this step and ``key``."""
         if (self.name, key) not in _warned:
             _warned.add((self.name, key))
             warnings.warn(message, DurableWarning, stacklevel=user_stacklevel())
@@ -780,17 +850,20 @@ def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> 
     before = {label: (digest, shown) for label, digest, shown in old["entries"]}
     now = {e.label: (e.digest, _shown(e.value)) for e in new.entries}
     values = {e.label: e.value for e in new.entries}
-    older_rules = old.get("rules", 1) < RULES
+    rules = old.get("rules", 1)
     changes: list[tuple[int, str]] = []
     for label, (digest, shown) in now.items():
         kind, _, what = label.partition(" ")
         rank = _KINDS.get(kind, 9)
         if label not in before:
-            changes.append((rank + 10, f"new dependency {what}"))
+            if rules < 3 and digest.startswith("installed "):
+                changes.append((rank, _counted_now(what, digest)))
+            else:
+                changes.append((rank + 10, f"new dependency {what}"))
         elif before[label][0] != digest:
             if kind == "version":  # a version entry's digest is the version itself
                 changes.append((rank, f"{what} {before[label][0]} -> {digest}"))
-            elif older_rules and _same_by_older_rule(values[label], before[label][0]):
+            elif rules < 2 and _same_by_older_rule(values[label], before[label][0]):
                 changes.append((rank, _newer_rule(kind, what)))
             else:
                 changes.append((rank, _changed(kind, what, before[label][1], shown)))
@@ -823,6 +896,13 @@ def _newer_rule(kind: str, what: str) -> str:
     return (
         f"{kind} {what} is digested by a newer rule (durable_nb was upgraded; its value "
         "looks the same: accept replays it)"
+    )
+
+
+def _counted_now(what: str, digest: str) -> str:
+    return (
+        f"durable_nb was upgraded: which installed object {what} is now counts "
+        f"({digest.removeprefix('installed ')}); accept replays it"
     )
 
 

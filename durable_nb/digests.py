@@ -24,6 +24,7 @@ import functools
 import hashlib
 import inspect
 import io
+import math
 import pickle
 import types
 import uuid
@@ -144,6 +145,12 @@ def _canon(value: Any, acc: _Acc) -> Any:
         del acc.active[me]
 
 
+def _qualname(value: Any) -> str:
+    """A routine's qualified name (a callable descriptor object may have none: its type's)."""
+    name = getattr(value, "__qualname__", None)
+    return name if isinstance(name, str) else type(value).__qualname__
+
+
 def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
     if t is tuple or t is list:
         return (t.__name__, *[_canon(v, acc) for v in value])
@@ -174,13 +181,15 @@ def _canon_new(value: Any, t: type, acc: _Acc) -> Any:
                 _keywords(value.keywords, acc))  # fmt: skip
     if callable(value) and (inspect.isroutine(value) or isinstance(value, type)):
         func = getattr(value, "__func__", value)  # a bound method: its function's module
-        module_ = getattr(func, "__module__", None)
+        module_ = getattr(func, "__module__", None) or getattr(
+            getattr(func, "__objclass__", None), "__module__", None
+        )  # (``str.lower``: its class's)
         if module_ is None or is_user_module(module_):
             acc.code.append(value)  # named here; its code is walked by ``dependencies``
         elif func is not value:  # a package's method: the object it is bound to counts
             owner = _canon(getattr(value, "__self__", None), acc)
-            return ("method", module_, value.__qualname__, owner)
-        return ("callable", getattr(value, "__module__", ""), value.__qualname__)
+            return ("method", module_, _qualname(value), owner)
+        return ("callable", module_ or "", _qualname(value))
     user = is_user_module(module)
     if user:
         acc.code.append(t)  # an object of the user's class: its methods count
@@ -458,6 +467,11 @@ def args_digest(
         )
     except RecursionError:  # nested too deep for the canonical form
         return _deep((args, sorted(kwargs.items())))
+    except Exception:  # a value whose own methods raise while read: by pickle, else it runs
+        try:
+            return "pickle:" + xxh3_128_hexdigest(pickle.dumps((args, kwargs), protocol=5))
+        except Exception:
+            return f"unjudged:{uuid.uuid4().hex}"
     if code is not None:
         code += acc.code
     if acc.truncated:  # too big to walk: by pickle, else a key of its own (it runs)
@@ -483,8 +497,11 @@ def _distinct(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _same(value: Any, default: Any) -> bool:
     return value is default or (
-        type(value) is type(default) and type(value) in _PRIMITIVES and value == default
-    )
+        type(value) is type(default)
+        and type(value) in _PRIMITIVES
+        and value == default
+        and (type(value) is not float or math.copysign(1.0, value) == math.copysign(1.0, default))
+    )  # (-0.0 == 0.0, but a step may tell them apart: 1 / x, copysign)
 
 
 class Arguments:

@@ -563,6 +563,12 @@ class Step:
         bound = self._arguments.key(args, kwargs)
         code: list[Any] = []  # callbacks, steps, classes of objects found in the arguments
         digest = args_digest(*bound, code)
+        if digest.startswith("unjudged:"):  # a key of its own: it runs, and says why once
+            self.dependencies.say_once(
+                "arguments",
+                f"step {self.name}: its arguments cannot be digested (reading them raised), so "
+                "no call matches a record: it runs every time",
+            )
         counter = (self.name, digest)
         # calls from several threads (main among them) count in turn, without a lock (a
         # Ctrl-C between a lock's acquire and its try would leave it held): the dict's

@@ -6,6 +6,7 @@ modules written to ``tmp_path`` and imported, as the user's own ``.py`` files wo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import getpass
 import importlib
@@ -214,7 +215,10 @@ def test_installed_packages_are_recorded_not_hashed(log_path: Path) -> None:
     assert recorded["numpy"] == np.__version__
     assert recorded["python"] == sys.version.split()[0]
     doc = json.loads(sqlite3.connect(log_path).execute("SELECT doc FROM digests").fetchone()[0])
-    assert [e[0] for e in doc["entries"]] == ["code step stats"]  # numpy is not hashed
+    # numpy is not hashed: which module the name is counts, not its code
+    assert [e[:2] for e in doc["entries"][1:]] == [
+        ["global tests.test_dependencies.np", "installed numpy"]
+    ]
 
 
 def test_big_globals_are_hashed_once_per_run(
@@ -1239,3 +1243,212 @@ def test_a_lazy_import_module_getattr_does_not_make_a_step_unjudged(module, log_
         with workflow("lazyimport") as run:
             assert s() == 3
     assert run.steps_replayed == 1
+
+
+FOURTH = """
+import functools, json, math
+import pydantic
+import nb_fourth_cfg as cfg
+
+AGG = max
+KIND = list
+codec = json
+
+def by_builtin():
+    return AGG([1, 2, 3])
+
+def by_class():
+    return KIND([1, 2])
+
+def by_module(x):
+    return codec.dumps(x)
+
+class Scaled:
+    def __init__(self, fn, k):
+        functools.update_wrapper(self, fn)
+        self.fn, self.k, self.calls = fn, k, 0
+
+    def __call__(self, *args):
+        self.calls += 1  # its own state: not an input
+        return self.k * self.fn(*args)
+
+@functools.partial(Scaled, k=2)
+def twice(x):
+    return x + 1
+
+def by_wrapper_object(x):
+    return twice(x)
+
+def get_rate(m):
+    return m.RATE
+
+def by_passed_module(x):
+    return x * get_rate(cfg)
+
+def model(default):
+    class P(pydantic.BaseModel):
+        lr: float = default
+    return P
+
+P = model(0.1)
+
+def by_pydantic():
+    return P().lr
+
+SPLIT = str.split
+
+def by_descriptor(text):
+    return SPLIT(text)
+"""
+
+
+@pytest.mark.parametrize(
+    ("step_name", "args", "first", "change", "second"),
+    [
+        ("by_builtin", (), 3, lambda nb: setattr(nb, "AGG", min), 1),
+        ("by_class", (), [1, 2], lambda nb: setattr(nb, "KIND", tuple), (1, 2)),
+        ("by_module", (1,), "1", lambda nb: setattr(nb, "codec", nb.math), None),
+        ("by_wrapper_object", (1,), 4, lambda nb: setattr(nb.twice, "k", 5), 10),
+        ("by_passed_module", (2,), 20, lambda nb: setattr(nb.cfg, "RATE", 30), 60),
+        ("by_pydantic", (), 0.1, lambda nb: setattr(nb, "P", nb.model(0.2)), 0.2),
+        ("by_descriptor", ("a b",), ["a", "b"], lambda nb: setattr(nb, "SPLIT", str.upper),
+         "A B"),
+    ],
+)  # fmt: skip
+def test_fourth_review_cases_that_replayed_stale_results(
+    module, log_path: Path, step_name: str, args: tuple[object, ...], first: object,
+    change: object, second: object,
+) -> None:  # fmt: skip
+    """Which installed function, class or module a name refers to (``AGG = max`` -> ``min``),
+    a decorator of the user's written as a class (its ``k``), a user module passed on to a
+    helper that reads it, a pydantic model's field defaults, a method descriptor global
+    (``str.split``: judged, not a loop)."""
+    module("nb_fourth_cfg", "RATE = 10\n")
+    nb = module(f"nb_fourth_{step_name}", FOURTH)
+    s = Step(getattr(nb, step_name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DurableWarning)  # judged: no "cannot be read"
+        for _ in range(2):
+            with workflow(step_name):
+                assert s(*args) == first
+        change(nb)  # type: ignore[operator]
+        with workflow(step_name) as run:
+            if second is None:  # math.dumps: the call fails, as it would without a log
+                with pytest.raises(AttributeError):
+                    s(*args)
+                return
+            assert s(*args) == second
+    assert run.steps_run == 1
+    assert reasons(log_path, step_name)[-1]
+    with workflow(step_name) as run:  # and the new value replays
+        assert s(*args) == second
+    assert run.steps_replayed == 1
+
+
+def test_an_installed_name_swapped_says_which_was_which(module, log_path: Path) -> None:
+    nb = module("nb_fourth_reason", FOURTH.replace("import nb_fourth_cfg as cfg", ""))
+    s = Step(nb.by_builtin)
+    with workflow("swap"):
+        s()
+    nb.AGG = min
+    with workflow("swap"):
+        s()
+    assert reasons(log_path, "by_builtin")[-1] == (
+        "global nb_fourth_reason.AGG changed ('builtins.max' -> 'builtins.min') since run 1"
+    )
+
+
+def test_decorators_inside_a_function_count(module, log_path: Path) -> None:
+    source = """
+        def times(k):
+            def wrap(fn):
+                return lambda y: k * fn(y)
+            return wrap
+
+        def by_inner(x):
+            @times(2)
+            def g(y):
+                return y + 1
+            return g(x)
+    """
+    nb = module("nb_inner_decorator", source)
+    with workflow("inner"):
+        assert Step(nb.by_inner)(1) == 4
+    nb = module("nb_inner_decorator", source.replace("@times(2)", "@times(3)"))
+    with workflow("inner") as run:
+        assert Step(nb.by_inner)(1) == 6
+    assert run.steps_run == 1
+    assert reasons(log_path, "by_inner")[-1] == "code of by_inner changed since run 1"
+
+
+def test_a_module_of_the_users_named_like_the_stdlibs_is_the_users(module, log_path: Path) -> None:
+    assert "tabnanny" not in sys.modules  # (the stdlib's is never imported by the suite)
+    tab = module("tabnanny", "def helper(x):\n    return x + 1\n")
+    nb = module("nb_stdlib_named", "import tabnanny\ndef s(x):\n    return tabnanny.helper(x)\n")
+    with workflow("named"):
+        assert Step(nb.s)(1) == 2
+    module("tabnanny", "def helper(x):\n    return x + 2\n")
+    assert tab is sys.modules["tabnanny"]
+    with workflow("named") as run:
+        assert Step(nb.s)(1) == 3
+    assert run.steps_run == 1
+    assert reasons(log_path, "s")[-1] == "code of tabnanny.helper changed since run 1"
+
+
+def test_arguments_whose_reading_raises_or_that_differ_only_in_sign_are_told_apart(
+    log_path: Path,
+) -> None:
+    class Op:  # a callable descriptor: a routine without a __qualname__
+        def __get__(self, obj: object, owner: object = None) -> Op:
+            return self
+
+        def __call__(self, x: int) -> int:
+            return x
+
+    @dataclasses.dataclass
+    class Broken:  # a field never set, and a __getattr__ that raises KeyError
+        x: int = dataclasses.field(init=False)
+
+        def __reduce_ex__(self, protocol: object) -> object:
+            raise RuntimeError("no pickle")
+
+        def __getattr__(self, name: str) -> object:
+            raise KeyError(name)  # what reading its state meets
+
+    ran: list[object] = []
+
+    @step
+    def apply(f: object, y: float = 0.0) -> str:
+        ran.append(y)
+        return str(y)
+
+    with workflow("args"):
+        assert apply(Op()) == "0.0"
+        assert apply(Op(), -0.0) == "-0.0"  # 1 / y would tell them apart: not the same call
+        with pytest.warns(DurableWarning, match="arguments cannot be digested"):
+            apply(Broken())
+        apply(Broken())
+    assert ran == [0.0, -0.0, 0.0, 0.0]
+
+
+def test_a_record_from_before_installed_names_counted_says_the_rule_changed(
+    module, log_path: Path
+) -> None:
+    nb = module("nb_rules3", "import math\ndef s(x):\n    return math.sqrt(x)\n")
+    s = Step(nb.s)
+    with workflow("rules3"):
+        assert s(4) == 2.0
+    conn = sqlite3.connect(log_path)
+    with conn:  # as version 2 of the rules stored it: no entry for the module math names
+        doc = json.loads(conn.execute("SELECT doc FROM digests").fetchone()[0])
+        doc["rules"] = 2
+        doc["entries"] = [e for e in doc["entries"] if not e[1].startswith("installed ")]
+        conn.execute("INSERT INTO digests VALUES ('rules2', ?)", (json.dumps(doc),))
+        conn.execute("UPDATE steps SET code_digest = 'rules2'")
+    with workflow("rules3") as run:
+        assert s(4) == 2.0
+    assert run.steps_run == 1
+    assert reasons(log_path, "s")[-1] == (
+        "durable_nb was upgraded: which installed object nb_rules3.math is now counts "
+        "(math); accept replays it since run 1"
+    )
