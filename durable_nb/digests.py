@@ -467,19 +467,21 @@ def args_digest(
         )
     except RecursionError:  # nested too deep for the canonical form
         return _deep((args, sorted(kwargs.items())))
-    except Exception:  # a value whose own methods raise while read: by pickle, else it runs
-        try:
-            return "pickle:" + xxh3_128_hexdigest(pickle.dumps((args, kwargs), protocol=5))
-        except Exception:
-            return f"unjudged:{uuid.uuid4().hex}"
+    except Exception:  # a value whose own methods raise while read
+        return _by_pickle(args, kwargs)
     if code is not None:
         code += acc.code
-    if acc.truncated:  # too big to walk: by pickle, else a key of its own (it runs)
-        try:
-            return "pickle:" + xxh3_128_hexdigest(pickle.dumps((args, kwargs), protocol=5))
-        except Exception:
-            return f"unjudged:{uuid.uuid4().hex}"
+    if acc.truncated:  # too big to walk
+        return _by_pickle(args, kwargs)
     return xxh3_128_hexdigest(_dumps(canon))
+
+
+def _by_pickle(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A call's digest by its pickle, else a key of its own (it runs)."""
+    try:
+        return "pickle:" + xxh3_128_hexdigest(pickle.dumps((args, kwargs), protocol=5))
+    except Exception:
+        return f"unjudged:{uuid.uuid4().hex}"
 
 
 def _distinct(args: tuple[Any, ...]) -> tuple[Any, ...]:
