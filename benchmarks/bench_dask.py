@@ -22,7 +22,8 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 import durable_nb
-from durable_nb import engine, step, workflow
+from durable_nb import step, workflow
+from durable_nb.log.current_log import close_log, open_log
 
 
 def nap(i: int) -> int:
@@ -67,7 +68,7 @@ def main() -> None:
         Client(cluster) as client,
     ):
         client.register_plugin(Counting())
-        engine.open_log(Path(tmp) / "bench.db")
+        open_log(Path(tmp) / "bench.db")
         client.gather(client.map(nap, range(8), pure=False))  # workers warm
         plain, durable, replayed, tasks = [], [], [], []
         for r in range(args.runs):
@@ -85,7 +86,7 @@ def main() -> None:
             replayed.append(time.perf_counter() - start)
             tasks.append(sent(client) - before)
             assert run.steps_replayed == n
-        engine.close_log()
+        close_log()
     p, d, rp = (statistics.median(x) for x in (plain, durable, replayed))
     print(f"durable_nb {durable_nb.__version__}: {n} calls x 50 ms on a LocalCluster of 2 workers")
     print(f"plain client.map + gather: {p:.2f} s")

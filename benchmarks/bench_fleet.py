@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_replication import start_moto, use_moto
 
 import durable_nb
-from durable_nb import engine, step, workflow
-from durable_nb.replica import child_environment, parse_url
-from durable_nb.replication import litestream_binary
+from durable_nb import step, workflow
+from durable_nb.backup.replica import child_environment, parse_url
+from durable_nb.backup.replication import litestream_binary
+from durable_nb.log.current_log import close_log, open_log
 
 
 @step
@@ -46,9 +47,9 @@ def make_logs(folder: Path, logs: int, steps: int) -> list[Path]:
     paths = []
     for a in range(logs):
         path = folder / f"agent{a:03d}" / ".durable" / "a.db"
-        engine.open_log(path)
+        open_log(path)
         agent_run(a, steps)
-        engine.close_log()
+        close_log()
         paths.append(path)
     return paths
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .accept import accept
-from .engine import Run, Step, current_run, get_store, open_log, step, workflow
+from .backup.fleet import Fleet, fleet  # the module is light: boto3 and pandas load on first use
 from .errors import (
     BlobError,
     DurableError,
@@ -21,21 +20,26 @@ from .errors import (
     SchemaTooNewError,
     WorkflowBusyError,
 )
-from .executors import use_executor  # dask is imported by the user, never here
-from .experiments import compare, experiments  # pandas is imported when they are called
-from .fleet import Fleet, fleet  # the module is light: boto3 and pandas load on first use
-from .plan import Plan, plan
-from .store import Store
+from .log.current_log import get_store, open_log
+from .log.store import Store
+from .replay.accept import accept
+from .replay.context import current_run
+from .replay.engine import Step, step
+from .replay.executors import use_executor  # dask is imported by the user, never here
+from .replay.plan import Plan
+from .replay.run import Run
+from .replay.workflow import plan, workflow
+from .views.experiments import compare, experiments  # pandas is imported when they are called
 
 __version__ = "0.1.0"
 
 _LAZY = {  # name -> module: these import pandas / boto3, so they load on first use
-    **dict.fromkeys(("events", "result", "runs", "steps", "timeline"), "views"),
+    **dict.fromkeys(("events", "result", "runs", "steps", "timeline"), "views.frames"),
     **dict.fromkeys(
         ("replicate", "replication_status", "restore", "restore_points", "stop_replication"),
-        "replication",
+        "backup.replication",
     ),
-    "RestorePanel": "panel",
+    "RestorePanel": "notebook.panel",
 }
 
 __all__ = [
@@ -90,13 +94,13 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext durable_nb``: register the magics (imported only now)."""
-    from .magics import load
+    from .notebook.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext durable_nb``: remove the magics and the cell transformer."""
-    from .magics import unload
+    from .notebook.magics import unload
 
     unload(ipython)

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import DurableError
-from .location import resolve_log
-from .records import RUN_STATUSES
+from .log.location import resolve_log
+from .log.records import RUN_STATUSES
 
 __all__ = ["main"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import run_notebook
+    from .notebook.runner import run_notebook
 
     if not args.notebook.endswith(".ipynb"):
         raise SystemExit(f"durable-nb run: {args.notebook} is not a notebook (.ipynb)")
@@ -41,9 +41,9 @@ def _emit(df: Any, fmt: str) -> None:
 
 
 def _log(args: argparse.Namespace) -> int:
-    from . import views
+    from .views import frames
 
-    df = views.steps(workflow=args.workflow, log=args.path)
+    df = frames.steps(workflow=args.workflow, log=args.path)
     if args.format == "table":
         df = df[["run", "workflow", "step", "args", "attempt", "status", "started", "duration",
                  "result_type", "result_repr", "error_message", "replayed"]]  # fmt: skip
@@ -52,7 +52,7 @@ def _log(args: argparse.Namespace) -> int:
 
 
 def _experiments(args: argparse.Namespace) -> int:
-    from .experiments import experiments
+    from .views.experiments import experiments
 
     df = experiments(args.workflow, args.step, log=args.path)
     if args.format == "table":
@@ -62,14 +62,14 @@ def _experiments(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from . import views
+    from .views import frames
 
-    _emit(views.runs(log=args.path), args.format)
+    _emit(frames.runs(log=args.path), args.format)
     return 0
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from .store import Store
+    from .log.store import Store
 
     with Store(resolve_log(args.path)) as store:
         print(f"{store.collect_blobs(grace=args.grace)} from {store.blobs.folder}")
@@ -77,7 +77,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _sanitizer(args: argparse.Namespace) -> int:
-    from .pytest_plugin import SANITIZER
+    from .notebook.pytest_plugin import SANITIZER
 
     print(SANITIZER)
     return 0
@@ -91,7 +91,7 @@ def _replicate(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from . import replication
+    from .backup import replication
 
     log = resolve_log(args.path)
     replicator = replication.replicate(args.url, log=log)
@@ -111,7 +111,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
 
 def _restore_points(args: argparse.Namespace) -> int:
-    from . import replication
+    from .backup import replication
 
     _emit(replication.restore_points(args.url), args.format)
     return 0
@@ -120,8 +120,8 @@ def _restore_points(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import replication
-    from .replica import parse_url
+    from .backup import replication
+    from .backup.replica import parse_url
 
     target, log = args.output, None
     if (
@@ -141,7 +141,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    from .fleet import fleet
+    from .backup.fleet import fleet
 
     observed = fleet(args.root, cache=args.cache)
     if args.pull:

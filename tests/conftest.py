@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import durable_nb
-from durable_nb import engine
+from durable_nb.log.current_log import close_log
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def current_log(path: Path) -> Iterator[Path]:
         yield path
     finally:
         durable_nb.stop_replication(log=path)
-        engine.close_log()
+        close_log()
 
 
 @pytest.fixture
@@ -84,8 +84,8 @@ def old_log(path: Path, version: int, step: str = "train", result: object = None
     completed step ``step`` (arguments ``3``) whose value is ``result``."""
     import pickle
 
-    from durable_nb.connection import _statements
-    from durable_nb.schema import APPLICATION_ID, MIGRATIONS
+    from durable_nb.log.connection import _statements
+    from durable_nb.log.schema import APPLICATION_ID, MIGRATIONS
 
     conn = sqlite3.connect(path)
     for script in MIGRATIONS[:version]:

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 import durable_nb
-from durable_nb import DurableError, DurableWarning, Store, engine, step, workflow
-from durable_nb.schema import MIGRATIONS
+from durable_nb import DurableError, DurableWarning, Store, step, workflow
+from durable_nb.log.current_log import get_store
+from durable_nb.log.schema import MIGRATIONS
 
 from .conftest import current_log, old_log
 from .kernels import Kernel, kernel_env
@@ -241,7 +242,7 @@ WRITING_CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(name: str, log: Path, tmp_path: Path) -> None:
     case, needles = CASES[name]
-    engine.get_store()
+    get_store()
     before = state(log)
     blobs_before = sorted(p.name for p in (log.parent / "bad.blobs").rglob("*") if p.is_file())
     message = case(log, tmp_path)

@@ -20,7 +20,8 @@ import nbformat
 import pytest
 
 import durable_nb
-from durable_nb import engine, step, workflow
+from durable_nb import step, workflow
+from durable_nb.log.current_log import close_log
 
 from .conftest import ROOT
 from .test_replication import free_port, wait_port
@@ -137,7 +138,7 @@ def test_restore_panel_in_jupyterlab(tmp_path: Path, lab: tuple[str, str]) -> No
         item(1)
     assert replicator.wait_synced(15)
     durable_nb.stop_replication()
-    engine.close_log()
+    close_log()
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("%load_ext durable_nb\n%durable info"),
                 nbformat.v4.new_code_cell("%durable restore")]  # fmt: skip

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 import durable_nb
-from durable_nb import DurableWarning, Step, dependencies, step, workflow
-from durable_nb.digests import args_digest, legacy_digest, value_digest
+from durable_nb import DurableWarning, Step, step, workflow
+from durable_nb.replay import walk
+from durable_nb.replay.digests import args_digest, legacy_digest, value_digest
 
 from .conftest import python
 
@@ -230,13 +231,13 @@ def test_big_globals_are_hashed_once_per_run(
         "import numpy as np\nBIG = np.ones(2_000_000)\ndef s(i):\n    return float(BIG[i])\n",
     )
     hashed: list[int] = []  # the real digest, counted: which objects it walked
-    real = dependencies.digest_value
+    real = walk.digest_value
 
     def counted(obj: object) -> object:
         hashed.append(id(obj))
         return real(obj)
 
-    monkeypatch.setattr(dependencies, "digest_value", counted)
+    monkeypatch.setattr(walk, "digest_value", counted)
     s = Step(nb.s)
     with workflow("big") as run:
         assert [s(i) for i in range(3)] == [1.0, 1.0, 1.0]
@@ -322,7 +323,7 @@ def test_structured_arrays_with_other_fields_differ() -> None:
 
 def test_digests_of_sets_inside_objects_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
     script = (
-        "import dataclasses\nfrom durable_nb.digests import args_digest, value_digest\n"
+        "import dataclasses\nfrom durable_nb.replay.digests import args_digest, value_digest\n"
         "@dataclasses.dataclass(frozen=True)\n"
         "class Cfg:\n    tags: frozenset\n    lr: float = 0.1\n"
         "class Plain:\n    def __init__(self):\n        self.names = {'a', 'b', 'c', 'd'}\n"
@@ -1216,7 +1217,7 @@ def test_state_a_function_keeps_on_itself_is_not_an_input(module, log_path: Path
 def test_frames_of_objects_keep_duplicate_labels_apart_and_labels_stay_fast() -> None:
     import pandas as pd
 
-    from durable_nb.digests import _cells_by_str
+    from durable_nb.replay.digests import _cells_by_str
 
     class P:
         def __init__(self, v: int) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 import durable_nb
 from durable_nb import DurableWarning, step, workflow
-from durable_nb.engine import REPLAY_MARK, decide
+from durable_nb.replay.capture import REPLAY_MARK
+from durable_nb.replay.engine import decide
 
 
 def test_completed_steps_replay_without_running(log_path: Path) -> None:
@@ -347,7 +348,7 @@ def test_same_workflow_twice_in_one_process_is_refused(log_path: Path) -> None:
 
 
 def test_decide_is_the_replay_rule() -> None:
-    from durable_nb.records import StoredStep
+    from durable_nb.log.records import StoredStep
 
     key = ("", "f", "d", 0)
     record = StoredStep(1, 7, "code-a", "pickle", b"", None, False)
@@ -364,7 +365,7 @@ def test_decide_is_the_replay_rule() -> None:
 def test_code_digest_ignores_comments_docstrings_and_decorators(tmp_path: Path) -> None:
     import importlib.util
 
-    from durable_nb.codeinfo import code_digest
+    from durable_nb.replay.codeinfo import code_digest
 
     def load(src: str) -> str:
         path = tmp_path / f"gen_{abs(hash(src))}.py"

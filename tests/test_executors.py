@@ -21,7 +21,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import durable_nb  # noqa: E402
-from durable_nb import engine  # noqa: E402
+from durable_nb.log.current_log import close_log  # noqa: E402
 
 from .conftest import ROOT, current_log  # noqa: E402
 from .dask_tasks import dies, fails, flaky, sweep, work  # noqa: E402
@@ -310,7 +310,7 @@ def test_a_process_pool_and_a_default_executor(log: Path, tmp_path: Path) -> Non
     for call in (lambda: later.map([1], executor=pool), lambda: later.submit(1, executor=pool)):
         with pytest.raises(durable_nb.DurableError, match="is async"), durable_nb.workflow("a"):
             call()
-    engine.close_log()
+    close_log()
 
 
 def test_a_durable_cell_in_a_real_kernel_maps_on_the_cluster_and_replays_after_a_restart(

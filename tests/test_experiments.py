@@ -20,7 +20,7 @@ import pytest
 import durable_nb
 from durable_nb import step, workflow
 from durable_nb.errors import DurableError
-from durable_nb.experiments import MAX_FIELDS
+from durable_nb.log.documents import MAX_FIELDS
 
 from .conftest import ROOT, python
 from .kernels import Kernel, kernel_env
@@ -270,9 +270,9 @@ ODD_VALUES = [
 
 @pytest.mark.parametrize("value", ODD_VALUES, ids=lambda v: type(v).__name__)
 def test_the_one_pass_texts_match_repr_and_json(value: object) -> None:
-    from durable_nb.digests import Arguments
-    from durable_nb.experiments import metrics_document, params_document, result_documents
-    from durable_nb.serialization import args_repr, describe
+    from durable_nb.log.documents import metrics_document, params_document, result_documents
+    from durable_nb.log.serialization import args_repr, describe
+    from durable_nb.replay.digests import Arguments
 
     assert result_documents(value) == (*describe(value), metrics_document(value))
 
@@ -295,7 +295,7 @@ def test_a_result_too_long_to_print_is_kept_and_replayed(log_path: Path) -> None
     assert run.steps_replayed == 1
     row = sqlite3.connect(log_path).execute("SELECT result_repr, metrics FROM steps").fetchone()
     assert row == ("<int of 16610 bits>", '{"result":"<int of 16610 bits>"}')
-    from durable_nb.experiments import metrics_document
+    from durable_nb.log.documents import metrics_document
 
     assert metrics_document(10**4250) == '{"result":1' + "0" * 4250 + "}"  # Python prints it
 

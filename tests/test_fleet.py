@@ -17,8 +17,9 @@ import boto3
 import pytest
 
 import durable_nb
-from durable_nb import DurableWarning, ReplicationError, engine
-from durable_nb.replica import layout_name, parse_url
+from durable_nb import DurableWarning, ReplicationError
+from durable_nb.backup.replica import layout_name, parse_url
+from durable_nb.log.current_log import close_log, current_store_path
 
 from .conftest import ROOT
 from .kernels import Kernel, kernel_env
@@ -133,16 +134,16 @@ def test_open_makes_the_log_current_and_keeps_a_backup_of_the_working_copy(
     fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
     try:
         path = fleet.open(name(3, agents))
-        assert engine.current_store_path() == path
+        assert current_store_path() == path
         assert durable_nb.runs()["status"].astype(str).tolist() == ["completed"]
-        engine.close_log()
+        close_log()
         again = fleet.open(name(3, agents), current=False)
         assert again == path and list(path.parent.glob("a.db.*.bak"))
-        assert engine.current_store_path() != path
+        assert current_store_path() != path
         with pytest.raises(ReplicationError, match=r"no replica 'nobody' under .*logs\(\)"):
             fleet.open("nobody")
     finally:
-        engine.close_log()
+        close_log()
 
 
 def test_the_terminal_and_the_notebook_show_the_fleet(tmp_path: Path) -> None:
@@ -245,7 +246,7 @@ def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:
     assert (host, stem) == (socket.gethostname(), "lr") and folder.startswith("sweeps-")
     other = tmp_path / "elsewhere" / "sweeps" / ".durable" / "lr.db"  # same names, other path
     assert layout_name(other) != layout_name(log)
-    from durable_nb.replication import replica_url_for
+    from durable_nb.backup.replication import replica_url_for
 
     assert replica_url_for(f"file://{tmp_path}/r/", log) == (
         f"file://{tmp_path}/r/{layout_name(log)}"
@@ -260,7 +261,7 @@ def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:
 
 
 def test_a_replica_name_with_dot_dot_or_empty_segments_is_never_listed() -> None:
-    from durable_nb.replica import _LTX_S3, _gather
+    from durable_nb.backup.replica import _LTX_S3, _gather
 
     ltx = f"/0000/{'0' * 15}1-{'0' * 15}1.ltx"
     names = [i.name for i in _gather([(k + ltx, 9, 0.0) for k in

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from durable_nb import step, workflow
-from durable_nb.capture import KEPT
+from durable_nb.replay.capture import KEPT
 
 from .kernels import Kernel, kernel_env, notebook, run_all
 
@@ -246,7 +246,7 @@ def test_a_capture_left_by_a_ctrl_c_before_its_try_is_undone_when_the_run_ends(
     import io
     import sys
 
-    from durable_nb.capture import Capture
+    from durable_nb.replay.capture import Capture
 
     @step
     def later() -> int:

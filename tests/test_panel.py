@@ -9,7 +9,7 @@ import pytest
 
 import durable_nb
 from durable_nb import step, workflow
-from durable_nb.panel import RestorePanel
+from durable_nb.notebook.panel import RestorePanel
 
 from .conftest import current_log
 from .test_replication import aws, make_bucket, moto_endpoint  # noqa: F401 - fixtures

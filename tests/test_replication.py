@@ -16,8 +16,9 @@ import boto3
 import pytest
 
 import durable_nb
-from durable_nb import DurableWarning, ReplicationError, Store, engine, step, workflow
-from durable_nb.replica import parse_url
+from durable_nb import DurableWarning, ReplicationError, Store, step, workflow
+from durable_nb.backup.replica import parse_url
+from durable_nb.log.current_log import close_log
 
 from .conftest import ROOT, current_log, python
 
@@ -93,7 +94,7 @@ def work(i: int) -> object:
 
 
 def lose_the_machine(log: Path) -> None:
-    engine.close_log()
+    close_log()
     for path in log.parent.iterdir():
         if path.name != "replica":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -175,7 +176,7 @@ def test_status_and_second_start(notebook_log: Path) -> None:
 def test_lag_is_counted_to_the_millisecond_of_the_replicas_timestamps() -> None:
     from datetime import datetime, timezone
 
-    from durable_nb.replication import lag_seconds
+    from durable_nb.backup.replication import lag_seconds
 
     copied = datetime.fromtimestamp(1_700_000_000.123, timezone.utc)  # an LTX time, in ms
     assert lag_seconds(1_700_000_000.1234, copied) == 0  # copied in the same millisecond

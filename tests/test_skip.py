@@ -91,7 +91,7 @@ def test_a_step_record_the_run_used_must_still_be_valid(tmp_path: Path) -> None:
     only the records its last run used show that the step changed."""
     train = (
         "import durable_nb\n@step\ndef train(v):\n    mark('train')\n    return v * 2\n"
-        "def by_name(name, v):\n    return durable_nb.engine.registered_step(name)(v)\n"
+        "def by_name(name, v):\n    return durable_nb.replay.engine.registered_step(name)(v)\n"
     )
     cell = "%%durable registry\nres = by_name('train', 5)\n"
     assert run(tmp_path, DEFS, train, cell, "print(res)")[-1] == "10\n"
@@ -307,7 +307,7 @@ def test_a_callable_object_changed_in_place_is_restored(tmp_path: Path) -> None:
 
 
 def test_a_plan_puts_back_a_callable_object_the_cell_changes() -> None:
-    from durable_nb.cellstate import NamespaceGuard
+    from durable_nb.notebook.cellstate import NamespaceGuard
 
     class Acc:
         def __init__(self) -> None:

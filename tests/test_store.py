@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from durable_nb import LogFileError, SchemaTooNewError, Store, WorkflowBusyError, step, workflow
-from durable_nb.schema import SCHEMA_VERSION
+from durable_nb.log.schema import SCHEMA_VERSION
 
 from .conftest import python
 
@@ -169,7 +169,7 @@ def test_dead_owner_run_becomes_crashed_and_live_one_is_refused(tmp_path: Path) 
 
 
 def test_recycled_pid_is_not_taken_for_the_owner(tmp_path: Path) -> None:
-    from durable_nb import owner
+    from durable_nb.log import owner
 
     me = owner.current_owner()
     host, boot, pid, ticks = me.rsplit(":", 3)

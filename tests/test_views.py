@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 import durable_nb
-from durable_nb import LogFileError, Store, columnar, step, views, workflow
+from durable_nb import LogFileError, Store, step, workflow
+from durable_nb.views import columnar
+from durable_nb.views import frames as frame_views
 
 from .conftest import ROOT, python
 
@@ -105,13 +107,14 @@ def test_a_large_log_reads_through_arrow_into_the_same_frame(
         for i in range(1800):  # then results set, errors NULL
             fine(i)
     with Store(path, readonly=True) as store:
-        sql, params = store.all_steps_query(", ".join(views._STEP_COLUMNS))
-        frame = columnar.read_frame(store.path, sql, params, store.step_ids(), views._STEP_COLUMNS)
+        columns = frame_views._STEP_COLUMNS
+        sql, params = store.all_steps_query(", ".join(columns))
+        frame = columnar.read_frame(store.path, sql, params, store.step_ids(), columns)
     assert frame is not None and len(frame) == 3000 and frame["id"].is_monotonic_increasing
     cut = durable_nb.steps(log=path)["started"].iloc[2000]
     frames = {}
     for threshold in (10**9, 1):  # sqlite3, then Arrow
-        monkeypatch.setattr(views, "COLUMNAR_ROWS", threshold)
+        monkeypatch.setattr(frame_views, "COLUMNAR_ROWS", threshold)
         frames[threshold] = [
             durable_nb.steps(log=path),
             durable_nb.steps(log=path, status="failed"),
@@ -134,7 +137,7 @@ def test_a_columnar_read_keeps_this_processs_locks(
     another process could then write while we hold a write transaction."""
     path = tmp_path / "locked.db"
     quick = step(abs)
-    monkeypatch.setattr(views, "COLUMNAR_ROWS", 1)
+    monkeypatch.setattr(frame_views, "COLUMNAR_ROWS", 1)
     other = (
         "import sqlite3, sys\n"
         "c = sqlite3.connect(sys.argv[1], timeout=0.2, isolation_level=None)\n"

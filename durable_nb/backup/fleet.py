@@ -1,0 +1,326 @@
+"""The fleet observer: every log replicated under one root, pulled and seen as one.
+
+Many notebooks and agents each write their own log, and Litestream replicates each under a
+shared root (``replicate("s3://bucket/team/")`` or ``DURABLE_NB_REPLICA_ROOT`` puts a log at
+``<root>/<host>/<folder>-<hash>/<stem>``). ``fleet(root)`` is the third part of that architecture:
+
+- ``Fleet.logs()``: the replicas, from one paginated listing (nothing is downloaded);
+- ``Fleet.pull()``: restores, with the real ``litestream restore`` and in parallel, each
+  replica whose newest transaction differs from the one pulled last, into a local cache;
+- ``Fleet.runs()`` / ``steps()`` / ``events()`` / ``experiments()``: the one-log views over
+  every pulled log, concatenated, with a ``log`` column (filters run in SQL);
+- ``Fleet.open(name)``: that log with its blobs, made the current log, so rerunning its
+  workflow here replays what finished there and runs only the rest.
+
+A replica that cannot be pulled (corrupt, unreadable) is reported by name with its error and
+the others are still served; views never unpickle a stored value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DurableError, DurableWarning, ReplicationError
+from ..log import current_log
+from ..log.records import RUN_STATUSES
+from ..log.store import Store
+from . import replication
+from .replica import Listed, Replica, parse_url, private_dirs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Fleet", "fleet"]
+
+_STATE = "pulled.json"
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def _cache_for(root: Replica) -> Path:
+    """A cache folder per root: readable, and unique by a digest of the root's URL."""
+    label = re.sub(r"[^A-Za-z0-9]+", "-", f"{root.bucket} {root.path}").strip("-") or "root"
+    digest = hashlib.sha256(root.url.encode()).hexdigest()[:10]
+    return _cache_home() / "durable_nb" / "fleet" / f"{label[-40:]}-{digest}"
+
+
+class Fleet:
+    """The logs replicated under one root, and a local cache of their pulled copies."""
+
+    def __init__(self, root: str, *, cache: str | os.PathLike[str] | None = None) -> None:
+        self.root = parse_url(root)
+        self.url = self.root.url
+        self.cache = Path(cache).expanduser().absolute() if cache else _cache_for(self.root)
+        self.last_pull: pd.DataFrame | None = None
+        self._errors: dict[str, str] = {}  # log -> why its newest copy is missing
+
+    def __repr__(self) -> str:
+        return f"<Fleet {self.url} cache={self.cache}>"
+
+    # -- the listing -------------------------------------------------------------------
+
+    def _listing(self) -> list[Listed]:
+        if self.root.scheme == "file" and not Path(self.root.path).is_dir():
+            found: list[Listed] = []
+        else:
+            if self.root.scheme == "s3":
+                self.root.check()  # a short timeout: a dead endpoint is one line, not minutes
+            found = self.root.listing()
+        if not found:
+            missing = self.root.scheme == "file" and not Path(self.root.path).is_dir()
+            warnings.warn(
+                f"no replicas under {self.url}"
+                + (" (the folder does not exist)" if missing else "")
+                + "; a fleet root is the URL logs replicate under (replicate(ROOT/)), "
+                "not one log's replica",
+                DurableWarning,
+                stacklevel=3,
+            )
+        return found
+
+    def logs(self) -> pd.DataFrame:
+        """One row per replica, from the listing alone: ``log`` (its name), ``url``,
+        ``txid`` (newest), ``replicated`` (when that was written), ``size`` (bytes), and
+        from the cache ``pulled_txid`` and ``error`` (why the last pull of it failed)."""
+        import pandas as pd
+
+        state = self._state()
+        rows = [
+            (item.name, self.root.child(item.name).url, item.txid, item.replicated_at,
+             item.size, state.get(item.name), self._errors.get(item.name))
+            for item in self._listing()
+        ]  # fmt: skip
+        df = pd.DataFrame.from_records(
+            rows, columns=["log", "url", "txid", "replicated", "size", "pulled_txid", "error"]
+        )
+        df["replicated"] = pd.to_datetime(df["replicated"], utc=True)
+        return df.astype({"txid": "int64", "size": "int64", "pulled_txid": "Int64"})
+
+    # -- pulling -----------------------------------------------------------------------
+
+    def _state(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads((self.cache / _STATE).read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _save_state(self, state: dict[str, int]) -> None:
+        private_dirs(self.cache)
+        fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.cache / _STATE)
+
+    def path(self, name: str) -> Path:
+        """The pulled copy of log ``name`` in the cache."""
+        path = (self.cache / "logs" / f"{name}.db").resolve()
+        if not path.is_relative_to(self.cache.resolve()):
+            raise ReplicationError(f"log name {name!r} leads out of the cache; skipped")
+        return path
+
+    def pull(
+        self, names: Iterable[str] | None = None, *, jobs: int = 8, progress: bool = True
+    ) -> pd.DataFrame:
+        """Bring the cache up to date: restore each replica (all, or ``names``) whose newest
+        txid differs from the one pulled last, ``jobs`` at a time; the others are not
+        downloaded again. Returns one row per log: ``log``, ``action`` (``pulled``,
+        ``unchanged`` or ``failed``), ``txid``, ``seconds``, ``error``. A failed log keeps
+        its previous copy, is named in one warning, and the rest are served."""
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        listing = {item.name: item for item in self._listing()}
+        if isinstance(names, str):
+            names = [names]
+        wanted = list(listing) if names is None else list(names)
+        unknown = [name for name in wanted if name not in listing]
+        if unknown:
+            raise ReplicationError(
+                f"no replica {unknown[0]!r} under {self.url}; Fleet.logs() lists them"
+            )
+        state = self._state()
+        if names is None:  # a replica gone from the root leaves the cache too
+            for gone in set(state) - set(listing):
+                state.pop(gone)
+                self.path(gone).unlink(missing_ok=True)
+        changed = [
+            name
+            for name in wanted
+            if state.get(name) != listing[name].txid or not self.path(name).exists()
+        ]
+        rows = {name: (name, "unchanged", listing[name].txid, 0.0, None) for name in wanted}
+
+        client = self.root._client() if self.root.scheme == "s3" and changed else None
+
+        def one(name: str) -> tuple[str, float]:
+            start = time.perf_counter()
+            item = listing[name]
+            if client is None:
+                replication.pull_copy(self.root.child(name), self.path(name), txid=item.txid)
+                return name, time.perf_counter() - start
+            # S3: one GET per file the restore needs, then litestream restores from that copy
+            with tempfile.TemporaryDirectory(prefix="durable-nb-pull-") as folder:
+                try:
+                    source = self.root.mirror(item.files_for(item.txid), Path(folder), client)
+                except ReplicationError:  # a file compacted away since the listing
+                    source = self.root.child(name)
+                replication.pull_copy(source, self.path(name), txid=item.txid)
+            return name, time.perf_counter() - start
+
+        bar = tqdm(
+            total=len(changed), desc="pulling logs", unit="log",
+            disable=not progress or not changed, leave=False,
+        )  # fmt: skip
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(one, name): name for name in changed}
+            for future in as_completed(futures):
+                name = futures[future]
+                try:
+                    _, seconds = future.result()
+                except (DurableError, sqlite3.Error, OSError) as exc:
+                    rows[name] = (name, "failed", listing[name].txid, 0.0, str(exc))
+                    self._errors[name] = str(exc)
+                else:
+                    rows[name] = (name, "pulled", listing[name].txid, seconds, None)
+                    state[name] = listing[name].txid
+                    self._errors.pop(name, None)
+                bar.update()
+        bar.close()
+        self._save_state(state)
+        failed = [row for row in rows.values() if row[1] == "failed"]
+        if failed:
+            first = failed[0]
+            warnings.warn(
+                f"{len(failed)} of {len(rows)} logs under {self.url} could not be pulled "
+                f"(the others are served): {first[0]}: {first[4]}",
+                DurableWarning,
+                stacklevel=2,
+            )
+        self.last_pull = pd.DataFrame.from_records(
+            sorted(rows.values()), columns=["log", "action", "txid", "seconds", "error"]
+        )
+        return self.last_pull
+
+    # -- the views ---------------------------------------------------------------------
+
+    def _pulled(self) -> list[str]:
+        if self.last_pull is None and not self._state():
+            self.pull()  # nothing pulled yet, here or before: pull once
+        return sorted(self._state())
+
+    def _read(self, name: str, read: Callable[[Store], Any]) -> Any:
+        """``read`` of one pulled log; None (said once, and in ``logs()``) if it fails."""
+        try:
+            with Store(self.path(name), readonly=True) as store:
+                return read(store)
+        except DurableError as exc:
+            self._errors[name] = str(exc)
+            warnings.warn(f"log {name} skipped: {exc}", DurableWarning, stacklevel=4)
+            return None
+
+    def _each(self, view: Callable[[Store], pd.DataFrame]) -> pd.DataFrame:
+        """``view`` of every pulled log, concatenated, with a ``log`` column first."""
+        import pandas as pd
+
+        frames = []
+        for name in self._pulled():
+            df = self._read(name, view)
+            if df is not None:
+                df.insert(0, "log", name)
+                frames.append(df)
+        if not frames:
+            with (
+                tempfile.TemporaryDirectory() as empty,  # the columns of an empty log
+                Store(Path(empty) / "empty.db") as store,
+            ):
+                df = view(store)
+            df.insert(0, "log", pd.Series(dtype="object"))
+            return df
+        df = pd.concat(frames, ignore_index=True)
+        df["log"] = df["log"].astype("category")
+        return df
+
+    def runs(self, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
+        """Every pulled log's runs (``durable_nb.runs``), with a ``log`` column."""
+        import pandas as pd
+
+        from ..views import frames
+
+        frames._status(status, RUN_STATUSES)  # bad filters fail first, logs or none
+        since = frames._since(since)
+        logs: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+        for name in self._pulled():  # rows of all logs, then one frame: 100 logs in ~0.1 s
+            found = self._read(name, lambda store: frames.run_rows(store, status, since))
+            if found:
+                logs.extend([name] * len(found))
+                rows.extend(found)
+        df = frames.runs_frame(rows)
+        df.insert(0, "log", pd.Categorical(logs) if logs else pd.Series(dtype="object"))
+        return df
+
+    def steps(
+        self, workflow: str | None = None, *, status: str | None = None, since: Any = None
+    ) -> pd.DataFrame:
+        """Every pulled log's step attempts (``durable_nb.steps``), with a ``log`` column."""
+        from ..views import frames
+
+        return self._each(
+            lambda store: frames.steps(workflow, log=store, status=status, since=since)
+        )
+
+    def events(self, *, since: Any = None) -> pd.DataFrame:
+        """Every pulled log's events (``durable_nb.events``), with a ``log`` column."""
+        from ..views import frames
+
+        return self._each(lambda store: frames.events(store, since=since))
+
+    def experiments(
+        self, workflow: str | None = None, step: str | None = None, *, latest: bool = True
+    ) -> pd.DataFrame:
+        """Every pulled log's calls (``durable_nb.experiments``), with a ``log`` column."""
+        from ..views.experiments import experiments
+
+        return self._each(lambda store: experiments(workflow, step, latest=latest, log=store))
+
+    # -- replay here -------------------------------------------------------------------
+
+    def open(
+        self, name: str, *, to: str | os.PathLike[str] | None = None, current: bool = True
+    ) -> Path:
+        """Restore log ``name`` with its blobs (to ``to``, default a working copy in the
+        cache, an older one kept as a dated backup) and make it the current log (unless
+        ``current=False``: then pass the returned path as ``log=``). Rerunning its
+        workflow here replays its completed steps and runs the rest."""
+        if name not in {item.name for item in self._listing()}:
+            raise ReplicationError(f"no replica {name!r} under {self.url}; Fleet.logs() lists them")
+        target = Path(to).expanduser().absolute() if to else self.cache / "open" / f"{name}.db"
+        private_dirs(target.parent)
+        url = self.root.child(name).url
+        if target.exists():
+            replication.restore(url, log=target)  # replaces it, keeping a backup
+        else:
+            replication.restore(url, to=target)
+        if current:
+            current_log.open_log(target)
+        return target
+
+
+def fleet(root: str, *, cache: str | os.PathLike[str] | None = None) -> Fleet:
+    """The fleet of logs replicated under ``root`` (``s3://bucket/prefix/`` or
+    ``file:///dir/``); pulled copies are kept in ``cache`` (default: under the user's cache
+    folder, one per root)."""
+    return Fleet(root, cache=cache)

@@ -1,0 +1,375 @@
+"""What a durable cell reads and changes in the namespace, and the rule that skips it.
+
+A cell is **skipped** (not executed; what it changed restored, its outputs shown again) only
+when all of these hold, and otherwise it runs (its steps still replay):
+
+1. its last run completed (not failed, not interrupted: a Ctrl-C that the code caught
+   counts as an interrupt) and saved what it changed;
+2. its source is the same (``source_digest``);
+3. every value it reads is the same: each name it loads, including names it also assigns
+   (``x = f(x)``), digested before it runs; functions and classes with what they depend
+   on (as for steps), steps by their dependency digest;
+4. every step call its last run used (replayed or ran) would still replay: same code and
+   dependencies (``StepDependencies.still_valid``).
+
+What a run changed is read off the namespace, not the code: every name bound to another
+object than before (by an assignment, a magic such as ``%time``, ``exec``, ``globals()``),
+every name removed, and every name it read whose value changed in place (its digest before
+and after differ: ``results.append(...)``, ``df.loc[...] = ...``, ``model.fit(...)``).
+Those are saved; when one cannot be (a value that cannot be pickled, a function defined in
+the notebook, a module changed in place), or when what the cell reads cannot be judged (a
+value that cannot be digested, ``exec`` of code it builds), the cell is not saved and runs
+again next time, and its summary line says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import importlib.util
+import json
+import pickle
+import re
+import sys
+import types
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..log import serialization
+from ..log.records import CellRecord, RunRecord
+from ..log.store import Store
+from ..replay.codeinfo import module_digest
+from ..replay.dependencies import input_digest
+from ..replay.digests import value_digest
+from ..replay.reasons import explain
+from ..replay.walk import RunDependencies
+from .cells import MARKER, RUNNER, CellReads
+
+if TYPE_CHECKING:
+    from ..replay.run import Run
+
+__all__ = [
+    "CellChanges",
+    "CellInputs",
+    "NamespaceGuard",
+    "Skip",
+    "changes",
+    "load_outputs",
+    "restore",
+    "save_cell",
+    "skippable",
+]
+
+# The shell's own names: history (_i3, _5), the display hook's, the builtins.
+_SHELL = frozenset({
+    "In", "Out", "get_ipython", "exit", "quit", "_oh", "_ih", "_dh", "__builtins__",
+    "__builtin__", "__name__", "__doc__", "__spec__", "__loader__", "__package__", MARKER,
+    RUNNER,
+})  # fmt: skip
+_HISTORY = re.compile(r"_{1,3}$|_i{1,3}$|_i?\d+$")
+_UNSET = object()
+
+
+def _ignored(name: str) -> bool:
+    return name in _SHELL or name.startswith("__durable_nb") or bool(_HISTORY.match(name))
+
+
+class CellInputs:
+    """The values a cell reads, digested before it runs (and the modules it imports)."""
+
+    def __init__(self, namespace: Mapping[str, Any], reads: CellReads) -> None:
+        self.attrs = frozenset(reads.attrs)
+        self.unknown = reads.unknown
+        self.objects: dict[str, Any] = {}
+        self.digests: dict[str, str] = {}
+        self.opaque: dict[str, str] = {}  # name -> what in it cannot be digested
+        run = RunDependencies()
+        for name in reads.names:
+            if _ignored(name) or name not in namespace:
+                continue
+            obj = namespace[name]
+            digest, opaque = input_digest(name, obj, self.attrs, run)
+            self.objects[name], self.digests[name] = obj, digest
+            if opaque:
+                self.opaque[name] = opaque[0]
+        for module in reads.imports:  # `import helpers` in the cell: the file it will load
+            loads = self.digests[f"import {module}"] = module_digest(module)
+            if loads.startswith("file "):  # and what the cell takes of it now (cfg.RATE = 70)
+                self.digests[f"module {module}"] = _module_now(module, self.attrs, run)
+        self.digest = value_digest(tuple(sorted(self.digests.items())))
+
+    def unjudgeable(self) -> str | None:
+        """Why this cell's inputs cannot be judged (then it is never skipped), or None."""
+        if self.unknown:
+            return f"what it reads cannot be known ({self.unknown})"
+        for name, inner in self.opaque.items():
+            what = inner.partition(" ")[2] or name
+            kind = type(self.objects[name]).__qualname__
+            about = f"{name} ({kind})" if what == name else f"{name} reads {what}, which"
+            return f"{about} cannot be digested, so a change to it could not be seen"
+        return None
+
+
+class CellChanges(NamedTuple):
+    """What a run changed in the namespace."""
+
+    names: list[str]  # bound to another object, new, or changed in place
+    inplace: list[str]  # of those, the ones changed in place (restored in place)
+    deleted: list[str]
+    unsaved: str | None  # why they cannot be saved, if they cannot
+
+
+def changes(
+    namespace: Mapping[str, Any], before: Mapping[str, Any], inputs: CellInputs, run: Run
+) -> CellChanges:
+    """Compare the namespace with its shallow copy ``before`` the run (and the inputs'
+    digests): names rebound, new, removed, or whose value changed in place. Code (functions,
+    classes, steps) is not "changed in place" when what it reads changed: those values are
+    inputs of their own."""
+    names = [n for n, v in namespace.items() if before.get(n, _UNSET) is not v and not _ignored(n)]
+    deleted = [n for n in before if n not in namespace and not _ignored(n)]
+    why = inputs.unjudgeable()
+    if run.failures:
+        name, error = run.failures[0]
+        why = why or f"step {name} failed ({error}) and the cell went on"
+    inplace = []
+    deps = RunDependencies()
+    for name, obj in inputs.objects.items():
+        if namespace.get(name, _UNSET) is not obj or name in inputs.opaque or _is_code(obj):
+            continue
+        digest, _ = input_digest(name, obj, inputs.attrs, deps)
+        if digest == inputs.digests[name]:
+            continue
+        if isinstance(obj, types.ModuleType):
+            why = why or f"it changes module {name} in place"
+        inplace.append(name)
+    return CellChanges(names + inplace, inplace, deleted, why)
+
+
+def _is_code(obj: Any) -> bool:
+    """Functions, classes, methods, steps and wrappers of code: code, whose digest
+    changes with what it reads, not with changes made to it. A callable object (a model, an
+    ``Accumulator`` with ``__call__``) is a value: its changes in place count."""
+    if isinstance(obj, _CODE) or getattr(type(obj), "__durable_step__", False):
+        return True
+    try:  # a wrapper of code: lru_cache, functools.wraps objects, numba and np.vectorize
+        return any(hasattr(obj, name) for name in ("__wrapped__", "py_func", "pyfunc"))
+    except Exception:  # a proxy that raises on unknown attributes: a value
+        return False
+
+
+_CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, functools.partial)
+
+
+def _module_now(name: str, attrs: frozenset[str], run: RunDependencies) -> str:
+    """The values of the attributes a cell uses of one of the user's modules, as they are
+    in memory; "not imported" when it is not yet (nothing is imported before the cell runs:
+    its code may set up what the module reads when it loads)."""
+    module = sys.modules.get(name)
+    return "not imported" if module is None else input_digest(name, module, attrs, run)[0]
+
+
+def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _Variables:
+    """Serialize what a cell changed, all values in one pickle (so that two names bound to
+    one object still are after a restore), large ones to a blob."""
+    modules: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name in change.names:
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
+            continue
+        if getattr(type(value), "__durable_step__", False) or (
+            isinstance(value, (types.FunctionType, type)) and value.__module__ == "__main__"
+        ):
+            return _Variables(b"", [], f"{name} is defined in the notebook and cannot be stored")
+        values[name] = value
+    try:
+        encoded = serialization.encode(values)
+    except serialization.NotSerializable as exc:
+        return _Variables(b"", [], f"a variable cannot be pickled ({exc.reason})")
+    blobs: list[str] = []
+    if encoded.inline:
+        data: Any = encoded.segments[0]
+    else:
+        data = store.blobs.write(encoded.segments)
+        blobs.append(data)
+    state = {
+        "format": encoded.format if encoded.inline else "blob:" + encoded.format,
+        "values": data,
+        "modules": modules,
+        "inplace": change.inplace,
+        "deleted": change.deleted,
+    }
+    return _Variables(pickle.dumps(state, protocol=5), blobs, None)
+
+
+@dataclass(frozen=True)
+class _Variables:
+    payload: bytes
+    blobs: list[str]
+    unsaved: str | None
+
+
+def restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> list[str] | str:
+    """Put what a saved cell changed back into ``namespace`` (and remove what it deleted);
+    returns the names restored, or why not after all.
+
+    Every step call the saved run used must still be valid, judged with the restored values
+    in place (a cell may set what its steps read: ``CFG['lr'] = 0.5; train(2)``): if one is
+    not, the namespace is put back as it was. A value the cell changed in place is then
+    changed in place again, where its type allows, so that other names bound to it see it.
+    """
+    assert skip.run is not None and skip.cell is not None
+    state: dict[str, Any] = pickle.loads(skip.cell.variables)
+    fmt, data = state["format"], state["values"]
+    if fmt.startswith("blob:"):
+        values = serialization.decode(fmt[5:], store.blobs.read(data))
+    else:
+        values = serialization.decode(fmt, (data,))
+    for name, module in state["modules"].items():
+        values[name] = importlib.import_module(module)
+    # all or nothing: a damaged blob or a missing module raised before any change
+    before = {name: namespace.get(name, _UNSET) for name in (*values, *state["deleted"])}
+    namespace.update(values)
+    for name in state["deleted"]:
+        namespace.pop(name, None)
+    stale = _stale_step(store, json.loads(skip.cell.steps or "[]"), skip.run.id)
+    if stale is not None:
+        for name, value in before.items():
+            if value is _UNSET:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+        return stale
+    for name in state["inplace"]:
+        old = before.get(name, _UNSET)
+        if old is not _UNSET and _into(old, values[name]):
+            namespace[name] = old
+    return list(values)
+
+
+def _into(current: Any, new: Any) -> bool:
+    """Make ``current`` equal to ``new`` in place, if its type allows; whether it did."""
+    t = type(current)
+    if t is not type(new):
+        return False
+    if t is list or t is bytearray:
+        current[:] = new
+    elif t is dict or t is set:
+        current.clear()
+        current.update(new)
+    elif t.__module__ == "numpy" and t.__name__ == "ndarray":
+        if current.shape != new.shape or current.dtype != new.dtype or not current.flags.writeable:
+            return False
+        current[...] = new
+    elif t.__module__.partition(".")[0] not in ("builtins", "pandas") and hasattr(
+        current, "__dict__"
+    ):
+        current.__dict__.clear()
+        current.__dict__.update(new.__dict__)
+    else:
+        return False
+    return True
+
+
+def save_cell(
+    run: Run, namespace: Mapping[str, Any], change: CellChanges, outputs: list[Any]
+) -> str | None:
+    """Keep what a completed cell changed, its outputs and the step calls its run used;
+    returns why not, if they cannot be kept (the cell then runs again next time)."""
+    why = change.unsaved
+    variables = _pack(run.store, namespace, change) if why is None else None
+    if variables is not None:
+        why = variables.unsaved
+    if why is not None or variables is None:
+        run.store.note("cell not saved", str(why), workflow=run.workflow, run_id=run.id)
+        return why
+    used = json.dumps([[name, digest, refs] for (name, digest), refs in run.used.items()])
+    payload = json.dumps(outputs, default=str).encode()
+    run.store.save_cell(run.id, variables.payload, payload, variables.blobs, used)
+    return None
+
+
+class Skip(NamedTuple):
+    """A completed run the cell can be skipped for, or why not (``reason``: worth saying)."""
+
+    run: RunRecord | None = None
+    cell: CellRecord | None = None
+    reason: str | None = None
+
+
+def skippable(store: Store, name: str, source: str, inputs: CellInputs) -> Skip:
+    """The completed run a cell can be skipped for (the rule in this module's docstring)."""
+    run = store.last_run(name)
+    if (
+        run is None
+        or run.status != "completed"
+        or run.source_digest != source
+        or run.inputs_digest != inputs.digest
+        or inputs.unjudgeable()
+    ):
+        return Skip()
+    cell = store.cell(run.id)
+    if cell is None:
+        return Skip()
+    if cell.steps is None:
+        return Skip(reason="it was saved by an older durable_nb, which did not record its steps")
+    return Skip(run, cell)  # its steps are checked by ``restore``, with its values in place
+
+
+def _stale_step(store: Store, used: Iterable[list[Any]], run_id: int) -> str | None:
+    """Why one of the step calls a run used would not replay now, or None if all would."""
+    from ..replay.engine import registered_step
+
+    deps = RunDependencies()
+    for name, digest, refs in used:
+        step = registered_step(name)
+        if step is None:
+            return f"step {name} is not defined (run the cells that define it first)"
+        valid = step.dependencies.still_valid(deps, digest, refs)
+        if valid is None:
+            return f"whether the arguments of step {name} changed cannot be told"
+        if not valid:
+            now = step.dependencies.current(deps, refs)
+            assert now is not None  # still_valid told
+            return explain(store.digest_document(digest), now, name, run_id)
+    return None
+
+
+def load_outputs(payload: bytes) -> list[tuple[str, Any, Any]]:
+    """The outputs ``save_cell`` stored (JSON: never unpickled)."""
+    return [tuple(item) for item in json.loads(payload)]  # type: ignore[misc]
+
+
+class NamespaceGuard:
+    """Lets a cell run in ``namespace`` and then puts the namespace back (for ``--plan``).
+
+    Names the cell binds are unbound or rebound as they were; the values it reads are
+    replaced, while it runs, by deep copies, so that in-place changes (``results.append``)
+    touch only the copies. Values that cannot be deep-copied, and what helpers change
+    through globals the cell does not read, are not protected.
+    """
+
+    def __init__(self, namespace: MutableMapping[str, Any], reads: Iterable[str]) -> None:
+        self.namespace = namespace
+        self.saved = dict(namespace)
+        for name in reads:
+            value = namespace.get(name)
+            if value is None or _is_code(value) or isinstance(value, types.ModuleType):
+                continue
+            try:
+                namespace[name] = copy.deepcopy(value)
+            except Exception:  # a client, a lock: left as it is
+                continue
+
+    def restore(self) -> None:
+        """Put every name back as it was before the cell ran."""
+        namespace, saved = self.namespace, self.saved
+        for name in [n for n in namespace if n not in saved]:
+            del namespace[name]
+        for name, value in saved.items():
+            if namespace.get(name, _UNSET) is not value:
+                namespace[name] = value

@@ -1,0 +1,2 @@
+"""The views wing: the log as pandas DataFrames (runs, steps, events, experiments), read
+without ever unpickling a stored value."""
