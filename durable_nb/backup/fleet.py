@@ -258,9 +258,10 @@ class Fleet:
         import pandas as pd
 
         from ..views import frames
+        from ..views.reading import check_status, since_seconds
 
-        frames._status(status, RUN_STATUSES)  # bad filters fail first, logs or none
-        since = frames._since(since)
+        check_status(status, RUN_STATUSES)  # bad filters fail first, logs or none
+        since = since_seconds(since)
         logs: list[str] = []
         rows: list[tuple[Any, ...]] = []
         for name in self._pulled():  # rows of all logs, then one frame: 100 logs in ~0.1 s

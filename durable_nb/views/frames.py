@@ -9,7 +9,6 @@ machine is safe to look at. ``result()`` loads one value, explicitly. Every view
 from __future__ import annotations
 
 import json
-import numbers
 import operator
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from ..log import serialization
 from ..log.records import RUN_STATUSES, STEP_STATUSES
 from ..log.store import Store
 from . import columnar
-from .reading import LogArg, opened, times
+from .reading import LogArg, check_status, opened, since_seconds, times
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,34 +35,13 @@ STATUS_COLOURS = {
 }
 
 
-def _since(since: Any) -> float | None:
-    """A time (datetime, pandas Timestamp, ISO string, Unix seconds) as Unix seconds; a time
-    object 1 µs earlier, so that a ``started`` value read from a view (rounded to the
-    nanosecond from the stored float) still includes its own row."""
-    if since is None or isinstance(since, numbers.Real):
-        return float(since) if since is not None else None
-    try:
-        when = pd.Timestamp(since)
-    except (ValueError, TypeError):
-        raise ValueError(
-            f"since={since!r} is not a time: give a datetime, an ISO 8601 string such as "
-            "'2026-12-01T09:00', or Unix seconds"
-        ) from None
-    return (when.tz_localize("UTC") if when.tzinfo is None else when).timestamp() - 1e-6
-
-
-def _status(status: str | None, known: list[str]) -> None:
-    if status is not None and status not in known:
-        raise ValueError(f"status={status!r} is not one of {', '.join(known)}")
-
-
 def run_rows(store: Store, status: str | None = None, since: Any = None) -> list[tuple[Any, ...]]:
     """The rows behind ``runs()`` (of ``status`` / started at or after ``since``), in SQL."""
     return store.conn.execute(
         "SELECT id, workflow, status, started_at, ended_at, steps_run, steps_replayed, pid, "
         "error FROM runs WHERE (:status IS NULL OR status = :status) "
         "AND (:since IS NULL OR started_at >= :since) ORDER BY id",
-        {"status": status, "since": _since(since)},
+        {"status": status, "since": since_seconds(since)},
     ).fetchall()
 
 
@@ -86,7 +64,7 @@ def runs_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
 def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
     """One row per run: workflow, status, start, end, duration, steps run and replayed;
     only runs of ``status`` / started at or after ``since`` when given (filtered in SQL)."""
-    _status(status, RUN_STATUSES)
+    check_status(status, RUN_STATUSES)
     with opened(log) as store:
         return runs_frame(run_rows(store, status, since))
 
@@ -134,11 +112,12 @@ def steps(
 ) -> pd.DataFrame:  # fmt: skip
     """One row per step attempt, with its status, timing, result summary and replay count;
     only attempts of ``status`` / started at or after ``since`` when given (in SQL)."""
-    _status(status, STEP_STATUSES)
+    check_status(status, STEP_STATUSES)
     if run is not None:
         run = operator.index(run)  # numpy integers too (sqlite binds them as BLOB)
     with opened(log) as store:
-        df = _step_frame(store, ", ".join(_STEP_COLUMNS), workflow, run, status, _since(since))
+        columns = ", ".join(_STEP_COLUMNS)
+        df = _step_frame(store, columns, workflow, run, status, since_seconds(since))
         of_workflow = "AND workflow = ?" if workflow is not None else ""
         replays = store.conn.execute(
             "SELECT replayed_steps FROM runs WHERE replayed_steps IS NOT NULL "
@@ -161,7 +140,7 @@ def steps(
 def events(log: LogArg = None, *, since: Any = None) -> pd.DataFrame:
     """Every state change of runs and steps, in time order (the ``events`` view); only those
     at or after ``since`` when given."""
-    start = _since(since)
+    start = since_seconds(since)
     with opened(log) as store:
         rows = store.conn.execute(
             "SELECT * FROM events WHERE ? IS NULL OR ts >= strftime('%Y-%m-%dT%H:%M:%f', ?, "
