@@ -50,7 +50,7 @@ def test_a_name_read_and_assigned_is_an_input(tmp_path: Path) -> None:
     out = run(tmp_path, DEFS, "x = 10", cell, "print('x is', x)")
     assert "aug: skipped" in out[3] and out[-1] == "x is 11\n" and ran(tmp_path) == []
     out = run(tmp_path, DEFS, "x = 100", cell, "print('x is', x)")
-    assert "skipped" not in out[3] and out[-1] == "x is 101\n" and ran(tmp_path) == ["inc"]
+    assert ": skipped" not in out[3] and out[-1] == "x is 101\n" and ran(tmp_path) == ["inc"]
 
 
 def test_changes_made_in_place_are_restored(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_changes_made_in_place_are_restored(tmp_path: Path) -> None:
     assert "mut: skipped" in again[3] and "4 variables restored" in again[3]
     assert again[-1] == "[2] {'k': 3} 4 [0, 5]\n" and ran(tmp_path) == []
     changed = run(tmp_path, DEFS, state.replace("[0, 0]", "[7, 7]"), cell, show)
-    assert "skipped" not in changed[3] and changed[-1] == "[2] {'k': 3} 4 [7, 5]\n"
+    assert ": skipped" not in changed[3] and changed[-1] == "[2] {'k': 3} 4 [7, 5]\n"
 
 
 def test_steps_reached_through_a_helper_count(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_steps_reached_through_a_helper_count(tmp_path: Path) -> None:
     assert "via: skipped" in out[4] and out[-1] == "[2, 4]\n"
     fixed = train.replace("v * 2", "v * 3")
     out = run(tmp_path, DEFS, fixed, helper, cell, "print(res)")
-    assert "skipped" not in out[4] and out[-1] == "[3, 6]\n" and ran(tmp_path) == ["train"] * 2
+    assert ": skipped" not in out[4] and out[-1] == "[3, 6]\n" and ran(tmp_path) == ["train"] * 2
 
 
 def test_a_step_record_the_run_used_must_still_be_valid(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_assignments_the_code_does_not_show_are_restored(tmp_path: Path) -> None
     assert "hidden: skipped" in again[3] and "3 variables restored" in again[3]
     assert again[-1] == "2 2 4\n" and ran(tmp_path) == []
     changed = run(tmp_path, DEFS, "x = 5", cell, show)  # x is read inside the exec'd code
-    assert "skipped" not in changed[3] and changed[-1] == "2 6 4\n"
+    assert ": skipped" not in changed[3] and changed[-1] == "2 6 4\n"
 
 
 FIT = """\
@@ -149,7 +149,7 @@ def test_a_step_that_caught_ctrl_c_is_not_replayed_nor_the_cell_skipped(tmp_path
         kernel.close()
     ran(tmp_path)
     out = run(tmp_path, DEFS, FIT, FIT_CELL)
-    assert "skipped" not in out[3] and "('full', 30)" in out[3]
+    assert ": skipped" not in out[3] and "('full', 30)" in out[3]
     assert "0 steps replayed, 1 run" in out[3] and len(ran(tmp_path)) == 30
     again = run(tmp_path, DEFS, FIT, FIT_CELL)
     assert "fitting: skipped" in again[3] and "('full', 30)" in again[3]
@@ -205,7 +205,7 @@ def test_a_module_the_cell_imports_is_an_input(
     assert "imp: skipped" in run(tmp_path, DEFS, cell, show)[2]
     (tmp_path / file).write_text(after)
     out = run(tmp_path, DEFS, cell, show)
-    assert "skipped" not in out[2] and out[-1] == outputs[1]
+    assert ": skipped" not in out[2] and out[-1] == outputs[1]
 
 
 def test_a_cell_that_caught_a_failed_step_runs_again(tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_a_cell_that_caught_a_failed_step_runs_again(tmp_path: Path) -> None:
     assert "the cell will run again next time: step download failed" in out[3]
     (tmp_path / "network").touch()
     out = run(tmp_path, DEFS, flaky, cell, "print(results)")
-    assert "skipped" not in out[3] and out[-1] == "{'a': 'A', 'b': 'B'}\n"
+    assert ": skipped" not in out[3] and out[-1] == "{'a': 'A', 'b': 'B'}\n"
     assert "fetch: skipped" in run(tmp_path, DEFS, flaky, cell, "print(results)")[3]
 
 
@@ -286,7 +286,7 @@ def test_what_a_cell_takes_from_a_module_it_imports_is_an_input(tmp_path: Path) 
         assert "skipped" in kernel.execute(cell).stdout  # nothing changed
         kernel.execute("cfgmod.RATE = 70")
         again = kernel.execute(cell)
-        assert "skipped" not in again.stdout, again.stdout
+        assert ": skipped" not in again.stdout, again.stdout
         assert kernel.execute("print(v)").stdout == "71\n"
     finally:
         kernel.close()
@@ -342,8 +342,8 @@ def test_user_modules_a_module_imports_in_turn_are_inputs(tmp_path: Path) -> Non
     (tmp_path / "mypkg" / "core.py").write_text("from utils import g\ndef compute(x):\n"
                                                 "    return g(x) * 1000\n")  # fmt: skip
     out = run(tmp_path, DEFS, cell, "print(y)")
-    assert "skipped" not in out[2] and out[-1] == "4000\n"
+    assert ": skipped" not in out[2] and out[-1] == "4000\n"
     assert "deep: skipped" in run(tmp_path, DEFS, cell, "print(y)")[2]
     (tmp_path / "utils.py").write_text("def g(x):\n    return x + 2\n")  # two imports down
     out = run(tmp_path, DEFS, cell, "print(y)")
-    assert "skipped" not in out[2] and out[-1] == "5000\n"
+    assert ": skipped" not in out[2] and out[-1] == "5000\n"

@@ -62,6 +62,7 @@ class CellRecord:
     variables: bytes
     outputs: bytes
     steps: str | None  # JSON: the step calls the run used (None: saved by an older version)
+    modules: str | None = None  # JSON: what the user's modules it imports held at its end
 
 
 class BlobsCollected(NamedTuple):

@@ -215,6 +215,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE steps ADD COLUMN params TEXT;
     ALTER TABLE steps ADD COLUMN metrics TEXT;
     """,
+    # 9: for cell skip, what the user's modules a cell imports held when it ended, as JSON
+    # {module: {label: digest}}: a skip restores only if each is so again.
+    """
+    ALTER TABLE cells ADD COLUMN modules TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

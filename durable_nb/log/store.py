@@ -547,16 +547,17 @@ class Store:
     # -- cells -----------------------------------------------------------------------
 
     def save_cell(
-        self, run_id: int, variables: bytes, outputs: bytes, blobs: list[str], steps: str
-    ) -> None:
+        self, run_id: int, variables: bytes, outputs: bytes, blobs: list[str], steps: str,
+        modules: str = "{}",
+    ) -> None:  # fmt: skip
         """Keep what a completed cell changed and displayed, and the step calls it used,
         for a later cell skip; older snapshots of the same workflow, which no skip can use
         (skip restores the newest run's), are dropped, and ``collect_blobs`` frees theirs."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs, steps) "
-                "VALUES (?,?,?,?,?)",
-                (run_id, variables, outputs, " ".join(blobs), steps),
+                "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs, steps, modules) "
+                "VALUES (?,?,?,?,?,?)",
+                (run_id, variables, outputs, " ".join(blobs), steps, modules),
             )
             conn.execute(
                 "DELETE FROM cells WHERE run_id < ? AND run_id IN (SELECT id FROM runs WHERE "
@@ -575,7 +576,8 @@ class Store:
     def cell(self, run_id: int) -> CellRecord | None:
         """What run ``run_id`` of a cell left, if it was saved."""
         row = self.conn.execute(
-            "SELECT run_id, variables, outputs, steps FROM cells WHERE run_id = ?", (run_id,)
+            "SELECT run_id, variables, outputs, steps, modules FROM cells WHERE run_id = ?",
+            (run_id,),
         ).fetchone()
         return CellRecord(*row) if row else None
 

@@ -5,21 +5,29 @@ when all of these hold, and otherwise it runs (its steps still replay):
 
 1. its last run completed (not failed, not interrupted: a Ctrl-C that the code caught
    counts as an interrupt) and saved what it changed;
-2. its source is the same (``source_digest``);
-3. every value it reads is the same: each name it loads, including names it also assigns
-   (``x = f(x)``), digested before it runs; functions and classes with what they depend
-   on (as for steps), steps by their dependency digest;
+2. its code is the same, comments and formatting aside (``CellReads.digest``);
+3. everything it reads is the same, found by the walk that finds a step's dependencies,
+   the cell's body standing for the function's (``dependencies.cell_inputs``): each name
+   it may load before binding it (``x = f(x)`` reads ``x``; ``results = []`` then
+   ``results.append`` does not), with the code, modules and values it reaches; each module
+   it imports (``from pkg import mod`` included, and what ``from m import *`` takes) by
+   what importing it would load;
 4. every step call its last run used (replayed or ran) would still replay: same code and
-   dependencies (``StepDependencies.still_valid``).
+   dependencies (``StepDependencies.still_valid``);
+5. every module of the user's it imports holds, once restored, what it held when the cell
+   ended (a cell that ran ``cfg.RATE = 2`` is skipped in the kernel where that holds, and
+   runs again in a fresh one).
 
 What a run changed is read off the namespace, not the code: every name bound to another
 object than before (by an assignment, a magic such as ``%time``, ``exec``, ``globals()``),
-every name removed, and every name it read whose value changed in place (its digest before
-and after differ: ``results.append(...)``, ``df.loc[...] = ...``, ``model.fit(...)``).
-Those are saved; when one cannot be (a value that cannot be pickled, a function defined in
-the notebook, a module changed in place), or when what the cell reads cannot be judged (a
-value that cannot be digested, ``exec`` of code it builds), the cell is not saved and runs
-again next time, and its summary line says why.
+every name removed, and every value bound in the namespace that it read (itself or through
+its helpers) and changed in place (``results.append(...)``, ``df.loc[...] = ...``,
+``model.fit(...)``). Those are saved. When a run changed in place what a skip cannot
+restore (an attribute of a module, a class or a function it reads: ``cfg.RATE = 2``,
+``Model.scale = 3``, ``f.calls = 0``, or a value only they hold), when a value cannot be
+saved (it cannot be pickled, a function defined in the notebook), or when what the cell
+reads cannot be judged (a value that cannot be digested, ``exec`` of code it builds), the
+cell is not saved and runs again next time, and its summary line says why.
 """
 
 from __future__ import annotations
@@ -40,9 +48,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..log import serialization
 from ..log.records import CellRecord, RunRecord
 from ..log.store import Store
-from ..replay.codeinfo import module_digest
-from ..replay.dependencies import input_digest
-from ..replay.digests import value_digest
+from ..replay.codeinfo import is_user_module, star_names
+from ..replay.dependencies import cell_inputs, module_state
+from ..replay.digests import digest_value
 from ..replay.reasons import explain
 from ..replay.walk import RunDependencies
 from .cells import MARKER, RUNNER, CellReads
@@ -77,39 +85,56 @@ def _ignored(name: str) -> bool:
 
 
 class CellInputs:
-    """The values a cell reads, digested before it runs (and the modules it imports)."""
+    """What a cell reads, digested before it runs by the walk a step's code gets
+    (``dependencies.cell_inputs``), and kept to tell afterwards what the cell changed."""
 
-    def __init__(self, namespace: Mapping[str, Any], reads: CellReads) -> None:
-        self.attrs = frozenset(reads.attrs)
-        self.unknown = reads.unknown
-        self.objects: dict[str, Any] = {}
-        self.digests: dict[str, str] = {}
-        self.opaque: dict[str, str] = {}  # name -> what in it cannot be digested
-        run = RunDependencies()
-        for name in reads.names:
-            if _ignored(name) or name not in namespace:
-                continue
-            obj = namespace[name]
-            digest, opaque = input_digest(name, obj, self.attrs, run)
-            self.objects[name], self.digests[name] = obj, digest
-            if opaque:
-                self.opaque[name] = opaque[0]
-        for module in reads.imports:  # `import helpers` in the cell: the file it will load
-            loads = self.digests[f"import {module}"] = module_digest(module)
-            if loads.startswith("file "):  # and what the cell takes of it now (cfg.RATE = 70)
-                self.digests[f"module {module}"] = _module_now(module, self.attrs, run)
-        self.digest = value_digest(tuple(sorted(self.digests.items())))
+    def __init__(self, namespace: dict[str, Any], reads: CellReads) -> None:
+        self.reads = reads
+        names = set(reads.names)
+        imports = list(reads.imports)
+        self.modules: list[str] = []  # the modules it imports: checked after a skip restores
+        for module, taken in reads.starred:  # read after ``from module import *``: inputs
+            names |= set(taken) - (star_names(module) or frozenset())  # unless it binds them
+        unknown = reads.unknown
+        for name in reads.reloads:  # importlib.reload(cfg): what cfg's file holds now
+            module = namespace.get(name)
+            if isinstance(module, types.ModuleType):
+                imports.append((module.__name__, 0, ()))
+            else:
+                unknown = unknown or f"it reloads {name}, which is not a module now"
+        for module, level, fromlist in imports:
+            if not level:
+                self.modules += [module, *(f"{module}.{n}" for n in fromlist if n != "*")]
+        self.names = sorted(n for n in names if not _ignored(n))
+        self.objects = {n: namespace[n] for n in self.names if n in namespace}
+        self.document, self.walk, unreadable = cell_inputs(
+            namespace, self.names, frozenset(reads.attrs), frozenset(reads.bare), imports,
+            RunDependencies(),
+        )  # fmt: skip
+        self.digest = self.document.value
+        self.unknown = unknown or unreadable
 
     def unjudgeable(self) -> str | None:
         """Why this cell's inputs cannot be judged (then it is never skipped), or None."""
         if self.unknown:
             return f"what it reads cannot be known ({self.unknown})"
-        for name, inner in self.opaque.items():
-            what = inner.partition(" ")[2] or name
-            kind = type(self.objects[name]).__qualname__
-            about = f"{name} ({kind})" if what == name else f"{name} reads {what}, which"
-            return f"{about} cannot be digested, so a change to it could not be seen"
+        for label in self.document.opaque:
+            what = label.partition(" ")[2]
+            name = what.partition(".")[0]
+            obj = self.objects.get(name)
+            kind = f" ({type(obj).__qualname__})" if what == name and obj is not None else ""
+            return f"{what}{kind} cannot be digested, so a change to it could not be seen"
         return None
+
+    def values(self) -> dict[str, str]:
+        """The digests of the values (not code, not modules) bound in the namespace that the
+        cell reads, directly or through its helpers, by name: what it may change in place."""
+        found = {}
+        for entry in self.document.entries:
+            kind, _, name = entry.label.partition(" ")
+            if kind == "global" and name.isidentifier():
+                found[name] = entry.digest
+        return found
 
 
 class CellChanges(NamedTuple):
@@ -122,12 +147,13 @@ class CellChanges(NamedTuple):
 
 
 def changes(
-    namespace: Mapping[str, Any], before: Mapping[str, Any], inputs: CellInputs, run: Run
+    namespace: dict[str, Any], before: Mapping[str, Any], inputs: CellInputs, run: Run
 ) -> CellChanges:
-    """Compare the namespace with its shallow copy ``before`` the run (and the inputs'
-    digests): names rebound, new, removed, or whose value changed in place. Code (functions,
-    classes, steps) is not "changed in place" when what it reads changed: those values are
-    inputs of their own."""
+    """Compare the namespace with its shallow copy ``before`` the run, and what the cell
+    read with what it was: names rebound, new or removed; values bound in the namespace and
+    changed in place (restored in place by a skip); and modules, classes and functions
+    changed in place (``cfg.RATE = 2``, ``Model.scale = 3``, ``f.calls = 0``), or values
+    only they hold: those a skip could not restore, so the cell runs again next time."""
     names = [n for n, v in namespace.items() if before.get(n, _UNSET) is not v and not _ignored(n)]
     deleted = [n for n in before if n not in namespace and not _ignored(n)]
     why = inputs.unjudgeable()
@@ -135,17 +161,22 @@ def changes(
         name, error = run.failures[0]
         why = why or f"step {name} failed ({error}) and the cell went on"
     inplace = []
-    deps = RunDependencies()
-    for name, obj in inputs.objects.items():
-        if namespace.get(name, _UNSET) is not obj or name in inputs.opaque or _is_code(obj):
-            continue
-        digest, _ = input_digest(name, obj, inputs.attrs, deps)
-        if digest == inputs.digests[name]:
+    for name, digest in inputs.values().items():
+        obj = before.get(name, _UNSET)
+        if obj is _UNSET or namespace.get(name, _UNSET) is not obj or _is_code(obj):
             continue
         if isinstance(obj, types.ModuleType):
-            why = why or f"it changes module {name} in place"
-        inplace.append(name)
-    return CellChanges(names + inplace, inplace, deleted, why)
+            continue  # (a module's attributes are the walk's: ``changed`` below)
+        try:
+            now = digest_value(obj).digest
+        except Exception:  # its own methods raise now: it cannot be judged
+            now = None
+        if now != digest:
+            inplace.append(name)
+    elsewhere = inputs.walk.changed(namespace)
+    if elsewhere:
+        why = why or f"the cell changed {', '.join(elsewhere[:3])} in place"
+    return CellChanges(names + [n for n in inplace if n not in names], inplace, deleted, why)
 
 
 def _is_code(obj: Any) -> bool:
@@ -163,12 +194,31 @@ def _is_code(obj: Any) -> bool:
 _CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type, functools.partial)
 
 
-def _module_now(name: str, attrs: frozenset[str], run: RunDependencies) -> str:
-    """The values of the attributes a cell uses of one of the user's modules, as they are
-    in memory; "not imported" when it is not yet (nothing is imported before the cell runs:
-    its code may set up what the module reads when it loads)."""
-    module = sys.modules.get(name)
-    return "not imported" if module is None else input_digest(name, module, attrs, run)[0]
+def _module_states(names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """What each of the user's modules among ``names`` holds now, if it is imported."""
+    run = RunDependencies()
+    states = {}
+    for name in dict.fromkeys(names):
+        module = sys.modules.get(name)
+        if module is not None and is_user_module(name):
+            states[name] = module_state(module, run)
+    return states
+
+
+def _module_differs(saved: dict[str, dict[str, str]]) -> str | None:
+    """Why one of the user's modules a cell imported is not as the cell left it, or None.
+    Each is imported if it is not yet (a module first imported by the cell)."""
+    for name, then in saved.items():
+        module = importlib.import_module(name)
+        now = module_state(module, RunDependencies())
+        changed = [label.partition(" ")[2] for label in then if now.get(label) != then[label]]
+        changed += [label.partition(" ")[2] for label in now if label not in then]
+        if changed:
+            return (
+                f"{', '.join(changed[:3])} differs from what the cell left (it changed "
+                f"{name} in place, or something did since)"
+            )
+    return None
 
 
 def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _Variables:
@@ -218,10 +268,31 @@ def restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> li
     returns the names restored, or why not after all.
 
     Every step call the saved run used must still be valid, judged with the restored values
-    in place (a cell may set what its steps read: ``CFG['lr'] = 0.5; train(2)``): if one is
-    not, the namespace is put back as it was. A value the cell changed in place is then
+    in place (a cell may set what its steps read: ``CFG['lr'] = 0.5; train(2)``), and every
+    module of the user's it imported must hold what it held when the cell ended: if not,
+    the namespace is put back as it was (and modules first imported here are forgotten
+    again, so that the cell imports them itself). A value the cell changed in place is then
     changed in place again, where its type allows, so that other names bound to it see it.
     """
+    assert skip.run is not None and skip.cell is not None
+    loaded = set(sys.modules)
+    try:
+        restored = _restore(store, skip, namespace)
+    except BaseException:
+        _forget_modules(loaded)
+        raise
+    if isinstance(restored, str):
+        _forget_modules(loaded)
+    return restored
+
+
+def _forget_modules(loaded: set[str]) -> None:
+    """Remove the modules imported since ``loaded`` was taken (by a restore that failed)."""
+    for name in [m for m in sys.modules if m not in loaded]:
+        del sys.modules[name]
+
+
+def _restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> list[str] | str:
     assert skip.run is not None and skip.cell is not None
     state: dict[str, Any] = pickle.loads(skip.cell.variables)
     fmt, data = state["format"], state["values"]
@@ -237,6 +308,8 @@ def restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> li
     for name in state["deleted"]:
         namespace.pop(name, None)
     stale = _stale_step(store, json.loads(skip.cell.steps or "[]"), skip.run.id)
+    if stale is None:
+        stale = _module_differs(json.loads(skip.cell.modules or "{}"))
     if stale is not None:
         for name, value in before.items():
             if value is _UNSET:
@@ -276,10 +349,12 @@ def _into(current: Any, new: Any) -> bool:
 
 
 def save_cell(
-    run: Run, namespace: Mapping[str, Any], change: CellChanges, outputs: list[Any]
-) -> str | None:
-    """Keep what a completed cell changed, its outputs and the step calls its run used;
-    returns why not, if they cannot be kept (the cell then runs again next time)."""
+    run: Run, namespace: Mapping[str, Any], change: CellChanges, outputs: list[Any],
+    inputs: CellInputs,
+) -> str | None:  # fmt: skip
+    """Keep what a completed cell changed, its outputs, the step calls its run used and
+    what the user's modules it imports hold; returns why not, if they cannot be kept (the
+    cell then runs again next time)."""
     why = change.unsaved
     variables = _pack(run.store, namespace, change) if why is None else None
     if variables is not None:
@@ -289,7 +364,8 @@ def save_cell(
         return why
     used = json.dumps([[name, digest, refs] for (name, digest), refs in run.used.items()])
     payload = json.dumps(outputs, default=str).encode()
-    run.store.save_cell(run.id, variables.payload, payload, variables.blobs, used)
+    modules = json.dumps(_module_states(inputs.modules))
+    run.store.save_cell(run.id, variables.payload, payload, variables.blobs, used, modules)
     return None
 
 
@@ -302,16 +378,19 @@ class Skip(NamedTuple):
 
 
 def skippable(store: Store, name: str, source: str, inputs: CellInputs) -> Skip:
-    """The completed run a cell can be skipped for (the rule in this module's docstring)."""
+    """The completed run a cell can be skipped for (the rule in this module's docstring),
+    or why not when that is worth saying (what it reads changed, it cannot be judged)."""
     run = store.last_run(name)
-    if (
-        run is None
-        or run.status != "completed"
-        or run.source_digest != source
-        or run.inputs_digest != inputs.digest
-        or inputs.unjudgeable()
-    ):
+    if run is None or run.status != "completed" or run.source_digest != source:
         return Skip()
+    why = inputs.unjudgeable()
+    if why is not None:
+        return Skip(reason=why)
+    if run.inputs_digest != inputs.digest:
+        then = store.digest_document(run.inputs_digest) if run.inputs_digest else None
+        if then is None:  # saved by an older durable_nb: no document to compare with
+            return Skip()
+        return Skip(reason=explain(then, inputs.document, "the cell", run.id))
     cell = store.cell(run.id)
     if cell is None:
         return Skip()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import linecache
 import re
 import sys
@@ -218,16 +219,13 @@ class DurableCell:
         digest: str,
         quiet: bool = False,
         *,
-        reads: tuple[str, ...] = (),
-        attrs: tuple[str, ...] = (),
-        unknown: str | None = None,
-        imports: tuple[str, ...] = (),
+        reads: tuple[Any, ...] = (),
     ) -> None:
         self.ext = ext
         self.header = f"%%durable {args}".rstrip()
         self.opts = ext.parse_cell_args(args)
-        self.digest = digest
-        self.reads = cells.CellReads(reads, attrs, unknown, imports)
+        self.digest = digest  # of its text: names the workflow when the cell has no NAME
+        self.reads = cells.CellReads(*reads)
         self.execute = True
         self.name = ext.workflow_name(self.opts.name, digest)
         self._outputs = _Outputs(ext.shell)
@@ -256,7 +254,7 @@ class DurableCell:
 
     def _skip(self, store: Any, inputs: cellstate.CellInputs) -> bool:
         """Restore an unchanged cell's changes and outputs; False if it must run."""
-        skip = cellstate.skippable(store, self.name, self.digest, inputs)
+        skip = cellstate.skippable(store, self.name, self.reads.digest, inputs)
         if skip.reason:
             self._not_skipped = f"; not skipped: {skip.reason}"
         if skip.run is None or skip.cell is None:
@@ -280,13 +278,13 @@ class DurableCell:
     def _plan(self, store: Any, inputs: cellstate.CellInputs) -> None:
         """Start a plan: the cell runs with replay only, in a namespace put back after."""
         if not self.opts.force:
-            skip = cellstate.skippable(store, self.name, self.digest, inputs)
+            skip = cellstate.skippable(store, self.name, self.reads.digest, inputs)
             if skip.run is not None:
                 print(f"plan {self.name}: the cell would be skipped (unchanged since run "
                       f"{skip.run.id}); nothing was run")  # fmt: skip
                 self.execute = False
                 return
-        self._guard = cellstate.NamespaceGuard(self.ext.shell.user_ns, self.reads.names)
+        self._guard = cellstate.NamespaceGuard(self.ext.shell.user_ns, inputs.names)
         self._flow = workflow(self.name, store=store, fresh=self.opts.fresh, plan=True)
         try:
             self._flow.__enter__()
@@ -320,9 +318,11 @@ class DurableCell:
             self.execute = False
             return self
         self._before = dict(namespace)  # what it changes is read off the namespace after
+        inputs = self.inputs
+        store.remember_digest(inputs.digest, lambda: json.dumps(inputs.document.doc("cell")))
         self._flow = workflow(
-            self.name, store=store, fresh=self.opts.fresh, source_digest=self.digest,
-            inputs_digest=self.inputs.digest,
+            self.name, store=store, fresh=self.opts.fresh, source_digest=self.reads.digest,
+            inputs_digest=inputs.digest,
         )  # fmt: skip
         self._flow.__enter__()
         self._outputs.start()
@@ -367,7 +367,8 @@ class DurableCell:
             namespace = self.ext.shell.user_ns
             try:
                 change = cellstate.changes(namespace, self._before, self.inputs, run)
-                saved = cellstate.save_cell(run, namespace, change, self._outputs.saved())
+                saved = cellstate.save_cell(run, namespace, change, self._outputs.saved(),
+                                            self.inputs)  # fmt: skip
             except Exception as exc:  # the cell itself completed: say it, do not fail it
                 saved = f"its state could not be saved ({type(exc).__name__}: {exc})"
             if saved:

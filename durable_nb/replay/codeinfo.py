@@ -12,6 +12,7 @@ whose versions ``package_version`` gives.
 from __future__ import annotations
 
 import ast
+import copy
 import dis
 import functools
 import hashlib
@@ -37,9 +38,12 @@ __all__ = [
     "is_user_file",
     "is_user_module",
     "module_digest",
+    "module_info",
     "module_source",
     "named_in_strings",
     "package_version",
+    "star_names",
+    "tree_digest",
 ]
 
 # Statement calls that only change the object they are called on (or log): `x.append(v)`.
@@ -81,8 +85,8 @@ class _StripDocs(ast.NodeTransformer):
     which do not change what it computes. Decorators of functions and classes defined in
     it stay: ``@times(3)`` on an inner function is code."""
 
-    def __init__(self) -> None:
-        self.depth = 0
+    def __init__(self, depth: int = 0) -> None:
+        self.depth = depth
 
     def _strip(self, node: Any) -> Any:
         self.depth += 1
@@ -283,18 +287,42 @@ def _analyse(code: types.CodeType) -> CodeInfo:
         source = textwrap.dedent(inspect.getsource(code))
         tree = ast.parse(source)
         if not os.path.isfile(code.co_filename) or _compiled_matches(code):
-            stripped = _StripDocs().visit(ast.parse(source))
-            digest = _hex(ast.dump(stripped, annotate_fields=False).encode())
+            digest = tree_digest(ast.parse(source))
     except (OSError, TypeError, SyntaxError, IndentationError, ValueError):
         tree = None
     if digest is None:  # no source, or the file on disk is not what runs
         digest = "b" + _hex(_bytecode(code))[1:]
+    return _reads(code, tree, digest, code.co_name)
+
+
+def tree_digest(tree: ast.AST, *, decorators: bool = False) -> str:
+    """Digest of code by its AST: comments, whitespace and docstrings do not count, nor the
+    decorators of a function at the top of ``tree`` (its wrapper is walked instead) unless
+    ``decorators`` (a cell's own functions keep theirs). ``tree`` is changed."""
+    stripped = _StripDocs(depth=1 if decorators else 0).visit(tree)
+    return _hex(ast.dump(stripped, annotate_fields=False).encode())
+
+
+def module_info(tree: ast.Module, filename: str) -> CodeInfo:
+    """What the module-level code ``tree`` (a notebook cell's statements) reads, by the
+    analysis a step's function gets: compiled, its bytecode read for the names it loads,
+    the attributes it uses, the modules it imports, the names passed on whole; its digest
+    ignores comments and formatting. Raises SyntaxError as ``compile`` does."""
+    code = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                   dont_inherit=True)  # fmt: skip
+    return _reads(code, tree, tree_digest(copy.deepcopy(tree), decorators=True), None)
+
+
+def _reads(code: types.CodeType, tree: ast.AST | None, digest: str, own: str | None) -> CodeInfo:
+    """The names ``code`` (and the code nested in it) reads, with ``tree``, its source's AST
+    when known (for what the bytecode cannot tell: names in strings, names only written to,
+    attributes kept on ``own``, the function's own name)."""
     written = _written_only(tree) if tree is not None else set()
     names: set[str] = set()
     attrs: set[str] = set()
     imports: dict[tuple[str, int, tuple[str, ...]], None] = {}
     bare: set[str] = set()
-    stored = _own_state(tree, code.co_name) if tree is not None else set()
+    stored = _own_state(tree, own) if tree is not None and own else set()
     attrs.update(named_in_strings(tree) if tree is not None else ())
     for c in _codes(code):
         attrs.update(c.co_names)
@@ -484,6 +512,79 @@ def _file_imports(path: str) -> list[tuple[str, int, tuple[str, ...]]]:
         return _per_version(_imports_of, path, imports)
     except (OSError, SyntaxError, ValueError):
         return []
+
+
+def star_names(name: str) -> frozenset[str] | None:
+    """The names ``from name import *`` binds: read off the module when it is imported,
+    else off its source (a literal ``__all__``, or its top-level names), importing nothing;
+    None when the source cannot tell (``__all__`` built at run time, a star import of its
+    own, no source)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        names = getattr(module, "__all__", None)
+        if names is None:
+            return frozenset(n for n in vars(module) if not n.startswith("_"))
+        return frozenset(names) if all(isinstance(n, str) for n in names) else None
+    origin = module_source(name)[1]
+    if origin is None or not origin.endswith(".py"):
+        return None
+    try:
+        return _per_version(_star_names, origin, _top_names)
+    except (OSError, ValueError):
+        return None
+
+
+def _stored_here(node: ast.AST) -> Iterable[str]:
+    """Names stored by an expression or target in its own scope (not in comprehensions or
+    lambdas, which have scopes of their own)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.Name) and isinstance(item.ctx, ast.Store):
+            yield item.id
+        elif not isinstance(item, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+                                   ast.GeneratorExp)):  # fmt: skip
+            stack.extend(ast.iter_child_nodes(item))
+
+
+_star_names: dict[str, tuple[tuple[float, int], frozenset[str] | None]] = {}
+
+
+def _top_names(source: bytes) -> frozenset[str] | None:
+    """What a star import of this source binds, or None if that cannot be read off it."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names: set[str] = set()
+    statements = list(tree.body)
+    while statements:  # the module's own scope: in if/try/with/for too, not in def/class
+        node = statements.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            continue
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                statements.append(child)
+            elif isinstance(child, ast.excepthandler):
+                statements.extend(child.body)
+            else:  # targets and expressions: the names they store (walrus included)
+                names.update(_stored_here(child))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            try:
+                listed = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            return frozenset(listed)
+    return frozenset(n for n in names if not n.startswith("_"))
 
 
 _versions: dict[str, str | None] = {}

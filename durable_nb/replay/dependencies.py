@@ -57,9 +57,9 @@ from xxhash import xxh3_128_hexdigest
 
 from ..errors import DurableWarning, user_stacklevel
 from .codeinfo import code_digest, is_user_file, is_user_module, package_version
-from .walk import Digest, Entry, RunDependencies, RunTimeNames, Walk
+from .walk import Digest, Entry, RunDependencies, RunTimeNames, Walk, public_names
 
-__all__ = ["StepDependencies", "input_digest"]
+__all__ = ["StepDependencies", "cell_inputs", "module_state"]
 
 
 _warned: set[tuple[str, str]] = set()  # (step, label) said once per process
@@ -90,22 +90,39 @@ def _resolve(module: str, qualname: str) -> Any:
     return obj
 
 
-def input_digest(
-    name: str, obj: Any, attrs: frozenset[str], run: RunDependencies
-) -> tuple[str, list[str]]:
-    """(digest, labels of what in it cannot be digested) of a value a notebook cell reads:
-    data by its value, code (a function, a class, a user module's attributes ``attrs``)
-    with what it depends on, a step by its dependency digest (whose values of unknown types
-    count by type, as for replay)."""
-    try:
-        if getattr(type(obj), "__durable_step__", False):
-            digest = obj.dependencies.digest(run)
-            return digest.value, ["dependencies"] if digest.value.startswith("unjudged:") else []
-        walk = Walk(run)
-        walk.reference(name, obj, attrs)
-        return _combine(walk.entries), walk.opaque
-    except (Exception, RecursionError):  # cannot be read: the cell cannot be judged
-        return f"unjudged:{os.urandom(8).hex()}", [f"{name} (unreadable)"]
+def cell_inputs(
+    namespace: dict[str, Any], names: Iterable[str], attrs: frozenset[str],
+    bare: frozenset[str], imports: Iterable[tuple[str, int, tuple[str, ...]]],
+    run: RunDependencies,
+) -> tuple[Digest, Walk, str | None]:  # fmt: skip
+    """(digest, walk, why it cannot be judged) of what a notebook cell reads, by the walk a
+    step's function gets, the cell's body standing for the function's: the values of the
+    names it reads (code with what it depends on, a module by the attributes used, or whole
+    when passed on), and each module it imports by what importing it would load (nothing
+    is imported here). The walk watches what it read: ``Walk.changed`` tells afterwards
+    what the cell changed in place."""
+    walk = Walk(run, watch=True)
+    unreadable = None
+    for name in names:
+        try:
+            walk.names(namespace, (name,), attrs, bare)
+        except (Exception, RecursionError) as exc:  # cannot be read: cannot be judged
+            why = str(exc) if isinstance(exc, RunTimeNames) else type(exc).__name__
+            unreadable = unreadable or f"what {name} depends on cannot be read ({why})"
+            walk.entries.append(Entry(f"global {name}", f"unjudged:{os.urandom(8).hex()}"))
+    for module, level, fromlist in imports:
+        walk.imported(module, level, fromlist, namespace, attrs, load=False)
+    value = _combine(walk.entries)
+    return Digest(value, value, walk.entries, walk.packages, walk.opaque), walk, unreadable
+
+
+def module_state(module: types.ModuleType, run: RunDependencies) -> dict[str, str]:
+    """What a module of the user's holds now, by label (``global cfg.RATE``): all its
+    attributes, with what they depend on; compared to tell whether a module is as a cell
+    left it."""
+    walk = Walk(run)
+    walk.reference(module.__name__, module, public_names(module))
+    return {entry.label: entry.digest for entry in walk.entries}
 
 
 def _combine(entries: Iterable[Entry]) -> str:

@@ -17,6 +17,7 @@ import inspect
 import pickle
 import sys
 import types
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from xxhash import xxh3_128_hexdigest
@@ -26,6 +27,7 @@ from .codeinfo import (
     code_info,
     installed_package,
     is_user_module,
+    module_digest,
     module_source,
     package_version,
     self_state,
@@ -42,6 +44,7 @@ __all__ = [
     "RunTimeNames",
     "Walk",
     "code_label",
+    "public_names",
     "shown_value",
 ]
 
@@ -169,11 +172,16 @@ class Walk:
     what it read on the way, so that the next call can check that nothing changed by
     identity (and, for mutable values, by digest) instead of walking again."""
 
-    __slots__ = ("attrs", "digest", "entries", "functions", "keys", "opaque", "packages",
-                 "reads", "refs", "rehash", "run", "seen")  # fmt: skip
+    __slots__ = ("attrs", "digest", "entries", "functions", "keys", "keysets", "opaque",
+                 "owners", "packages", "reads", "refs", "rehash", "run", "seen")  # fmt: skip
 
-    def __init__(self, run: RunDependencies) -> None:
+    def __init__(self, run: RunDependencies, *, watch: bool = False) -> None:
         self.run = run
+        # watch (a cell's walk): also keep whose state each mapping and value is, by id, and
+        # watch what could be added (attributes of a function or module) so that what the
+        # cell changes in place is seen afterwards (``changed``)
+        self.owners: dict[int, str] | None = {} if watch else None
+        self.keysets: dict[int, frozenset[Any]] = {}  # (watch) the members each mapping had
         self.entries: list[Entry] = []
         self.seen: set[Any] = set()  # ids of what was walked (and (module, attrs) pairs)
         self.packages: set[str] = set()
@@ -213,6 +221,43 @@ class Walk:
             return False
         return True
 
+    def changed(self, namespace: dict[str, Any]) -> list[str]:
+        """What this walk read that is no longer as it was, apart from the names of
+        ``namespace`` and the values bound there (a cell's walk, afterwards: what the cell
+        changed in place in modules, classes, functions and the values they hold)."""
+        owners = self.owners or {}
+        bound = {id(value) for value in namespace.values()}
+        found: list[str] = []
+        for fn, code, defaults, kwdefaults in self.functions:
+            if (fn.__code__, fn.__defaults__, fn.__kwdefaults__) != (code, defaults, kwdefaults):
+                found.append(code_label(fn))
+        for mapping, key, value in self.reads:
+            now = mapping.get(key, _MISSING)
+            if now is value or mapping is namespace or mapping is sys.modules:
+                continue
+            owner = owners.get(id(mapping), "an object")
+            if type(now) is types.ModuleType and now.__name__ == f"{owner}.{key}":
+                continue  # a package gained the submodule imported meanwhile
+            found.append(f"{owner}.{key}")
+        for obj, attr, value in self.attrs:
+            if getattr(obj, attr, _MISSING) is not value:
+                found.append(owners.get(id(obj), f"{type(obj).__qualname__}.{attr}"))
+        for mapping, count in self.keys:
+            if len(mapping) == count or mapping is namespace:
+                continue
+            owner = owners.get(id(mapping), "an object")
+            then = self.keysets.get(id(mapping))
+            if then is None:
+                found.append(f"{owner} (members added)")
+                continue
+            for key in sorted(then.symmetric_difference(mapping), key=str):
+                if not (isinstance(key, str) and key.startswith("__")):  # (__slotnames__,
+                    found.append(f"{owner}.{key}")  # which pickling adds to a class)
+        for obj, fingerprint, big in self.rehash:
+            if id(obj) not in bound and fingerprint_of(obj, big=big) != fingerprint:
+                found.append(owners.get(id(obj), type(obj).__qualname__))
+        return list(dict.fromkeys(found))
+
     # functions, classes, modules
 
     def function(self, fn: types.FunctionType, label: str) -> None:
@@ -227,23 +272,15 @@ class Walk:
         if defaults or kwdefaults:
             self.value(f"defaults {label}", (defaults, kwdefaults))
         own = fn.__dict__
-        if own and not ("registry" in own and "dispatch" in own):  # (singledispatch's own)
+        if (own or self.owners is not None) and not ("registry" in own and "dispatch" in own):
             # ``h.scale = 2``: it may read them; not those it sets itself (``w.calls += 1``,
             # a timer's ``w.seconds = ...``): its state, which a replay does not update
+            # (singledispatch's own are its registry)
             self._attributes(label.removeprefix("step "), own, skip=info.stored)
         glob = fn.__globals__
         module = glob.get("__name__")
         prefix = "" if module == "__main__" else f"{module}."
-        for name in info.globals:
-            obj = glob.get(name, _MISSING)
-            self.reads.append((glob, name, obj))
-            if obj is not _MISSING:
-                used = info.attrs
-                if name in info.bare and type(obj) is types.ModuleType:  # passed on: any
-                    used = _public(obj)  # of its attributes may be read where it goes
-                self.reference(f"{prefix}{name}", obj, used)
-            elif name not in _BUILTIN_NAMES:
-                self.entries.append(Entry(f"global {prefix}{name}", "undefined"))
+        self.names(glob, info.globals, info.attrs, info.bare, prefix)
         for name in info.outputs:  # `NAME.update(d)`: an output, unless NAME is code
             obj = glob.get(name, _MISSING)
             self.reads.append((glob, name, obj))
@@ -252,7 +289,7 @@ class Walk:
             if builtin not in glob:  # the builtin, not a global of the same name
                 raise RunTimeNames(f"{label.removeprefix('step ')} calls {builtin}()")
         for module_name, level, fromlist in info.imports:  # `from cfg import RATE` in it
-            self._imported(module_name, level, fromlist, glob, info.attrs)
+            self.imported(module_name, level, fromlist, glob, info.attrs)
         if fn.__closure__:
             names = code.co_freevars
             for name, read, cell in zip(names, info.freevars, fn.__closure__, strict=True):
@@ -267,6 +304,34 @@ class Walk:
                 else:
                     self._output(inner, contents, info.attrs, kind="closure")
 
+    def _members(self, mapping: Any, owner: str) -> None:
+        """Watch ``mapping`` (a class's or a function's attributes) for members added or
+        removed (each member is also read by identity)."""
+        self.keys.append((mapping, len(mapping)))
+        if self.owners is not None:
+            self.owners[id(mapping)] = owner
+            self.keysets[id(mapping)] = frozenset(mapping)
+
+    def names(
+        self, glob: dict[str, Any], names: Iterable[str], attrs: frozenset[str],
+        bare: frozenset[str], prefix: str = "",
+    ) -> None:  # fmt: skip
+        """The names code reads from its namespace ``glob`` (a module's, or the notebook's):
+        each value by what it brings in; a module used other than as ``NAME.attr`` (passed
+        on whole) by all its attributes, since any of them may be read where it goes."""
+        if self.owners is not None:
+            self.owners.setdefault(id(glob), prefix.rstrip(".") or "the notebook")
+        for name in names:
+            obj = glob.get(name, _MISSING)
+            self.reads.append((glob, name, obj))
+            if obj is not _MISSING:
+                used = attrs
+                if name in bare and type(obj) is types.ModuleType:
+                    used = public_names(obj)
+                self.reference(f"{prefix}{name}", obj, used)
+            elif name not in _BUILTIN_NAMES:
+                self.entries.append(Entry(f"global {prefix}{name}", "undefined"))
+
     def _attributes(
         self, name: str, own: dict[str, Any], skip: frozenset[str] = frozenset()
     ) -> None:
@@ -274,7 +339,7 @@ class Walk:
         if ("attributes", id(own)) in self.seen:
             return
         self.seen.add(("attributes", id(own)))
-        self.keys.append((own, len(own)))
+        self._members(own, name)
         for key in sorted(own):
             if key in skip or (key.startswith("__") and key.endswith("__")):
                 continue
@@ -310,7 +375,7 @@ class Walk:
             if base is not object:
                 self.reference(f"{qualname} base", base, frozenset())
         members = vars(cls)
-        self.keys.append((members, len(members)))
+        self._members(members, qualname)
         if "__pydantic_fields__" in members:  # pydantic keeps fields out of the class dict
             self._pydantic(cls, qualname)
         for name in sorted(members):
@@ -453,21 +518,30 @@ class Walk:
                 self.reference(f"{name}[{getattr(klass, '__qualname__', klass)}]", impl, attrs,
                                kind=kind)  # fmt: skip
 
-    def _imported(
+    def imported(
         self, name: str, level: int, fromlist: tuple[str, ...], glob: dict[str, Any],
-        attrs: frozenset[str],
+        attrs: frozenset[str], *, load: bool = True,
     ) -> None:  # fmt: skip
-        """A module a function imports in its body: the attributes of it that it uses, as for
-        a module global; for ``from pkg import sub``, the submodule too. A module of the
-        user's not imported yet is imported now, just before the call that would import it
-        (also when the call then replays): the same digest in a fresh process as in a warm
-        one. Installed ones are recorded, never imported here."""
+        """A module code imports: the attributes of it that it uses, as for a module global;
+        for ``from pkg import sub``, the submodule too. A module of the user's not imported
+        yet is imported now, just before the call that would import it (also when the call
+        then replays): the same digest in a fresh process as in a warm one. Installed ones are
+        recorded, never imported here. ``load=False`` (a cell, whose code may prepare what a
+        module finds when it loads): nothing is imported; each module counts by what
+        importing it would load (``module_digest``: the user's files, a package's version),
+        the same in a fresh kernel as in one that imported it already."""
         try:
             full = importlib.util.resolve_name("." * level + name, glob.get("__package__"))
         except (ImportError, ValueError) as exc:  # the call will fail the same way
             self.entries.append(Entry(f"import {name}", f"unresolvable: {type(exc).__name__}"))
             return
         for target in (full, *(f"{full}.{n}" for n in fromlist if n != "*")):
+            if not load:
+                source = module_digest(target)
+                if source != "missing" or target == full:  # (``from m import f``: f no module)
+                    self._package(target)
+                    self.entries.append(Entry(f"import {target}", source))
+                continue
             module = sys.modules.get(target)
             if module is None:
                 if module_source(target)[0] != "user":  # installed, built in, or no module
@@ -491,6 +565,9 @@ class Walk:
             obj = members[attr]
             self.reads.append((members, attr, obj))
             self.reference(f"{module.__name__}.{attr}", obj, attrs)
+        if self.owners is not None:  # a cell's: an attribute it names may be added to it
+            self.owners[id(members)] = module.__name__
+            self.reads.extend((members, attr, _MISSING) for attr in attrs - members.keys())
         lazy = members.get("__getattr__")  # PEP 562: names it serves count through its code
         if lazy is not None and attrs - members.keys():
             self.reads.append((members, "__getattr__", lazy))
@@ -536,6 +613,8 @@ class Walk:
                 self.rehash.append((obj, fingerprint, True))
             elif not _immutable(obj):
                 self.rehash.append((obj, fingerprint_of(obj), False))  # may change in place
+            if self.owners is not None:
+                self.owners.setdefault(id(obj), label.partition(" ")[2])
             self.entries.append(Entry(label, digest, obj))
         name = label.partition(" ")[2]
         for inner in dict.fromkeys(code):  # each function or class once, in order found
@@ -543,7 +622,7 @@ class Walk:
                 self.reference(name, inner, frozenset())
 
 
-def _public(module: types.ModuleType) -> frozenset[str]:
+def public_names(module: types.ModuleType) -> frozenset[str]:
     """A module's names, dunders left out."""
     return frozenset(n for n in vars(module) if not (n.startswith("__") and n.endswith("__")))
 
