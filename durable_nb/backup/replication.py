@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import queue
 import shutil
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -174,6 +176,41 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class _Spawner:
+    """Starts child processes from one thread that lives as long as the process: a child's
+    parent-death signal (``PR_SET_PDEATHSIG``) follows the *thread* that started it, so a
+    litestream started from a short-lived thread (a panel's worker, a restore refused there
+    that starts it again) would be stopped when that thread ends."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[Any, Future[Any]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        """``subprocess.Popen(argv, **options)``, done on the spawner's thread."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="durable-nb litestream spawner", daemon=True
+                )
+                self._thread.start()
+        done: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put(((argv, options), done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            (argv, options), done = self._requests.get()
+            try:
+                done.set_result(subprocess.Popen(argv, **options))
+            except BaseException as exc:  # handed to the caller
+                done.set_exception(exc)
+
+
+_spawner = _Spawner()
+
+
 class Replicator:
     """A ``litestream replicate`` child process for one log."""
 
@@ -220,7 +257,7 @@ class Replicator:
             config.write_text(json.dumps({"dbs": [db]}))  # JSON is YAML; no ${VAR} in it
             output = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
             os.chmod(self.log_file, 0o600)
-            self.process = subprocess.Popen(
+            self.process = _spawner.popen(
                 [binary, "replicate", "-no-expand-env", "-config", str(config)],
                 env=child_environment(), stdout=output, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,

@@ -58,6 +58,36 @@ def fail(path: Path, exc: BaseException, doing: str) -> LogFileError:
     return LogFileError(f"cannot {doing} the log {path}: {text}", path=str(path))
 
 
+_WAL_HEADER = 32  # bytes: a WAL file that long or shorter holds no frame
+
+
+def _check_wal(path: Path) -> None:
+    """Refuse a log that cannot be what the WAL beside it belongs to: missing, empty, or
+    without a SQLite header while its WAL holds frames. SQLite would drop those frames (the
+    committed steps of a kernel killed before a checkpoint) and start a new log over them."""
+    wal = Path(f"{path}-wal")
+    try:
+        frames = wal.stat().st_size > _WAL_HEADER
+    except OSError:
+        return
+    if not frames:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        head = None
+    if head == _SQLITE_MAGIC:
+        return
+    what = "missing" if head is None else "empty" if not head else "damaged (no SQLite header)"
+    raise LogFileError(
+        f"the log {path} is {what}, but its WAL {wal.name} holds committed changes; nothing "
+        "was written. Copy both files aside, then restore the log from its replica "
+        "(durable_nb.restore(), durable-nb restore), or move both aside to start a new log",
+        path=str(path),
+    )
+
+
 def _check_header(path: Path) -> None:
     """Refuse a file that is not SQLite before SQLite touches it."""
     with open(path, "rb") as f:
@@ -121,6 +151,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (creating if needed) a log file, check it, set its pragmas and migrate it."""
     if path.is_dir():
         raise _directory(path)
+    _check_wal(path)
     if not path.exists():
         if readonly:
             raise LogFileError(f"no log at {path}; check the path", path=str(path))
