@@ -5,7 +5,14 @@ real ``kill -9``."""
 from __future__ import annotations
 
 import hashlib
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from .conftest import python
 from .kernels import Kernel, kernel_env
@@ -79,3 +86,114 @@ def test_a_restore_refused_in_a_worker_thread_keeps_replication_running(tmp_path
             holder.kill()
             holder.wait()
         kernel.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of 24 MiB mounted for the test: a disk that fills up for real."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill a disk needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+HOG = """\
+@step
+def hog():
+    with open("filler", "wb") as f:  # fills the disk: this step's own row cannot be written
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        except OSError:
+            pass
+    return bytes(100_000)
+"""
+
+
+def test_a_run_whose_end_could_not_be_written_holds_its_workflow_against_no_one(
+    small_disk: Path,
+) -> None:
+    log = small_disk / ".durable" / "nb.db"
+    kernel = Kernel(small_disk, kernel_env(small_disk / "nb.ipynb"))
+    try:
+        for code in (SETUP, STEPS + HOG, "%%durable ok\nout = [work(i) for i in range(3)]\n"):
+            assert kernel.execute(code).status == "ok"
+        reply = kernel.execute("%%durable full\nx = hog()\n")
+        assert reply.status == "error" and reply.error is not None
+        assert reply.error["ename"] == "LogFileError" and "full" in reply.error["evalue"]
+        (small_disk / "filler").unlink()  # space is back
+        deadline = time.monotonic() + 20
+        while _status(log, "full") == "running":  # its end is written in the background
+            assert time.monotonic() < deadline, "the run's end was never written"
+            time.sleep(0.2)
+        assert _status(log, "full") == "failed"
+        other = python(  # another process runs the same workflow: not refused
+            "import sys, durable_nb\nfrom durable_nb import step, workflow\n"
+            "with workflow('full', store=durable_nb.Store(sys.argv[1])):\n    pass\n"
+            "print('ran')\n",
+            str(log), cwd=small_disk,
+        )  # fmt: skip
+        out, err = other.communicate(timeout=60)
+        assert other.returncode == 0 and out == "ran\n", err
+    finally:
+        kernel.close()
+    statuses = [s for (s,) in sqlite3.connect(log).execute("SELECT status FROM runs")]
+    assert "crashed" not in statuses and "running" not in statuses
+
+
+def _status(log: Path, workflow: str) -> str:
+    conn = sqlite3.connect(log)
+    try:
+        row = conn.execute(
+            "SELECT status FROM runs WHERE workflow = ? ORDER BY id LIMIT 1", (workflow,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return row[0]
+
+
+CHECKPOINTS = r"""
+import os, sys, time
+from pathlib import Path
+from durable_nb import Store, step, workflow
+
+disk = Path(sys.argv[1])
+store = Store(disk / "x.db")
+free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+with open(disk / "filler", "wb") as f:  # leave room for the WAL, not for the log to grow
+    f.write(bytes(free - (7 << 20)))
+
+@step
+def chunk(i):
+    return bytes([i]) * 400_000
+
+with workflow("w", store=store):
+    for i in range(13):  # about 5 MiB in the WAL, past the checkpoint threshold
+        chunk(i)
+time.sleep(1.5)  # the checkpointer tries, and finds no space
+print("log before", os.path.getsize(disk / "x.db"), flush=True)
+os.unlink(disk / "filler")
+deadline = time.monotonic() + 15
+while os.path.getsize(disk / "x.db") < (4 << 20) and time.monotonic() < deadline:
+    time.sleep(0.2)
+print("log after", os.path.getsize(disk / "x.db"), flush=True)
+store.close()
+"""
+
+
+def test_checkpoints_come_back_after_a_full_disk(small_disk: Path) -> None:
+    proc = python(CHECKPOINTS, str(small_disk), cwd=small_disk)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    before, after = (int(line.split()[-1]) for line in out.splitlines())
+    assert before < (3 << 20)  # not all folded in while the disk was full
+    assert after >= (4 << 20), err  # folded in once there is space again

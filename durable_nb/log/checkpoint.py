@@ -13,7 +13,10 @@ PASSIVE) gives the disk space back; ``journal_size_limit`` shrinks the file afte
 A RESTART or TRUNCATE waits at most 20 ms for readers (it holds new writers meanwhile); after
 one that a reader kept busy, none is tried for a second, then two, up to ten, until PASSIVE
 finds everything copied again (the reader let go). A look that finds the log busy or locked
-tries again at the next one; any other error stops the thread, with a warning.
+tries again at the next one; any other error (a full disk, an I/O error) is said once and
+tried again after a pause that doubles up to 30 s, until a checkpoint succeeds: a moment
+without space does not stop checkpoints for the life of the process. The thread only opens
+the log that exists (it never creates one where the log was moved or restored away).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 __all__ = ["Checkpointer"]
 
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 _LIMIT = 16 << 20  # journal_size_limit: what a WAL is shrunk to after a reset
 _BUSY_MS = 20  # how long a RESTART or TRUNCATE may keep writers waiting for a reader
 _FIRST_WAIT, _MAX_WAIT = 1.0, 10.0  # seconds without blocking checkpoints after a busy one
+_RETRY_FIRST, _RETRY_MAX = 0.5, 30.0  # seconds before trying again after an error
 
 
 class Checkpointer:
@@ -65,27 +70,51 @@ class Checkpointer:
         conn: sqlite3.Connection | None = None
         before, folded = -1, False  # the WAL's size at the previous look; folded in since
         hold_off, wait = 0.0, _FIRST_WAIT  # no blocking checkpoint before hold_off
+        retry, failing = _RETRY_FIRST, False  # after an error: the pause, and said once
         try:
             while not self._stop.wait(self.interval):
                 size = self._wal_size()
                 idle, before = size == before, size
                 if size <= self.wal_bytes or (idle and folded):
                     continue  # small, or nobody has written since it was all folded in
-                if conn is None:
-                    conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                    conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
-                    conn.execute(f"PRAGMA journal_size_limit = {_LIMIT}")
                 try:
+                    if conn is None:
+                        conn = self._connect()
                     folded, hold_off, wait = self._fold(conn, size, idle, hold_off, wait)
-                except sqlite3.OperationalError as exc:  # busy or locked now: at the next look
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    folded = False
-        except sqlite3.Error as exc:  # the log is closed, moved or restored under us: stop
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):  # at the next look
+                        folded = False
+                        continue
+                    conn = self._failed(conn, exc, failing)
+                    failing, folded = True, False
+                    if self._stop.wait(retry):
+                        break
+                    retry = min(2 * retry, _RETRY_MAX)
+                    continue
+                if failing:
+                    log.warning("checkpoints of %s work again", self.path)
+                retry, failing = _RETRY_FIRST, False
+        except sqlite3.Error as exc:  # not an operational error: the file is not a log now
             log.warning("checkpoints of %s stopped: %s", self.path, exc)
         finally:
             if conn is not None:
                 conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        """The thread's connection, to the log as it exists (``mode=rw`` creates nothing)."""
+        uri = f"file:{quote(str(self.path))}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        conn.execute(f"PRAGMA journal_size_limit = {_LIMIT}")
+        return conn
+
+    def _failed(self, conn: sqlite3.Connection | None, exc: sqlite3.Error, said: bool) -> None:
+        """After an error other than busy: say it once, and drop the connection (the next
+        try opens it again: the file may have been replaced meanwhile)."""
+        if not said:
+            log.warning("checkpoints of %s failed (%s); trying again", self.path, exc)
+        if conn is not None:
+            conn.close()
 
     def _fold(
         self, conn: sqlite3.Connection, size: int, idle: bool, hold_off: float, wait: float

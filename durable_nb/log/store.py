@@ -17,12 +17,13 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import WorkflowBusyError
+from ..errors import DurableWarning, LogFileError, WorkflowBusyError, user_stacklevel
 from . import owner as owners
 from .blobs import BlobStore, blob_folder
 from .checkpoint import Checkpointer
@@ -64,6 +65,12 @@ INSERT_COMPLETED = (
 )
 
 
+_END_RUN = (
+    "UPDATE runs SET status = :status, ended_at = :ended, steps_run = :ran, "
+    "steps_replayed = :replayed, replayed_steps = :ids, error = :error, "
+    "environment = :environment, indexed = 1, first_step = min(coalesce("
+    "first_step, :first), coalesce(:first, first_step)) WHERE id = :run"
+)
 _MARK_CRASHED = (
     "UPDATE runs SET status = 'crashed', ended_at = ?, "
     "error = 'the process running it died' WHERE id = ? AND status = 'running'"
@@ -123,6 +130,9 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0
         self._active: set[int] = set()
+        self._unended: dict[int, dict[str, Any]] = {}  # ends not written yet (disk full)
+        self._retry: threading.Thread | None = None
+        self._closed = threading.Event()
         self._me = owners.current_owner()
         self._digests: set[str] = set()  # digests whose document is stored (this process)
         self.conn = connect(self.path, readonly=readonly)
@@ -135,10 +145,15 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection and stop the checkpoint thread (idempotent)."""
+        """Close the connection and stop the checkpoint thread (idempotent); ends of runs
+        not written yet are tried once more."""
+        self._closed.set()
+        if self._unended:
+            self._write_ends()
         if self._checkpointer is not None:
             self._checkpointer.stop()
-        self.conn.close()
+        with self._lock:
+            self.conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -216,11 +231,14 @@ class Store:
         """Start a run of ``workflow``; refuse if a live process is running it."""
         if not self._recovered:
             self.recover_crashed()
+        self._write_ends()  # a run of ours whose end could not be written yet
         with self.transaction() as conn:
             for run_id, owner, pid in conn.execute(
                 "SELECT id, owner, pid FROM runs WHERE workflow = ? AND status = 'running'",
                 (workflow,),
             ).fetchall():
+                if run_id in self._unended:  # ended here, written when the log can be
+                    continue
                 if self._held(run_id, owner):
                     where = f"this process (pid {pid})" if owner == self._me else f"process {pid}"
                     raise WorkflowBusyError(
@@ -254,29 +272,63 @@ class Store:
         first_row: int | None = None,
     ) -> None:
         """Record how a run ended, with the ids of the step records it replayed and the
-        versions of the packages its steps referenced."""
-        try:
-            with self.transaction() as conn:
-                conn.execute(
-                    "UPDATE runs SET status = :status, ended_at = :ended, steps_run = :ran, "
-                    "steps_replayed = :replayed, replayed_steps = :ids, error = :error, "
-                    "environment = :environment, indexed = 1, first_step = min(coalesce("
-                    "first_step, :first), coalesce(:first, first_step)) WHERE id = :run",
-                    {
-                        "status": status,
-                        "ended": time.time(),
-                        "ran": steps_run,
-                        "replayed": len(replayed),
-                        "ids": json.dumps(replayed),
-                        "error": error,
-                        "environment": json.dumps(environment) if environment else None,
-                        "first": first_row,  # its lowest row id (ids can be reused)
-                        "run": run_id,
-                    },
+        versions of the packages its steps referenced. When the log cannot be written now
+        (a full disk, an I/O error), the end is kept and written as soon as it can be: tried
+        again in the background with a pause that doubles up to 30 s, and before the next
+        run starts; meanwhile the run holds its workflow against no one."""
+        self._unended[run_id] = {
+            "status": status,
+            "ended": time.time(),
+            "ran": steps_run,
+            "replayed": len(replayed),
+            "ids": json.dumps(replayed),
+            "error": error,
+            "environment": json.dumps(environment) if environment else None,
+            "first": first_row,  # its lowest row id (ids can be reused)
+            "run": run_id,
+        }
+        self._active.discard(run_id)
+        if not self._write_ends():
+            warnings.warn(
+                f"the end of run {run_id} could not be written to {self.path.name} yet (the "
+                "log cannot be written now: free some space); it is written once it can be",
+                DurableWarning,
+                stacklevel=user_stacklevel(),
+            )
+            self._retry_ends()
+
+    def _write_ends(self) -> bool:
+        """Write the kept ends of runs in one transaction; whether all are written."""
+        with self._lock:
+            if not self._unended:
+                return True
+            try:
+                with self.transaction() as conn:
+                    for params in self._unended.values():
+                        conn.execute(_END_RUN, params)
+                        conn.execute(_INDEX_RUN, (params["run"],))
+            except (LogFileError, sqlite3.ProgrammingError) as exc:  # (closed meanwhile)
+                log.warning("cannot record the end of runs of %s yet: %s", self.path, exc)
+                return False
+            self._unended.clear()
+            return True
+
+    def _retry_ends(self) -> None:
+        """Try the kept ends again in the background until they are written (or closed)."""
+
+        def again() -> None:
+            pause = 0.5
+            while self._unended and not self._closed.wait(pause):
+                if self._write_ends():
+                    return
+                pause = min(2 * pause, 30.0)
+
+        with self._lock:
+            if self._retry is None or not self._retry.is_alive():
+                self._retry = threading.Thread(
+                    target=again, name=f"durable-nb run ends {self.path.name}", daemon=True
                 )
-                conn.execute(_INDEX_RUN, (run_id,))
-        finally:
-            self._active.discard(run_id)
+                self._retry.start()
 
     def run_environment(self, run_id: int) -> dict[str, str]:
         """The package versions a run recorded ({} when it recorded none)."""
