@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from .kernels import Kernel, kernel_env
 from .test_skip import DEFS, SETUP, ran, run
 
@@ -130,3 +132,77 @@ def test_the_same_cell_twice_in_one_kernel_is_skipped_the_second_time(tmp_path: 
     finally:
         kernel.close()
     assert ran(tmp_path) == ["inc"] * 3
+
+
+TICK = "from durable_nb import step\n@step\ndef tick(x):\n    return x\n"
+
+# (setup cells, the durable cell, what the last cell prints): Run All twice gives the same
+# state whether the second skips or runs. Cases new users met (issue 27's trials).
+SAME_STATE = {
+    "a name bound to an object another name holds (b = base)": (
+        ["base = [1]"], "b = base\nz = tick(2)", "base.append(9)\nprint(b, b is base)",
+    ),
+    "an inner list another name holds, changed through its container": (
+        ["inner = [0]\nouter = {'k': inner}"], "outer['k'].append(tick(1))",
+        "print(outer, inner)",
+    ),
+    "a DataFrame changed in place while another name holds it": (
+        ["import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\nview = df"],
+        "df.loc[0, 'a'] = tick(50)", "print(view['a'].tolist(), view is df)",
+    ),
+    "Counter, OrderedDict, a list subclass and deque changed in place": (
+        ["import collections\ncnt = collections.Counter()\nod = collections.OrderedDict(a=1)\n"
+         "class MyList(list):\n    pass\nml = MyList([1])\ndq = collections.deque([1])"],
+        "cnt.update('aab')\nod['b'] = 2\nml.append(tick(2))\ndq.append(3)",
+        "print(dict(cnt), dict(od), list(ml), list(dq))",
+    ),
+    "a random.Random advanced by the cell": (
+        ["import random\nrng = random.Random(0)"], "x = rng.random() + tick(0)",
+        "print(rng.random())",
+    ),
+    "a list a helper appends to": (
+        ["LOG = []\ndef helper(v):\n    LOG.append(v)\n    return v"], "r = helper(tick(3))",
+        "print(LOG)",
+    ),
+    "a module's dict changed in place that another name holds": (
+        ["import cfgmod\nS = cfgmod.SETTINGS"], "cfgmod.SETTINGS['lr'] = tick(9)",
+        "print(cfgmod.SETTINGS, S)",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(SAME_STATE))
+def test_a_skip_leaves_the_state_a_run_leaves(tmp_path: Path, case: str) -> None:
+    setup, cell, show = SAME_STATE[case]
+    write(tmp_path / "cfgmod.py", "SETTINGS = {'lr': 1}\n")
+    cells = (TICK, *setup, f"%%durable c\n{cell}\n", show)
+    first = run(tmp_path, *cells)
+    second = run(tmp_path, *cells)  # skipped, or run again saying why: the same state
+    assert second[-1] == first[-1], second[-2]
+
+
+@pytest.mark.parametrize(
+    ("setup", "changed", "cell", "show"),
+    [
+        ("b = 1", "b = 2", "from starmod import *\nout = (a, b)", "print(out)"),
+        ("a = [0]\nb = a", "a = [0]\nb = [0]", "a.append(1)\nout = list(b)", "print(b, out)"),
+        ("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})\nTHR = 1",
+         "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})\nTHR = 2",
+         "n = len(df.query('a > @THR'))", "print(n)"),
+        ("", "FAST = 1", "mode = 'fast' if 'FAST' in dir() else 'slow'", "print(mode)"),
+    ],
+    ids=["a name a star import may not bind", "which names hold one object",
+         "a name in a query string", "dir()"],
+)  # fmt: skip
+def test_what_a_cell_reads_in_less_usual_ways_counts(
+    tmp_path: Path, setup: str, changed: str, cell: str, show: str
+) -> None:
+    write(tmp_path / "starmod.py", "a = 1\ntry:\n    import not_installed_xyz\n    b = 0\n"
+                                   "except ImportError:\n    pass\n")  # fmt: skip
+    first = run(tmp_path, TICK, setup, f"%%durable c\n{cell}\n", show)
+    again = run(tmp_path, TICK, changed, f"%%durable c\n{cell}\n", show)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write(fresh / "starmod.py", (tmp_path / "starmod.py").read_text())
+    real = run(fresh, TICK, changed, f"%%durable c\n{cell}\n", show)
+    assert ": skipped" not in again[2] and again[-1] == real[-1] != first[-1]

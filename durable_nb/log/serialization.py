@@ -8,6 +8,7 @@ that large arrays are written and read without an extra copy; those go to a blob
 
 from __future__ import annotations
 
+import io
 import pickle
 import reprlib
 from typing import Any, NamedTuple
@@ -57,9 +58,11 @@ class Encoded(NamedTuple):
 _PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, set})
 
 
-def encode(value: object) -> Encoded:
-    """Serialize ``value``; raise ``NotSerializable`` when pickle refuses it."""
-    if type(value) in _PLAIN:  # a plain container: one plain pickle (fast path) if small
+def encode(value: object, *, seen: set[int] | None = None) -> Encoded:
+    """Serialize ``value``; raise ``NotSerializable`` when pickle refuses it. ``seen``
+    receives the ids of the objects the pickle holds (its memo: every container and
+    object in it), to tell which objects a value shares with others."""
+    if type(value) in _PLAIN and seen is None:  # a plain container: one plain pickle if small
         try:
             head = pickle.dumps(value, protocol=5)
         except Exception as exc:
@@ -69,7 +72,14 @@ def encode(value: object) -> Encoded:
         # big: arrays inside go out of band, so replay maps them (aligned) instead of copying
     buffers: list[pickle.PickleBuffer] = []
     try:
-        head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if seen is None:
+            head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        else:
+            out = io.BytesIO()
+            pickler = pickle.Pickler(out, protocol=5, buffer_callback=buffers.append)
+            pickler.dump(value)
+            seen.update(pickler.memo.copy())
+            head = out.getvalue()
     except Exception as exc:  # pickle raises many types: PicklingError, TypeError, ...
         raise NotSerializable(f"{type(exc).__name__}: {exc}") from None
     if not buffers:

@@ -17,6 +17,7 @@ the namespace before and after (``cellstate``), not from the code.
 from __future__ import annotations
 
 import ast
+import re
 import symtable
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -31,7 +32,7 @@ RUNNER = "__durable_nb__"
 """The name bound to the running cell inside the rewritten code."""
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-_NAMESPACE_CALLS = frozenset({"globals", "locals", "vars"})
+_NAMESPACE_CALLS = frozenset({"globals", "locals", "vars", "dir"})
 
 
 def _top_level(nodes: Iterable[ast.AST]) -> Iterable[ast.AST]:
@@ -134,6 +135,9 @@ class _Reads:
         for call, name in namespace_calls.items():
             if call not in understood:
                 self.unknown = self.unknown or f"it reads {name}() as a whole"
+        for node in ast.walk(tree):  # get_ipython().user_ns: the namespace, from the shell
+            if isinstance(node, ast.Attribute) and node.attr in ("user_ns", "user_global_ns"):
+                self.unknown = self.unknown or f"it reads the shell's {node.attr}"
 
     def _call(self, node: ast.Call, namespace_calls: dict[int, str], understood: set[int]) -> None:
         func = node.func
@@ -145,13 +149,20 @@ class _Reads:
                 self.names.add(key)
             elif func.attr not in ("update", "__setitem__", "__delitem__"):
                 self.unknown = f"it reads {namespace_calls[id(func.value)]}() as a whole"
-        elif isinstance(func, ast.Name) and func.id in ("exec", "eval"):
+        elif called in ("exec", "eval") and _builtin(func):
             code = _constant(node.args[0]) if node.args else None
             parsed = _parsed(code) if code is not None else None
             if parsed is None:
-                self.unknown = f"it calls {func.id}() on code it builds"
+                self.unknown = f"it calls {called}() on code it builds"
             else:
                 self.code.append(parsed)
+        elif called in ("query", "eval") and node.args:  # pandas: df.query('a > @THR')
+            expression = _constant(node.args[0])
+            if expression is not None:  # names, and @names, read from the namespace
+                parsed = _parsed(re.sub(r"@(?=[A-Za-z_])", "", expression))
+                self.names |= set(re.findall(r"@([A-Za-z_]\w*)", expression))
+                if parsed is not None:
+                    self.code.append(parsed)
         elif isinstance(func, ast.Attribute) and func.attr in ("run_line_magic", "run_cell_magic"):
             # %time model = train(1) arrives as get_ipython().run_line_magic('time', '...')
             for arg in node.args[1:3]:
@@ -171,6 +182,15 @@ class _Reads:
                 self.reloaded.add(arg.id)
             else:
                 self.unknown = "it reloads a module it names at run time"
+
+
+def _builtin(func: ast.expr) -> bool:
+    """``exec``, or ``builtins.exec``: the builtin itself."""
+    return isinstance(func, ast.Name) or (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id in ("builtins", "__builtins__")
+    )
 
 
 def _namespace_call(node: ast.AST) -> bool:
@@ -330,6 +350,8 @@ def cell_reads(body: list[ast.stmt], filename: str = "<cell>") -> CellReads:
     imports.update(dict.fromkeys((m, 0, ()) for m in sorted(flow.imported)))
     bare = set().union(*(info.bare for info in infos))
     unknown = flow.unknown
+    if any(module == "__main__" for module, _, _ in imports):
+        unknown = unknown or "it reads the notebook's namespace through __main__"
     reads = sorted(n for n in flow.reads if not n.startswith("__durable_nb"))
     starred = tuple((m, tuple(sorted(names))) for m, names in sorted(flow.starred.items()))
     return CellReads(

@@ -32,10 +32,15 @@ cell is not saved and runs again next time, and its summary line says why.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
+import copyreg
 import functools
+import gc
 import importlib
 import importlib.util
+import io
 import json
 import pickle
 import re
@@ -161,11 +166,14 @@ def changes(
         name, error = run.failures[0]
         why = why or f"step {name} failed ({error}) and the cell went on"
     inplace = []
+    handled = set()  # values bound in the namespace, whose change is saved here
     for name, digest in inputs.values().items():
         obj = before.get(name, _UNSET)
+        if obj is not _UNSET and namespace.get(name, _UNSET) is obj:
+            handled.add(id(obj))
         if obj is _UNSET or namespace.get(name, _UNSET) is not obj or _is_code(obj):
             continue
-        if isinstance(obj, types.ModuleType):
+        if isinstance(obj, types.ModuleType) or _immutable(obj):
             continue  # (a module's attributes are the walk's: ``changed`` below)
         try:
             now = digest_value(obj).digest
@@ -173,7 +181,7 @@ def changes(
             now = None
         if now != digest:
             inplace.append(name)
-    elsewhere = inputs.walk.changed(namespace)
+    elsewhere = inputs.walk.changed(namespace, handled)
     if elsewhere:
         why = why or f"the cell changed {', '.join(elsewhere[:3])} in place"
     return CellChanges(names + [n for n in inplace if n not in names], inplace, deleted, why)
@@ -209,7 +217,7 @@ def _module_differs(saved: dict[str, dict[str, str]]) -> str | None:
     """Why one of the user's modules a cell imported is not as the cell left it, or None.
     Each is imported if it is not yet (a module first imported by the cell)."""
     for name, then in saved.items():
-        module = importlib.import_module(name)
+        module = _import(name)
         now = module_state(module, RunDependencies())
         changed = [label.partition(" ")[2] for label in then if now.get(label) != then[label]]
         changed += [label.partition(" ")[2] for label in now if label not in then]
@@ -221,9 +229,13 @@ def _module_differs(saved: dict[str, dict[str, str]]) -> str | None:
     return None
 
 
-def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _Variables:
+def _pack(
+    store: Store, namespace: Mapping[str, Any], before: Mapping[str, Any], change: CellChanges,
+    inputs: CellInputs, shells: Iterable[int],
+) -> _Variables:  # fmt: skip
     """Serialize what a cell changed, all values in one pickle (so that two names bound to
-    one object still are after a restore), large ones to a blob."""
+    one object still are after a restore), large ones to a blob; or say why a restore of
+    copies could not give what the run left (``_shared``)."""
     modules: dict[str, str] = {}
     values: dict[str, Any] = {}
     for name in change.names:
@@ -236,10 +248,19 @@ def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _V
         ):
             return _Variables(b"", [], f"{name} is defined in the notebook and cannot be stored")
         values[name] = value
+    aliases, why = _aliases(values, before, change, inputs)
+    if why is not None:
+        return _Variables(b"", [], why)
+    for name in aliases:
+        del values[name]
+    held: set[int] = set()
     try:
-        encoded = serialization.encode(values)
+        encoded = serialization.encode(values, seen=held)
     except serialization.NotSerializable as exc:
-        return _Variables(b"", [], f"a variable cannot be pickled ({exc.reason})")
+        return _Variables(b"", [], _unpicklable(values, exc.reason))
+    why = _shared(namespace, values, held, change, shells)
+    if why is not None:
+        return _Variables(b"", [], why)
     blobs: list[str] = []
     if encoded.inline:
         data: Any = encoded.segments[0]
@@ -252,8 +273,123 @@ def _pack(store: Store, namespace: Mapping[str, Any], change: CellChanges) -> _V
         "modules": modules,
         "inplace": change.inplace,
         "deleted": change.deleted,
+        "aliases": aliases,
     }
     return _Variables(pickle.dumps(state, protocol=5), blobs, None)
+
+
+def _unpicklable(values: dict[str, Any], reason: str) -> str:
+    """Which variable cannot be pickled, and why (the first found alone)."""
+    for name, value in values.items():
+        try:
+            serialization.encode(value)
+        except serialization.NotSerializable as exc:
+            kind = type(value).__qualname__
+            return f"{name} (a {kind}) cannot be pickled ({exc.reason})"
+    return f"a variable cannot be pickled ({reason})"
+
+
+def _aliases(
+    values: dict[str, Any], before: Mapping[str, Any], change: CellChanges, inputs: CellInputs
+) -> tuple[dict[str, str], str | None]:
+    """Names the cell bound to an object another name held before it ran (``b = base``):
+    a skip binds them to that name's object again (its value is an input, so the same), not
+    to a copy. ({name: the name that held it}, or why that cannot be done.)"""
+    held_by = {id(v): n for n, v in before.items() if not _ignored(n) and not _immutable(v)}
+    aliases: dict[str, str] = {}
+    for name, value in values.items():
+        other = held_by.get(id(value))
+        if other is None or other == name or name in change.inplace:
+            continue
+        if other not in inputs.objects or inputs.objects[other] is not value:
+            return {}, f"{name} is the object {other} held, which the cell does not read"
+        if other in change.inplace:
+            return {}, f"{name} is the object {other} held, which the cell changed in place"
+        aliases[name] = other
+    return aliases, None
+
+
+def _shared(
+    namespace: Mapping[str, Any], values: dict[str, Any], held: set[int], change: CellChanges,
+    shells: Iterable[int] = (),
+) -> str | None:  # fmt: skip
+    """Why a skip, which restores copies, would not leave what the run left: an object of
+    the saved values that a name the cell did not change holds too (``outer['k']`` is
+    ``inner``), or that something else holds (``cfg = holder['x']``), or a value changed in
+    place that cannot be changed in place again (so its other holders would keep the old
+    one). None when there is nothing such."""
+    saved = set(values) | set(change.names)
+    in_place = {id(values[n]) for n in change.inplace if _restorable(values[n])}
+    for name, value in namespace.items():
+        if name in saved or _ignored(name) or _immutable(value) or _is_code(value):
+            continue
+        if isinstance(value, types.ModuleType) or id(value) in in_place:
+            continue  # (a value changed back in place: every holder sees it)
+        if id(value) in held:
+            return (
+                f"what it changed ({', '.join(sorted(values))}) holds the object {name} holds, "
+                "which a skip would restore as a copy"
+            )
+    for name in change.inplace:
+        if not _restorable(values[name]) and _held_elsewhere(namespace, values[name], held, shells):
+            kind = type(values[name]).__qualname__
+            return f"{name} (a {kind}) is held elsewhere too and cannot be changed in place again"
+    for name in change.names:
+        value = values.get(name)
+        if name in change.inplace or value is None or _immutable(value) or _is_code(value):
+            continue
+        if _held_elsewhere(namespace, value, held, shells):
+            return f"{name} is an object something else holds too, which a skip would copy"
+    return None
+
+
+def _held_elsewhere(
+    namespace: Mapping[str, Any], value: Any, held: set[int], shells: Iterable[int] = ()
+) -> bool:
+    """Whether something besides the namespace, the shell's own mappings (``shells``: ids),
+    its output history and the values saved with it refers to ``value`` (looked for only
+    when its reference count says so)."""
+    if sys.getrefcount(value) <= _REFS:
+        return False
+    mine = {id(namespace), id(namespace.get("Out")), id(namespace.get("_oh")), *shells}
+    for referrer in gc.get_referrers(value):
+        if id(referrer) in mine or id(referrer) in held or isinstance(referrer, types.FrameType):
+            continue
+        if _the_shells(referrer):  # its last result, its display hook's
+            continue
+        return True
+    return False
+
+
+_SHELL_MODULES = ("IPython.", "ipykernel.", "traitlets.")
+
+
+def _the_shells(referrer: Any) -> bool:
+    """Whether ``referrer`` is the shell's own (an object of IPython, ipykernel or
+    traitlets, or the attributes of one): it keeps the cell's last result for ``_``/``Out``."""
+    if type(referrer).__module__.startswith(_SHELL_MODULES):
+        return True
+    if type(referrer) is dict:  # the attributes of an object: whose?
+        return any(
+            type(owner).__module__.startswith(_SHELL_MODULES)
+            for owner in gc.get_referrers(referrer)
+            if getattr(owner, "__dict__", None) is referrer
+        )
+    return False
+
+
+_REFS = 5  # references to a value held only by one name of the namespace, as counted in
+# ``_held_elsewhere`` (the namespace, the values being saved, the callers' names, the argument)
+
+
+def _immutable(value: Any) -> bool:
+    """Values no one can change in place (so sharing them does not matter)."""
+    return type(value) in _ATOMIC or (
+        type(value) in (tuple, frozenset) and all(_immutable(v) for v in value)
+    )
+
+
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, range, type(...)})
 
 
 @dataclass(frozen=True)
@@ -286,6 +422,13 @@ def restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> li
     return restored
 
 
+def _import(name: str) -> types.ModuleType:
+    """Import a module for a skip, quietly: what it prints when it loads is in the cell's
+    saved output already."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return importlib.import_module(name)
+
+
 def _forget_modules(loaded: set[str]) -> None:
     """Remove the modules imported since ``loaded`` was taken (by a restore that failed)."""
     for name in [m for m in sys.modules if m not in loaded]:
@@ -301,7 +444,9 @@ def _restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> l
     else:
         values = serialization.decode(fmt, (data,))
     for name, module in state["modules"].items():
-        values[name] = importlib.import_module(module)
+        values[name] = _import(module)
+    for name, other in state.get("aliases", {}).items():  # the object that name holds here
+        values[name] = namespace[other]
     # all or nothing: a damaged blob or a missing module raised before any change
     before = {name: namespace.get(name, _UNSET) for name in (*values, *state["deleted"])}
     namespace.update(values)
@@ -325,38 +470,80 @@ def _restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> l
 
 
 def _into(current: Any, new: Any) -> bool:
-    """Make ``current`` equal to ``new`` in place, if its type allows; whether it did."""
-    t = type(current)
-    if t is not type(new):
+    """Make ``current`` what ``new`` is, in place, as unpickling would build it, when that
+    can be exact (then every other holder of ``current`` sees it); whether it was."""
+    if type(current) is not type(new) or not _restorable(new):
         return False
-    if t is list or t is bytearray:
-        current[:] = new
-    elif t is dict or t is set:
-        current.clear()
-        current.update(new)
-    elif t.__module__ == "numpy" and t.__name__ == "ndarray":
+    t = type(current)
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
         if current.shape != new.shape or current.dtype != new.dtype or not current.flags.writeable:
             return False
         current[...] = new
-    elif t.__module__.partition(".")[0] not in ("builtins", "pandas") and hasattr(
-        current, "__dict__"
-    ):
+        return True
+    if isinstance(current, collections.deque):
+        if current.maxlen != new.maxlen:
+            return False
+        current.clear()
+        current.extend(new)
+    elif isinstance(current, dict):  # item by item: Counter.update would add, and an
+        current.clear()  # OrderedDict keeps its order only through its own methods
+        for key, value in dict.items(new):
+            current[key] = value
+        if isinstance(current, collections.defaultdict):
+            current.default_factory = new.default_factory
+    elif isinstance(current, (list, bytearray)):
+        current[:] = new
+    elif isinstance(current, set):
+        current.clear()
+        current.update(new)
+    reduced = new.__reduce_ex__(5)
+    state = reduced[2] if len(reduced) > 2 else None
+    if hasattr(current, "__setstate__") and state is not None:
+        current.__setstate__(state)  # its own way (pandas, random.Random, ...)
+        return True
+    slots: dict[str, Any] = {}
+    if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__), as pickle has
+        state, slots = state[0], state[1] or {}
+    if hasattr(current, "__dict__") and (state is None or isinstance(state, dict)):
         current.__dict__.clear()
-        current.__dict__.update(new.__dict__)
-    else:
-        return False
+        current.__dict__.update(state or {})
+    for key, value in slots.items():
+        setattr(current, key, value)
     return True
 
 
+def _restorable(value: Any) -> bool:
+    """Whether ``_into`` can change an object of this kind in place exactly: a numpy array,
+    a list, dict, set, bytearray or deque (subclasses too), or an object pickle rebuilds from
+    its class and its state alone (a plain object, a dataclass, a DataFrame, a
+    ``random.Random``); not one built from arguments it cannot be given again in place."""
+    t = type(value)
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+        return True
+    try:
+        reduced = value.__reduce_ex__(5)
+    except Exception:
+        return False
+    if isinstance(reduced, str) or len(reduced) < 2:
+        return False
+    make, args = reduced[0], reduced[1]
+    if isinstance(value, (list, dict, set, bytearray, collections.deque)):
+        return True  # its contents are set in place whatever its arguments
+    if len(reduced) > 3 and (reduced[3] is not None or (len(reduced) > 4 and reduced[4])):
+        return False  # items of a container type not handled above
+    return (make is copyreg.__newobj__ and args == (t,)) or (make is t and args == ())
+
+
 def save_cell(
-    run: Run, namespace: Mapping[str, Any], change: CellChanges, outputs: list[Any],
-    inputs: CellInputs,
+    run: Run, namespace: Mapping[str, Any], before: Mapping[str, Any], change: CellChanges,
+    outputs: list[Any], inputs: CellInputs, shells: Iterable[Any] = (),
 ) -> str | None:  # fmt: skip
     """Keep what a completed cell changed, its outputs, the step calls its run used and
     what the user's modules it imports hold; returns why not, if they cannot be kept (the
     cell then runs again next time)."""
     why = change.unsaved
-    variables = _pack(run.store, namespace, change) if why is None else None
+    ids = [id(mapping) for mapping in shells]  # the shell's own (user_ns_hidden: ``_``)
+    variables = _pack(run.store, namespace, before, change, inputs, ids) if why is None else None
     if variables is not None:
         why = variables.unsaved
     if why is not None or variables is None:

@@ -93,6 +93,11 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 variable``, ``2 variables``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _show_path(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
@@ -271,7 +276,7 @@ class DurableCell:
         store.note("cell skipped", f"unchanged since run {skip.run.id}", workflow=self.name)
         print(
             f"{self.name}: skipped, unchanged since run {skip.run.id}; "
-            f"{len(names)} variables restored, log {_show_path(store.path)}"
+            f"{_count(len(names), 'variable')} restored, log {_show_path(store.path)}"
         )
         return True
 
@@ -367,11 +372,12 @@ class DurableCell:
             namespace = self.ext.shell.user_ns
             try:
                 change = cellstate.changes(namespace, self._before, self.inputs, run)
-                saved = cellstate.save_cell(run, namespace, change, self._outputs.saved(),
-                                            self.inputs)  # fmt: skip
+                shells = [getattr(self.ext.shell, "user_ns_hidden", {})]  # (holds ``_``)
+                saved = cellstate.save_cell(run, namespace, self._before, change,
+                                            self._outputs.saved(), self.inputs, shells)  # fmt: skip
             except Exception as exc:  # the cell itself completed: say it, do not fail it
                 saved = f"its state could not be saved ({type(exc).__name__}: {exc})"
-            if saved:
+            if saved and saved not in self._not_skipped:  # (said once: the same reason)
                 note = f"; the cell will run again next time: {saved}"
         elif exc is None:  # the code caught a Ctrl-C: what it made may be partial
             note = "; Ctrl-C arrived during the run: the cell will run again next time"

@@ -551,40 +551,40 @@ _star_names: dict[str, tuple[tuple[float, int], frozenset[str] | None]] = {}
 
 
 def _top_names(source: bytes) -> frozenset[str] | None:
-    """What a star import of this source binds, or None if that cannot be read off it."""
+    """What a star import of this source surely binds: a literal ``__all__``, else the
+    public names its top level binds unconditionally (not in ``if``/``try``/loops, and not
+    deleted); None when it cannot be told (a star import of its own)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return None
+    deleted: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+            alias.name == "*" for alias in node.names
+        ):
+            return None
+        if isinstance(node, ast.Delete):
+            for target in node.targets:
+                deleted.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
     names: set[str] = set()
-    statements = list(tree.body)
-    while statements:  # the module's own scope: in if/try/with/for too, not in def/class
-        node = statements.pop()
+    for node in tree.body:  # the module's own top level only: what surely runs
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
-            continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any(alias.name == "*" for alias in node.names):
-                return None
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
-            continue
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.stmt):
-                statements.append(child)
-            elif isinstance(child, ast.excepthandler):
-                statements.extend(child.body)
-            else:  # targets and expressions: the names they store (walrus included)
-                names.update(_stored_here(child))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
-        ):
-            try:
-                listed = ast.literal_eval(node.value)
-            except ValueError:
-                return None
-            return frozenset(listed)
-    return frozenset(n for n in names if not n.startswith("_"))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(_stored_here(target))
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                try:
+                    return frozenset(ast.literal_eval(node.value)) - deleted
+                except ValueError:
+                    return None
+    return frozenset(n for n in names - deleted if not n.startswith("_"))
 
 
 _versions: dict[str, str | None] = {}

@@ -57,6 +57,7 @@ from xxhash import xxh3_128_hexdigest
 
 from ..errors import DurableWarning, user_stacklevel
 from .codeinfo import code_digest, is_user_file, is_user_module, package_version
+from .digests import PRIMITIVES
 from .walk import Digest, Entry, RunDependencies, RunTimeNames, Walk, public_names
 
 __all__ = ["StepDependencies", "cell_inputs", "module_state"]
@@ -112,6 +113,13 @@ def cell_inputs(
             walk.entries.append(Entry(f"global {name}", f"unjudged:{os.urandom(8).hex()}"))
     for module, level, fromlist in imports:
         walk.imported(module, level, fromlist, namespace, attrs, load=False)
+    held: dict[int, list[str]] = {}  # which names hold one object counts too (b = a, then
+    for name in names:  # a.append(1) changes b)
+        value = namespace.get(name)
+        if value is not None and type(value) not in PRIMITIVES:
+            held.setdefault(id(value), []).append(name)
+    for group in sorted(g for g in held.values() if len(g) > 1):
+        walk.entries.append(Entry(f"identity {' is '.join(group)}", "same"))
     value = _combine(walk.entries)
     return Digest(value, value, walk.entries, walk.packages, walk.opaque), walk, unreadable
 

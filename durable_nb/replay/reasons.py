@@ -36,7 +36,9 @@ def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> 
         kind, _, what = label.partition(" ")
         rank = _KINDS.get(kind, 9)
         if label not in before:
-            if rules < 3 and digest.startswith("installed "):
+            if kind == "identity":
+                changes.append((rank, f"{what} now"))
+            elif rules < 3 and digest.startswith("installed "):
                 changes.append((rank, _counted_now(what, digest)))
             else:
                 changes.append((rank + 10, f"new dependency {what}"))
@@ -48,13 +50,18 @@ def explain(old: dict[str, Any] | None, new: Digest, name: str, run_id: int) -> 
             else:
                 changes.append((rank, _changed(kind, what, before[label][1], shown)))
     for label in before.keys() - now.keys():
-        changes.append((20, f"no longer depends on {label.partition(' ')[2]}"))
+        kind, _, what = label.partition(" ")
+        if kind == "identity":
+            changes.append((20, what.replace(" is ", " is no longer ", 1)))
+        else:
+            changes.append((20, f"no longer depends on {what}"))
     if not changes:
         return f"dependencies of {name} changed since run {run_id}" + _by_type(new)
     changes.sort(key=lambda c: c[0])
-    texts = [text for _, text in changes[:3]]
-    if len(changes) > 3:
-        texts.append(f"{len(changes) - 3} more")
+    said = list(dict.fromkeys(text for _, text in changes))  # (one helper, reached twice)
+    texts = said[:3]
+    if len(said) > 3:
+        texts.append(f"{len(said) - 3} more")
     return "; ".join(texts) + f" since run {run_id}" + _by_type(new)
 
 

@@ -221,12 +221,13 @@ class Walk:
             return False
         return True
 
-    def changed(self, namespace: dict[str, Any]) -> list[str]:
+    def changed(self, namespace: dict[str, Any], handled: set[int]) -> list[str]:
         """What this walk read that is no longer as it was, apart from the names of
-        ``namespace`` and the values bound there (a cell's walk, afterwards: what the cell
-        changed in place in modules, classes, functions and the values they hold)."""
+        ``namespace`` and the values whose ids are in ``handled`` (a cell's walk, afterwards:
+        what the cell changed in place in modules, classes, functions and the values only
+        they hold)."""
         owners = self.owners or {}
-        bound = {id(value) for value in namespace.values()}
+        bound = handled
         found: list[str] = []
         for fn, code, defaults, kwdefaults in self.functions:
             if (fn.__code__, fn.__defaults__, fn.__kwdefaults__) != (code, defaults, kwdefaults):
@@ -358,7 +359,8 @@ class Walk:
             or isinstance(obj, type)
             or getattr(t, "__durable_step__", False)
             or is_user_module(getattr(t, "__module__", None))
-        ):
+            or (self.owners is not None and obj is not _MISSING)  # a cell's: what its
+        ):  # helpers append to is what the cell changes, and its old value is an input
             self.reference(name, obj, attrs, kind=kind)
 
     def cls(self, cls: type) -> None:
