@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import durable_nb
-from durable_nb.log.store import referenced_blobs
+from durable_nb.log.sql import referenced_blobs
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,19 @@ def test_kill_and_resume(tmp_path: Path, kill_points: tuple[int, ...]) -> None:
     statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")]
     assert statuses == ["crashed"] * len(kill_points) + ["completed"]
     assert integrity(tmp_path / "x.db") == "ok"
+
+
+def test_a_crashed_run_keeps_its_record(tmp_path: Path) -> None:
+    """Its steps run, and its end when its last step ended, not when the crash was noticed."""
+    run_until(tmp_path, kill_at=5)  # steps 0-4 completed, 5 started
+    killed = time.time()
+    time.sleep(1.0)
+    conn = sqlite3.connect(tmp_path / "x.db")
+    last_step = conn.execute("SELECT max(ended_at) FROM steps").fetchone()[0]
+    conn.close()
+    from durable_nb import Store
+
+    with Store(tmp_path / "x.db") as store:  # opening it notices the crash
+        (run,) = store.runs("fifty")
+    assert run.status == "crashed" and run.steps_run == 5
+    assert run.ended_at == last_step and run.ended_at <= killed

@@ -39,7 +39,8 @@ from ..errors import DurableWarning, ReplicationError
 from ..log import current_log
 from ..log.blobs import blob_folder, set_mirror
 from ..log.connection import connect, fail
-from ..log.store import Store, referenced_blobs
+from ..log.sql import referenced_blobs
+from ..log.store import Store
 from .replica import Replica, child_environment, is_root, layout_name, parse_url, private_dirs
 
 if TYPE_CHECKING:

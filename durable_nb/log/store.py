@@ -37,81 +37,23 @@ from .records import (
     StepRow,
     StoredStep,
 )
-from .serialization import PICKLE
+from .sql import (
+    END_RUN,
+    IN_WORKFLOW,
+    INDEX_RUN,
+    INDEXED,
+    INSERT_COMPLETED,
+    INSERT_STEP,
+    MARK_CRASHED,
+    PRELOAD_MAX_BYTES,
+    RUN_COLUMNS,
+    referenced_blobs,
+    workflow_rows,
+)
 
-__all__ = [
-    "INSERT_COMPLETED",
-    "INSERT_STEP",
-    "Store",
-    "referenced_blobs",
-]
+__all__ = ["Store", "referenced_blobs"]
 
 log = logging.getLogger(__name__)
-
-_PRELOAD_MAX_BYTES = 64 << 10  # inline results up to this size are loaded with the index
-
-_RUN_COLUMNS = (
-    "id, workflow, status, started_at, ended_at, owner, pid, source_digest, inputs_digest, "
-    "steps_run, steps_replayed, error"
-)
-INSERT_STEP = (
-    f"INSERT INTO steps ({', '.join(StepRow._fields)}) "
-    f"VALUES ({', '.join('?' * len(StepRow._fields))})"
-)
-# The common checkpoint: fewer parameters, literal status and format, NULL for the rest.
-INSERT_COMPLETED = (
-    f"INSERT INTO steps ({', '.join(CompletedRow._fields)}, status, result_format) "
-    f"VALUES ({', '.join('?' * len(CompletedRow._fields))}, 'completed', '{PICKLE}')"
-)
-
-
-_END_RUN = (
-    "UPDATE runs SET status = :status, ended_at = :ended, steps_run = :ran, "
-    "steps_replayed = :replayed, replayed_steps = :ids, error = :error, "
-    "environment = :environment, indexed = 1, first_step = min(coalesce("
-    "first_step, :first), coalesce(:first, first_step)) WHERE id = :run"
-)
-_MARK_CRASHED = (
-    "UPDATE runs SET status = 'crashed', ended_at = ?, "
-    "error = 'the process running it died' WHERE id = ? AND status = 'running'"
-)
-# A run's steps into workflow_steps (when it ends, or is found crashed): its rows lie from
-# runs.first_step on, so this reads only what was written since it started.
-_INDEX_RUN = (
-    "INSERT OR IGNORE INTO workflow_steps (workflow, step) SELECT workflow, id FROM steps "
-    "WHERE id >= coalesce((SELECT first_step FROM runs WHERE id = ?1), 0) AND run_id = ?1"
-)
-_INDEXED = "UPDATE runs SET indexed = 1 WHERE id = ?"
-
-
-# The ids of workflow :workflow's step rows: those indexed in workflow_steps, and those of
-# its runs not indexed yet (in progress, or killed and not yet found), which lie from their
-# first_step on.
-_IN_WORKFLOW = (
-    "id IN (SELECT step FROM workflow_steps WHERE workflow = :workflow UNION ALL SELECT id "
-    "FROM steps WHERE id >= coalesce((SELECT min(first_step) FROM runs WHERE workflow = "
-    ":workflow AND indexed = 0), 9223372036854775807) AND run_id IN (SELECT id FROM runs "
-    "WHERE workflow = :workflow AND indexed = 0))"
-)
-
-
-def _workflow_rows(columns: str, extra: str = "") -> str:
-    """SQL for the step rows of workflow ``:workflow`` (and ``extra`` conditions), in id
-    order."""
-    return f"SELECT {columns} FROM steps WHERE {_IN_WORKFLOW} {extra} ORDER BY id"
-
-
-def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
-    """The digests of every blob a log's rows point to (step results and cell variables)."""
-    used = {
-        digest
-        for (digest,) in conn.execute(
-            "SELECT DISTINCT result_blob FROM steps WHERE result_blob IS NOT NULL"
-        )
-    }
-    for (digests,) in conn.execute("SELECT blobs FROM cells WHERE blobs != ''"):
-        used.update(digests.split())
-    return used
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -216,9 +158,9 @@ class Store:
         dead = [run_id for run_id, owner in rows if not self._held(run_id, owner)]
         if dead:
             with self.transaction() as conn:
-                conn.executemany(_MARK_CRASHED, [(time.time(), run_id) for run_id in dead])
-                conn.executemany(_INDEX_RUN, [(run_id,) for run_id in dead])
-                conn.executemany(_INDEXED, [(run_id,) for run_id in dead])
+                conn.executemany(MARK_CRASHED, [(run_id,) for run_id in dead])
+                conn.executemany(INDEX_RUN, [(run_id,) for run_id in dead])
+                conn.executemany(INDEXED, [(run_id,) for run_id in dead])
         return dead
 
     def begin_run(
@@ -247,9 +189,9 @@ class Store:
                         workflow=workflow,
                         pid=pid,
                     )
-                conn.execute(_MARK_CRASHED, (time.time(), run_id))
-                conn.execute(_INDEX_RUN, (run_id,))
-                conn.execute(_INDEXED, (run_id,))
+                conn.execute(MARK_CRASHED, (run_id,))
+                conn.execute(INDEX_RUN, (run_id,))
+                conn.execute(INDEXED, (run_id,))
             run_id = conn.execute(
                 "INSERT INTO runs (workflow, status, started_at, owner, pid, source_digest, "
                 "inputs_digest, first_step) VALUES (?, 'running', ?, ?, ?, ?, ?, "
@@ -305,8 +247,8 @@ class Store:
             try:
                 with self.transaction() as conn:
                     for params in self._unended.values():
-                        conn.execute(_END_RUN, params)
-                        conn.execute(_INDEX_RUN, (params["run"],))
+                        conn.execute(END_RUN, params)
+                        conn.execute(INDEX_RUN, (params["run"],))
             except (LogFileError, sqlite3.ProgrammingError) as exc:  # (closed meanwhile)
                 log.warning("cannot record the end of runs of %s yet: %s", self.path, exc)
                 return False
@@ -337,23 +279,23 @@ class Store:
 
     def run(self, run_id: int) -> RunRecord:
         """One run by id."""
-        row = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        row = self.conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return _run(row.fetchone())
 
     def runs(self, workflow: str | None = None) -> list[RunRecord]:
         """All runs, oldest first, optionally of one workflow."""
         if workflow is None:
-            rows = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id")
+            rows = self.conn.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY id")
         else:
             rows = self.conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow = ? ORDER BY id", (workflow,)
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE workflow = ? ORDER BY id", (workflow,)
             )
         return [_run(r) for r in rows]
 
     def last_run(self, workflow: str) -> RunRecord | None:
         """The newest run of ``workflow`` that is not this process's current one."""
         row = self.conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE workflow = ? ORDER BY id DESC LIMIT 1",
             (workflow,),
         ).fetchone()
         return _run(row) if row else None
@@ -373,8 +315,8 @@ class Store:
             "stdout IS NOT NULL OR output IS NOT NULL"
         )
         rows = self.conn.execute(
-            _workflow_rows(columns, "AND status = 'completed'"),
-            {"workflow": workflow, "preload": _PRELOAD_MAX_BYTES},
+            workflow_rows(columns, "AND status = 'completed'"),
+            {"workflow": workflow, "preload": PRELOAD_MAX_BYTES},
         )
         completed: dict[StepKey, dict[str, StoredStep]] = {}
         for r in rows:
@@ -403,7 +345,7 @@ class Store:
             if value is not None
         )
         if workflow is not None:
-            return self.conn.execute(_workflow_rows(columns, extra), params).fetchall()
+            return self.conn.execute(workflow_rows(columns, extra), params).fetchall()
         if run is not None:  # its rows lie from its first_step on
             return self.conn.execute(
                 f"SELECT {columns} FROM steps WHERE id >= coalesce((SELECT first_step FROM runs "
@@ -454,7 +396,7 @@ class Store:
     ) -> tuple[str, dict[str, Any]]:
         where = ["1"]
         if workflow is not None:
-            where.append("steps." + _IN_WORKFLOW)
+            where.append("steps." + IN_WORKFLOW)
         if step is not None:
             where.append("steps.name = :step")
         if completed:

@@ -14,7 +14,7 @@ import aiosqlite
 
 from .connection import fail, pragmas
 from .records import CompletedRow, StepRow
-from .store import INSERT_COMPLETED, INSERT_STEP
+from .sql import INSERT_COMPLETED, INSERT_STEP
 
 __all__ = ["AsyncStore"]
 

@@ -353,8 +353,10 @@ def _held_elsewhere(
         return False
     mine = {id(namespace), id(namespace.get("Out")), id(namespace.get("_oh")), *shells}
     for referrer in gc.get_referrers(value):
-        if id(referrer) in mine or id(referrer) in held or isinstance(referrer, types.FrameType):
+        if id(referrer) in mine or id(referrer) in held:
             continue
+        if isinstance(referrer, _VIEWS):
+            continue  # (the callers', and the buffers of the pickle being made of it)
         if _the_shells(referrer):  # its last result, its display hook's
             continue
         return True
@@ -362,6 +364,8 @@ def _held_elsewhere(
 
 
 _SHELL_MODULES = ("IPython.", "ipykernel.", "traitlets.")
+_MANAGED_BUFFER = type(gc.get_referents(memoryview(bytearray(1)))[0])  # (a memoryview's)
+_VIEWS = (types.FrameType, memoryview, pickle.PickleBuffer, _MANAGED_BUFFER)
 
 
 def _the_shells(referrer: Any) -> bool:

@@ -1,0 +1,93 @@
+"""The SQL text of the log, shared by the store and its async twin: statements and the
+queries that find a workflow's rows. Nothing here does I/O."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .records import CompletedRow, StepRow
+from .serialization import PICKLE
+
+__all__ = [
+    "END_RUN",
+    "INDEXED",
+    "INDEX_RUN",
+    "INSERT_COMPLETED",
+    "INSERT_STEP",
+    "IN_WORKFLOW",
+    "MARK_CRASHED",
+    "PRELOAD_MAX_BYTES",
+    "RUN_COLUMNS",
+    "referenced_blobs",
+    "workflow_rows",
+]
+
+PRELOAD_MAX_BYTES = 64 << 10  # inline results up to this size are loaded with the index
+
+RUN_COLUMNS = (
+    "id, workflow, status, started_at, ended_at, owner, pid, source_digest, inputs_digest, "
+    "steps_run, steps_replayed, error"
+)
+INSERT_STEP = (
+    f"INSERT INTO steps ({', '.join(StepRow._fields)}) "
+    f"VALUES ({', '.join('?' * len(StepRow._fields))})"
+)
+# The common checkpoint: fewer parameters, literal status and format, NULL for the rest.
+INSERT_COMPLETED = (
+    f"INSERT INTO steps ({', '.join(CompletedRow._fields)}, status, result_format) "
+    f"VALUES ({', '.join('?' * len(CompletedRow._fields))}, 'completed', '{PICKLE}')"
+)
+
+
+END_RUN = (
+    "UPDATE runs SET status = :status, ended_at = :ended, steps_run = :ran, "
+    "steps_replayed = :replayed, replayed_steps = :ids, error = :error, "
+    "environment = :environment, indexed = 1, first_step = min(coalesce("
+    "first_step, :first), coalesce(:first, first_step)) WHERE id = :run"
+)
+# A crashed run keeps its record: when its last step ended (not when the crash was
+# noticed) and how many steps it ran.
+MARK_CRASHED = (
+    "UPDATE runs SET status = 'crashed', ended_at = coalesce((SELECT max(ended_at) FROM steps "
+    "WHERE id >= coalesce(runs.first_step, 0) AND run_id = runs.id), started_at), "
+    "steps_run = (SELECT count(*) FROM steps WHERE id >= coalesce(runs.first_step, 0) "
+    "AND run_id = runs.id AND status IN ('completed', 'not_durable')), "
+    "error = 'the process running it died' WHERE id = ? AND status = 'running'"
+)
+# A run's steps into workflow_steps (when it ends, or is found crashed): its rows lie from
+# runs.first_step on, so this reads only what was written since it started.
+INDEX_RUN = (
+    "INSERT OR IGNORE INTO workflow_steps (workflow, step) SELECT workflow, id FROM steps "
+    "WHERE id >= coalesce((SELECT first_step FROM runs WHERE id = ?1), 0) AND run_id = ?1"
+)
+INDEXED = "UPDATE runs SET indexed = 1 WHERE id = ?"
+
+
+# The ids of workflow :workflow's step rows: those indexed in workflow_steps, and those of
+# its runs not indexed yet (in progress, or killed and not yet found), which lie from their
+# first_step on.
+IN_WORKFLOW = (
+    "id IN (SELECT step FROM workflow_steps WHERE workflow = :workflow UNION ALL SELECT id "
+    "FROM steps WHERE id >= coalesce((SELECT min(first_step) FROM runs WHERE workflow = "
+    ":workflow AND indexed = 0), 9223372036854775807) AND run_id IN (SELECT id FROM runs "
+    "WHERE workflow = :workflow AND indexed = 0))"
+)
+
+
+def workflow_rows(columns: str, extra: str = "") -> str:
+    """SQL for the step rows of workflow ``:workflow`` (and ``extra`` conditions), in id
+    order."""
+    return f"SELECT {columns} FROM steps WHERE {IN_WORKFLOW} {extra} ORDER BY id"
+
+
+def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
+    """The digests of every blob a log's rows point to (step results and cell variables)."""
+    used = {
+        digest
+        for (digest,) in conn.execute(
+            "SELECT DISTINCT result_blob FROM steps WHERE result_blob IS NOT NULL"
+        )
+    }
+    for (digests,) in conn.execute("SELECT blobs FROM cells WHERE blobs != ''"):
+        used.update(digests.split())
+    return used
