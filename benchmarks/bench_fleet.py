@@ -28,8 +28,8 @@ from bench_replication import start_moto, use_moto
 
 import durable_nb
 from durable_nb import step, workflow
+from durable_nb.backup.litestream import litestream_binary
 from durable_nb.backup.replica import child_environment, parse_url
-from durable_nb.backup.replication import litestream_binary
 from durable_nb.log.current_log import close_log, open_log
 
 

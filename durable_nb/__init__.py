@@ -35,10 +35,8 @@ __version__ = "0.1.0"
 
 _LAZY = {  # name -> module: these import pandas / boto3, so they load on first use
     **dict.fromkeys(("events", "result", "runs", "steps", "timeline"), "views.frames"),
-    **dict.fromkeys(
-        ("replicate", "replication_status", "restore", "restore_points", "stop_replication"),
-        "backup.replication",
-    ),
+    **dict.fromkeys(("replicate", "replication_status", "stop_replication"), "backup.replication"),
+    **dict.fromkeys(("restore", "restore_points"), "backup.restore"),
     "RestorePanel": "notebook.panel",
 }
 

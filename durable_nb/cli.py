@@ -111,16 +111,16 @@ def _replicate(args: argparse.Namespace) -> int:
 
 
 def _restore_points(args: argparse.Namespace) -> int:
-    from .backup import replication
+    from .backup import restore
 
-    _emit(replication.restore_points(args.url), args.format)
+    _emit(restore.restore_points(args.url), args.format)
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .backup import replication
+    from .backup import restore
     from .backup.replica import parse_url
 
     target, log = args.output, None
@@ -132,7 +132,7 @@ def _restore(args: argparse.Namespace) -> int:
         if replica.scheme != "file" or folder.parent.name != "replica":
             raise SystemExit("durable-nb restore: give -o OUT (where to write the restored log)")
         log = folder.parent.parent / f"{folder.name}.db"
-    path = replication.restore(
+    path = restore.restore(
         args.url, timestamp=args.timestamp, txid=args.txid, to=target, log=log,
         progress=lambda message: print(message, file=sys.stderr),
     )  # fmt: skip

@@ -8,13 +8,14 @@ import hashlib
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import python
+from .conftest import ROOT, python
 from .kernels import Kernel, kernel_env
 
 SETUP = "%load_ext durable_nb"
@@ -197,3 +198,105 @@ def test_checkpoints_come_back_after_a_full_disk(small_disk: Path) -> None:
     before, after = (int(line.split()[-1]) for line in out.splitlines())
     assert before < (3 << 20)  # not all folded in while the disk was full
     assert after >= (4 << 20), err  # folded in once there is space again
+
+
+BURST = r"""
+import sys, durable_nb
+from durable_nb import step, workflow
+
+durable_nb.open_log(sys.argv[1])
+durable_nb.replicate(sys.argv[2])
+
+@step
+def work(i):
+    return {"i": i}
+
+with workflow("burst"):
+    for i in range(6):
+        work(i)
+durable_nb.stop_replication()
+print("done", flush=True)
+"""
+
+
+def test_a_burst_agent_leaves_its_whole_log_in_the_replica(tmp_path: Path) -> None:
+    """The seeds' own case: an agent that lives half a second, and exits."""
+    root = f"file://{tmp_path / 'replicas'}/"
+    proc = python(BURST, str(tmp_path / "agent.db"), root, cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out == "done\n", err
+    assert "DurableWarning" not in err  # it lacked nothing
+    import durable_nb
+
+    copy = durable_nb.restore(root, to=tmp_path / "restored.db", log=tmp_path / "agent.db")
+    rows = sqlite3.connect(copy).execute("SELECT count(*) FROM steps WHERE status = 'completed'")
+    assert rows.fetchone() == (6,)
+
+
+OUTAGE = r"""
+import os, sys, time, durable_nb
+from durable_nb import step, workflow
+
+durable_nb.open_log(sys.argv[1])
+durable_nb.replicate(sys.argv[2])
+
+@step
+def big(i):
+    return bytes([i]) * 2_000_000  # a blob file
+
+print("replicating", flush=True)
+sys.stdin.readline()  # the endpoint is down now
+started = time.monotonic()
+with workflow("outage"):
+    value = big(1)
+took = time.monotonic() - started  # the commit is local: it waits on nothing remote
+status = durable_nb.replication_status()
+print("committed", len(value), status.blobs_pending, took < 2, flush=True)
+sys.stdin.readline()  # the endpoint is back
+durable_nb.stop_replication()
+print("stopped", durable_nb.replication_status().state, flush=True)
+"""
+
+
+def test_an_s3_outage_delays_a_blob_and_loses_no_computed_result(tmp_path: Path) -> None:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+    s3.create_bucket(Bucket="team")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_ENDPOINT_URL_S3": endpoint, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env.pop("AWS_CA_BUNDLE", None)
+    url = "s3://team/agents/agent"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OUTAGE, str(tmp_path / "agent.db"), url], cwd=tmp_path, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "replicating\n", proc.stderr.read() if proc.stderr else ""
+        server.stop()  # the endpoint goes away: a step that makes a blob goes on
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "committed 2000000 1 True\n"
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()  # back (moto keeps its buckets in this process)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "stopped stopped\n"
+        proc.wait(timeout=60)
+        listed = s3.list_objects_v2(Bucket="team", Prefix="agents/")["Contents"]
+        assert any("/blobs/" in o["Key"] for o in listed)  # uploaded once it came back
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 0
+    rows = sqlite3.connect(tmp_path / "agent.db").execute("SELECT status FROM steps")
+    assert rows.fetchall() == [("completed",)]

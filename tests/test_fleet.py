@@ -246,7 +246,7 @@ def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:
     assert (host, stem) == (socket.gethostname(), "lr") and folder.startswith("sweeps-")
     other = tmp_path / "elsewhere" / "sweeps" / ".durable" / "lr.db"  # same names, other path
     assert layout_name(other) != layout_name(log)
-    from durable_nb.backup.replication import replica_url_for
+    from durable_nb.backup.litestream import replica_url_for
 
     assert replica_url_for(f"file://{tmp_path}/r/", log) == (
         f"file://{tmp_path}/r/{layout_name(log)}"

@@ -35,7 +35,7 @@ from ..errors import DurableError, DurableWarning, ReplicationError
 from ..log import current_log
 from ..log.records import RUN_STATUSES
 from ..log.store import Store
-from . import replication
+from . import restore
 from .replica import Listed, Replica, parse_url, private_dirs
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class Fleet:
             start = time.perf_counter()
             item = listing[name]
             if client is None:
-                replication.pull_copy(self.root.child(name), self.path(name), txid=item.txid)
+                restore.pull_copy(self.root.child(name), self.path(name), txid=item.txid)
                 return name, time.perf_counter() - start
             # S3: one GET per file the restore needs, then litestream restores from that copy
             with tempfile.TemporaryDirectory(prefix="durable-nb-pull-") as folder:
@@ -177,7 +177,7 @@ class Fleet:
                     source = self.root.mirror(item.files_for(item.txid), Path(folder), client)
                 except ReplicationError:  # a file compacted away since the listing
                     source = self.root.child(name)
-                replication.pull_copy(source, self.path(name), txid=item.txid)
+                restore.pull_copy(source, self.path(name), txid=item.txid)
             return name, time.perf_counter() - start
 
         bar = tqdm(
@@ -312,9 +312,9 @@ class Fleet:
         private_dirs(target.parent)
         url = self.root.child(name).url
         if target.exists():
-            replication.restore(url, log=target)  # replaces it, keeping a backup
+            restore.restore(url, log=target)  # replaces it, keeping a backup
         else:
-            replication.restore(url, to=target)
+            restore.restore(url, to=target)
         if current:
             current_log.open_log(target)
         return target

@@ -18,7 +18,8 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from ..backup import replication
+from ..backup import restore
+from ..backup.litestream import replica_url_for
 from ..errors import DurableError
 from ..log import current_log
 from ..views import frames
@@ -56,7 +57,7 @@ class RestorePanel:
     def __init__(self, url: str | None = None, *, log: str | Path | None = None) -> None:
         self.log = Path(log).absolute() if log is not None else current_log.get_store().path
         self.url = w.Text(
-            value=url or replication.replica_url_for(None, self.log),
+            value=url or replica_url_for(None, self.log),
             description="Replica",
             layout=w.Layout(width="70%"),
         )
@@ -145,7 +146,7 @@ class RestorePanel:
 
     def refresh(self) -> None:
         """List the replica's restore points."""
-        frame = replication.restore_points(self.url.value, log=self.log)
+        frame = restore.restore_points(self.url.value, log=self.log)
         self._frame = frame
         self.points.options = [
             (f"{t.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]} UTC · txid {x} · {s:,} B", int(x))
@@ -162,9 +163,7 @@ class RestorePanel:
         txid = self.points.value
         with tempfile.TemporaryDirectory(prefix="durable-nb-preview-") as folder:
             copy = Path(folder) / "preview.db"
-            replication.restore(
-                self.url.value, txid=txid, to=copy, log=self.log, progress=self._step
-            )
+            restore.restore(self.url.value, txid=txid, to=copy, log=self.log, progress=self._step)
             runs = frames.runs(log=copy)
             diff = diff_logs(copy, self.log)
         shown = runs[["run", "workflow", "status", "started", "steps_run", "steps_replayed"]].copy()
@@ -189,14 +188,14 @@ class RestorePanel:
     def restore_live(self) -> None:
         """Replace the live log with the chosen point (keeps a backup, reopens the store)."""
         txid = self.points.value
-        path = replication.restore(self.url.value, txid=txid, log=self.log, progress=self._step)
+        path = restore.restore(self.url.value, txid=txid, log=self.log, progress=self._step)
         self._say(f"restored {path.name} to txid {txid}; the replaced file was kept as a .bak")
 
     def restore_copy(self) -> None:
         """Write the chosen point to ``<stem>.restored-<time>.db`` beside the live log."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         target = self.log.with_name(f"{self.log.stem}.restored-{stamp}.db")
-        path = replication.restore(
+        path = restore.restore(
             self.url.value, txid=self.points.value, to=target, log=self.log, progress=self._step
         )
         self.restored_copy = path
