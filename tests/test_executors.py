@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import durable_nb  # noqa: E402
+from durable_nb import DurableWarning  # noqa: E402
 from durable_nb.log.current_log import close_log  # noqa: E402
 
 from .conftest import ROOT, current_log  # noqa: E402
@@ -384,3 +385,15 @@ def test_pool_workers_never_write_the_log_and_run_the_code_they_were_sent(
 
         with durable_nb.workflow("versions"):
             assert versioned.map([1], executor=pool) == ["v2-1"]
+
+
+def test_a_submitted_call_nobody_waited_for_is_logged_before_the_run_ends(
+    log: Path, tmp_path: Path
+) -> None:
+    counter = str(tmp_path / "ran.txt")
+    with ThreadPoolExecutor(2) as pool, durable_nb.use_executor(pool):
+        warned = pytest.warns(DurableWarning, match="waited for 1 submitted calls")
+        with warned, durable_nb.workflow("forgot") as run:
+            work.submit(5, counter, sleep=0.5)  # its future is never waited for
+        assert rows(log, "completed") == ["5"]  # in the log when the workflow ended
+    assert "waited for 1 submitted calls" in run.remarks[0]

@@ -340,7 +340,8 @@ def submit_call(
 ) -> concurrent.futures.Future[Any]:
     """``Step.submit``: a future of the call's value. A completed call replays at once (the
     future is already done); else the call runs on the executor and its row is committed
-    when it arrives (wait for the future before the workflow ends)."""
+    when it arrives. A call nobody waited for is waited for when the workflow ends (logged
+    interrupted if Ctrl-C stops that wait), never lost."""
     if step.is_async:
         raise DurableError(f"step {step.name} is async: submit runs plain functions on workers")
     chosen = _chosen(executor)
@@ -354,6 +355,8 @@ def submit_call(
         out.set_result(value)
         return out
     submitter = _Submitter(chosen, step)
+    call.run.submitted[out] = call  # the run's end waits for it, if nobody else does
+    out.add_done_callback(lambda done: call.run.submitted.pop(done, None))
 
     def send(attempt: int) -> None:
         (remote,) = submitter.submit([(call, 0)], attempt)

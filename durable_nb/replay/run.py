@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import threading
 import time
@@ -78,6 +79,8 @@ class Run:
         self.failures: list[tuple[str, str]] = []  # (step, error) of calls that failed for good
         self.plan_stop: PlanStop | None = None  # the first step a plan would run
         self.first_row: int | None = None
+        self.submitted: dict[concurrent.futures.Future[Any], Call] = {}  # step.submit calls
+        # not finished yet
 
     async def async_store(self) -> AsyncStore:
         """The aiosqlite twin of the store, opened by the first async step that needs it."""
@@ -104,7 +107,9 @@ class Run:
         self.finish(exc)
 
     def finish(self, exc: BaseException | None) -> None:
-        """Record the run's end: completed, failed (Exception) or interrupted (otherwise)."""
+        """Record the run's end: completed, failed (Exception) or interrupted (otherwise),
+        once the calls submitted to an executor and not waited for have arrived."""
+        exc = self._await_submitted(exc)
         if self._watching:
             self._watching = False
             interrupts.unwatch()
@@ -131,6 +136,28 @@ class Run:
             environment=self.deps.environment(),
             first_row=self.first_row,
         )
+
+    def _await_submitted(self, exc: BaseException | None) -> BaseException | None:
+        """Wait for the ``step.submit`` calls nobody waited for, so that each is logged in
+        this run (said in its remarks); on Ctrl-C meanwhile, log those still out interrupted.
+        Returns the run's exception (a Ctrl-C here becomes it)."""
+        waiting = list(self.submitted.items())
+        if not waiting:
+            return exc
+        said = f"waited for {len(waiting)} submitted calls the workflow had not waited for"
+        self.remarks.append(said)
+        self.warn_once("submitted", f"workflow {self.workflow}: {said} (wait for them before "
+                                    "it ends: future.result())")  # fmt: skip
+        try:
+            concurrent.futures.wait([future for future, _ in waiting])
+        except KeyboardInterrupt as stop:
+            interrupt = KeyboardInterrupt()
+            for future, call in waiting:
+                if not future.done():
+                    future.cancel()
+                    self.record(call, call.row(1, time.time(), [], error=interrupt))
+            return exc or stop
+        return exc
 
     def _remark(self) -> None:
         for (package, then, now), names in self._versions.items():
