@@ -22,6 +22,7 @@ from .errors import (
 )
 from .log.current_log import get_store, open_log
 from .log.store import Store
+from .log.trust import trust
 from .replay.accept import accept
 from .replay.context import current_run
 from .replay.engine import Step, step
@@ -75,6 +76,7 @@ __all__ = [
     "steps",
     "stop_replication",
     "timeline",
+    "trust",
     "unload_ipython_extension",
     "use_executor",
     "workflow",

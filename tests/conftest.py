@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,11 @@ import durable_nb
 from durable_nb.log.current_log import close_log
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The user's signing key (``durable_nb.log.signing``) lives in a folder of the test session's
+# own, which every kernel and process the tests start inherits: never in ~/.config.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="durable-nb-tests-config-")
+os.environ.pop("DURABLE_NB_KEY", None)
 
 
 @contextmanager

@@ -132,7 +132,8 @@ def pull_copy(replica: Replica, target: Path, *, txid: int | None = None) -> Non
     try:
         temp.unlink(missing_ok=True)
         _restored(replica, temp, txid, one_thread=True)  # pulls run many side by side
-        connect(temp).close()  # an older schema is migrated here, in the copy
+        connect(temp, adopt=False).close()  # an older schema is migrated here, in the copy
+        # (its values, if unsigned, are left to trust: a pulled log is someone else's)
         for suffix in ("-wal", "-shm"):
             Path(f"{target}{suffix}").unlink(missing_ok=True)
         os.replace(temp, target)
@@ -175,6 +176,7 @@ def restore(
     try:
         say(f"restoring from {replica.url} (then PRAGMA integrity_check)")
         _restored(replica, temp, txid)
+        connect(temp, adopt=False).close()  # migrated, its unsigned values left to trust
         blobs = _referenced_blobs(temp)
         folder = blob_folder(target)
         missing = [d for d in sorted(blobs) if not (folder / d[:2] / d).exists()]

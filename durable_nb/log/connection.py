@@ -18,9 +18,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import DurableWarning, LogFileError, SchemaTooNewError, user_stacklevel
-from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SIGNED
+from .signing import CELL, sign, sign_blob
 
-__all__ = ["connect", "fail", "pragmas"]
+__all__ = ["connect", "fail", "pragmas", "sign_values"]
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,11 @@ def pragmas(*, readonly: bool = False) -> list[str]:
     return settings
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open (creating if needed) a log file, check it, set its pragmas and migrate it."""
+def connect(path: Path, *, readonly: bool = False, adopt: bool = True) -> sqlite3.Connection:
+    """Open (creating if needed) a log file, check it, set its pragmas and migrate it. A log
+    written before values were signed is the user's own when it is migrated here (``adopt``):
+    its values are signed with the user's key, and a warning says so once; a restored or
+    pulled copy is opened with ``adopt=False`` (``trust`` adopts it, on the user's word)."""
     if path.is_dir():
         raise _directory(path)
     _check_wal(path)
@@ -183,7 +187,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             else:
                 conn.execute(pragma)
         if not readonly:
-            _migrate(conn)
+            _migrate(conn, adopt=adopt, path=path)
         elif conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             conn = _migrated_copy(conn)
     except sqlite3.Error as exc:
@@ -294,13 +298,18 @@ def _say_if_slow(conn: sqlite3.Connection, version: int) -> None:
         )
 
 
-def _migrate(conn: sqlite3.Connection, *, quiet: bool = False) -> None:
+def _migrate(
+    conn: sqlite3.Connection, *, quiet: bool = False, adopt: bool = False,
+    path: Path | None = None,
+) -> None:  # fmt: skip
     """Apply the migrations this file lacks, in one write transaction that first reads the
     version again (two processes opening a new log at once must not both migrate it);
-    ``quiet``: no warning that it takes seconds (a copy in memory, not the user's file)."""
+    ``quiet``: no warning that it takes seconds (a copy in memory, not the user's file);
+    ``adopt``: sign the values of a log from before signatures (the user's own)."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
+    signed = 0
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version and version < SCHEMA_VERSION and not quiet:
@@ -311,7 +320,37 @@ def _migrate(conn: sqlite3.Connection, *, quiet: bool = False) -> None:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {number}")
             log.debug("migrated log to schema %d", number)
+        if version and version < SIGNED and adopt:
+            signed = sign_values(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    if signed:
+        warnings.warn(
+            f"durable_nb now signs stored values: the {signed} values of {path or 'this log'}, "
+            "written before, are signed with your key (your own log; a log from elsewhere is "
+            "adopted with durable_nb.trust(PATH))",
+            DurableWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def sign_values(conn: sqlite3.Connection) -> int:
+    """Sign every stored value of a log with the user's key (``trust``, and the upgrade of
+    the user's own log); how many. In the caller's transaction."""
+    rows = conn.execute(
+        "SELECT id, result_format, result, result_blob FROM steps "
+        "WHERE status IN ('completed', 'interrupted') AND result_format IS NOT NULL"
+    ).fetchall()
+    steps = [
+        (sign_blob(fmt, blob) if blob else sign(fmt, payload or b""), step_id)
+        for step_id, fmt, payload, blob in rows
+    ]
+    conn.executemany("UPDATE steps SET signature = ? WHERE id = ?", steps)
+    cells = [
+        (sign(CELL, variables), run_id)
+        for run_id, variables in conn.execute("SELECT run_id, variables FROM cells")
+    ]
+    conn.executemany("UPDATE cells SET signature = ? WHERE run_id = ?", cells)
+    return len(steps) + len(cells)

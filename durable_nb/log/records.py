@@ -51,6 +51,7 @@ class StoredStep:
     payload: bytes | None
     result_blob: str | None
     printed: bool  # it showed something (stdout, stderr or displays) to show again
+    signature: bytes | None = None  # the user's signature of its value (``signing``)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class CellRecord:
     outputs: bytes
     steps: str | None  # JSON: the step calls the run used (None: saved by an older version)
     modules: str | None = None  # JSON: what the user's modules it imports held at its end
+    signature: bytes | None = None  # the user's signature of ``variables`` (``signing``)
 
 
 class BlobsCollected(NamedTuple):
@@ -99,6 +101,7 @@ class CompletedRow(NamedTuple):
     result: bytes | bytearray
     params: str | None
     metrics: str | None
+    signature: bytes
 
 
 class StepRow(NamedTuple):
@@ -131,3 +134,4 @@ class StepRow(NamedTuple):
     output: str | None  # JSON events when it showed more than stdout (stderr, displays)
     params: str | None  # JSON: its arguments by parameter name (``log.documents``)
     metrics: str | None  # JSON: its result's fields (``log.documents``)
+    signature: bytes | None  # the user's signature of its value (``signing``)

@@ -220,6 +220,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cells ADD COLUMN modules TEXT;
     """,
+    # 10: signed values (``signing``): a keyed BLAKE2b of each stored result (its format and
+    # bytes, or its blob's digest) and of each saved cell state; nothing unsigned is unpickled.
+    """
+    ALTER TABLE steps ADD COLUMN signature BLOB;
+    ALTER TABLE cells ADD COLUMN signature BLOB;
+    """,
 ]
+
+SIGNED = 10
+"""The first schema with signed values: an older log of the user's own is signed on upgrade."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -312,7 +312,7 @@ class Store:
         columns = (
             "scope, name, args_digest, occurrence, id, run_id, code_digest, result_format, "
             "CASE WHEN length(result) <= :preload THEN result END, result_blob, "
-            "stdout IS NOT NULL OR output IS NOT NULL"
+            "stdout IS NOT NULL OR output IS NOT NULL, signature"
         )
         rows = self.conn.execute(
             workflow_rows(columns, "AND status = 'completed'"),
@@ -519,11 +519,11 @@ class Store:
 
     def step_value_ref(
         self, workflow: str, step: str, occurrence: int | None = None, args: str | None = None
-    ) -> tuple[str, bytes | None, str | None]:
-        """(format, inline bytes, blob digest) of the newest completed call of a step,
-        optionally the call with this occurrence and this argument text (``args_repr``)."""
+    ) -> tuple[str, bytes | None, str | None, bytes | None]:
+        """(format, inline bytes, blob digest, signature) of the newest completed call of a
+        step, optionally the call with this occurrence and argument text (``args_repr``)."""
         sql = (
-            "SELECT result_format, result, result_blob FROM steps WHERE workflow = ? "
+            "SELECT result_format, result, result_blob, signature FROM steps WHERE workflow = ? "
             "AND name = ? AND status = 'completed'"
         )
         params: tuple[Any, ...] = (workflow, step)
@@ -542,16 +542,16 @@ class Store:
 
     def save_cell(
         self, run_id: int, variables: bytes, outputs: bytes, blobs: list[str], steps: str,
-        modules: str = "{}",
+        modules: str = "{}", signature: bytes | None = None,
     ) -> None:  # fmt: skip
         """Keep what a completed cell changed and displayed, and the step calls it used,
         for a later cell skip; older snapshots of the same workflow, which no skip can use
         (skip restores the newest run's), are dropped, and ``collect_blobs`` frees theirs."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs, steps, modules) "
-                "VALUES (?,?,?,?,?,?)",
-                (run_id, variables, outputs, " ".join(blobs), steps, modules),
+                "INSERT OR REPLACE INTO cells (run_id, variables, outputs, blobs, steps, modules, "
+                "signature) VALUES (?,?,?,?,?,?,?)",
+                (run_id, variables, outputs, " ".join(blobs), steps, modules, signature),
             )
             conn.execute(
                 "DELETE FROM cells WHERE run_id < ? AND run_id IN (SELECT id FROM runs WHERE "
@@ -570,7 +570,8 @@ class Store:
     def cell(self, run_id: int) -> CellRecord | None:
         """What run ``run_id`` of a cell left, if it was saved."""
         row = self.conn.execute(
-            "SELECT run_id, variables, outputs, steps, modules FROM cells WHERE run_id = ?",
+            "SELECT run_id, variables, outputs, steps, modules, signature FROM cells "
+            "WHERE run_id = ?",
             (run_id,),
         ).fetchone()
         return CellRecord(*row) if row else None

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..log import serialization
 from ..log.records import CellRecord, RunRecord
+from ..log.signing import CELL, sign, valid
 from ..log.store import Store
 from ..replay.codeinfo import is_user_module, star_names
 from ..replay.dependencies import cell_inputs, module_state
@@ -441,6 +442,11 @@ def _forget_modules(loaded: set[str]) -> None:
 
 def _restore(store: Store, skip: Skip, namespace: MutableMapping[str, Any]) -> list[str] | str:
     assert skip.run is not None and skip.cell is not None
+    if not valid(skip.cell.signature, CELL, skip.cell.variables):
+        return (
+            "the saved cell is not signed with your key (a log from elsewhere, or edited), so "
+            "it is not unpickled; durable_nb.trust(PATH) adopts a log you trust"
+        )
     state: dict[str, Any] = pickle.loads(skip.cell.variables)
     fmt, data = state["format"], state["values"]
     if fmt.startswith("blob:"):
@@ -556,7 +562,10 @@ def save_cell(
     used = json.dumps([[name, digest, refs] for (name, digest), refs in run.used.items()])
     payload = json.dumps(outputs, default=str).encode()
     modules = json.dumps(_module_states(inputs.modules))
-    run.store.save_cell(run.id, variables.payload, payload, variables.blobs, used, modules)
+    signature = sign(CELL, variables.payload)
+    run.store.save_cell(
+        run.id, variables.payload, payload, variables.blobs, used, modules, signature
+    )
     return None
 
 

@@ -27,6 +27,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..errors import DurableError
 from ..log import current_log
 from ..log.location import LogLocation, locate_log
+from ..log.trust import trust
 from ..replay import capture
 from ..replay.accept import accept
 from ..replay.capture import Stream, budget
@@ -42,7 +43,7 @@ _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _PARAMETERS = "# Parameters\n"  # first line of the cell papermill injects (-p NAME VALUE)
 _COMMANDS = [
     "info", "open", "forget", "accept", "gc", "log", "experiments", "timeline", "replicate",
-    "replication", "restore", "fleet",
+    "replication", "restore", "fleet", "trust",
 ]  # fmt: skip
 
 
@@ -481,15 +482,15 @@ class DurableMagics(Magics):
         "its parameters and results; timeline [NAME]: the steps over time; "
         "replicate [URL]: back the log up with Litestream; replication: its state; "
         "restore [URL]: the restore panel; fleet ROOT: pull the logs replicated under "
-        "ROOT and show their runs",
+        "ROOT and show their runs; trust [PATH]: sign a log from elsewhere with your key",
     )
     @argument("args", nargs="*", help="PATH, NAME or URL, as the command needs")
     @argument("--step", help="with forget or accept: only this step's records")
     @line_magic("durable")
     def durable_line(self, line: str) -> None:
         """The log: ``%durable info | open PATH | forget NAME | accept NAME | gc | log [NAME] |
-        timeline [NAME]``, its backup: ``replicate [URL] | replication | restore [URL]``, and
-        the logs of many: ``fleet ROOT``."""
+        timeline [NAME] | trust [PATH]``, its backup: ``replicate [URL] | replication |
+        restore [URL]``, and the logs of many: ``fleet ROOT``."""
         opts = parse_argstring(self.durable_line, line)
         opts.args = [_unquote(arg) for arg in opts.args]
         handler = getattr(self, f"_{opts.command}")
@@ -597,6 +598,12 @@ class DurableMagics(Magics):
             print(f"log: {store.path} ({n} workflow{'' if n == 1 else 's'})")
         else:  # a typo in PATH would otherwise look like a history gone
             print(f"log: {store.path} (new: there was no log at this path; it is empty)")
+
+    def _trust(self, opts: argparse.Namespace) -> None:
+        if len(opts.args) > 1:
+            raise UsageError("usage: %durable trust [PATH]")
+        count = trust(opts.args[0] if opts.args else None)
+        print(f"{count} stored values signed with your key: they replay and restore here")
 
     def _forget(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:

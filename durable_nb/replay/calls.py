@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ..log import serialization
 from ..log.documents import metrics_document, result_documents
 from ..log.records import CompletedRow, StepKey, StepRow
-from ..log.serialization import args_repr
+from ..log.serialization import PICKLE, args_repr
+from ..log.signing import sign, sign_blob
 from .capture import Event, settle, stdout_of
 
 if TYPE_CHECKING:
@@ -108,18 +109,19 @@ class Call:
         if error is None and encoded is not None and encoded.inline and not printed and not reason:
             type_name, value_repr, metrics = result_documents(value)
             payload = encoded.segments[0]
+            signature = sign(PICKLE, payload)
             if encoded.size <= _COPIED:  # sqlite3 looks up an adapter for bytes, not bytearray
                 payload = bytearray(payload)
             return _new_row(CompletedRow, (
                 run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
                 attempt, started, time.time(), encoded.size, type_name, value_repr, shown,
-                payload, params, metrics,
+                payload, params, metrics, signature,
             ))  # fmt: skip
         events = settle(printed) if printed else []
         stdout = stdout_of(events) or None
         extra = any(e[0] != "stdout" for e in events)
         output = json.dumps(events, default=str) if extra else None
-        fmt = size = type_name = value_repr = payload = metrics = None
+        fmt = size = type_name = value_repr = payload = metrics = signature = None
         error_type = message = trace = None
         if error is not None:
             status = "failed" if isinstance(error, Exception) else "interrupted"
@@ -133,11 +135,12 @@ class Call:
             if encoded is not None:
                 fmt, size = encoded.format, encoded.size
                 payload = encoded.segments[0] if encoded.inline else None
+                signature = sign(fmt, payload) if payload is not None else sign_blob(fmt, blob)
         return StepRow(
             run.id, run.workflow, scope, name, digest, occurrence, self.digest.value, attempt,
             status, started, time.time(), fmt, blob, size, type_name, value_repr, shown,
             error_type, message, reason, stdout, payload, trace, output, params,  # type: ignore[arg-type]
-            metrics,
+            metrics, signature,
         )  # fmt: skip
 
     def document(self) -> str:

@@ -28,6 +28,7 @@ from ..errors import BlobError, PlanStop
 from ..log import serialization
 from ..log.records import StepKey, StoredStep
 from ..log.serialization import args_repr
+from ..log.signing import NotSigned
 from . import capture, interrupts
 from .calls import Call, encode
 from .capture import Capture, Event
@@ -198,7 +199,8 @@ class Step:
             try:
                 value = run.load(record)
             except Exception as exc:
-                why = str(exc) if isinstance(exc, BlobError) else f"stored value unreadable: {exc}"
+                known = isinstance(exc, (BlobError, NotSigned))
+                why = str(exc) if known else f"stored value unreadable: {exc}"
                 call.reason = why
                 run.warn_once(self.name, f"step {self.name}: {call.reason}")
             else:

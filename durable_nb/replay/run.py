@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DurableWarning, PlanStop, user_stacklevel
 from ..log import serialization
 from ..log.records import CompletedRow, StepRow, StoredStep
+from ..log.signing import NotSigned, valid
 from ..log.store import Store
 from . import interrupts
 from .codeinfo import package_version
@@ -185,15 +186,19 @@ class Run:
         return time.perf_counter() - self.started
 
     def load(self, record: StoredStep) -> Any:
-        """The stored value of a completed step (reads its blob and checks its digest)."""
-        if record.result_blob is not None:
-            return serialization.decode(
-                record.result_format, self.store.blobs.read(record.result_blob)
-            )
+        """The stored value of a completed step, unpickled only when it carries the user's
+        signature (``NotSigned`` otherwise); a blob's content digest is checked as it is read."""
+        fmt, blob = record.result_format, record.result_blob
+        if blob is not None:
+            if not valid(record.signature, fmt, blob=blob):
+                raise NotSigned()
+            return serialization.decode(fmt, self.store.blobs.read(blob))
         payload = record.payload
         if payload is None:
             payload = self.store.step_payload(record.id)
-        return serialization.decode(record.result_format, (payload,))
+        if not valid(record.signature, fmt, payload):
+            raise NotSigned()
+        return serialization.decode(fmt, (payload,))
 
     def explain(self, stale: StoredStep, call: Call) -> str:
         """Why ``call`` runs although the log has ``stale`` for its key."""

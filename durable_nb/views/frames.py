@@ -17,6 +17,7 @@ import pandas as pd
 from ..errors import LogFileError
 from ..log import serialization
 from ..log.records import RUN_STATUSES, STEP_STATUSES
+from ..log.signing import valid
 from ..log.store import Store
 from . import columnar
 from .reading import LogArg, check_status, opened, since_seconds, times
@@ -164,16 +165,21 @@ def result(
     args: str | None = None,
     log: LogArg = None,
 ) -> Any:
-    """Load one stored step result (this unpickles it: only for logs you trust).
+    """Load one stored step result (it unpickles it: only a value signed with your key).
 
     The newest completed call of ``step``; ``args`` picks the call whose arguments read so
     in ``steps()["args"]``, ``occurrence`` the n-th call with the same arguments in its run.
     """
     with opened(log) as store:
         try:
-            fmt, inline, blob = store.step_value_ref(workflow, step, occurrence, args)
+            fmt, inline, blob, signature = store.step_value_ref(workflow, step, occurrence, args)
         except LookupError as exc:
             raise LogFileError(f"{exc}; durable_nb.steps() lists what the log has") from None
+        if not valid(signature, fmt, inline, blob):
+            raise LogFileError(
+                f"the stored value of {step} is not signed with your key (a log from elsewhere, "
+                "or edited), so it is not unpickled; durable_nb.trust(PATH) adopts a log you trust"
+            )
         segments = store.blobs.read(blob) if blob else [inline]
         return serialization.decode(fmt, segments)
 

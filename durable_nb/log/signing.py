@@ -1,0 +1,97 @@
+"""Signatures of stored values: nothing written without the user's key is ever unpickled.
+
+Each stored value (a step's result, a cell's saved state) is signed when it is written: a
+keyed BLAKE2b of its serialization format and its bytes (for a blob file, of its content
+digest, which every read checks). Replay, ``result()`` and a cell's restore check the
+signature before unpickling; a value without a valid one is treated as not stored (the step
+or cell runs again, saying why). A replica in a shared bucket, a log sent by someone else or
+edited by hand is someone else's input: ``trust`` adopts it on the user's word.
+
+The key: ``DURABLE_NB_KEY`` (any text; a fleet shares it through the environment), else a
+file created user-only on first use, ``$XDG_CONFIG_HOME/durable_nb/key`` (by default
+``~/.config/durable_nb/key``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CELL", "KEY_ENV", "NotSigned", "key_path", "sign", "sign_blob", "valid"]
+
+KEY_ENV = "DURABLE_NB_KEY"
+CELL = "cell"  # the format a saved cell state is signed as
+_SIZE = 16  # bytes of signature: 128 bits
+
+_signers: dict[str | None, Any] = {}  # the key's source -> a keyed hasher to copy
+
+
+class NotSigned(Exception):
+    """A stored value without the user's signature: it is not unpickled."""
+
+    def __str__(self) -> str:
+        return (
+            "its stored value is not signed with your key (a log from elsewhere, or edited), "
+            "so it is not unpickled: it runs again; durable_nb.trust(PATH) adopts a log you "
+            "trust"
+        )
+
+
+def key_path() -> Path:
+    """Where the user's key file is (created on first use when ``DURABLE_NB_KEY`` is unset)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config) / "durable_nb" / "key"
+
+
+def _key() -> bytes:
+    text = os.environ.get(KEY_ENV)
+    if text:
+        return hashlib.blake2b(text.encode(), digest_size=32, person=b"durable_nb key").digest()
+    path = key_path()
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # user-only from the start; two processes at once: whoever comes second reads it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _signer() -> Any:
+    source = os.environ.get(KEY_ENV) or None
+    signer = _signers.get(source)
+    if signer is None:
+        signer = _signers[source] = hashlib.blake2b(key=_key(), digest_size=_SIZE)
+    return signer
+
+
+def sign(fmt: str, data: bytes | bytearray | memoryview) -> bytes:
+    """The signature of a value serialized as ``fmt`` into ``data``."""
+    h = _signer().copy()
+    h.update(fmt.encode())
+    h.update(b"\0")
+    h.update(data)
+    return h.digest()
+
+
+def sign_blob(fmt: str, digest: str) -> bytes:
+    """The signature of a value kept in the blob file with content digest ``digest``."""
+    return sign("blob:" + fmt, digest.encode())
+
+
+def valid(signature: bytes | None, fmt: str, data: bytes | memoryview | None = None,
+          blob: str | None = None) -> bool:  # fmt: skip
+    """Whether ``signature`` is the user's for this value (inline ``data``, or ``blob``)."""
+    if not signature:
+        return False
+    expected = sign_blob(fmt, blob) if blob is not None else sign(fmt, data or b"")
+    return hmac.compare_digest(bytes(signature), expected)
