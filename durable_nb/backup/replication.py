@@ -267,11 +267,21 @@ class Replicator:
         return " and ".join(lacks) + (f" (last error: {error})" if error else "")
 
     def wait_synced(self, timeout: float = 10) -> bool:
-        """Wait until the replica holds the log's newest change; True if it does."""
+        """Wait until the replica holds the log's newest change; True if it does.
+
+        Litestream stamps a copy after reading what it copies, so a commit made in between
+        can look replicated by time alone: the newest replicated point must also stay the
+        same for two sync intervals (a missed commit makes a newer one in that time)."""
         deadline = time.monotonic() + timeout
+        settle = min(3.0, max(0.3, 2 * _seconds(self.sync_interval)))
+        seen: tuple[int | None, float] | None = None  # (newest txid, since when) once caught up
         while time.monotonic() < deadline:
             status = self.status()
-            if status.lag_seconds is not None and status.lag_seconds <= 0:
+            if status.lag_seconds is None or status.lag_seconds > 0:
+                seen = None
+            elif seen is None or seen[0] != status.replicated_txid:
+                seen = (status.replicated_txid, time.monotonic())
+            elif time.monotonic() - seen[1] >= settle:
                 return True
             time.sleep(0.1)
         return False
@@ -320,6 +330,17 @@ class Replicator:
             self.state.value, self.url, self.process.pid if running and self.process else None,
             txid, at, lag, error, pending,
         )  # fmt: skip
+
+
+def _seconds(interval: str) -> float:
+    """Litestream's interval text (``100ms``, ``1s``, ``2m``) in seconds."""
+    for unit, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if interval.endswith(unit):
+            try:
+                return float(interval[: -len(unit)]) * factor
+            except ValueError:
+                break
+    return 1.0
 
 
 def lag_seconds(local: float, replicated: datetime) -> float:
