@@ -21,13 +21,12 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CELL", "KEY_ENV", "NotSigned", "key_path", "sign", "sign_blob", "valid"]
+__all__ = ["CELL", "KEY_ENV", "NotSigned", "forget_key", "key_path", "sign", "sign_blob", "valid"]
 
 KEY_ENV = "DURABLE_NB_KEY"
 CELL = "cell"  # the format a saved cell state is signed as
 _SIZE = 16  # bytes of signature: 128 bits
 
-_signers: dict[str | None, Any] = {}  # the key's source -> a keyed hasher to copy
 
 
 class NotSigned(Exception):
@@ -66,21 +65,30 @@ def _key() -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def _signer() -> Any:
-    source = os.environ.get(KEY_ENV) or None
-    signer = _signers.get(source)
-    if signer is None:
-        signer = _signers[source] = hashlib.blake2b(key=_key(), digest_size=_SIZE)
-    return signer
+_prefixed: dict[str, Any] = {}  # format -> a keyed hasher that has read it: copied per value
+
+
+def _hasher(fmt: str) -> Any:
+    """A keyed hasher that has read ``fmt``, to copy (the key is read once per process:
+    ``DURABLE_NB_KEY`` looked up at each value would cost more than the signature)."""
+    hasher = _prefixed.get(fmt)
+    if hasher is None:
+        hasher = hashlib.blake2b(key=_key(), digest_size=_SIZE)
+        hasher.update(fmt.encode() + b"\0")
+        _prefixed[fmt] = hasher
+    return hasher
 
 
 def sign(fmt: str, data: bytes | bytearray | memoryview) -> bytes:
     """The signature of a value serialized as ``fmt`` into ``data``."""
-    h = _signer().copy()
-    h.update(fmt.encode())
-    h.update(b"\0")
+    h = _hasher(fmt).copy()
     h.update(data)
     return h.digest()
+
+
+def forget_key() -> None:
+    """Read the key again at the next signature (after ``DURABLE_NB_KEY`` changed)."""
+    _prefixed.clear()
 
 
 def sign_blob(fmt: str, digest: str) -> bytes:
@@ -94,4 +102,4 @@ def valid(signature: bytes | None, fmt: str, data: bytes | memoryview | None = N
     if not signature:
         return False
     expected = sign_blob(fmt, blob) if blob is not None else sign(fmt, data or b"")
-    return hmac.compare_digest(bytes(signature), expected)
+    return hmac.compare_digest(signature, expected)
