@@ -28,7 +28,6 @@ CELL = "cell"  # the format a saved cell state is signed as
 _SIZE = 16  # bytes of signature: 128 bits
 
 
-
 class NotSigned(Exception):
     """A stored value without the user's signature: it is not unpickled."""
 
