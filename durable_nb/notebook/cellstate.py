@@ -59,6 +59,7 @@ from ..replay.dependencies import cell_inputs, module_state
 from ..replay.digests import digest_value
 from ..replay.reasons import explain
 from ..replay.walk import RunDependencies
+from ..replay.walk import immutable as _immutable
 from .cells import MARKER, RUNNER, CellReads
 
 if TYPE_CHECKING:
@@ -170,11 +171,10 @@ def changes(
     handled = set()  # values bound in the namespace, whose change is saved here
     for name, digest in inputs.values().items():
         obj = before.get(name, _UNSET)
-        if obj is not _UNSET and namespace.get(name, _UNSET) is obj:
-            handled.add(id(obj))
-        if obj is _UNSET or namespace.get(name, _UNSET) is not obj or _is_code(obj):
+        if obj is _UNSET or namespace.get(name, _UNSET) is not obj:
             continue
-        if isinstance(obj, types.ModuleType) or _immutable(obj):
+        handled.add(id(obj))
+        if _is_code(obj) or isinstance(obj, types.ModuleType) or _immutable(obj):
             continue  # (a module's attributes are the walk's: ``changed`` below)
         try:
             now = digest_value(obj).digest
@@ -320,7 +320,8 @@ def _shared(
     place that cannot be changed in place again (so its other holders would keep the old
     one). None when there is nothing such."""
     saved = set(values) | set(change.names)
-    in_place = {id(values[n]) for n in change.inplace if _restorable(values[n])}
+    restorable = {n for n in change.inplace if _restorable(values[n])}
+    in_place = {id(values[n]) for n in restorable}
     for name, value in namespace.items():
         if name in saved or _ignored(name) or _immutable(value) or _is_code(value):
             continue
@@ -331,8 +332,8 @@ def _shared(
                 f"what it changed ({', '.join(sorted(values))}) holds the object {name} holds, "
                 "which a skip would restore as a copy"
             )
-    for name in change.inplace:
-        if not _restorable(values[name]) and _held_elsewhere(namespace, values[name], held, shells):
+    for name in set(change.inplace) - restorable:
+        if _held_elsewhere(namespace, values[name], held, shells):
             kind = type(values[name]).__qualname__
             return f"{name} (a {kind}) is held elsewhere too and cannot be changed in place again"
     for name in change.names:
@@ -385,16 +386,6 @@ def _the_shells(referrer: Any) -> bool:
 
 _REFS = 5  # references to a value held only by one name of the namespace, as counted in
 # ``_held_elsewhere`` (the namespace, the values being saved, the callers' names, the argument)
-
-
-def _immutable(value: Any) -> bool:
-    """Values no one can change in place (so sharing them does not matter)."""
-    return type(value) in _ATOMIC or (
-        type(value) in (tuple, frozenset) and all(_immutable(v) for v in value)
-    )
-
-
-_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, range, type(...)})
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ __all__ = [
     "RunTimeNames",
     "Walk",
     "code_label",
+    "immutable",
     "public_names",
     "shown_value",
 ]
@@ -151,12 +152,16 @@ class RunDependencies:
 _MISSING = object()
 
 
-def _immutable(obj: Any) -> bool:
-    """A primitive, or a tuple or frozenset of primitives (and tuples of them)."""
+_ATOMIC = frozenset({*PRIMITIVES, range, type(...)})
+
+
+def immutable(obj: Any) -> bool:
+    """A value no one can change in place: a primitive (a range, ``...``), or a tuple or
+    frozenset of such values."""
     t = type(obj)
-    if t in PRIMITIVES:
+    if t in _ATOMIC:
         return True
-    return (t is tuple or t is frozenset) and all(_immutable(v) for v in obj)
+    return (t is tuple or t is frozenset) and all(immutable(v) for v in obj)
 
 
 _CODE = (types.ModuleType, types.FunctionType, types.MethodType)
@@ -227,7 +232,6 @@ class Walk:
         what the cell changed in place in modules, classes, functions and the values only
         they hold)."""
         owners = self.owners or {}
-        bound = handled
         found: list[str] = []
         for fn, code, defaults, kwdefaults in self.functions:
             if (fn.__code__, fn.__defaults__, fn.__kwdefaults__) != (code, defaults, kwdefaults):
@@ -255,7 +259,7 @@ class Walk:
                 if not (isinstance(key, str) and key.startswith("__")):  # (__slotnames__,
                     found.append(f"{owner}.{key}")  # which pickling adds to a class)
         for obj, fingerprint, big in self.rehash:
-            if id(obj) not in bound and fingerprint_of(obj, big=big) != fingerprint:
+            if id(obj) not in handled and fingerprint_of(obj, big=big) != fingerprint:
                 found.append(owners.get(id(obj), type(obj).__qualname__))
         return list(dict.fromkeys(found))
 
@@ -613,7 +617,7 @@ class Walk:
                 fingerprint = fingerprint_of(obj, big=True)
                 big[id(obj)] = (obj, digest, fingerprint, code)
                 self.rehash.append((obj, fingerprint, True))
-            elif not _immutable(obj):
+            elif not immutable(obj):
                 self.rehash.append((obj, fingerprint_of(obj), False))  # may change in place
             if self.owners is not None:
                 self.owners.setdefault(id(obj), label.partition(" ")[2])
