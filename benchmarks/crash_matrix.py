@@ -11,8 +11,16 @@ commits and inside blob writes. Counted over all kills:
 - mismatches: final results differing from an uninterrupted run (must be 0)
 - orphan blobs: blob files no row points to (written, then killed before the row committed)
   and how many ``Store.collect_blobs`` removes once the process is gone (left: must be 0)
+- lost commits: steps committed before a kill and missing after it (must be 0)
 
-Usage: python benchmarks/crash_matrix.py [-n 100] [--seed 1] [--json]
+With ``--s3`` every attempt replicates its log to moto's S3 server on 127.0.0.1, which goes
+down and comes back (for 0.5-3 s) at random moments in most attempts, kills included. After
+each cycle the replica is restored into a fresh folder and the workflow run there:
+
+- replica lost commits: completed steps of the local log the restored copy lacks (must be 0)
+- replica reruns: steps the restored copy ran again instead of replaying (must be 0)
+
+Usage: python benchmarks/crash_matrix.py [-n 100] [--seed 1] [--s3] [--json]
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from durable_nb.log.sql import referenced_blobs
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 200
+RESTORED = 1_000_000  # the attempt number of the run on a restored replica
 
 WORKER = r"""
 import hashlib, os, sys
@@ -43,6 +52,11 @@ from durable_nb import step, workflow
 
 folder = sys.argv[1]
 os.environ["ATTEMPT"] = sys.argv[2]
+replica = sys.argv[3] if len(sys.argv) > 3 else None
+log = durable_nb.open_log(f"{folder}/.durable/matrix.db")
+if replica:
+    durable_nb.replicate(replica)  # checks the replica: the endpoint is up at the start
+    open(f"{folder}/replicating", "w").close()
 
 @step
 def work(i):
@@ -55,19 +69,79 @@ def work(i):
         return bytes([i % 256]) * (1_100_000 + i)   # a blob file
     return {"i": i, "total": total}
 
-with workflow("matrix", store=durable_nb.Store(f"{folder}/.durable/matrix.db")) as run:
+with workflow("matrix") as run:
     results = [work(i) for i in range(STEPS)]
+if replica:
+    durable_nb.stop_replication()  # returns once the replica holds everything
 print("replayed", run.steps_replayed)
 print("digest", hashlib.sha256(repr(results).encode()).hexdigest())
 """.replace("STEPS", str(STEPS))
 
 
-def start(folder: Path, attempt: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(folder), str(attempt)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+class Endpoint:
+    """moto's S3 server on 127.0.0.1 that can go down and come back on the same port (it
+    keeps its buckets in this process meanwhile)."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+
+        self._server_class = ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, self.port = self.server.get_host_and_port()
+        self.url = f"http://{host}:{self.port}"
+        self.up = True
+        self.outages = 0
+        self.env = {"AWS_ACCESS_KEY_ID": "matrix", "AWS_SECRET_ACCESS_KEY": "matrix",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                    "AWS_ENDPOINT_URL_S3": self.url}  # fmt: skip
+        os.environ.update(self.env)  # for the restores of this process
+        os.environ.pop("AWS_CA_BUNDLE", None)
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                     aws_access_key_id="matrix", aws_secret_access_key="matrix",
+                     ).create_bucket(Bucket="matrix")  # fmt: skip
+
+    def down(self) -> None:
+        if self.up:
+            self.server.stop()
+            self.up, self.outages = False, self.outages + 1
+
+    def back(self) -> None:
+        if not self.up:
+            self.server = self._server_class(ip_address="127.0.0.1", port=self.port,
+                                             verbose=False)  # fmt: skip
+            self.server.start()
+            self.up = True
+
+    def close(self) -> None:
+        if self.up:
+            self.server.stop()
+
+
+def start(
+    folder: Path, attempt: int, replica: str | None = None, endpoint: Endpoint | None = None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(endpoint.env if endpoint else {})}
+    env.pop("AWS_CA_BUNDLE", None)
+    # stderr goes to a file: a pipe nobody reads during an outage's warnings would fill up
+    with open(folder / "stderr.txt", "a") as errors:
+        return subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(folder), str(attempt),
+             *([replica] if replica else [])],
+            env=env, stdout=subprocess.PIPE, stderr=errors, text=True,
+        )  # fmt: skip
+
+
+def failure(folder: Path) -> str:
+    """The end of what the workers of a folder wrote to stderr."""
+    path = folder / "stderr.txt"
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
 def committed(log: Path) -> set[int]:
@@ -135,66 +209,120 @@ def tally_orphans(figures: dict[str, float], folder: Path) -> None:
     figures["orphans_after_gc"] += orphans(folder)
 
 
-def run_matrix(n: int, seed: int) -> dict[str, float]:
+FIGURES = ("kills", "in_blob_write", "cycles", "restarts", "resumed", "double_executions",
+           "integrity_failures", "mismatches", "orphan_blobs", "gc_removed", "orphans_after_gc",
+           "lost_commits", "outages", "kills_during_outage", "replica_lost_commits",
+           "replica_lacking_blobs", "replica_reruns", "replica_mismatches")  # fmt: skip
+
+
+def run_matrix(n: int, seed: int, s3: bool = False) -> dict[str, float]:
     rng = random.Random(seed)
     base = Path(tempfile.mkdtemp(prefix="dnb-matrix-"))
+    endpoint = Endpoint() if s3 else None
     try:
         reference = base / "reference"
         (reference / ".durable").mkdir(parents=True)
         t0 = time.perf_counter()
-        out, _ = start(reference, 0).communicate(timeout=300)
+        url = "s3://matrix/reference" if endpoint else None
+        out, _ = start(reference, 0, url, endpoint).communicate(timeout=300)
         duration = time.perf_counter() - t0
+        if not out:
+            raise RuntimeError(f"the uninterrupted run failed:\n{failure(reference)}")
         expected = out.strip().splitlines()[-1]
 
-        figures = dict.fromkeys(
-            ("kills", "in_blob_write", "cycles", "restarts", "resumed", "double_executions",
-             "integrity_failures", "mismatches", "orphan_blobs", "gc_removed",
-             "orphans_after_gc"), 0,
-        )  # fmt: skip
+        figures: dict[str, float] = dict.fromkeys(FIGURES, 0)
         cycle, attempt = 0, 0
         folder = base / f"cycle{cycle}"
         (folder / ".durable").mkdir(parents=True)
         snapshot: dict[int, set[int]] = {}  # attempt -> steps committed before it started
-        while figures["kills"] < n:
+        finishing = False
+        while True:
+            finishing = figures["kills"] >= n  # the last attempt of the last cycle: no kill
             attempt += 1
-            snapshot[attempt] = committed(folder / ".durable" / "matrix.db")
+            log = folder / ".durable" / "matrix.db"
+            snapshot[attempt] = committed(log)
             partial_before = partial_blobs(folder)
-            proc = start(folder, attempt)
-            time.sleep(rng.uniform(0.05, duration))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                figures["kills"] += 1
-                figures["in_blob_write"] += bool(partial_blobs(folder) - partial_before)
-                if integrity(folder / ".durable" / "matrix.db") != "ok":
-                    figures["integrity_failures"] += 1
+            replica = f"s3://matrix/cycle{cycle}" if endpoint else None
+            proc = start(folder, attempt, replica, endpoint)
+            killed = False
+            began = time.perf_counter()
+            kill_at = None if finishing else began + rng.uniform(0.05, duration)
+            # most attempts see the endpoint go and come back once replication has started
+            outage = (rng.uniform(0.0, duration), rng.uniform(0.5, 3.0))
+            if endpoint is None or rng.random() >= 0.7:
+                outage = None
+            down_at = None
+            while proc.poll() is None:
+                now = time.perf_counter()
+                if outage and down_at is None and (folder / "replicating").exists():
+                    down_at = now + outage[0]
+                if endpoint and down_at is not None and now >= down_at:
+                    if now < down_at + outage[1]:  # type: ignore[index]
+                        endpoint.down()
+                    else:
+                        endpoint.back()
+                if kill_at is not None and now >= kill_at:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    killed = True
+                    figures["kills"] += 1
+                    figures["kills_during_outage"] += bool(endpoint and not endpoint.up)
+                    figures["in_blob_write"] += bool(partial_blobs(folder) - partial_before)
+                    if integrity(log) != "ok":
+                        figures["integrity_failures"] += 1
+                    figures["lost_commits"] += len(snapshot[attempt] - committed(log))
+                    break
+                time.sleep(0.01)
+            (folder / "replicating").unlink(missing_ok=True)
+            if endpoint:
+                endpoint.back()
+            if killed:
                 continue
-            out, err = proc.communicate()
+            out, _ = proc.communicate(timeout=300)
             if proc.returncode != 0:
-                raise RuntimeError(f"attempt {attempt} of the workflow failed:\n{err[-3000:]}")
+                raise RuntimeError(f"attempt {attempt} of the workflow failed:\n{failure(folder)}")
+            figures["lost_commits"] += len(snapshot[attempt] - committed(log))
             figures["mismatches"] += out.strip().splitlines()[-1] != expected if out else 1
             tally_orphans(figures, folder)
             figures = _score(figures, folder, snapshot)
+            if replica:
+                _score_replica(figures, folder, replica, expected)
             figures["cycles"] += 1
+            if finishing:
+                break
             cycle += 1
             folder = base / f"cycle{cycle}"
             (folder / ".durable").mkdir(parents=True)
             snapshot = {}
-        # finish the last cycle without killing
-        attempt += 1
-        snapshot[attempt] = committed(folder / ".durable" / "matrix.db")
-        last = start(folder, attempt)
-        out, err = last.communicate(timeout=300)
-        if last.returncode != 0:
-            raise RuntimeError(f"the last attempt of the workflow failed:\n{err[-3000:]}")
-        figures["mismatches"] += out.strip().splitlines()[-1] != expected
-        tally_orphans(figures, folder)
-        figures = _score(figures, folder, snapshot)
-        figures["cycles"] += 1
         figures["seconds_uninterrupted"] = round(duration, 2)
+        if endpoint:
+            figures["outages"] = endpoint.outages
         return figures
     finally:
+        if endpoint:
+            endpoint.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _score_replica(figures: dict[str, float], folder: Path, replica: str, expected: str) -> None:
+    """Put the cycle's local log aside, restore its replica in its place and run the
+    workflow there (in the same folder: the folder's name is a global the step reads)."""
+    import warnings
+
+    local = folder / ".durable-local"
+    (folder / ".durable").rename(local)
+    (folder / ".durable").mkdir()
+    with warnings.catch_warnings(record=True) as said:  # "N blob files ... not on the replica"
+        warnings.simplefilter("always")
+        durable_nb.restore(replica, to=folder / ".durable" / "matrix.db")
+    figures["replica_lacking_blobs"] += sum("not on the replica" in str(w.message) for w in said)
+    lacking = committed(local / "matrix.db") - committed(folder / ".durable" / "matrix.db")
+    figures["replica_lost_commits"] += len(lacking)
+    out, _ = start(folder, RESTORED).communicate(timeout=300)
+    if not out:
+        raise RuntimeError(f"the workflow on the restored replica failed:\n{failure(folder)}")
+    figures["replica_mismatches"] += out.strip().splitlines()[-1] != expected
+    figures["replica_reruns"] += sum(1 for a, _ in executions(folder) if a == RESTORED)
 
 
 def _score(
@@ -218,9 +346,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100, help="number of SIGKILLs")
     parser.add_argument("--seed", type=int, default=1)
+    outage = "replicate to moto's S3 server, which goes down and comes back"
+    parser.add_argument("--s3", action="store_true", help=outage)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    figures = run_matrix(args.n, args.seed)
+    figures = run_matrix(args.n, args.seed, args.s3)
     if args.json:
         print(json.dumps(figures))
         return
@@ -232,10 +362,18 @@ def main() -> None:
     print(f"  resumed restarts:            {figures['resumed']}/{figures['restarts']} "
           f"({100 * figures['resumed'] / restarts:.0f} %)")  # fmt: skip
     print(f"  completed steps run twice:   {figures['double_executions']}   (must be 0)")
+    print(f"  commits lost by a kill:      {figures['lost_commits']}   (must be 0)")
     print(f"  integrity_check failures:    {figures['integrity_failures']}   (must be 0)")
     print(f"  final results mismatching:   {figures['mismatches']}   (must be 0)")
     print(f"  orphan blob files left:      {figures['orphan_blobs']}; removed by collect_blobs: "
           f"{figures['gc_removed']}, left after it: {figures['orphans_after_gc']}")  # fmt: skip
+    if args.s3:
+        print(f"  S3 outages (0.5-3 s):        {figures['outages']}; kills during one: "
+              f"{figures['kills_during_outage']}")  # fmt: skip
+        print(f"  replica: commits lost {figures['replica_lost_commits']}, restores lacking "
+              f"blobs {figures['replica_lacking_blobs']}, steps rerun {figures['replica_reruns']}"
+              f", results mismatching {figures['replica_mismatches']}"
+              "   (all must be 0)")  # fmt: skip
 
 
 if __name__ == "__main__":
