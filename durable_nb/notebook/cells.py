@@ -22,7 +22,7 @@ import symtable
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from ..replay.codeinfo import module_info
+from ..replay.codeinfo import module_info, parse
 
 __all__ = ["MARKER", "RUNNER", "CellReads", "cell_reads", "rewrite"]
 
@@ -75,7 +75,7 @@ def _constant(node: ast.expr | None) -> str | None:
 
 def _parsed(source: str) -> ast.Module | None:
     try:
-        return ast.parse(source)
+        return parse(source)
     except SyntaxError:
         return None
 

@@ -23,6 +23,7 @@ import os
 import sys
 import sysconfig
 import textwrap
+import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
@@ -42,6 +43,7 @@ __all__ = [
     "module_source",
     "named_in_strings",
     "package_version",
+    "parse",
     "star_names",
     "tree_digest",
 ]
@@ -194,7 +196,7 @@ def self_state(code: types.CodeType) -> frozenset[str]:
     if hit is not None and hit[0] is code:
         return hit[1]
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(code)))
+        tree = parse(textwrap.dedent(inspect.getsource(code)))
         found = frozenset(_own_state(tree, code.co_varnames[0]))
     except (OSError, TypeError, SyntaxError, IndentationError, ValueError, IndexError):
         found = frozenset()
@@ -285,14 +287,25 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     digest = None
     try:
         source = textwrap.dedent(inspect.getsource(code))
-        tree = ast.parse(source)
+        tree = parse(source)
         if not os.path.isfile(code.co_filename) or _compiled_matches(code):
-            digest = tree_digest(ast.parse(source))
+            digest = tree_digest(parse(source))
     except (OSError, TypeError, SyntaxError, IndentationError, ValueError):
         tree = None
     if digest is None:  # no source, or the file on disk is not what runs
         digest = "b" + _hex(_bytecode(code))[1:]
     return _reads(code, tree, digest, code.co_name)
+
+
+_AST_LOCK = threading.Lock()
+
+
+def parse(source: str | bytes, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse``, one thread at a time: before 3.12, CPython keeps the AST converter's
+    recursion depth per interpreter, so steps first digested in several threads at once could
+    fail with ``SystemError: AST constructor recursion depth mismatch`` (and run again)."""
+    with _AST_LOCK:
+        return ast.parse(source, filename)
 
 
 def tree_digest(tree: ast.AST, *, decorators: bool = False) -> str:
@@ -308,8 +321,9 @@ def module_info(tree: ast.Module, filename: str) -> CodeInfo:
     analysis a step's function gets: compiled, its bytecode read for the names it loads,
     the attributes it uses, the modules it imports, the names passed on whole; its digest
     ignores comments and formatting. Raises SyntaxError as ``compile`` does."""
-    code = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
-                   dont_inherit=True)  # fmt: skip
+    with _AST_LOCK:
+        code = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                       dont_inherit=True)  # fmt: skip
     return _reads(code, tree, tree_digest(copy.deepcopy(tree), decorators=True), None)
 
 
@@ -500,7 +514,7 @@ def _file_imports(path: str) -> list[tuple[str, int, tuple[str, ...]]]:
 
     def imports(source: bytes) -> list[tuple[str, int, tuple[str, ...]]]:
         found: list[tuple[str, int, tuple[str, ...]]] = []
-        for node in ast.walk(ast.parse(source, path)):
+        for node in ast.walk(parse(source, path)):
             if isinstance(node, ast.Import):
                 found += [(alias.name, 0, ()) for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -555,7 +569,7 @@ def _top_names(source: bytes) -> frozenset[str] | None:
     public names its top level binds unconditionally (not in ``if``/``try``/loops, and not
     deleted); None when it cannot be told (a star import of its own)."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError:
         return None
     deleted: set[str] = set()
