@@ -246,9 +246,12 @@ def run_matrix(n: int, seed: int, s3: bool = False) -> dict[str, float]:
             proc = start(folder, attempt, replica, endpoint)
             killed = False
             began = time.perf_counter()
-            kill_at = None if finishing else began + rng.uniform(0.05, duration)
+            # (with a replica, a stop waits for it to hold everything: a longer window lets
+            # some attempts finish, so that there are cycles whose replica is checked)
+            window = 1.3 * duration if endpoint else duration
+            kill_at = None if finishing else began + rng.uniform(0.05, window)
             # most attempts see the endpoint go and come back once replication has started
-            outage = (rng.uniform(0.0, duration), rng.uniform(0.5, 3.0))
+            outage = (rng.uniform(0.0, duration / 2), rng.uniform(0.5, 3.0))
             if endpoint is None or rng.random() >= 0.7:
                 outage = None
             down_at = None
