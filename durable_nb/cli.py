@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,18 +15,42 @@ from .log.records import RUN_STATUSES
 __all__ = ["main"]
 
 
+class UsageError(Exception):
+    """A command given something it cannot use (exit status 2, as for a bad option)."""
+
+
 def _run(args: argparse.Namespace) -> int:
     from .notebook.runner import run_notebook
 
     if not args.notebook.endswith(".ipynb"):
-        raise SystemExit(f"durable-nb run: {args.notebook} is not a notebook (.ipynb)")
+        raise UsageError(f"{args.notebook} is not a notebook (.ipynb)")
     result = run_notebook(args.notebook, timeout=args.timeout, output=args.output)
+    log = f"log: {result.log}" if result.log else "log: none (no durable cell ran)"
     if result.error:
         print(f"durable-nb run: a cell failed: {result.error}", file=sys.stderr)
-        print(f"log: {result.log} (run again to resume)", file=sys.stderr)
+        print(f"{log} (run again to resume)" if result.log else log, file=sys.stderr)
         return 1
-    print(f"log: {result.log}")
+    print(log)
     return 0
+
+
+def _for_people(df: Any) -> Any:
+    """A table's cells as a person reads them: times to the second (UTC), durations in
+    seconds or milliseconds, ``-`` for nothing."""
+    import pandas as pd
+
+    shown = df.copy()
+    for name in shown.columns:
+        column = shown[name]
+        if pd.api.types.is_datetime64_any_dtype(column):
+            shown[name] = column.dt.strftime("%Y-%m-%d %H:%M:%SZ")
+        elif pd.api.types.is_timedelta64_dtype(column):
+            seconds = column.dt.total_seconds()
+            shown[name] = [
+                "-" if pd.isna(s) else f"{s:.2f} s" if s >= 1 else f"{1000 * s:.2f} ms"
+                for s in seconds
+            ]
+    return shown.astype(object).where(shown.notna(), "-")
 
 
 def _emit(df: Any, fmt: str) -> None:
@@ -37,7 +62,7 @@ def _emit(df: Any, fmt: str) -> None:
         import pandas as pd
 
         with pd.option_context("display.max_rows", None, "display.width", 200):
-            print(df.to_string(index=False) if len(df) else "(empty)")
+            print(_for_people(df).to_string(index=False) if len(df) else "(empty)")
 
 
 def _log(args: argparse.Namespace) -> int:
@@ -47,6 +72,7 @@ def _log(args: argparse.Namespace) -> int:
     if args.format == "table":
         df = df[["run", "workflow", "step", "args", "attempt", "status", "started", "duration",
                  "result_type", "result_repr", "error_message", "replayed"]]  # fmt: skip
+        df = df.rename(columns={"replayed": "times_replayed"})
     _emit(df, args.format)
     return 0
 
@@ -113,7 +139,13 @@ def _replicate(args: argparse.Namespace) -> int:
 def _restore_points(args: argparse.Namespace) -> int:
     from .backup import restore
 
-    _emit(restore.restore_points(args.url), args.format)
+    points = restore.restore_points(args.url)
+    if not len(points):
+        raise UsageError(
+            f"no restore points at {args.url}: nothing has been replicated there; check the "
+            "URL (durable-nb replicate PATH URL starts replicating a log)"
+        )
+    _emit(points, args.format)
     return 0
 
 
@@ -164,14 +196,20 @@ _URL_HELP = "file:///dir or s3://bucket/prefix"
 
 
 def _format_option(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    cmd.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table",
+        help="table (for people: times in UTC to the second; default), csv or json (every "
+        "column, full precision)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``durable-nb`` (every command has help)."""
     parser = argparse.ArgumentParser(
-        prog="durable-nb", description="Durable notebook experiments: run, inspect, back up."
-    )
+        prog="durable-nb", description="Durable notebook experiments: run, inspect, back up.",
+        epilog="Exit status: 0 done; 1 a notebook's cell failed (run); 2 a command could not "
+        "do what it was asked (a one-line message says why); 130 interrupted.",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run", help="execute a notebook in a real kernel, resuming from its log",
@@ -263,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except DurableError as exc:
+    except (DurableError, UsageError) as exc:
         print(f"durable-nb {args.command}: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
@@ -271,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # durable-nb log nb.ipynb | head: the reader has had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (Python flushes stdout at exit once more)
+        return 141  # as a command killed by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -322,10 +322,12 @@ def test_second_load_ext_and_unknown_notebook_path(kernel: Kernel) -> None:
 
 
 def test_opening_a_log_says_whether_it_is_new(kernel: Kernel) -> None:
-    first = kernel.execute("%durable open typo/other.db")
+    typo = kernel.execute("%durable open typo/other.db")  # a missing folder: no new history
+    assert "the folder" in typo.stderr and "typo does not exist" in typo.stderr
+    first = kernel.execute("%durable open other.db")
     assert "(new: there was no log at this path; it is empty)" in first.stdout
     kernel.execute("%%durable elsewhere\ny = 2\n")
-    again = kernel.execute("%durable open typo/other.db")
+    again = kernel.execute("%durable open other.db")
     assert again.stdout.strip().endswith("other.db (1 workflow)")
     back = kernel.execute("%durable open .durable/default.db")  # the module's kernel's own
     assert back.status == "ok" and back.stdout.strip().endswith("default.db (1 workflow)")

@@ -86,7 +86,7 @@ def test_sigkill_during_step_then_run_all_resumes_then_skips(tmp_path: Path) -> 
     assert executions(tmp_path) == {i: (2 if i == 6 else 1) for i in range(1, 11)}  # nothing ran
     skipped = cell_text(again.cells[2])
     assert "ten: skipped, unchanged since run 2; 2 variables restored" in skipped
-    assert "total 385\n" in skipped  # the cell's own output, shown again
+    assert "[replayed] total 385\n" in skipped  # the cell's own output, shown again, marked
     assert cell_text(again.cells[3]) == f"{EXPECTED} {sum(EXPECTED)}\n"
 
 

@@ -317,6 +317,7 @@ def test_the_api_finds_the_notebook_log_before_load_ext(tmp_path: Path) -> None:
 
 def test_open_a_quoted_path_with_spaces_in_a_kernel(tmp_path: Path) -> None:
     target = tmp_path / "with space" / "my log.db"
+    target.parent.mkdir()  # (%durable open creates no folder but .durable/)
     kernel = Kernel(tmp_path, kernel_env(tmp_path / "q.ipynb"))
     try:
         kernel.execute("%load_ext durable_nb")

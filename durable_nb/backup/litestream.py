@@ -65,8 +65,14 @@ def replica_url_for(url: str | None, log_path: Path) -> str:
     return url or default_replica_url(log_path)
 
 
-def log_path(log: str | os.PathLike[str] | None) -> Path:
-    return Path(log).absolute() if log is not None else current_log.get_store().path
+def log_path(log: str | os.PathLike[str] | None, *, open_log: bool = True) -> Path:
+    """The path of ``log``, or of the current log (opened, or created, unless ``open_log``
+    is False: a read of a replica leaves no log behind)."""
+    if log is not None:
+        return Path(log).absolute()
+    if open_log:
+        return current_log.get_store().path
+    return (current_log.current_store_path() or current_log.default_log_path()).absolute()
 
 
 def run_litestream(
@@ -91,12 +97,14 @@ def run_litestream(
     last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
     if "no matching backup files" in text or "no backup files" in text:
         raise ReplicationError(
-            "the replica has no backup yet; start replication first (%durable replicate)"
+            "the replica has no backup yet; start replication first (%durable replicate "
+            "in a notebook, durable-nb replicate PATH URL in a terminal)"
         )
     if "timestamp does not exist" in text or "no snapshot" in text:
         raise ReplicationError(
             "no restore point at or before that time (it is before the oldest kept "
-            "snapshot); durable_nb.restore_points() lists what can be restored"
+            "snapshot); restore_points() (durable-nb restore-points URL) lists what can be "
+            "restored"
         )
     raise ReplicationError(f"litestream {args[0]} failed: {last}")
 

@@ -223,9 +223,12 @@ class Replica:
             "s3", endpoint_url=self.endpoint, region_name=self.region or "us-east-1", config=config
         )
 
-    def check(self) -> None:
-        """Fail fast, in one line, if the replica cannot be used (before litestream hangs)."""
+    def check(self, *, create: bool = True) -> None:
+        """Fail fast, in one line, if the replica cannot be used (before litestream hangs);
+        ``create=False`` (to read it): a file replica's missing folder is left uncreated."""
         if self.scheme == "file":
+            if not create:
+                return
             try:
                 private_dirs(Path(self.path))
             except OSError as exc:
@@ -387,7 +390,8 @@ class _BotoErrors:
         if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
             message = (
                 f"no AWS credentials to {self.doing} {where}; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws) in the kernel's environment"
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws) where it runs (the "
+                "kernel's environment for a notebook, the shell's for durable-nb)"
             )
         elif isinstance(exc, bex.EndpointConnectionError | bex.ConnectTimeoutError):
             message = (

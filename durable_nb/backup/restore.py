@@ -8,6 +8,7 @@ file, checks it (``PRAGMA integrity_check``), fetches its blobs, then replaces t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -37,8 +38,10 @@ Progress = Callable[[str], None]
 
 
 def _replica_for(url: str | None, log: str | os.PathLike[str] | None) -> Replica:
-    replica = parse_url(replica_url_for(url, log_path(log)))  # where replicate() puts it
-    replica.check()
+    """The replica to read: ``url``, else where ``replicate()`` puts the log's (reading it
+    creates nothing: no current log, no replica folder)."""
+    replica = parse_url(replica_url_for(url, log_path(log, open_log=False)))
+    replica.check(create=False)
     return replica
 
 
@@ -161,19 +164,21 @@ def restore(
     say = progress or (lambda message: None)
     if timestamp is not None and txid is not None:
         raise ReplicationError("give timestamp or txid, not both")
-    live = log_path(log)
+    live = log_path(log, open_log=to is None)  # a copy elsewhere opens no log
     target = Path(to).absolute() if to is not None else live
     if to is not None and target.exists():
         raise ReplicationError(
             f"the restore target {target} exists; choose another path or remove it first"
         )
     replica = _replica_for(url, log)
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     temp.unlink(missing_ok=True)
-    if timestamp is not None:
-        txid = _txid_at(replica, timestamp)
+    restored = False
     try:
+        if timestamp is not None:
+            txid = _txid_at(replica, timestamp)
         say(f"restoring from {replica.url} (then PRAGMA integrity_check)")
         _restored(replica, temp, txid)
         connect(temp, adopt=False).close()  # migrated, its unsigned values left to trust
@@ -197,14 +202,20 @@ def restore(
             )
         if to is not None:
             os.replace(temp, target)
+            restored = True
             say(f"restored a copy to {target}")
             return target
         say("replacing the live log")
         _replace_live(live, temp)
+        restored = True
     finally:
         temp.unlink(missing_ok=True)
         for suffix in ("-wal", "-shm"):
             Path(f"{temp}{suffix}").unlink(missing_ok=True)
+        if not restored:  # a failed restore leaves no folder behind
+            for folder in created:
+                with contextlib.suppress(OSError):  # (not empty: blobs fetched, kept)
+                    folder.rmdir()
     say(f"restored {live}")
     return live
 

@@ -102,10 +102,14 @@ def _check_header(path: Path) -> None:
 
 
 def _create(path: Path) -> None:
-    """Create the log file and its folder, user-only (0600 / 0700). Other processes may be
-    creating the same ones at the same moment: whoever comes second uses them."""
+    """Create the log file and its folder, user-only (0600 / 0700; the folders above it as
+    ``mkdir -p`` would: a script's own layout). Other processes may be creating the same
+    ones at the same moment: whoever comes second uses them."""
     try:
         if not path.parent.is_dir():
+            in_the_way = no_folder(path, create=True)  # a file where a folder goes
+            if in_the_way is not None:
+                raise in_the_way
             path.parent.parent.mkdir(parents=True, exist_ok=True)  # the user's own folders
             path.parent.mkdir(mode=0o700, exist_ok=True)  # .durable/: user-only
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -116,6 +120,30 @@ def _create(path: Path) -> None:
     except OSError as exc:
         raise fail(path, exc, "create") from None
     os.close(fd)
+
+
+def no_folder(path: str | os.PathLike[str], *, create: bool = False) -> LogFileError | None:
+    """Why the log ``path`` has no folder to be created in, or None: a file in the way, or
+    (unless ``create``) a missing folder, other than a ``.durable/`` in a folder that
+    exists. ``%durable open`` asks it first: a typo in a path is not a new history."""
+    path = Path(path).expanduser().absolute()
+    if path.parent.is_dir():
+        return None
+    below, above = path.parent, path.parent.parent
+    while not above.exists() and above != above.parent:  # up to the nearest that exists
+        below, above = above, above.parent
+    if not above.is_dir() or (below.exists() and not below.is_dir()):
+        what = f"{above if not above.is_dir() else below} is a file, not a folder; pick"
+    elif (
+        create or below.exists() or (path.parent.name == ".durable" and above == path.parent.parent)
+    ):
+        return None  # (``below`` exists now: another process has just created it)
+    else:
+        what = f"the folder {below} does not exist; create it first, or pick"
+    return LogFileError(
+        f"cannot create the log {path}: {what} another path (%durable open PATH or DURABLE_NB_DB)",
+        path=str(path),
+    )
 
 
 def _directory(path: Path) -> LogFileError:

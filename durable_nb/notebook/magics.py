@@ -26,6 +26,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ..errors import DurableError
 from ..log import current_log
+from ..log.connection import no_folder
 from ..log.location import LogLocation, locate_log
 from ..log.trust import trust
 from ..replay import capture
@@ -189,10 +190,10 @@ class _Outputs:
         self.items.append(("result", data, metadata))
 
     def replay(self, items: list[tuple[str, Any, Any]]) -> None:
-        """Show stored outputs again, in order."""
+        """Show stored outputs again, in order, each line of text marked ``[replayed]``."""
         for kind, a, b in items:
             if kind == "stream":
-                (sys.stdout if a == "stdout" else sys.stderr).write(b)
+                (sys.stdout if a == "stdout" else sys.stderr).write(capture.marked(b))
             elif kind == "display":
                 self.shell.display_pub.publish(a, b)
             elif kind == "result":
@@ -591,6 +592,9 @@ class DurableMagics(Magics):
         if len(opts.args) != 1:
             raise UsageError("usage: %durable open PATH")
         existed = Path(opts.args[0]).expanduser().exists()
+        missing = None if existed else no_folder(opts.args[0])
+        if missing is not None:  # a typo in PATH is not a new history in a new folder
+            raise missing
         store = current_log.open_log(opts.args[0])
         self.ext.location = LogLocation(store.path, None, "%durable open")
         if existed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import signal
@@ -22,33 +23,80 @@ class NotebookRun:
     """How a headless run ended."""
 
     notebook: Path
-    log: Path
+    log: Path | None  # the log the kernel used last (None: no durable cell ran)
     cells_run: int
     error: str | None  # the failing cell's error, one line, or None
 
 
-def _text_outputs(cell: Any) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
-            parts.append(out.get("text", ""))
-        elif out.get("output_type") == "error":
-            parts.append(f"{out.get('ename')}: {out.get('evalue')}\n")
-        elif out.get("output_type") in ("execute_result", "display_data"):
-            text = out.get("data", {}).get("text/plain")
-            if text:
-                parts.append(text + "\n")
-    return "".join(parts)
+def _text_output(msg_type: str, content: Any) -> str:
+    """What a terminal shows of one output message of a cell."""
+    if msg_type == "stream":
+        return str(content.get("text", ""))
+    if msg_type == "error":
+        return f"{content.get('ename')}: {content.get('evalue')}\n"
+    if msg_type in ("execute_result", "display_data"):
+        text = content.get("data", {}).get("text/plain")
+        return f"{text}\n" if text else ""
+    return ""
 
 
-def _cell_id_client() -> type:
-    """A ``NotebookClient`` that tells the kernel each cell's id, as JupyterLab does (in
-    the execute request's metadata, ``cellId``), so an unnamed ``%%durable`` cell keeps its
-    name, and its history, when its code is edited between runs."""
+# Asked of the kernel once the notebook has run: the log its durable cells used, if any.
+_LOG_USED = (
+    "str(__import__('durable_nb.log.current_log', fromlist=['_']).current_store_path() or '')"
+    " if 'durable_nb' in __import__('sys').modules else ''"
+)
+
+
+def _client_class(echo: TextIO | None) -> type:
+    """A ``NotebookClient`` that echoes each output as it comes (papermill's
+    ``--log-output``: a killed cell has shown what its finished steps printed), asks the
+    kernel at the end which log it used, and tells the kernel each cell's id, as JupyterLab
+    does (in the execute request's metadata, ``cellId``), so an unnamed ``%%durable`` cell
+    keeps its name, and its history, when its code is edited between runs."""
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
-    class CellIdClient(NotebookClient):  # type: ignore[misc]
+    class DurableClient(NotebookClient):  # type: ignore[misc]
         cell_id: str | None = None
+        log_used: str | None = None  # "" when the kernel used no log; None when unknown
+
+        def process_message(self, msg: Any, cell: Any, cell_index: int) -> Any:
+            if echo is not None:
+                text = _text_output(msg["msg_type"], msg.get("content", {}))
+                tags = cell.get("metadata", {}).get("tags", [])
+                if msg["msg_type"] == "error" and "raises-exception" in tags:
+                    text = f"{text.rstrip()} (expected: the cell is tagged raises-exception)\n"
+                if text:
+                    echo.write(text)
+                    echo.flush()
+            return super().process_message(msg, cell, cell_index)
+
+        async def async_execute(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                done = await super().async_execute(*args, **kwargs)
+            except CellExecutionError:
+                self.log_used = await self._ask_log()
+                raise
+            self.log_used = await self._ask_log()
+            return done
+
+        async def _ask_log(self) -> str | None:
+            import asyncio
+
+            try:
+                if self.kc is None or not await self.km.is_alive():
+                    return None
+                reply = await asyncio.wait_for(
+                    self.kc.execute_interactive(
+                        "", silent=True, store_history=False,
+                        user_expressions={"log": _LOG_USED},
+                    ),
+                    timeout=15,
+                )  # fmt: skip
+                found = reply["content"]["user_expressions"]["log"]
+                return str(ast.literal_eval(found["data"]["text/plain"]))
+            except Exception:  # a kernel that cannot say: the location rule decides
+                return None
 
         async def async_execute_cell(self, cell: Any, *args: Any, **kwargs: Any) -> Any:
             self.cell_id = cell.get("id")
@@ -67,7 +115,7 @@ def _cell_id_client() -> type:
             kc.session.msg = msg
             return kc
 
-    return CellIdClient
+    return DurableClient
 
 
 def run_notebook(
@@ -83,8 +131,8 @@ def run_notebook(
     The kernel runs in the notebook's folder and is told the notebook's path
     (``DURABLE_NB_NOTEBOOK``), so the log is ``.durable/<stem>.db`` beside it and a second
     run after a crash resumes; each cell's id (nbformat 4.5) is passed as JupyterLab passes
-    it, so an unnamed durable cell is named after it. Text outputs are echoed as cells
-    finish; the executed notebook is written to ``output`` when given.
+    it, so an unnamed durable cell is named after it. Text outputs are echoed as they
+    come; the executed notebook is written to ``output`` when given.
     """
     import nbformat
     from jupyter_client.manager import AsyncKernelManager
@@ -110,15 +158,12 @@ def run_notebook(
     def on_cell_executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
         nonlocal count
         count += 1
-        if echo is not None:
-            echo.write(_text_outputs(cell))
-            echo.flush()
 
     # Unix sockets in a private folder instead of TCP ports other local users could reach.
     # The async manager: nbclient then notices a dead kernel (the sync one blocks on iopub).
     sockets = tempfile.mkdtemp(prefix="durable-nb-")
     km = AsyncKernelManager(kernel_name=kernel_name, transport="ipc", ip=f"{sockets}/kernel")
-    client = _cell_id_client()(
+    client = _client_class(echo)(
         nb,
         km=km,
         timeout=timeout,
@@ -133,7 +178,7 @@ def run_notebook(
     main = threading.current_thread() is threading.main_thread()  # signals: main thread only
     previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
-        client.execute(env=env)
+        run_sync(client.async_execute)(env=env)  # (``execute`` is bound to the base's)
     except CellExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else str(exc)
     except CellTimeoutError as exc:
@@ -148,7 +193,16 @@ def run_notebook(
         shutil.rmtree(sockets, ignore_errors=True)
         if output is not None:
             nbformat.write(nb, str(output))
-    return NotebookRun(path, locate_log({}, env).path, count, error)  # as the kernel found it
+    return NotebookRun(path, _log_used(client.log_used, env), count, error)
+
+
+def _log_used(answer: str | None, env: dict[str, str]) -> Path | None:
+    """The log the kernel said it used; when it could not say (it died), the one the
+    location rule gives, if it exists."""
+    if answer is not None:
+        return Path(answer) if answer else None
+    path = locate_log({}, env).path
+    return path if path.exists() else None
 
 
 def _unnamed_without_ids(nb: Any) -> bool:

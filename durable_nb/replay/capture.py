@@ -39,6 +39,7 @@ __all__ = [
     "budget",
     "clip",
     "forget_streams",
+    "marked",
     "record_display",
     "replay",
     "set_display",
@@ -512,6 +513,14 @@ def set_display(show: Callable[[dict[str, Any], dict[str, Any]], None] | None) -
 
 def _marked(text: str) -> str:
     return "".join(REPLAY_MARK + line for line in text.splitlines(keepends=True))
+
+
+def marked(text: str) -> str:
+    """``text`` with each line marked ``[replayed]`` once (lines marked already stay so)."""
+    return "".join(
+        line if line.startswith(REPLAY_MARK) else REPLAY_MARK + line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 def replay(events: list[Event]) -> None:
