@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,8 @@ def _run(args: argparse.Namespace) -> int:
     result = run_notebook(args.notebook, timeout=args.timeout, output=args.output)
     log = f"log: {result.log}" if result.log else "log: none (no durable cell ran)"
     if result.error:
-        print(f"durable-nb run: a cell failed: {result.error}", file=sys.stderr)
+        keep = "" if args.output else " (-o OUT.ipynb keeps the executed notebook and traceback)"
+        print(f"durable-nb run: {result.error}{keep}", file=sys.stderr)
         print(f"{log} (run again to resume)" if result.log else log, file=sys.stderr)
         return 1
     print(log)
@@ -53,11 +55,28 @@ def _for_people(df: Any) -> Any:
     return shown.astype(object).where(shown.notna(), "-")
 
 
+def _for_programs(df: Any) -> Any:
+    """A table's cells for csv / json: durations as seconds (``<name>_seconds``), times as
+    ISO 8601 UTC to the microsecond."""
+    import pandas as pd
+
+    out = df.copy()
+    for name in df.columns:
+        column = df[name]
+        if pd.api.types.is_timedelta64_dtype(column):
+            out[name] = column.dt.total_seconds()
+            out = out.rename(columns={name: f"{name}_seconds"})
+        elif pd.api.types.is_datetime64_any_dtype(column):
+            out[name] = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return out
+
+
 def _emit(df: Any, fmt: str) -> None:
     if fmt == "csv":
-        df.to_csv(sys.stdout, index=False)
+        _for_programs(df).to_csv(sys.stdout, index=False)
     elif fmt == "json":
-        sys.stdout.write(df.to_json(orient="records", date_format="iso", indent=1) + "\n")
+        records = _for_programs(df).to_json(orient="records", indent=1)
+        sys.stdout.write(records + "\n")
     else:
         import pandas as pd
 
@@ -72,7 +91,9 @@ def _log(args: argparse.Namespace) -> int:
     if args.format == "table":
         df = df[["run", "workflow", "step", "args", "attempt", "status", "started", "duration",
                  "result_type", "result_repr", "error_message", "replayed"]]  # fmt: skip
-        df = df.rename(columns={"replayed": "times_replayed"})
+    df = df.rename(columns={"replayed": "times_replayed"})  # a count, not yes / no
+    if args.workflow and df.empty:
+        _say_workflows(args)
     _emit(df, args.format)
     return 0
 
@@ -81,10 +102,22 @@ def _experiments(args: argparse.Namespace) -> int:
     from .views.experiments import experiments
 
     df = experiments(args.workflow, args.step, log=args.path)
+    if args.workflow and df.empty:
+        _say_workflows(args)
     if args.format == "table":
         df = df.drop(columns=["started"])
     _emit(df, args.format)
     return 0
+
+
+def _say_workflows(args: argparse.Namespace) -> None:
+    """Nothing matched ``--workflow``: say which workflows the log has (on stderr)."""
+    from .views import frames
+
+    names = sorted(set(frames.runs(log=args.path)["workflow"]))
+    print(f"durable-nb {args.command}: no rows for workflow {args.workflow!r}"
+          f"{' and step ' + repr(args.step) if getattr(args, 'step', None) else ''}; the log's "
+          f"workflows: {', '.join(names) or 'none'}", file=sys.stderr)  # fmt: skip
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -103,9 +136,9 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _sanitizer(args: argparse.Namespace) -> int:
-    from .notebook.pytest_plugin import SANITIZER
+    from pathlib import Path
 
-    print(SANITIZER)
+    print(Path(__file__).parent / "notebook" / "nbval_sanitize.cfg")  # (pytest not needed)
     return 0
 
 
@@ -162,7 +195,7 @@ def _restore(args: argparse.Namespace) -> int:
         replica = parse_url(args.url)
         folder = Path(replica.path)
         if replica.scheme != "file" or folder.parent.name != "replica":
-            raise SystemExit("durable-nb restore: give -o OUT (where to write the restored log)")
+            raise UsageError("give -o OUT (where to write the restored log)")
         log = folder.parent.parent / f"{folder.name}.db"
     path = restore.restore(
         args.url, timestamp=args.timestamp, txid=args.txid, to=target, log=log,
@@ -176,6 +209,14 @@ def _fleet(args: argparse.Namespace) -> int:
     from .backup.fleet import fleet
 
     observed = fleet(args.root, cache=args.cache)
+    with warnings.catch_warnings():  # (its warning says what the error below says)
+        warnings.simplefilter("ignore")
+        nothing = observed.logs().empty
+    if nothing:
+        raise UsageError(
+            f"no replicated logs under {args.root}; check the URL (a fleet root is the folder "
+            "logs replicate under: durable-nb replicate PATH ROOT/)"
+        )
     if args.pull:
         pulled = observed.pull(progress=sys.stderr.isatty())
         counts = pulled["action"].value_counts()
@@ -189,6 +230,17 @@ def _fleet(args: argparse.Namespace) -> int:
         df = df.drop(columns=["pid"])
     _emit(df, args.format)
     return 0
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds, 0 or more (for argparse)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
 
 
 _PATH_HELP = "a notebook (.ipynb) or a log file (.db)"
@@ -248,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "forget, or by a process killed while storing a value), once older than --grace.",
     )  # fmt: skip
     gc.add_argument("path", help=_PATH_HELP)
-    gc.add_argument("--grace", type=float, default=60.0, help="seconds (default 60)")
+    gc.add_argument("--grace", type=_seconds, default=60.0, help="seconds (default 60)")
     gc.set_defaults(handler=_gc)
 
     rep = sub.add_parser(
@@ -277,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     when = res.add_mutually_exclusive_group()
     when.add_argument("--timestamp", help="ISO 8601 time, e.g. 2026-11-21T22:39:04.420Z")
     when.add_argument("--txid", type=int, help="transaction id (from restore-points)")
-    res.add_argument("-o", "--output", help="write the restored log here (must not exist)")
+    res.add_argument("-o", "--output", metavar="OUT",
+                     help="write the restored log here (must not exist)")  # fmt: skip
     res.set_defaults(handler=_restore)
 
     fl = sub.add_parser(
@@ -296,9 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> str:
+    return f"durable-nb: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``durable-nb``."""
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line  # no source line under a warning in a terminal
     try:
         return args.handler(args)
     except (DurableError, UsageError) as exc:

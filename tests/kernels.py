@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ class Kernel:
                 reply.error = content
 
         msg = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        if msg["content"]["status"] == "aborted":  # sent while the kernel was still aborting
+            time.sleep(0.5)  # the requests queued behind an error (ipykernel): not run at all
+            msg = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
         reply.status = msg["content"]["status"]
         return reply
 

@@ -273,7 +273,7 @@ def test_durable_nb_run_cli(tmp_path: Path) -> None:
         env=kernel_env(), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert failed.returncode == 1
-    assert "a cell failed: RuntimeError: nope" in failed.stderr
+    assert "cell 1 (raise RuntimeError('nope')) failed: RuntimeError: nope" in failed.stderr
     assert "after" not in failed.stdout
 
 

@@ -184,3 +184,60 @@ def test_cli_tables_are_for_people(tmp_path: Path) -> None:
         assert " ms" in table or " s" in table
         assert not any(len(part) > 20 for part in table.split()), table  # no ns timestamps
     assert "times_replayed" in cli("log", str(log), cwd=ROOT).stdout
+
+
+def test_the_second_round_of_bad_inputs_is_one_line_each(tmp_path: Path) -> None:
+    """What the newcomer trial after the fixes found: each is one line, exit 2, no files."""
+    blocker = tmp_path / "no-pytest"
+    blocker.mkdir()
+    (blocker / "pytest.py").write_text("raise ImportError('pytest is not installed')\n")
+    env = {**kernel_env(), "PYTHONPATH": f"{blocker}{os.pathsep}{ROOT}"}
+    sanitizer = cli("nbval-sanitizer", cwd=tmp_path, env=env)
+    assert sanitizer.returncode == 0 and sanitizer.stdout.strip().endswith("nbval_sanitize.cfg")
+
+    script = (
+        "import durable_nb, sys\nfrom durable_nb import step, workflow\n"
+        "durable_nb.open_log(sys.argv[1])\n"
+        "durable_nb.replicate(sys.argv[2], sync_interval='100ms')\n@step\ndef f(i):\n"
+        "    return i\nwith workflow('w'):\n    f(1)\ndurable_nb.stop_replication()\n"
+    )
+    replica = f"file://{tmp_path / 'replica'}"
+    work = tmp_path / "work"
+    work.mkdir()
+    subprocess.run([sys.executable, "-c", script, str(work / "x.db"), replica],
+                   env=kernel_env(), check=True, timeout=120)  # fmt: skip
+    (tmp_path / "a-file").write_text("")
+    cases = {
+        "not a time": (["restore", replica, "--timestamp", "yesterday", "-o", "y.db"],
+                       "is not a time"),
+        "no such txid": (["restore", replica, "--txid", "99", "-o", "y.db"],
+                         "no restore point with txid 99"),
+        "replica is a file": (["replicate", str(work / "x.db"), f"file://{tmp_path / 'a-file'}"],
+                              "is a file, not a folder"),
+        "no fleet there": (["fleet", f"file://{tmp_path / 'nothing'}/", "--cache", "c"],
+                           "no replicated logs under"),
+        "negative grace": (["gc", str(work / "x.db"), "--grace", "-5"], "0 or more"),
+        "no -o": (["restore", f"file://{tmp_path / 'replica'}"], "give -o OUT"),
+    }  # fmt: skip
+    for name, (args, said) in cases.items():
+        done = cli(*args, cwd=work, env=kernel_env())
+        assert done.returncode == 2, (name, done.stderr)
+        lines = done.stderr.strip().splitlines()  # (argparse's own errors: usage, then it)
+        assert said in lines[-1] and len(lines) <= 2 and "Traceback" not in done.stderr, name
+    left = {p.name for p in work.iterdir()}
+    assert not left & {"y.db", "c", ".durable", "replica"}, left  # nothing from the failures
+
+    csv = cli("log", str(work / "x.db"), "--format", "csv", cwd=work).stdout.splitlines()
+    header = csv[0].split(",")
+    assert "duration_seconds" in header and "times_replayed" in header
+    row = dict(zip(header, csv[1].split(","), strict=False))
+    assert float(row["duration_seconds"]) >= 0 and row["started"].endswith("Z")
+
+
+def test_run_names_the_cell_that_failed(tmp_path: Path) -> None:
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(notebook("x = 1", "1 / 0"), str(path))
+    failed = cli("run", str(path), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "cell 2 (1 / 0) failed: ZeroDivisionError: division by zero" in failed.stderr
+    assert "-o OUT.ipynb keeps" in failed.stderr

@@ -236,6 +236,10 @@ class Replica:
                     f"cannot create the replica folder {self.path} ({exc.strerror}); "
                     "pick another URL"
                 ) from None
+            if not Path(self.path).is_dir():
+                raise ReplicationError(
+                    f"the replica folder {self.path} is a file, not a folder; pick another URL"
+                )
             return
         with self._translate("reach"):
             self._client().head_bucket(Bucket=self.bucket)

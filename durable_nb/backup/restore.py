@@ -66,7 +66,13 @@ def restore_points(
 
 def _as_utc(timestamp: Any) -> datetime:
     if isinstance(timestamp, str):
-        when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        try:
+            when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        except ValueError:
+            raise ReplicationError(
+                f"timestamp {timestamp!r} is not a time: give ISO 8601 UTC, e.g. "
+                "2026-11-21T22:39:04Z (restore_points lists the restore points)"
+            ) from None
     elif hasattr(timestamp, "to_pydatetime"):
         when = timestamp.to_pydatetime()
     else:
@@ -95,6 +101,16 @@ def _txid_at(replica: Replica, timestamp: Any) -> int:
             "durable_nb.restore_points() lists what can be restored"
         )
     return max(earlier)
+
+
+def _check_txid(replica: Replica, txid: int) -> None:
+    """A one-line error for a transaction id the replica cannot restore."""
+    txids = {p["txid"] for p in ltx_points(replica)}
+    if txids and not min(txids) <= txid <= max(txids):
+        raise ReplicationError(
+            f"no restore point with txid {txid} (the replica has {min(txids)} to "
+            f"{max(txids)}); restore_points() (durable-nb restore-points URL) lists them"
+        )
 
 
 def _referenced_blobs(db: Path) -> set[str]:
@@ -179,6 +195,8 @@ def restore(
     try:
         if timestamp is not None:
             txid = _txid_at(replica, timestamp)
+        elif txid is not None:
+            _check_txid(replica, txid)
         say(f"restoring from {replica.url} (then PRAGMA integrity_check)")
         _restored(replica, temp, txid)
         connect(temp, adopt=False).close()  # migrated, its unsigned values left to trust

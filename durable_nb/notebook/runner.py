@@ -180,9 +180,10 @@ def run_notebook(
     try:
         run_sync(client.async_execute)(env=env)  # (``execute`` is bound to the base's)
     except CellExecutionError as exc:
-        error = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else str(exc)
-    except CellTimeoutError as exc:
-        error = f"timeout: {exc}"
+        what = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else str(exc)
+        error = f"cell {current + 1}{_first_line(nb, current)} failed: {what}"
+    except CellTimeoutError:
+        error = f"cell {current + 1}{_first_line(nb, current)} timed out after {timeout:g} s"
     except DeadKernelError:
         error = f"the kernel died while running cell {current + 1}{_first_line(nb, current)}"
     finally:
