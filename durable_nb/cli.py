@@ -27,6 +27,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.notebook} is not a notebook (.ipynb)")
     result = run_notebook(args.notebook, timeout=args.timeout, output=args.output)
     log = f"log: {result.log}" if result.log else "log: none (no durable cell ran)"
+    if result.interrupted:
+        print(f"durable-nb run: {result.error}", file=sys.stderr)
+        print(f"{log} (run again to resume)" if result.log else log, file=sys.stderr)
+        return 130
     if result.error:
         keep = "" if args.output else " (-o OUT.ipynb keeps the executed notebook and traceback)"
         print(f"durable-nb run: {result.error}{keep}", file=sys.stderr)

@@ -5,6 +5,7 @@ Real kernels, the real CLI in a subprocess."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -241,3 +242,28 @@ def test_run_names_the_cell_that_failed(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "cell 2 (1 / 0) failed: ZeroDivisionError: division by zero" in failed.stderr
     assert "-o OUT.ipynb keeps" in failed.stderr
+
+
+def test_ctrl_c_stops_run_with_status_130_and_the_next_run_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "slow.ipynb"
+    sweep = (
+        "%%durable slow\nimport time\nfrom durable_nb import step\n@step\ndef tick(i):\n"
+        "    print('tick', i, flush=True)\n    time.sleep(0.5)\n    return i\n"
+        "ticks = [tick(i) for i in range(6)]\n"
+    )
+    nbformat.write(notebook("%load_ext durable_nb", sweep), str(path))
+    proc = subprocess.Popen(
+        [*CLI, "run", str(path)], cwd=tmp_path, env=kernel_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("tick 2"):
+            break
+    proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal reaches durable-nb only
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "durable-nb run: interrupted while running cell 2 (%%durable slow)" in err
+    again = cli("run", str(path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "[replayed] tick 0" in again.stdout and "[replayed] tick 1" in again.stdout

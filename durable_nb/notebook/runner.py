@@ -26,6 +26,7 @@ class NotebookRun:
     log: Path | None  # the log the kernel used last (None: no durable cell ran)
     cells_run: int
     error: str | None  # the failing cell's error, one line, or None
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM
 
 
 def _text_output(msg_type: str, content: Any) -> str:
@@ -175,6 +176,7 @@ def run_notebook(
     env = {**os.environ, "DURABLE_NB_NOTEBOOK": str(path)}
     env.pop("JPY_SESSION_NAME", None)
     error = None
+    stopped = False
     main = threading.current_thread() is threading.main_thread()  # signals: main thread only
     previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     try:
@@ -186,6 +188,8 @@ def run_notebook(
         error = f"cell {current + 1}{_first_line(nb, current)} timed out after {timeout:g} s"
     except DeadKernelError:
         error = f"the kernel died while running cell {current + 1}{_first_line(nb, current)}"
+    except KeyboardInterrupt:
+        stopped = True
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
@@ -194,7 +198,11 @@ def run_notebook(
         shutil.rmtree(sockets, ignore_errors=True)
         if output is not None:
             nbformat.write(nb, str(output))
-    return NotebookRun(path, _log_used(client.log_used, env), count, error)
+    # Ctrl-C / SIGTERM while a cell ran: nbclient shuts the kernel down (its own handler)
+    stopped = stopped or getattr(client, "_async_cleanup_kernel_future", None) is not None
+    if stopped:
+        error = f"interrupted while running cell {current + 1}{_first_line(nb, current)}"
+    return NotebookRun(path, _log_used(client.log_used, env), count, error, stopped)
 
 
 def _log_used(answer: str | None, env: dict[str, str]) -> Path | None:
