@@ -415,7 +415,7 @@ def test_experiments_in_a_kernel_and_a_terminal(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[0] == "workflow,run,step,lr,loss,acc,duration,started"
+    assert out.stdout.splitlines()[0] == "workflow,run,step,lr,loss,acc,duration_seconds,started"
     assert len(out.stdout.splitlines()) == 4
     for name, rows in (("sweep", 3), ("other", 0)):
         out = subprocess.run(
