@@ -12,6 +12,7 @@ from typing import Any
 from .backup.fleet import Fleet, fleet  # the module is light: boto3 and pandas load on first use
 from .errors import (
     BlobError,
+    CheckpointError,
     DurableError,
     DurableWarning,
     LogFileError,
@@ -24,6 +25,7 @@ from .log.current_log import get_store, open_log
 from .log.store import Store
 from .log.trust import trust
 from .replay.accept import accept
+from .replay.checkpoints import checkpoint, last_checkpoint
 from .replay.context import current_run
 from .replay.engine import Step, step
 from .replay.executors import use_executor  # dask is imported by the user, never here
@@ -39,10 +41,12 @@ _LAZY = {  # name -> module: these import pandas / boto3, so they load on first 
     **dict.fromkeys(("replicate", "replication_status", "stop_replication"), "backup.replication"),
     **dict.fromkeys(("restore", "restore_points"), "backup.restore"),
     "RestorePanel": "notebook.panel",
+    "checkpoints": "views.checkpoints",
 }
 
 __all__ = [
     "BlobError",
+    "CheckpointError",
     "DurableError",
     "DurableWarning",
     "Fleet",
@@ -57,12 +61,15 @@ __all__ = [
     "Store",
     "WorkflowBusyError",
     "accept",
+    "checkpoint",
+    "checkpoints",
     "compare",
     "current_run",
     "events",
     "experiments",
     "fleet",
     "get_store",
+    "last_checkpoint",
     "load_ipython_extension",
     "open_log",
     "plan",

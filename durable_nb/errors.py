@@ -71,6 +71,11 @@ class WorkflowBusyError(DurableError):
     """The workflow is already running in another live process."""
 
 
+class CheckpointError(DurableError):
+    """``checkpoint()`` / ``last_checkpoint()`` where no step call is running, or a state
+    that cannot be saved."""
+
+
 class BlobError(DurableError):
     """A large stored value is missing from the blob folder or fails its digest check."""
 

@@ -7,8 +7,8 @@ shared root (``replicate("s3://bucket/team/")`` or ``DURABLE_NB_REPLICA_ROOT`` p
 - ``Fleet.logs()``: the replicas, from one paginated listing (nothing is downloaded);
 - ``Fleet.pull()``: restores, with the real ``litestream restore`` and in parallel, each
   replica whose newest transaction differs from the one pulled last, into a local cache;
-- ``Fleet.runs()`` / ``steps()`` / ``events()`` / ``experiments()``: the one-log views over
-  every pulled log, concatenated, with a ``log`` column (filters run in SQL);
+- ``Fleet.runs()`` / ``steps()`` / ``events()`` / ``experiments()`` / ``checkpoints()``: the
+  one-log views over every pulled log, concatenated, with a ``log`` column (filters run in SQL);
 - ``Fleet.open(name)``: that log with its blobs, made the current log, so rerunning its
   workflow here replays what finished there and runs only the rest.
 
@@ -296,6 +296,13 @@ class Fleet:
         from ..views.experiments import experiments
 
         return self._each(lambda store: experiments(workflow, step, latest=latest, log=store))
+
+    def checkpoints(self, workflow: str | None = None, step: str | None = None) -> pd.DataFrame:
+        """Every pulled log's checkpoints (``durable_nb.checkpoints``: an agent's progress
+        inside its long calls), with a ``log`` column."""
+        from ..views.checkpoints import checkpoints
+
+        return self._each(lambda store: checkpoints(workflow, step, log=store))
 
     # -- replay here -------------------------------------------------------------------
 

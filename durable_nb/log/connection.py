@@ -381,4 +381,12 @@ def sign_values(conn: sqlite3.Connection) -> int:
         for run_id, variables in conn.execute("SELECT run_id, variables FROM cells")
     ]
     conn.executemany("UPDATE cells SET signature = ? WHERE run_id = ?", cells)
-    return len(steps) + len(cells)
+    states = [
+        (sign_blob(fmt, blob) if blob else sign(fmt, payload or b""), row_id)
+        for row_id, fmt, payload, blob in conn.execute(
+            "SELECT id, state_format, state, state_blob FROM checkpoints "
+            "WHERE state_format IS NOT NULL"
+        ).fetchall()
+    ]
+    conn.executemany("UPDATE checkpoints SET signature = ? WHERE id = ?", states)
+    return len(steps) + len(cells) + len(states)

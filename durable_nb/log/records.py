@@ -9,9 +9,11 @@ __all__ = [
     "RUN_STATUSES",
     "STEP_STATUSES",
     "CellRecord",
+    "CheckpointRow",
     "RunRecord",
     "StepKey",
     "StepRow",
+    "StoredCheckpoint",
     "StoredStep",
 ]
 
@@ -52,6 +54,21 @@ class StoredStep:
     result_blob: str | None
     printed: bool  # it showed something (stdout, stderr or displays) to show again
     signature: bytes | None = None  # the user's signature of its value (``signing``)
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """The newest saved state of a call (``checkpoint()``), as ``last_checkpoint`` needs it."""
+
+    id: int
+    run_id: int
+    code_digest: str
+    attempt: int
+    seq: int
+    state_format: str
+    state_blob: str | None
+    signature: bytes | None
+    metrics: str | None
 
 
 @dataclass(frozen=True)
@@ -135,3 +152,26 @@ class StepRow(NamedTuple):
     params: str | None  # JSON: its arguments by parameter name (``log.documents``)
     metrics: str | None  # JSON: its result's fields (``log.documents``)
     signature: bytes | None  # the user's signature of its value (``signing``)
+
+
+class CheckpointRow(NamedTuple):
+    """One saved state of a running call, as inserted (built by ``calls.Call``)."""
+
+    run_id: int
+    workflow: str
+    scope: str
+    name: str
+    args_digest: str
+    occurrence: int
+    code_digest: str
+    attempt: int
+    seq: int
+    created_at: float
+    args_repr: str
+    params: str | None
+    state_format: str
+    state_blob: str | None
+    state_size: int
+    state: bytes | None
+    metrics: str | None
+    signature: bytes

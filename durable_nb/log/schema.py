@@ -21,6 +21,9 @@ Tables
             "refs": [[label, module, qualname], ...]}`` (refs: the code arguments brought),
             written once per digest, so that a step that runs again can say what changed.
     notes   rare events that are not a run or step state change (forget, crash found, ...).
+    checkpoints  states saved inside a running call (``checkpoint()``), keyed like its step
+            rows; only the newest of a call keeps its state, and none once the call completes
+            (unless ``keep_checkpoints``); their metrics stay, as JSON.
     events  a VIEW: every state change of runs, steps and notes, in time order.
 """
 
@@ -59,6 +62,20 @@ _EVENTS_VIEW = f"""
         UNION ALL
         SELECT {_ISO.format(col="ts")}, workflow, run_id, step, kind, detail FROM notes;
 """
+
+# The events view once checkpoints exist: one more kind of event, 'step checkpoint'.
+_EVENTS_VIEW_11 = _EVENTS_VIEW.replace(
+    "SELECT {ts}, workflow, run_id, step, kind, detail FROM notes;".format(
+        ts=_ISO.format(col="ts")
+    ),
+    "SELECT {ts}, workflow, run_id, step, kind, detail FROM notes\n"
+    "        UNION ALL\n"
+    "        SELECT {created}, workflow, run_id, name, 'step checkpoint', '(' || args_repr || ') "
+    "#' || seq || coalesce(' ' || metrics, '') FROM checkpoints;".format(
+        ts=_ISO.format(col="ts"), created=_ISO.format(col="created_at")
+    ),
+)
+assert _EVENTS_VIEW_11 != _EVENTS_VIEW
 
 MIGRATIONS: list[str] = [
     # 1: initial schema
@@ -225,6 +242,47 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE steps ADD COLUMN signature BLOB;
     ALTER TABLE cells ADD COLUMN signature BLOB;
+    """,
+    # 11: checkpoints inside a step (``checkpoint()`` / ``last_checkpoint()``): a call's
+    # saved states, keyed like its step rows plus its dependency digest, attempt and number;
+    # state_* are NULL once dropped (a newer checkpoint of the call, or the call completed).
+    f"""
+    CREATE TABLE checkpoints (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL,
+        workflow      TEXT NOT NULL,
+        scope         TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        args_digest   TEXT NOT NULL,
+        occurrence    INTEGER NOT NULL,
+        code_digest   TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        seq           INTEGER NOT NULL,
+        created_at    REAL NOT NULL,
+        args_repr     TEXT NOT NULL,
+        params        TEXT,
+        state_format  TEXT,
+        state_blob    TEXT,
+        state_size    INTEGER,
+        state         BLOB,
+        metrics       TEXT,
+        signature     BLOB,
+        done          INTEGER NOT NULL DEFAULT 0
+    );
+    -- the (at most one) row of a call that still keeps its state: found at once by each
+    -- new checkpoint, however many the call has made
+    CREATE INDEX checkpoints_kept ON checkpoints (workflow, name, args_digest, scope,
+                                                  occurrence) WHERE state_format IS NOT NULL;
+    -- a new checkpoint drops the call's older state in its own statement (one commit)
+    CREATE TRIGGER checkpoints_newest AFTER INSERT ON checkpoints BEGIN
+        UPDATE checkpoints SET state_format = NULL, state_blob = NULL, state = NULL,
+                               signature = NULL
+         WHERE workflow = NEW.workflow AND name = NEW.name AND args_digest = NEW.args_digest
+           AND scope = NEW.scope AND occurrence = NEW.occurrence
+           AND state_format IS NOT NULL AND id != NEW.id;
+    END;
+    DROP VIEW events;
+    {_EVENTS_VIEW_11}
     """,
 ]
 

@@ -58,11 +58,13 @@ class Encoded(NamedTuple):
 _PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, set})
 
 
-def encode(value: object, *, seen: set[int] | None = None) -> Encoded:
+def encode(value: object, *, seen: set[int] | None = None, large: bool = False) -> Encoded:
     """Serialize ``value``; raise ``NotSerializable`` when pickle refuses it. ``seen``
     receives the ids of the objects the pickle holds (its memo: every container and
-    object in it), to tell which objects a value shares with others."""
-    if type(value) in _PLAIN and seen is None:  # a plain container: one plain pickle if small
+    object in it), to tell which objects a value shares with others. ``large``: the value
+    is likely big (a training state), so arrays in a plain container are not first copied
+    into one in-band pickle."""
+    if type(value) in _PLAIN and seen is None and not large:  # plain: one pickle if small
         try:
             head = pickle.dumps(value, protocol=5)
         except Exception as exc:

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import sqlite3
 
-from .records import CompletedRow, StepRow
+from .records import CheckpointRow, CompletedRow, StepRow
 from .serialization import PICKLE
 
 __all__ = [
+    "CHECKPOINT_CALL",
+    "DROP_STATES",
     "END_RUN",
     "INDEXED",
     "INDEX_RUN",
+    "INSERT_CHECKPOINT",
     "INSERT_COMPLETED",
     "INSERT_STEP",
     "IN_WORKFLOW",
     "MARK_CRASHED",
+    "MARK_DONE",
     "PRELOAD_MAX_BYTES",
     "RUN_COLUMNS",
     "referenced_blobs",
@@ -37,6 +41,21 @@ INSERT_COMPLETED = (
     f"INSERT INTO steps ({', '.join(CompletedRow._fields)}, status, result_format) "
     f"VALUES ({', '.join('?' * len(CompletedRow._fields))}, 'completed', '{PICKLE}')"
 )
+
+# A call's checkpoints: the same workflow and key (scope, name, argument digest, occurrence).
+CHECKPOINT_CALL = "workflow = ? AND name = ? AND args_digest = ? AND scope = ? AND occurrence = ?"
+INSERT_CHECKPOINT = (
+    f"INSERT INTO checkpoints ({', '.join(CheckpointRow._fields)}) "
+    f"VALUES ({', '.join('?' * len(CheckpointRow._fields))})"
+)
+# A call completed: its kept state is dropped (its row, time and metrics stay), or, with
+# keep_checkpoints, marked done (never resumed). (An older state is dropped by the trigger
+# checkpoints_newest as each new one is inserted.)
+DROP_STATES = (
+    "UPDATE checkpoints SET state_format = NULL, state_blob = NULL, state = NULL, "
+    f"signature = NULL, done = 1 WHERE {CHECKPOINT_CALL} AND state_format IS NOT NULL"
+)
+MARK_DONE = f"UPDATE checkpoints SET done = 1 WHERE {CHECKPOINT_CALL} AND state_format IS NOT NULL"
 
 
 END_RUN = (
@@ -81,7 +100,8 @@ def workflow_rows(columns: str, extra: str = "") -> str:
 
 
 def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
-    """The digests of every blob a log's rows point to (step results and cell variables)."""
+    """The digests of every blob a log's rows point to (step results, cell variables and
+    checkpoint states)."""
     used = {
         digest
         for (digest,) in conn.execute(
@@ -90,4 +110,10 @@ def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
     }
     for (digests,) in conn.execute("SELECT blobs FROM cells WHERE blobs != ''"):
         used.update(digests.split())
+    used.update(
+        digest
+        for (digest,) in conn.execute(
+            "SELECT state_blob FROM checkpoints WHERE state_blob IS NOT NULL"
+        )
+    )
     return used

@@ -131,6 +131,10 @@ class Store:
             finally:
                 self._depth -= 1
 
+    def write(self, sql: str, params: tuple[Any, ...]) -> int:
+        """One statement (of ``sql``), one atomic commit; the new rowid, if any."""
+        return self._write(sql, params)
+
     def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         """One statement, one atomic commit (autocommit mode); returns the new rowid."""
         try:
@@ -637,6 +641,7 @@ class Store:
                 )
                 conn.execute(f"DELETE FROM steps WHERE run_id IN ({done})", (workflow,))
                 conn.execute(f"DELETE FROM cells WHERE run_id IN ({done})", (workflow,))
+                conn.execute(f"DELETE FROM checkpoints WHERE run_id IN ({done})", (workflow,))
                 count = conn.execute(
                     "DELETE FROM runs WHERE workflow = ? AND status != 'running'", (workflow,)
                 ).rowcount
@@ -650,6 +655,9 @@ class Store:
                 count = conn.execute(
                     "DELETE FROM steps WHERE workflow = ? AND name = ?", (workflow, step)
                 ).rowcount
+                conn.execute(
+                    "DELETE FROM checkpoints WHERE workflow = ? AND name = ?", (workflow, step)
+                )
                 # The cell's saved outputs depend on the step: the cell must run again.
                 conn.execute(
                     "DELETE FROM cells WHERE run_id IN (SELECT id FROM runs WHERE workflow = ?)",

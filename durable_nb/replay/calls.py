@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..log import serialization
 from ..log.documents import metrics_document, result_documents
-from ..log.records import CompletedRow, StepKey, StepRow
+from ..log.records import CheckpointRow, CompletedRow, StepKey, StepRow
 from ..log.serialization import PICKLE, args_repr
 from ..log.signing import sign, sign_blob
 from .capture import Event, settle, stdout_of
@@ -60,7 +60,8 @@ def _traceback(error: BaseException, step: str) -> str:
 class Call:
     """One call of a step in a run: its key, its digest, its arguments, why it runs."""
 
-    __slots__ = ("args", "arguments", "digest", "key", "kwargs", "name", "reason", "run")
+    __slots__ = ("args", "arguments", "attempt", "checkpoints", "digest", "keep", "key",
+                 "kwargs", "name", "reason", "run", "shown")  # fmt: skip
 
     def __init__(
         self,
@@ -80,6 +81,10 @@ class Call:
         self.kwargs = kwargs
         self.arguments = arguments  # the step's signature, for the params document
         self.reason: str | None = None
+        self.attempt = 1
+        self.checkpoints = 0  # saved by this attempt; -1: it resumed from an earlier one's
+        self.keep = False  # keep its checkpoints' states once it completes
+        self.shown: tuple[str, str | None] | None = None  # (args repr, params), once needed
 
     def row(
         self,
@@ -141,6 +146,28 @@ class Call:
             status, started, time.time(), fmt, blob, size, type_name, value_repr, shown,
             error_type, message, reason, stdout, payload, trace, output, params,  # type: ignore[arg-type]
             metrics, signature,
+        )  # fmt: skip
+
+    def checkpoint_row(
+        self, seq: int, encoded: serialization.Encoded, blob: str | None, metrics: str | None
+    ) -> CheckpointRow:
+        """The row of one state saved by this call's running attempt (``checkpoint()``):
+        its key and digest as its step rows have them, the state signed as a value is."""
+        run, (scope, name, digest, occurrence) = self.run, self.key
+        if self.shown is None:  # the same for each checkpoint of the call
+            self.shown = (
+                self.arguments.documents(self.args, self.kwargs)
+                if self.arguments is not None
+                else (args_repr(self.args, self.kwargs), None)
+            )
+        shown, params = self.shown
+        payload = encoded.segments[0] if encoded.inline else None
+        fmt = encoded.format
+        signature = sign(fmt, payload) if payload is not None else sign_blob(fmt, blob)
+        return CheckpointRow(
+            run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
+            self.attempt, seq, time.time(), shown, params, fmt, blob, encoded.size,
+            bytes(payload) if payload is not None else None, metrics, signature,
         )  # fmt: skip
 
     def document(self) -> str:

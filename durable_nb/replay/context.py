@@ -16,19 +16,22 @@ from ..errors import DurableWarning
 from ..log.records import StepKey
 
 if TYPE_CHECKING:
+    from .calls import Call
     from .run import Run
 
 __all__ = ["Scope", "current", "current_run", "find_scope", "on_worker", "running", "worker"]
 
 
 class Scope:
-    """Where a step is being called: its run, the enclosing step's key, call counts."""
+    """Where a step is being called: its run, the enclosing step's key (and call, where
+    ``checkpoint()`` saves), call counts."""
 
-    __slots__ = ("_key", "_text", "counts", "run")
+    __slots__ = ("_key", "_text", "call", "counts", "run")
 
-    def __init__(self, run: Run, key: StepKey | None) -> None:
+    def __init__(self, run: Run, key: StepKey | None, call: Call | None = None) -> None:
         self.run = run
         self._key = key
+        self.call = call
         self._text: str | None = None if key else ""
         self.counts: dict[tuple[str, str], itertools.count[int]] = {}
 

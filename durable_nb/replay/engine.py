@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar, overload
 
 from ..errors import BlobError, PlanStop
-from ..log import serialization
+from ..log import checkpoints, serialization
 from ..log.records import StepKey, StoredStep
 from ..log.serialization import args_repr
 from ..log.signing import NotSigned
@@ -89,6 +89,8 @@ class Step:
 
     ``track_versions=True`` makes the versions of the installed packages its code
     references (and Python's) part of its dependency digest: an upgrade runs it again.
+    ``keep_checkpoints=True`` keeps the state of its calls' newest ``checkpoint()`` once
+    they complete (dropped otherwise).
     """
 
     __durable_step__ = True
@@ -102,8 +104,10 @@ class Step:
         backoff: float = 2.0,
         retry_delay: float = 1.0,
         track_versions: bool = False,
+        keep_checkpoints: bool = False,
     ) -> None:
         _check_options(fn, retries, backoff, retry_delay)
+        self.keep_checkpoints = keep_checkpoints
         # @step above @staticmethod / @classmethod: the function inside, bound as they bind
         self._binding = type(fn) if isinstance(fn, (staticmethod, classmethod)) else None
         if self._binding is not None:
@@ -182,7 +186,10 @@ class Step:
             args, kwargs = self._arguments.merged(args, kwargs)
         run = scope.run
         digest_ = self.dependencies.digest(run.deps, code)
-        return Call(run, self.name, key, digest_, args, kwargs, self._arguments)
+        call = Call(run, self.name, key, digest_, args, kwargs, self._arguments)
+        if self.keep_checkpoints:
+            call.keep = True
+        return call
 
     def _lookup(self, call: Call) -> tuple[bool, Any]:
         """(replayed, value): the replay rule applied to one call; sets ``call.reason``."""
@@ -229,7 +236,8 @@ class Step:
         run = call.run
         for attempt in range(1, self.retries + 2):
             started = time.time()
-            token = current.set(Scope(run, call.key))
+            call.attempt = attempt
+            token = current.set(Scope(run, call.key, call))
             shown = Capture()
             before = interrupts.seen  # (an attribute: a call costs more, in a loop of steps)
             error = None
@@ -269,7 +277,8 @@ class Step:
         run = call.run
         for attempt in range(1, self.retries + 2):
             started = time.time()
-            token = current.set(Scope(run, call.key))
+            call.attempt = attempt
+            token = current.set(Scope(run, call.key, call))
             before = interrupts.count()
             shown = Capture(routed=True)  # by task: concurrent steps keep theirs apart
             try:
@@ -325,10 +334,13 @@ class Step:
         self._completed(call, value, why, interrupted)
 
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
-        """Count a finished call; warn once if its value is not durable."""
+        """Count a finished call, drop its checkpoints' states; warn once if its value is
+        not durable."""
         run = call.run
         with run.lock:  # steps may finish in several threads at once
             run.steps_run += 1
+        if call.checkpoints:
+            checkpoints.drop_states(run.store, run.workflow, call.key, keep=call.keep)
         if why is None:
             if not interrupted:
                 run.used[(self.name, call.digest.value)] = call.digest.refs
@@ -351,6 +363,7 @@ def step(
     backoff: float = ...,
     retry_delay: float = ...,
     track_versions: bool = ...,
+    keep_checkpoints: bool = ...,
 ) -> Callable[[F], F]: ...
 @overload
 def step(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
@@ -362,8 +375,9 @@ def step(fn: Any = None, /, *args: Any, **kwargs: Any) -> Any:
     ``step(fn, *args, **kw)`` calls any callable once as a step (named after it; a
     ``functools.partial`` after its function, with its bound arguments in the key).
     Options: ``name``, ``retries`` (extra attempts after an exception), ``retry_delay``
-    (seconds before the first retry), ``backoff`` (multiplier of the delay per attempt) and
-    ``track_versions`` (package upgrades invalidate its records).
+    (seconds before the first retry), ``backoff`` (multiplier of the delay per attempt),
+    ``track_versions`` (package upgrades invalidate its records) and ``keep_checkpoints``
+    (its calls' newest ``checkpoint()`` states stay once they complete).
     """
     if fn is None:
         return lambda f: _decorated(f, **kwargs)

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DurableWarning, PlanStop, user_stacklevel
@@ -186,26 +187,37 @@ class Run:
         return time.perf_counter() - self.started
 
     def load(self, record: StoredStep) -> Any:
-        """The stored value of a completed step, unpickled only when it carries the user's
-        signature (``NotSigned`` otherwise); a blob's content digest is checked as it is read."""
-        fmt, blob = record.result_format, record.result_blob
+        """The stored value of a completed step (see ``stored_value``)."""
+        return self.stored_value(record.result_format, record.result_blob, record.signature,
+                                 record.payload, self.store.step_payload, record.id)  # fmt: skip
+
+    def stored_value(
+        self, fmt: str, blob: str | None, signature: bytes | None, payload: bytes | None,
+        fetch: Callable[[int], bytes], row: int,
+    ) -> Any:  # fmt: skip
+        """A stored value (a step's result, a checkpoint's state), unpickled only when it
+        carries the user's signature (``NotSigned`` otherwise); a blob's content digest is
+        checked as it is read. An inline value not loaded yet is ``fetch``ed by row id."""
         if blob is not None:
-            if not valid(record.signature, fmt, blob=blob):
+            if not valid(signature, fmt, blob=blob):
                 raise NotSigned()
             return serialization.decode(fmt, self.store.blobs.read(blob))
-        payload = record.payload
         if payload is None:
-            payload = self.store.step_payload(record.id)
-        if not valid(record.signature, fmt, payload):
+            payload = fetch(row)
+        if not valid(signature, fmt, payload):
             raise NotSigned()
         return serialization.decode(fmt, (payload,))
 
     def explain(self, stale: StoredStep, call: Call) -> str:
         """Why ``call`` runs although the log has ``stale`` for its key."""
         doc = self.store.digest_document(stale.code_digest)
+        return self.explain_digest(doc, call, stale.run_id)
+
+    def explain_digest(self, doc: dict[str, Any] | None, call: Call, run_id: int) -> str:
+        """Why ``call`` does not use what was stored under the digest documented by ``doc``."""
         if doc is None:
             self._predating += 1
-        return explain(doc, call.digest, call.name, stale.run_id)
+        return explain(doc, call.digest, call.name, run_id)
 
     def record(self, call: Call, row: StepRow | CompletedRow) -> None:
         """Commit a finished attempt (its digest's document first, once per process)."""

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from ..errors import DurableError
+from ..log.checkpoints import unfinished_rows
 
 __all__ = ["compare", "experiments", "styled"]
 
@@ -51,7 +52,9 @@ def experiments(
     and a rerun, the new values only). ``latest=False``: every attempt, failed ones too,
     with ``status`` and ``error`` columns. A parameter named like one of those columns
     is ``param.NAME``; a result field named like a parameter or a column is ``result.NAME``.
-    Read from the JSON written at checkpoint time: nothing is unpickled.
+    A call that saved ``checkpoint()``s and has not completed (running, crashed) is a row
+    too, with its newest checkpoint's metrics and a ``progress`` column (``checkpoint 6
+    (run crashed)``). Read from the JSON written at checkpoint time: nothing is unpickled.
     """
     import pandas as pd
 
@@ -59,17 +62,23 @@ def experiments(
 
     with opened(log) as store:
         rows = store.experiment_rows(workflow, step, completed=latest)
+        unfinished = unfinished_rows(store, workflow, step)
     if latest:  # the newest record of each call, in the order the calls first appear
         newest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for row in rows:  # in id order: a later record replaces an earlier one
             newest[row[:5]] = row
         rows = list(newest.values())
+    # calls still running or cut short, with their newest checkpoint's metrics
+    done = {row[:5] for row in rows if row[6] == "completed"}
+    unfinished = [row for row in unfinished if row[:5] not in done]
+    progress = [None] * len(rows) + [f"checkpoint {r[7]} (run {r[6]})" for r in unfinished]
+    rows += [(*r[:6], "unfinished", None, *r[8:]) for r in unfinished]
     # one parse per column, not per row: the documents joined into one JSON array
     params = json.loads("[" + ",".join(r[8] or "{}" for r in rows) + "]")
     metrics = json.loads("[" + ",".join(r[9] or "{}" for r in rows) + "]")
     param_names = list(dict.fromkeys(k for p in params for k in p))
     metric_names = list(dict.fromkeys(k for m in metrics for k in m))
-    fixed = ("workflow", "run", "step", "status", "error", "duration", "started")
+    fixed = ("workflow", "run", "step", "status", "error", "progress", "duration", "started")
     shown = [f"param.{name}" if name in fixed else name for name in param_names]
     taken = {*shown, *fixed}
     data: dict[str, Any] = {
@@ -87,6 +96,8 @@ def experiments(
         column = f"result.{name}" if name in taken or name.startswith("param.") else name
         results.append(column)
         data[column] = _column([m.get(name) for m in metrics])
+    if unfinished:
+        data["progress"] = progress
     started = times(pd.Series([r[10] for r in rows], dtype="float64"))
     data["duration"] = times(pd.Series([r[11] for r in rows], dtype="float64")) - started
     data["started"] = started

@@ -208,6 +208,7 @@ def timeline(
     colours = [STATUS_COLOURS.get(s, "#757575") for s in df["status"].astype(str)]
     labels = [f"{name}({args})"[:40] for name, args in zip(df["step"], df["args"], strict=True)]
     ax.barh(range(len(df)), widths, left=starts, color=colours, height=0.7)
+    marked = _mark_checkpoints(ax, df, workflow, log) if not note else False
     ax.set_yticks(range(len(df)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
@@ -215,9 +216,36 @@ def timeline(
     title = workflow or "all workflows"
     ax.set_title(f"{title}: {attempts} step attempts{note}")
     present = [s for s in STEP_STATUSES if s in set(df["status"].astype(str))]
-    ax.legend(handles=[Patch(color=STATUS_COLOURS[s], label=s) for s in present], loc="lower right")
+    handles: list[Any] = [Patch(color=STATUS_COLOURS[s], label=s) for s in present]
+    if marked:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="black", marker="|", linestyle="", markersize=9,
+                              label="checkpoint"))  # fmt: skip
+    ax.legend(handles=handles, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def _mark_checkpoints(ax: Any, df: pd.DataFrame, workflow: str | None, log: LogArg) -> bool:
+    """A tick on each step attempt's bar where it saved a ``checkpoint()``; whether any."""
+    import matplotlib.dates as mdates
+
+    from .checkpoints import checkpoints
+
+    marks = checkpoints(workflow, log=log)
+    keys = zip(df["run"], df["step"], df["args"], df["attempt"], strict=True)
+    bars = {key: i for i, key in enumerate(keys)}
+    xs, ys = [], []
+    calls = zip(marks["run"], marks["step"], marks["args"], marks["attempt"], strict=True)
+    for (run, name, args, attempt), when in zip(calls, marks["time"], strict=True):
+        bar = bars.get((run, name, args, attempt))
+        if bar is not None:
+            xs.append(mdates.date2num(when.tz_localize(None)))
+            ys.append(bar)
+    if xs:
+        ax.plot(xs, ys, linestyle="", marker="|", color="black", markersize=9)
+    return bool(xs)
 
 
 MAX_BARS = 300

@@ -1,0 +1,435 @@
+"""Checkpoints inside a step (issue 29): a long call killed at epoch 6 of 10 goes on from
+epoch 6, never from 0, and only when its code and dependencies are what saved the state."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import durable_nb
+from durable_nb import CheckpointError, checkpoint, last_checkpoint, step, workflow
+
+from .conftest import python
+from .kernels import Kernel, kernel_env
+
+# One epoch of "training": the state carries an array (a blob file once it is big enough).
+# The epoch is counted in epochs.txt once its checkpoint is committed.
+TRAIN = """
+import time
+import numpy as np
+import durable_nb
+from durable_nb import step
+
+def fit_one_epoch(weights):
+    time.sleep(EPOCH_SECONDS)
+    return weights * 0.9
+
+@step
+def train(lr, epochs=10):
+    state = durable_nb.last_checkpoint()
+    weights, start = (state["weights"], state["epoch"] + 1) if state else (np.ones(SIZE), 0)
+    for epoch in range(start, epochs):
+        weights = fit_one_epoch(weights)
+        durable_nb.checkpoint({"weights": weights, "epoch": epoch}, loss=float(weights[0]))
+        with open("epochs.txt", "a") as f:
+            f.write(f"{epoch}\\n")
+    return float(weights.sum())
+"""
+
+
+def train_source(epoch_seconds: float = 0.15, size: int = 200_000) -> str:
+    return TRAIN.replace("EPOCH_SECONDS", str(epoch_seconds)).replace("SIZE", str(size))
+
+
+UNINTERRUPTED = float((np.ones(200_000) * 0.9**10).sum())
+
+
+def epochs(folder: Path) -> Counter[int]:
+    path = folder / "epochs.txt"
+    return Counter(int(n) for n in path.read_text().split()) if path.exists() else Counter()
+
+
+def wait_for_epochs(folder: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(epochs(folder).values()) < n:
+        assert time.monotonic() < deadline, f"only {epochs(folder)} epochs ran"
+        time.sleep(0.02)
+
+
+SWEEP = "%%durable sweep\nresult = train(0.1)\nprint('result', result)\n"
+
+
+def test_sigkill_during_epoch_6_resumes_from_epoch_6_in_a_fresh_kernel(tmp_path: Path) -> None:
+    env = kernel_env(tmp_path / "train.ipynb")
+    kernel = Kernel(tmp_path, env)
+    try:
+        kernel.execute("%load_ext durable_nb")
+        assert kernel.execute(train_source()).status == "ok"
+        kernel.send(SWEEP)
+        wait_for_epochs(tmp_path, 6)  # epochs 0-5 checkpointed, 6 under way
+    finally:
+        kernel.kill()
+    fresh = Kernel(tmp_path, env)
+    try:
+        fresh.execute("%load_ext durable_nb")
+        fresh.execute(train_source())
+        reply = fresh.execute(SWEEP)
+    finally:
+        fresh.close()
+    assert reply.status == "ok", reply.error
+    ran = epochs(tmp_path)
+    assert all(ran[e] == 1 for e in range(6)), ran  # never from 0 again
+    assert sorted(ran) == list(range(10))
+    assert f"result {UNINTERRUPTED}" in reply.stdout
+    # the call completed: its states are dropped, its metrics stay
+    done = durable_nb.checkpoints(log=tmp_path / ".durable" / "train.db")
+    assert not done["kept"].any()
+    assert len(done) >= 10 and done["loss"].iloc[-1] == pytest.approx(0.9**10)
+
+
+def test_ctrl_c_during_a_step_then_rerun_resumes(tmp_path: Path) -> None:
+    kernel = Kernel(tmp_path, kernel_env(tmp_path / "train.ipynb"))
+    try:
+        kernel.execute("%load_ext durable_nb")
+        kernel.execute(train_source())
+        msg_id = kernel.send(SWEEP)
+        wait_for_epochs(tmp_path, 4)
+        kernel.km.interrupt_kernel()
+        assert kernel.wait(msg_id)["content"]["status"] == "error"  # KeyboardInterrupt
+        interrupted = sum(epochs(tmp_path).values())
+        reply = kernel.execute(SWEEP)
+    finally:
+        kernel.close()
+    ran = epochs(tmp_path)
+    assert all(ran[e] == 1 for e in range(interrupted)), ran
+    assert f"result {UNINTERRUPTED}" in reply.stdout
+
+
+def test_a_retry_after_an_exception_resumes_and_the_reason_says_so(log_path: Path) -> None:
+    ran: list[int] = []
+
+    @step(retries=1, retry_delay=0)
+    def flaky(n: int) -> float:
+        state = last_checkpoint()
+        start, total = (state["epoch"] + 1, state["total"]) if state else (0, 0.0)
+        for epoch in range(start, n):
+            ran.append(epoch)
+            total += epoch
+            checkpoint({"epoch": epoch, "total": total}, total=total)
+            if epoch == 5 and ran.count(5) == 1:
+                raise RuntimeError("the GPU fell over")
+        return total
+
+    with workflow("retry"):
+        assert flaky(10) == sum(range(10))
+    assert ran == list(range(10))
+    rows = durable_nb.steps(workflow="retry")
+    assert rows["status"].tolist() == ["failed", "completed"]
+    assert rows["reason"].iloc[1].startswith("resumed from checkpoint 6 of flaky (attempt 1")
+
+
+ASYNC = """
+import asyncio, sys
+import durable_nb
+from durable_nb import step, workflow
+
+durable_nb.open_log(sys.argv[1])
+
+@step
+async def crawl(pages):
+    state = durable_nb.last_checkpoint()
+    done = state or []
+    for page in range(len(done), pages):
+        await asyncio.sleep(0.1)
+        done = [*done, page * page]
+        durable_nb.checkpoint(done, pages=len(done))
+        with open("epochs.txt", "a") as f:
+            f.write(f"{page}\\n")
+    return sum(done)
+
+async def main():
+    async with workflow("crawler"):
+        return await asyncio.gather(crawl(10), crawl(12))
+
+print("result", asyncio.run(main()))
+"""
+
+
+def test_an_async_step_killed_mid_way_resumes(tmp_path: Path) -> None:
+    log = str(tmp_path / "agent.db")
+    first = python(ASYNC, log, cwd=tmp_path)
+    wait_for_epochs(tmp_path, 8)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    again = python(ASYNC, log, cwd=tmp_path)
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert (
+        out.strip() == f"result [{sum(p * p for p in range(10))}, {sum(p * p for p in range(12))}]"
+    )
+    # 22 pages in all, none twice: both calls went on from their newest checkpoint
+    assert sum(epochs(tmp_path).values()) == 22
+
+
+def test_a_changed_helper_starts_from_0_and_says_why(
+    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notebook's helper cell is edited between the crash and the rerun: the saved
+    state was made by other code, so the call starts over, saying what changed."""
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    source = (
+        "import os\nfrom durable_nb import step, checkpoint, last_checkpoint\n"
+        "def fit_one_epoch(x):\n    return x + STEP\n"
+        "@step\ndef train(epochs):\n"
+        "    state = last_checkpoint()\n"
+        "    start, x = (state[0] + 1, state[1]) if state else (0, 0)\n"
+        "    for epoch in range(start, epochs):\n"
+        "        with open(os.environ['EPOCHS'], 'a') as f:\n"
+        "            f.write(f'{epoch}\\n')\n"
+        "        x = fit_one_epoch(x)\n"
+        "        checkpoint((epoch, x))\n"
+        "        if epoch == 5 and os.environ.get('FAIL'):\n"
+        "            raise RuntimeError('stop')\n"
+        "    return x\n"
+    )
+    monkeypatch.setenv("EPOCHS", str(tmp_path / "epochs.txt"))
+    monkeypatch.setenv("FAIL", "1")
+    exec(source.replace("STEP", "1"), namespace)
+    with pytest.raises(RuntimeError), workflow("changed"):
+        namespace["train"](10)  # type: ignore[operator]
+    exec(source.replace("STEP", "2"), namespace)  # the helper changed
+    monkeypatch.delenv("FAIL")
+    with workflow("changed"):
+        assert namespace["train"](10) == 20  # type: ignore[operator]
+    ran = [int(n) for n in (tmp_path / "epochs.txt").read_text().split()]
+    assert ran == [*range(6), *range(10)]  # from 0 again
+    reason = durable_nb.steps(workflow="changed")["reason"].iloc[-1]
+    assert reason.startswith("checkpoint 6 of train not used:") and "fit_one_epoch" in reason
+
+
+def test_a_checkpoint_survives_a_litestream_restore_onto_a_new_folder(tmp_path: Path) -> None:
+    """Checkpoints (and their state's blob) go to the replica with the log; restored on a
+    new folder, the call goes on from its newest checkpoint there."""
+    first, second = tmp_path / "laptop", tmp_path / "server"
+    first.mkdir()
+    second.mkdir()
+    replica = f"file://{tmp_path / 'replica'}"
+    # The laptop: epochs 0-5 of a 10-epoch call, then the process dies (os._exit after the
+    # replica has caught up, as a machine lost after its last sync).
+    slow = train_source(epoch_seconds=1.0)  # the flush at the end takes ~2 s of them
+    laptop = slow + (
+        "import os, sys\nfrom durable_nb import workflow\n"
+        "durable_nb.open_log(sys.argv[1])\n"
+        "replicator = durable_nb.replicate(sys.argv[2], sync_interval='100ms')\n"
+        "import threading\n"
+        "def lose_the_machine():\n"
+        "    while not os.path.exists('epochs.txt') or len(open('epochs.txt').readlines()) < 6:\n"
+        "        time.sleep(0.005)\n"
+        "    durable_nb.stop_replication()\n"  # the replica holds everything so far
+        "    os._exit(9)\n"
+        "threading.Thread(target=lose_the_machine, daemon=True).start()\n"
+        "with workflow('sweep'):\n"
+        "    train(0.1)\n"
+    )
+    proc = python(laptop, str(first / "x.db"), replica, cwd=first)
+    proc.communicate(timeout=120)
+    assert 6 <= sum(epochs(first).values()) < 10
+    restored = second / ".durable" / "x.db"
+    (second / ".durable").mkdir()
+    durable_nb.restore(replica, to=restored)
+    server = slow + (
+        "import sys\nfrom durable_nb import workflow\n"
+        "durable_nb.open_log(sys.argv[1])\n"
+        "with workflow('sweep'):\n"
+        "    print('result', train(0.1))\n"
+    )
+    out, err = python(server, str(restored), cwd=second).communicate(timeout=120)
+    assert f"result {UNINTERRUPTED}" in out, err
+    on_server = epochs(second)
+    assert min(on_server) >= 6, on_server  # went on from the laptop's newest checkpoint
+
+
+def test_checkpoint_outside_a_step_or_on_a_worker_is_one_line(log_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="inside a running @step call"):
+        checkpoint({"epoch": 1})
+    with pytest.raises(CheckpointError, match="inside a running @step call"):
+        last_checkpoint()
+
+    @step
+    def remote(i: int) -> int:
+        checkpoint(i)
+        return i
+
+    with workflow("pool"), pytest.raises(CheckpointError, match="executor's worker"):
+        remote.map([1, 2], executor=ThreadPoolExecutor(2))
+
+
+def test_keep_checkpoints_keeps_the_newest_state(log_path: Path) -> None:
+    @step(keep_checkpoints=True)
+    def kept(n: int) -> int:
+        for i in range(n):
+            checkpoint(i, i=i)
+        return n
+
+    @step
+    def dropped(n: int) -> int:
+        for i in range(n):
+            checkpoint(i, i=i)
+        return n
+
+    with workflow("keep"):
+        kept(3)
+        dropped(3)
+    rows = durable_nb.checkpoints(workflow="keep")
+    assert rows.groupby("step")["kept"].sum().to_dict() == {"dropped": 0, "kept": 1}
+    assert rows["i"].tolist() == [0, 1, 2, 0, 1, 2]
+    conn = sqlite3.connect(log_path)
+    assert conn.execute("SELECT count(*) FROM checkpoints WHERE state IS NOT NULL").fetchone() == (
+        1,
+    )
+    kinds = [k for (k,) in conn.execute("SELECT kind FROM events WHERE kind LIKE '%checkpoint'")]
+    assert kinds == ["step checkpoint"] * 6
+
+
+def test_a_tampered_checkpoint_state_is_never_unpickled(
+    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import pickle
+
+    monkeypatch.setenv("EPOCHS", str(tmp_path / "epochs.txt"))
+    monkeypatch.setenv("FAIL", "1")
+
+    @step
+    def long(n: int) -> int:
+        state = last_checkpoint()
+        start = state + 1 if state is not None else 0
+        for i in range(start, n):
+            with open(os.environ["EPOCHS"], "a") as f:
+                f.write(f"{i}\n")
+            checkpoint(i)
+            if i == 2 and os.environ.get("FAIL"):
+                raise RuntimeError("stop")
+        return n
+
+    with pytest.raises(RuntimeError), workflow("tamper"):
+        long(5)
+    evil = pickle.dumps(Counter)  # any other pickle: it must never be loaded unsigned
+    conn = sqlite3.connect(log_path)
+    with conn:
+        conn.execute("UPDATE checkpoints SET state = ? WHERE state IS NOT NULL", (evil,))
+    monkeypatch.delenv("FAIL")
+    said = "checkpoint 3 of long not used"
+    with pytest.warns(durable_nb.DurableWarning, match=said), workflow("tamper"):
+        assert long(5) == 5
+    ran = [int(n) for n in (tmp_path / "epochs.txt").read_text().split()]
+    assert ran == [0, 1, 2, 0, 1, 2, 3, 4]  # from 0: the state was not trusted
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_last_checkpoint_is_none_on_a_fresh_call(log_path: Path, kind: str) -> None:
+    seen: list[object] = []
+
+    if kind == "sync":
+
+        @step
+        def fresh() -> int:
+            seen.append(last_checkpoint())
+            return 1
+
+        with workflow(kind):
+            fresh()
+    else:
+
+        @step
+        async def afresh() -> int:
+            seen.append(last_checkpoint())
+            return 1
+
+        async def flow() -> None:
+            async with workflow(kind):
+                await afresh()
+
+        asyncio.run(flow())
+    assert seen == [None]
+
+
+def test_experiments_and_the_timeline_show_a_call_cut_short(
+    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crashed (here: failed) call is a row of experiments() with its newest checkpoint's
+    metrics, and the timeline ticks each checkpoint on its attempt's bar."""
+    import os
+
+    monkeypatch.setenv("FAIL", "1")
+
+    @step
+    def fit(lr: float, epochs: int = 8) -> dict[str, float]:
+        loss = 1.0
+        for epoch in range(epochs):
+            loss *= 1 - lr
+            checkpoint({"epoch": epoch}, loss=loss, epoch=epoch)
+            if epoch == 3 and os.environ.get("FAIL"):
+                raise RuntimeError("cut short")
+        return {"loss": loss}
+
+    with pytest.raises(RuntimeError), workflow("sweep"):
+        fit(0.5)
+    table = durable_nb.experiments("sweep")
+    assert table["progress"].tolist() == ["checkpoint 4 (run failed)"]
+    assert table["lr"].tolist() == [0.5] and table["loss"].tolist() == [0.0625]
+    monkeypatch.delenv("FAIL")
+    with workflow("sweep"):
+        fit(0.1)  # another call completes: a row without progress
+    both = durable_nb.experiments("sweep")
+    assert both["progress"].isna().tolist() == [True, False]  # completed calls first
+    figure = durable_nb.timeline("sweep")
+    ax = figure.axes[0]
+    ticks = [line for line in ax.lines if line.get_marker() == "|"]
+    assert len(ticks) == 1 and len(ticks[0].get_xdata()) == 4 + 8
+    assert "checkpoint" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+AGENT = """
+import os, sys
+import durable_nb
+from durable_nb import checkpoint, step, workflow
+
+durable_nb.open_log(sys.argv[1])
+durable_nb.replicate(sys.argv[2], sync_interval="100ms")
+
+@step
+def crawl(pages):
+    for page in range(pages):
+        checkpoint(page, pages_done=page + 1)
+        if page == 4:
+            raise RuntimeError("the site went down")
+
+try:
+    with workflow("crawler"):
+        crawl(10)
+except RuntimeError:
+    pass
+durable_nb.stop_replication()
+"""
+
+
+def test_a_fleet_observer_sees_an_agents_progress(tmp_path: Path) -> None:
+    root = f"file://{tmp_path / 'fleet'}/"
+    agent = python(AGENT, str(tmp_path / "agent-1.db"), root, cwd=tmp_path)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
+    seen = fleet.checkpoints("crawler")
+    assert seen["pages_done"].tolist() == [1, 2, 3, 4, 5]
+    assert [name.rsplit("/", 1)[-1] for name in set(seen["log"])] == ["agent-1"]
+    progress = fleet.experiments("crawler")["progress"].tolist()
+    assert progress == ["checkpoint 5 (run failed)"]
