@@ -433,3 +433,120 @@ def test_a_fleet_observer_sees_an_agents_progress(tmp_path: Path) -> None:
     assert [name.rsplit("/", 1)[-1] for name in set(seen["log"])] == ["agent-1"]
     progress = fleet.experiments("crawler")["progress"].tolist()
     assert progress == ["checkpoint 5 (run failed)"]
+
+
+EDGES = """
+import importlib, os, sys
+import durable_nb
+from durable_nb import checkpoint, last_checkpoint, step
+
+@step
+def train(epochs):
+    if os.environ.get("DONE_AT_ONCE"):  # this attempt completes without checkpoints
+        return -1
+    state = last_checkpoint()
+    start = state["epoch"] + 1 if state else 0
+    with open(os.environ["EPOCHS"], "a") as f:
+        f.write(f"start {start}\\n")
+    for epoch in range(start, epochs):
+        module = importlib.import_module(os.environ["STATE_MODULE"])  # (unseen by replay)
+        model = getattr(module, os.environ.get("STATE_CLASS", "Model"))()
+        checkpoint({"epoch": epoch, "model": model})
+        if epoch == 2 and os.environ.get("FAIL"):
+            raise RuntimeError("stop")
+    if os.environ.get("NOT_DURABLE"):
+        return lambda: epochs  # not durable: the call runs again, from its state
+    return epochs
+"""
+
+
+def _edges(tmp_path: Path) -> dict[str, object]:
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    exec(EDGES, namespace)
+    return namespace
+
+
+@pytest.fixture
+def state_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    """A module of the state's class, which the step imports by a name replay cannot see."""
+    import importlib
+    import sys
+
+    name = f"ck_state_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text("class Model:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("STATE_MODULE", name)
+    module = importlib.import_module(name)
+    yield module
+    sys.modules.pop(name, None)
+
+
+def starts(tmp_path: Path) -> list[int]:
+    return [int(line.split()[1]) for line in (tmp_path / "epochs.txt").read_text().splitlines()]
+
+
+def test_what_resumes_and_what_does_not(
+    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_module: object
+) -> None:
+    """The review's cases: a call that completes without touching its checkpoints drops
+    them; a fresh run does not resume; a result that is not durable keeps them (it runs
+    again, from its state); a state whose class is gone makes the call start over."""
+    monkeypatch.setenv("EPOCHS", str(tmp_path / "epochs.txt"))
+    ns = _edges(tmp_path)
+    train = ns["train"]
+
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(RuntimeError), workflow("a"):
+        train(5)  # type: ignore[operator]
+    monkeypatch.delenv("FAIL")
+    with workflow("a", fresh=True):
+        assert train(5) == 5  # type: ignore[operator]
+    assert starts(tmp_path) == [0, 0]  # fresh: the log's checkpoint is not resumed
+
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(RuntimeError), workflow("b"):
+        train(5)  # type: ignore[operator]
+    monkeypatch.delenv("FAIL")
+    monkeypatch.setenv("DONE_AT_ONCE", "1")
+    with workflow("b"):
+        assert train(5) == -1  # type: ignore[operator]
+    monkeypatch.delenv("DONE_AT_ONCE")
+    assert not durable_nb.checkpoints("b")["kept"].any()  # dropped with the completed row
+
+    monkeypatch.setenv("NOT_DURABLE", "1")
+    with pytest.warns(durable_nb.DurableWarning), workflow("c"):
+        train(5)  # type: ignore[operator]
+    with pytest.warns(durable_nb.DurableWarning), workflow("c"):
+        train(5)  # type: ignore[operator]
+    monkeypatch.delenv("NOT_DURABLE")
+    assert starts(tmp_path)[-2:] == [0, 5]  # ran again, from its newest state
+
+    (tmp_path / "epochs.txt").unlink()
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(RuntimeError), workflow("d"):
+        train(5)  # type: ignore[operator]
+    monkeypatch.delenv("FAIL")
+    module = state_module.__name__  # type: ignore[attr-defined]
+    state_module.Renamed = type("Renamed", (), {"__module__": module})  # type: ignore[attr-defined]
+    del state_module.Model  # type: ignore[attr-defined]  # the state's class is renamed
+    monkeypatch.setenv("STATE_CLASS", "Renamed")
+    with pytest.warns(durable_nb.DurableWarning, match="state unreadable"), workflow("d"):
+        assert train(5) == 5  # type: ignore[operator]
+    assert starts(tmp_path) == [0, 0]
+
+
+def test_experiments_show_a_rerun_cut_short_after_an_older_version_completed(
+    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_module: object
+) -> None:
+    monkeypatch.setenv("EPOCHS", str(tmp_path / "epochs.txt"))
+    ns = _edges(tmp_path)
+    with workflow("e"):
+        ns["train"](5)  # type: ignore[operator]
+    ns = _edges(tmp_path)
+    exec("def helper():\n    return 1\n", ns)  # the step's code changes: a new version
+    exec(EDGES.replace("return epochs\n", "return epochs + helper()\n"), ns)
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(RuntimeError), workflow("e"):
+        ns["train"](5)  # type: ignore[operator]
+    shown = durable_nb.experiments("e")
+    assert shown["progress"].tolist()[-1] == "checkpoint 3 (run failed)"

@@ -1,6 +1,8 @@
-"""Checkpoints inside a step in the log: save a call's newest state (dropping older ones in
-the same commit), find it again, drop a completed call's states, list them for the views.
-SQL text is in ``sql``; the row is built by ``replay.calls.Call.checkpoint_row``."""
+"""Checkpoints inside a step in the log: save a call's newest state (the trigger
+``checkpoints_newest`` drops the older one in the same statement), find it again, list
+unfinished calls for the views. A completed step row drops its call's states in its own
+commit (trigger ``checkpoints_done``). SQL text is in ``sql``; the row is built by
+``replay.calls.Call.checkpoint_row``."""
 
 from __future__ import annotations
 
@@ -8,12 +10,12 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from .records import CheckpointRow, StepKey, StoredCheckpoint
-from .sql import CHECKPOINT_CALL, DROP_STATES, INSERT_CHECKPOINT, MARK_DONE
+from .sql import CHECKPOINT_CALL, INSERT_CHECKPOINT
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["drop_states", "newest", "save", "state_payload", "unfinished_rows"]
+__all__ = ["newest", "save", "state_payload", "unfinished_rows"]
 
 
 def _call(workflow: str, key: StepKey) -> tuple[str, str, str, str, int]:
@@ -50,14 +52,12 @@ def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> lis
     """Calls that checkpointed and have not completed (running, crashed, failed or
     interrupted), from their newest checkpoint, in the shape of ``experiment_rows``:
     (workflow, scope, name, args digest, occurrence, run, the run's status, checkpoint
-    number, params JSON, metrics JSON, first checkpoint time of the attempt, its time)."""
+    number, params JSON, metrics JSON, when the attempt started, the checkpoint's time)."""
     try:
         return store.conn.execute(
             "SELECT c.workflow, c.scope, c.name, c.args_digest, c.occurrence, c.run_id, "
-            "r.status, c.seq, c.params, c.metrics, (SELECT min(created_at) FROM checkpoints f "
-            "WHERE f.run_id = c.run_id AND f.attempt = c.attempt AND f.name = c.name AND "
-            "f.args_digest = c.args_digest AND f.scope = c.scope AND f.occurrence = "
-            "c.occurrence), c.created_at FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+            "r.status, c.seq, c.params, c.metrics, c.started_at, c.created_at "
+            "FROM checkpoints c JOIN runs r ON r.id = c.run_id "
             "WHERE c.state_format IS NOT NULL AND c.done = 0 AND (?1 IS NULL OR c.workflow = "
             "?1) AND (?2 IS NULL OR c.name = ?2) ORDER BY c.id",
             (workflow, step),
@@ -66,9 +66,3 @@ def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> lis
         if "no such table" not in str(exc):
             raise
         return []
-
-
-def drop_states(store: Store, workflow: str, key: StepKey, *, keep: bool = False) -> None:
-    """A call completed: its kept state is dropped (its blob goes to ``gc``), or with
-    ``keep`` marked done, never to be resumed."""
-    store.write(MARK_DONE if keep else DROP_STATES, _call(workflow, key))

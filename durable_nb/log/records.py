@@ -166,6 +166,7 @@ class CheckpointRow(NamedTuple):
     code_digest: str
     attempt: int
     seq: int
+    started_at: float
     created_at: float
     args_repr: str
     params: str | None
@@ -175,3 +176,4 @@ class CheckpointRow(NamedTuple):
     state: bytes | None
     metrics: str | None
     signature: bytes
+    keep: bool

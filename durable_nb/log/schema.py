@@ -245,7 +245,8 @@ MIGRATIONS: list[str] = [
     """,
     # 11: checkpoints inside a step (``checkpoint()`` / ``last_checkpoint()``): a call's
     # saved states, keyed like its step rows plus its dependency digest, attempt and number;
-    # state_* are NULL once dropped (a newer checkpoint of the call, or the call completed).
+    # state_* are NULL once dropped (a newer checkpoint of the call, or the call completed);
+    # done: the call completed (a state kept by keep_checkpoints is never resumed).
     f"""
     CREATE TABLE checkpoints (
         id            INTEGER PRIMARY KEY,
@@ -258,6 +259,7 @@ MIGRATIONS: list[str] = [
         code_digest   TEXT NOT NULL,
         attempt       INTEGER NOT NULL,
         seq           INTEGER NOT NULL,
+        started_at    REAL NOT NULL,          -- when the attempt started
         created_at    REAL NOT NULL,
         args_repr     TEXT NOT NULL,
         params        TEXT,
@@ -267,19 +269,34 @@ MIGRATIONS: list[str] = [
         state         BLOB,
         metrics       TEXT,
         signature     BLOB,
+        keep          INTEGER NOT NULL DEFAULT 0,  -- @step(keep_checkpoints=True)
         done          INTEGER NOT NULL DEFAULT 0
     );
     -- the (at most one) row of a call that still keeps its state: found at once by each
     -- new checkpoint, however many the call has made
     CREATE INDEX checkpoints_kept ON checkpoints (workflow, name, args_digest, scope,
                                                   occurrence) WHERE state_format IS NOT NULL;
-    -- a new checkpoint drops the call's older state in its own statement (one commit)
+    -- a new checkpoint drops the call's older state (not one a completed call kept) in its
+    -- own statement: one commit
     CREATE TRIGGER checkpoints_newest AFTER INSERT ON checkpoints BEGIN
         UPDATE checkpoints SET state_format = NULL, state_blob = NULL, state = NULL,
                                signature = NULL
          WHERE workflow = NEW.workflow AND name = NEW.name AND args_digest = NEW.args_digest
            AND scope = NEW.scope AND occurrence = NEW.occurrence
-           AND state_format IS NOT NULL AND id != NEW.id;
+           AND state_format IS NOT NULL AND done = 0 AND id != NEW.id;
+    END;
+    -- a call completes in the commit of its row: its state is dropped (kept, done, with
+    -- keep_checkpoints), whichever attempt saved it. Not for a call interrupted or not
+    -- durable: it runs again, and goes on from its state.
+    CREATE TRIGGER checkpoints_done AFTER INSERT ON steps WHEN NEW.status = 'completed' BEGIN
+        UPDATE checkpoints SET done = 1,
+               state_format = CASE WHEN keep THEN state_format END,
+               state_blob = CASE WHEN keep THEN state_blob END,
+               state = CASE WHEN keep THEN state END,
+               signature = CASE WHEN keep THEN signature END
+         WHERE workflow = NEW.workflow AND name = NEW.name AND args_digest = NEW.args_digest
+           AND scope = NEW.scope AND occurrence = NEW.occurrence
+           AND state_format IS NOT NULL AND done = 0;
     END;
     DROP VIEW events;
     {_EVENTS_VIEW_11}

@@ -10,7 +10,6 @@ from .serialization import PICKLE
 
 __all__ = [
     "CHECKPOINT_CALL",
-    "DROP_STATES",
     "END_RUN",
     "INDEXED",
     "INDEX_RUN",
@@ -19,7 +18,6 @@ __all__ = [
     "INSERT_STEP",
     "IN_WORKFLOW",
     "MARK_CRASHED",
-    "MARK_DONE",
     "PRELOAD_MAX_BYTES",
     "RUN_COLUMNS",
     "referenced_blobs",
@@ -48,14 +46,6 @@ INSERT_CHECKPOINT = (
     f"INSERT INTO checkpoints ({', '.join(CheckpointRow._fields)}) "
     f"VALUES ({', '.join('?' * len(CheckpointRow._fields))})"
 )
-# A call completed: its kept state is dropped (its row, time and metrics stay), or, with
-# keep_checkpoints, marked done (never resumed). (An older state is dropped by the trigger
-# checkpoints_newest as each new one is inserted.)
-DROP_STATES = (
-    "UPDATE checkpoints SET state_format = NULL, state_blob = NULL, state = NULL, "
-    f"signature = NULL, done = 1 WHERE {CHECKPOINT_CALL} AND state_format IS NOT NULL"
-)
-MARK_DONE = f"UPDATE checkpoints SET done = 1 WHERE {CHECKPOINT_CALL} AND state_format IS NOT NULL"
 
 
 END_RUN = (

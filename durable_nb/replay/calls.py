@@ -61,7 +61,7 @@ class Call:
     """One call of a step in a run: its key, its digest, its arguments, why it runs."""
 
     __slots__ = ("args", "arguments", "attempt", "checkpoints", "digest", "keep", "key",
-                 "kwargs", "name", "reason", "run", "shown")  # fmt: skip
+                 "kwargs", "name", "reason", "run", "shown", "started")  # fmt: skip
 
     def __init__(
         self,
@@ -82,7 +82,8 @@ class Call:
         self.arguments = arguments  # the step's signature, for the params document
         self.reason: str | None = None
         self.attempt = 1
-        self.checkpoints = 0  # saved by this attempt; -1: it resumed from an earlier one's
+        self.started = 0.0  # when the running attempt started
+        self.checkpoints = 0  # number of its newest checkpoint (saved, or resumed from)
         self.keep = False  # keep its checkpoints' states once it completes
         self.shown: tuple[str, str | None] | None = None  # (args repr, params), once needed
 
@@ -166,8 +167,9 @@ class Call:
         signature = sign(fmt, payload) if payload is not None else sign_blob(fmt, blob)
         return CheckpointRow(
             run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
-            self.attempt, seq, time.time(), shown, params, fmt, blob, encoded.size,
-            bytes(payload) if payload is not None else None, metrics, signature,
+            self.attempt, seq, self.started, time.time(), shown, params, fmt, blob,
+            encoded.size, bytes(payload) if payload is not None else None, metrics, signature,
+            self.keep,
         )  # fmt: skip
 
     def document(self) -> str:

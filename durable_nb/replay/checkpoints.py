@@ -70,9 +70,10 @@ def last_checkpoint() -> Any:
     found = stored.newest(run.store, run.workflow, call.key)
     if found is None or (found.attempt == call.attempt and found.run_id == run.id):
         return None  # (this very attempt's own: it knows its state)
+    if run.completed is None and found.run_id != run.id:
+        return None  # a fresh run ignores the log (its own retries still resume)
     where = f"checkpoint {found.seq} of {call.name}"
     if found.code_digest != call.digest.value:
-        call.checkpoints = max(call.checkpoints, -1)  # (dropped when the call completes)
         doc = run.store.digest_document(found.code_digest)
         why = run.explain_digest(doc, call, found.run_id)
         call.reason = f"{where} not used: {why}"
@@ -81,8 +82,9 @@ def last_checkpoint() -> Any:
         fetch = functools.partial(stored.state_payload, run.store)
         state = run.stored_value(found.state_format, found.state_blob, found.signature,
                                  None, fetch, found.id)  # fmt: skip
-    except (BlobError, NotSigned) as exc:
-        call.reason = f"{where} not used: {exc}"
+    except Exception as exc:  # unsigned, a lost blob, a class that is gone: it starts over
+        known = isinstance(exc, (BlobError, NotSigned))
+        call.reason = f"{where} not used: {exc if known else f'state unreadable: {exc}'}"
         run.warn_once(f"checkpoint {call.name}", f"step {call.name}: {call.reason}")
         return None
     call.checkpoints = max(call.checkpoints, found.seq)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar, overload
 
 from ..errors import BlobError, PlanStop
-from ..log import checkpoints, serialization
+from ..log import serialization
 from ..log.records import StepKey, StoredStep
 from ..log.serialization import args_repr
 from ..log.signing import NotSigned
@@ -235,7 +235,7 @@ class Step:
             return value
         run = call.run
         for attempt in range(1, self.retries + 2):
-            started = time.time()
+            call.started = started = time.time()
             call.attempt = attempt
             token = current.set(Scope(run, call.key, call))
             shown = Capture()
@@ -276,7 +276,7 @@ class Step:
     ) -> Any:
         run = call.run
         for attempt in range(1, self.retries + 2):
-            started = time.time()
+            call.started = started = time.time()
             call.attempt = attempt
             token = current.set(Scope(run, call.key, call))
             before = interrupts.count()
@@ -334,13 +334,11 @@ class Step:
         self._completed(call, value, why, interrupted)
 
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
-        """Count a finished call, drop its checkpoints' states; warn once if its value is
-        not durable."""
+        """Count a finished call; warn once if its value is not durable. (Its checkpoints'
+        states were dropped in the commit of its row: trigger ``checkpoints_done``.)"""
         run = call.run
         with run.lock:  # steps may finish in several threads at once
             run.steps_run += 1
-        if call.checkpoints:
-            checkpoints.drop_states(run.store, run.workflow, call.key, keep=call.keep)
         if why is None:
             if not interrupted:
                 run.used[(self.name, call.digest.value)] = call.digest.refs

@@ -68,9 +68,13 @@ def experiments(
         for row in rows:  # in id order: a later record replaces an earlier one
             newest[row[:5]] = row
         rows = list(newest.values())
-    # calls still running or cut short, with their newest checkpoint's metrics
-    done = {row[:5] for row in rows if row[6] == "completed"}
-    unfinished = [row for row in unfinished if row[:5] not in done]
+    # calls still running or cut short, with their newest checkpoint's metrics (unless the
+    # call completed since: a completed record of a later run)
+    done: dict[tuple[Any, ...], int] = {}
+    for row in rows:
+        if row[6] == "completed":
+            done[row[:5]] = max(done.get(row[:5], 0), row[5])
+    unfinished = [row for row in unfinished if row[5] > done.get(row[:5], 0)]
     progress = [None] * len(rows) + [f"checkpoint {r[7]} (run {r[6]})" for r in unfinished]
     rows += [(*r[:6], "unfinished", None, *r[8:]) for r in unfinished]
     # one parse per column, not per row: the documents joined into one JSON array
