@@ -510,8 +510,17 @@ def test_what_resumes_and_what_does_not(
     monkeypatch.setenv("DONE_AT_ONCE", "1")
     with workflow("b"):
         assert train(5) == -1  # type: ignore[operator]
+    assert not durable_nb.checkpoints("b")["kept"].any()  # dropped as the call completed
+    conn = sqlite3.connect(log_path)  # as if the process died between its row and the drop:
+    with conn:
+        newest = "(SELECT max(id) FROM checkpoints WHERE workflow = 'b')"
+        conn.execute("UPDATE checkpoints SET state_format = 'pickle', state = x'80054b012e', "
+                     f"done = 0 WHERE id = {newest}")  # fmt: skip
+    assert durable_nb.checkpoints("b")["kept"].sum() == 1
+    with workflow("b"):
+        assert train(5) == -1  # type: ignore[operator]  # replayed: the state is dropped
+    assert not durable_nb.checkpoints("b")["kept"].any()
     monkeypatch.delenv("DONE_AT_ONCE")
-    assert not durable_nb.checkpoints("b")["kept"].any()  # dropped with the completed row
 
     monkeypatch.setenv("NOT_DURABLE", "1")
     with pytest.warns(durable_nb.DurableWarning), workflow("c"):

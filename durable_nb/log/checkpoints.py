@@ -1,8 +1,7 @@
 """Checkpoints inside a step in the log: save a call's newest state (the trigger
-``checkpoints_newest`` drops the older one in the same statement), find it again, list
-unfinished calls for the views. A completed step row drops its call's states in its own
-commit (trigger ``checkpoints_done``). SQL text is in ``sql``; the row is built by
-``replay.calls.Call.checkpoint_row``."""
+``checkpoints_newest`` drops the older one in the same statement), find it again, finish
+the checkpoints of a completed call, list unfinished calls for the views. SQL text is in
+``sql``; the row is built by ``replay.calls.Call.checkpoint_row``."""
 
 from __future__ import annotations
 
@@ -10,12 +9,12 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from .records import CheckpointRow, StepKey, StoredCheckpoint
-from .sql import CHECKPOINT_CALL, INSERT_CHECKPOINT
+from .sql import CHECKPOINT_CALL, FINISH_CHECKPOINTS, INSERT_CHECKPOINT
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["newest", "save", "state_payload", "unfinished_rows"]
+__all__ = ["finish", "kept_keys", "newest", "save", "state_payload", "unfinished_rows"]
 
 
 def _call(workflow: str, key: StepKey) -> tuple[str, str, str, str, int]:
@@ -38,6 +37,23 @@ def newest(store: Store, workflow: str, key: StepKey) -> StoredCheckpoint | None
         _call(workflow, key),
     ).fetchone()
     return StoredCheckpoint(*row) if row else None
+
+
+def kept_keys(store: Store, workflow: str) -> set[StepKey]:
+    """The calls of ``workflow`` whose newest state is kept and not finished (a run
+    finishes them as they complete, whichever attempt or run saved them)."""
+    rows = store.conn.execute(
+        "SELECT scope, name, args_digest, occurrence FROM checkpoints WHERE workflow = ? "
+        "AND state_format IS NOT NULL AND done = 0",
+        (workflow,),
+    ).fetchall()
+    return {tuple(row) for row in rows}  # type: ignore[misc]
+
+
+def finish(store: Store, workflow: str, key: StepKey) -> None:
+    """A call completed (or replayed a completed record): its kept state is dropped, its
+    blob left to ``gc`` (with ``keep_checkpoints``, kept and marked done: never resumed)."""
+    store.write(FINISH_CHECKPOINTS, _call(workflow, key))
 
 
 def state_payload(store: Store, checkpoint_id: int) -> bytes:

@@ -285,19 +285,6 @@ MIGRATIONS: list[str] = [
            AND scope = NEW.scope AND occurrence = NEW.occurrence
            AND state_format IS NOT NULL AND done = 0 AND id != NEW.id;
     END;
-    -- a call completes in the commit of its row: its state is dropped (kept, done, with
-    -- keep_checkpoints), whichever attempt saved it. Not for a call interrupted or not
-    -- durable: it runs again, and goes on from its state.
-    CREATE TRIGGER checkpoints_done AFTER INSERT ON steps WHEN NEW.status = 'completed' BEGIN
-        UPDATE checkpoints SET done = 1,
-               state_format = CASE WHEN keep THEN state_format END,
-               state_blob = CASE WHEN keep THEN state_blob END,
-               state = CASE WHEN keep THEN state END,
-               signature = CASE WHEN keep THEN signature END
-         WHERE workflow = NEW.workflow AND name = NEW.name AND args_digest = NEW.args_digest
-           AND scope = NEW.scope AND occurrence = NEW.occurrence
-           AND state_format IS NOT NULL AND done = 0;
-    END;
     DROP VIEW events;
     {_EVENTS_VIEW_11}
     """,

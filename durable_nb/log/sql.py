@@ -11,6 +11,7 @@ from .serialization import PICKLE
 __all__ = [
     "CHECKPOINT_CALL",
     "END_RUN",
+    "FINISH_CHECKPOINTS",
     "INDEXED",
     "INDEX_RUN",
     "INSERT_CHECKPOINT",
@@ -42,6 +43,14 @@ INSERT_COMPLETED = (
 
 # A call's checkpoints: the same workflow and key (scope, name, argument digest, occurrence).
 CHECKPOINT_CALL = "workflow = ? AND name = ? AND args_digest = ? AND scope = ? AND occurrence = ?"
+# A call completed: its state is dropped (its row, time and metrics stay), or with
+# keep_checkpoints kept and marked done (never resumed).
+FINISH_CHECKPOINTS = (
+    "UPDATE checkpoints SET done = 1, state_format = CASE WHEN keep THEN state_format END, "
+    "state_blob = CASE WHEN keep THEN state_blob END, state = CASE WHEN keep THEN state END, "
+    "signature = CASE WHEN keep THEN signature END "
+    f"WHERE {CHECKPOINT_CALL} AND state_format IS NOT NULL AND done = 0"
+)
 INSERT_CHECKPOINT = (
     f"INSERT INTO checkpoints ({', '.join(CheckpointRow._fields)}) "
     f"VALUES ({', '.join('?' * len(CheckpointRow._fields))})"

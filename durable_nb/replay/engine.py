@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar, overload
 
 from ..errors import BlobError, PlanStop
-from ..log import serialization
+from ..log import checkpoints, serialization
 from ..log.records import StepKey, StoredStep
 from ..log.serialization import args_repr
 from ..log.signing import NotSigned
@@ -214,6 +214,8 @@ class Step:
                 if record.printed and not run.plan:
                     capture.replay(run.store.step_output(record.id))
                 run.replayed.append(record.id)
+                if run.kept and call.key in run.kept:  # a state left by a crash after its row
+                    checkpoints.finish(run.store, run.workflow, call.key)
                 run.used[(self.name, digest.value)] = digest.refs
                 run.compare_environment(record, call)
                 return True, value
@@ -334,11 +336,13 @@ class Step:
         self._completed(call, value, why, interrupted)
 
     def _completed(self, call: Call, value: Any, why: str | None, interrupted: bool) -> None:
-        """Count a finished call; warn once if its value is not durable. (Its checkpoints'
-        states were dropped in the commit of its row: trigger ``checkpoints_done``.)"""
+        """Count a finished call, finish its checkpoints (unless it runs again: Ctrl-C
+        arrived, or its value is not durable); warn once if its value is not durable."""
         run = call.run
         with run.lock:  # steps may finish in several threads at once
             run.steps_run += 1
+        if (call.checkpoints or (run.kept and call.key in run.kept)) and not (why or interrupted):
+            checkpoints.finish(run.store, run.workflow, call.key)
         if why is None:
             if not interrupted:
                 run.used[(self.name, call.digest.value)] = call.digest.refs

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DurableWarning, PlanStop, user_stacklevel
-from ..log import serialization
+from ..log import checkpoints, serialization
 from ..log.records import CompletedRow, StepRow, StoredStep
 from ..log.signing import NotSigned, valid
 from ..log.store import Store
@@ -53,6 +53,8 @@ class Run:
         self.workflow = workflow
         self.plan = plan
         self.completed = None if fresh else store.completed_steps(workflow)
+        # calls with a kept checkpoint state: finished as they complete or replay
+        self.kept = set() if plan else checkpoints.kept_keys(store, workflow)
         self.id = (
             0
             if plan
