@@ -292,9 +292,7 @@ def test_keep_checkpoints_keeps_the_newest_state(log_path: Path) -> None:
     assert rows.groupby("step")["kept"].sum().to_dict() == {"dropped": 0, "kept": 1}
     assert rows["i"].tolist() == [0, 1, 2, 0, 1, 2]
     conn = sqlite3.connect(log_path)
-    assert conn.execute("SELECT count(*) FROM checkpoints WHERE state IS NOT NULL").fetchone() == (
-        1,
-    )
+    assert conn.execute("SELECT count(*) FROM checkpoint_states").fetchone() == (1,)
     kinds = [k for (k,) in conn.execute("SELECT kind FROM events WHERE kind LIKE '%checkpoint'")]
     assert kinds == ["step checkpoint"] * 6
 
@@ -325,7 +323,7 @@ def test_a_tampered_checkpoint_state_is_never_unpickled(
     evil = pickle.dumps(Counter)  # any other pickle: it must never be loaded unsigned
     conn = sqlite3.connect(log_path)
     with conn:
-        conn.execute("UPDATE checkpoints SET state = ? WHERE state IS NOT NULL", (evil,))
+        conn.execute("UPDATE checkpoint_states SET state = ?", (evil,))
     monkeypatch.delenv("FAIL")
     said = "checkpoint 3 of long not used"
     with pytest.warns(durable_nb.DurableWarning, match=said), workflow("tamper"):
@@ -513,10 +511,15 @@ def test_what_resumes_and_what_does_not(
     assert not durable_nb.checkpoints("b")["kept"].any()  # dropped as the call completed
     conn = sqlite3.connect(log_path)  # as if the process died between its row and the drop:
     with conn:
-        newest = "(SELECT max(id) FROM checkpoints WHERE workflow = 'b')"
-        conn.execute("UPDATE checkpoints SET state_format = 'pickle', state = x'80054b012e', "
-                     f"done = 0 WHERE id = {newest}")  # fmt: skip
-    assert durable_nb.checkpoints("b")["kept"].sum() == 1
+        conn.execute(
+            "INSERT INTO checkpoint_states (workflow, scope, name, args_digest, occurrence, "
+            "run_id, code_digest, attempt, seq, started_at, created_at, args_repr, "
+            "state_format, state_size, state) SELECT workflow, scope, name, args_digest, "
+            "occurrence, run_id, code_digest, attempt, seq, started_at, created_at, args_repr, "
+            "'pickle', 5, x'80054b012e' FROM checkpoints WHERE workflow = 'b' "
+            "ORDER BY id DESC LIMIT 1"
+        )
+    assert durable_nb.checkpoints("b")["kept"].any()
     with workflow("b"):
         assert train(5) == -1  # type: ignore[operator]  # replayed: the state is dropped
     assert not durable_nb.checkpoints("b")["kept"].any()

@@ -1,7 +1,7 @@
-"""Checkpoints inside a step in the log: save a call's newest state (the trigger
-``checkpoints_newest`` drops the older one in the same statement), find it again, finish
-the checkpoints of a completed call, list unfinished calls for the views. SQL text is in
-``sql``; the row is built by ``replay.calls.Call.checkpoint_row``."""
+"""Checkpoints inside a step in the log: save a call's newest state (one row per call in
+``checkpoint_states``, replaced in one statement that also appends the checkpoint's history
+row), find it again, finish the checkpoints of a completed call, list unfinished calls for
+the views. SQL text is in ``sql``; the row is built by ``replay.calls.Call.checkpoint_row``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from .records import CheckpointRow, StepKey, StoredCheckpoint
-from .sql import CHECKPOINT_CALL, FINISH_CHECKPOINTS, INSERT_CHECKPOINT
+from .sql import CHECKPOINT_CALL, SAVE_CHECKPOINT
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["finish", "kept_keys", "newest", "save", "state_payload", "unfinished_rows"]
+__all__ = ["finish", "kept_keys", "newest", "save", "unfinished_rows"]
 
 
 def _call(workflow: str, key: StepKey) -> tuple[str, str, str, str, int]:
@@ -22,46 +22,41 @@ def _call(workflow: str, key: StepKey) -> tuple[str, str, str, str, int]:
     return workflow, name, digest, scope, occurrence
 
 
-def save(store: Store, row: CheckpointRow) -> int:
-    """Commit ``row`` (its blob, if any, is written already); the call's older state is
-    dropped in the same statement (trigger ``checkpoints_newest``). The new row's id."""
-    return store.write(INSERT_CHECKPOINT, tuple(row))
+def save(store: Store, row: CheckpointRow) -> None:
+    """Commit ``row`` (its blob, if any, is written already) in place of the call's older
+    state, its history row with it: one statement, one commit."""
+    store.write(SAVE_CHECKPOINT, tuple(row))
 
 
 def newest(store: Store, workflow: str, key: StepKey) -> StoredCheckpoint | None:
     """The newest state saved for a call that has not completed, whatever its digest."""
     row = store.conn.execute(
-        "SELECT id, run_id, code_digest, attempt, seq, state_format, state_blob, signature, "
-        f"metrics FROM checkpoints WHERE {CHECKPOINT_CALL} AND state_format IS NOT NULL "
-        "AND done = 0 ORDER BY id DESC LIMIT 1",
+        "SELECT run_id, code_digest, attempt, seq, state_format, state_blob, state, signature "
+        f"FROM checkpoint_states WHERE {CHECKPOINT_CALL} AND done = 0",
         _call(workflow, key),
     ).fetchone()
     return StoredCheckpoint(*row) if row else None
 
 
 def kept_keys(store: Store, workflow: str) -> set[StepKey]:
-    """The calls of ``workflow`` whose newest state is kept and not finished (a run
-    finishes them as they complete, whichever attempt or run saved them)."""
+    """The calls of ``workflow`` that keep a state not finished (a run finishes them as
+    they complete, whichever attempt or run saved them)."""
     rows = store.conn.execute(
-        "SELECT scope, name, args_digest, occurrence FROM checkpoints WHERE workflow = ? "
-        "AND state_format IS NOT NULL AND done = 0",
+        "SELECT scope, name, args_digest, occurrence FROM checkpoint_states "
+        "WHERE workflow = ? AND done = 0",
         (workflow,),
     ).fetchall()
     return {tuple(row) for row in rows}  # type: ignore[misc]
 
 
 def finish(store: Store, workflow: str, key: StepKey) -> None:
-    """A call completed (or replayed a completed record): its kept state is dropped, its
-    blob left to ``gc`` (with ``keep_checkpoints``, kept and marked done: never resumed)."""
-    store.write(FINISH_CHECKPOINTS, _call(workflow, key))
-
-
-def state_payload(store: Store, checkpoint_id: int) -> bytes:
-    """The inline serialized state of one checkpoint."""
-    row = store.conn.execute(
-        "SELECT state FROM checkpoints WHERE id = ?", (checkpoint_id,)
-    ).fetchone()
-    return row[0]
+    """A call completed (or replayed a completed record): its state is dropped, its blob
+    left to ``gc`` (with ``keep_checkpoints``, kept and marked done: never resumed)."""
+    call = _call(workflow, key)
+    with store.transaction() as conn:
+        conn.execute(f"UPDATE checkpoint_states SET done = 1 WHERE {CHECKPOINT_CALL} AND keep",
+                     call)  # fmt: skip
+        conn.execute(f"DELETE FROM checkpoint_states WHERE {CHECKPOINT_CALL} AND NOT keep", call)
 
 
 def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> list[tuple[Any, ...]]:
@@ -73,9 +68,9 @@ def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> lis
         return store.conn.execute(
             "SELECT c.workflow, c.scope, c.name, c.args_digest, c.occurrence, c.run_id, "
             "r.status, c.seq, c.params, c.metrics, c.started_at, c.created_at "
-            "FROM checkpoints c JOIN runs r ON r.id = c.run_id "
-            "WHERE c.state_format IS NOT NULL AND c.done = 0 AND (?1 IS NULL OR c.workflow = "
-            "?1) AND (?2 IS NULL OR c.name = ?2) ORDER BY c.id",
+            "FROM checkpoint_states c JOIN runs r ON r.id = c.run_id WHERE c.done = 0 "
+            "AND (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.name = ?2) "
+            "ORDER BY c.created_at",
             (workflow, step),
         ).fetchall()
     except sqlite3.OperationalError as exc:  # a log older than checkpoints, read-only

@@ -60,15 +60,14 @@ class StoredStep:
 class StoredCheckpoint:
     """The newest saved state of a call (``checkpoint()``), as ``last_checkpoint`` needs it."""
 
-    id: int
     run_id: int
     code_digest: str
     attempt: int
     seq: int
     state_format: str
     state_blob: str | None
+    state: bytes | None  # inline (else in the blob)
     signature: bytes | None
-    metrics: str | None
 
 
 @dataclass(frozen=True)
@@ -157,12 +156,12 @@ class StepRow(NamedTuple):
 class CheckpointRow(NamedTuple):
     """One saved state of a running call, as inserted (built by ``calls.Call``)."""
 
-    run_id: int
     workflow: str
     scope: str
     name: str
     args_digest: str
     occurrence: int
+    run_id: int
     code_digest: str
     attempt: int
     seq: int

@@ -21,9 +21,10 @@ Tables
             "refs": [[label, module, qualname], ...]}`` (refs: the code arguments brought),
             written once per digest, so that a step that runs again can say what changed.
     notes   rare events that are not a run or step state change (forget, crash found, ...).
-    checkpoints  states saved inside a running call (``checkpoint()``), keyed like its step
-            rows; only the newest of a call keeps its state, and none once the call completes
-            (unless ``keep_checkpoints``); their metrics stay, as JSON.
+    checkpoint_states  the newest state saved inside each running call (``checkpoint()``),
+            one row per call keyed like its step rows, replaced by each new checkpoint and
+            deleted once the call completes (unless ``keep_checkpoints``).
+    checkpoints  one row per checkpoint ever saved: its call, time and metrics (JSON).
     events  a VIEW: every state change of runs, steps and notes, in time order.
 """
 
@@ -243,11 +244,36 @@ MIGRATIONS: list[str] = [
     ALTER TABLE steps ADD COLUMN signature BLOB;
     ALTER TABLE cells ADD COLUMN signature BLOB;
     """,
-    # 11: checkpoints inside a step (``checkpoint()`` / ``last_checkpoint()``): a call's
-    # saved states, keyed like its step rows plus its dependency digest, attempt and number;
-    # state_* are NULL once dropped (a newer checkpoint of the call, or the call completed);
-    # done: the call completed (a state kept by keep_checkpoints is never resumed).
+    # 11: checkpoints inside a step (``checkpoint()`` / ``last_checkpoint()``). The state a
+    # call may resume lives in checkpoint_states, one row per call (keyed like its step rows):
+    # a new checkpoint replaces it in one statement, which also appends its history row
+    # (time, metrics: kept after the state is dropped) to checkpoints. done: the call
+    # completed and keep_checkpoints kept its state (never resumed).
     f"""
+    CREATE TABLE checkpoint_states (
+        workflow      TEXT NOT NULL,
+        scope         TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        args_digest   TEXT NOT NULL,
+        occurrence    INTEGER NOT NULL,
+        run_id        INTEGER NOT NULL,
+        code_digest   TEXT NOT NULL,          -- the call's dependency digest
+        attempt       INTEGER NOT NULL,
+        seq           INTEGER NOT NULL,       -- its number in the call
+        started_at    REAL NOT NULL,          -- when the attempt started
+        created_at    REAL NOT NULL,
+        args_repr     TEXT NOT NULL,
+        params        TEXT,
+        state_format  TEXT NOT NULL,
+        state_blob    TEXT,
+        state_size    INTEGER NOT NULL,
+        state         BLOB,
+        metrics       TEXT,
+        signature     BLOB,
+        keep          INTEGER NOT NULL DEFAULT 0,  -- @step(keep_checkpoints=True)
+        done          INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (workflow, name, args_digest, scope, occurrence)
+    ) WITHOUT ROWID;
     CREATE TABLE checkpoints (
         id            INTEGER PRIMARY KEY,
         run_id        INTEGER NOT NULL,
@@ -259,31 +285,20 @@ MIGRATIONS: list[str] = [
         code_digest   TEXT NOT NULL,
         attempt       INTEGER NOT NULL,
         seq           INTEGER NOT NULL,
-        started_at    REAL NOT NULL,          -- when the attempt started
+        started_at    REAL NOT NULL,
         created_at    REAL NOT NULL,
         args_repr     TEXT NOT NULL,
         params        TEXT,
-        state_format  TEXT,
-        state_blob    TEXT,
-        state_size    INTEGER,
-        state         BLOB,
-        metrics       TEXT,
-        signature     BLOB,
-        keep          INTEGER NOT NULL DEFAULT 0,  -- @step(keep_checkpoints=True)
-        done          INTEGER NOT NULL DEFAULT 0
+        state_size    INTEGER NOT NULL,
+        metrics       TEXT
     );
-    -- the (at most one) row of a call that still keeps its state: found at once by each
-    -- new checkpoint, however many the call has made
-    CREATE INDEX checkpoints_kept ON checkpoints (workflow, name, args_digest, scope,
-                                                  occurrence) WHERE state_format IS NOT NULL;
-    -- a new checkpoint drops the call's older state (not one a completed call kept) in its
-    -- own statement: one commit
-    CREATE TRIGGER checkpoints_newest AFTER INSERT ON checkpoints BEGIN
-        UPDATE checkpoints SET state_format = NULL, state_blob = NULL, state = NULL,
-                               signature = NULL
-         WHERE workflow = NEW.workflow AND name = NEW.name AND args_digest = NEW.args_digest
-           AND scope = NEW.scope AND occurrence = NEW.occurrence
-           AND state_format IS NOT NULL AND done = 0 AND id != NEW.id;
+    CREATE TRIGGER checkpoint_history AFTER INSERT ON checkpoint_states BEGIN
+        INSERT INTO checkpoints (run_id, workflow, scope, name, args_digest, occurrence,
+                                 code_digest, attempt, seq, started_at, created_at, args_repr,
+                                 params, state_size, metrics)
+        VALUES (NEW.run_id, NEW.workflow, NEW.scope, NEW.name, NEW.args_digest,
+                NEW.occurrence, NEW.code_digest, NEW.attempt, NEW.seq, NEW.started_at,
+                NEW.created_at, NEW.args_repr, NEW.params, NEW.state_size, NEW.metrics);
     END;
     DROP VIEW events;
     {_EVENTS_VIEW_11}

@@ -11,16 +11,15 @@ from .serialization import PICKLE
 __all__ = [
     "CHECKPOINT_CALL",
     "END_RUN",
-    "FINISH_CHECKPOINTS",
     "INDEXED",
     "INDEX_RUN",
-    "INSERT_CHECKPOINT",
     "INSERT_COMPLETED",
     "INSERT_STEP",
     "IN_WORKFLOW",
     "MARK_CRASHED",
     "PRELOAD_MAX_BYTES",
     "RUN_COLUMNS",
+    "SAVE_CHECKPOINT",
     "referenced_blobs",
     "workflow_rows",
 ]
@@ -43,16 +42,10 @@ INSERT_COMPLETED = (
 
 # A call's checkpoints: the same workflow and key (scope, name, argument digest, occurrence).
 CHECKPOINT_CALL = "workflow = ? AND name = ? AND args_digest = ? AND scope = ? AND occurrence = ?"
-# A call completed: its state is dropped (its row, time and metrics stay), or with
-# keep_checkpoints kept and marked done (never resumed).
-FINISH_CHECKPOINTS = (
-    "UPDATE checkpoints SET done = 1, state_format = CASE WHEN keep THEN state_format END, "
-    "state_blob = CASE WHEN keep THEN state_blob END, state = CASE WHEN keep THEN state END, "
-    "signature = CASE WHEN keep THEN signature END "
-    f"WHERE {CHECKPOINT_CALL} AND state_format IS NOT NULL AND done = 0"
-)
-INSERT_CHECKPOINT = (
-    f"INSERT INTO checkpoints ({', '.join(CheckpointRow._fields)}) "
+# A call's newest state in place of its older one (its history row: trigger
+# checkpoint_history).
+SAVE_CHECKPOINT = (
+    f"INSERT OR REPLACE INTO checkpoint_states ({', '.join(CheckpointRow._fields)}) "
     f"VALUES ({', '.join('?' * len(CheckpointRow._fields))})"
 )
 
@@ -112,7 +105,7 @@ def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
     used.update(
         digest
         for (digest,) in conn.execute(
-            "SELECT state_blob FROM checkpoints WHERE state_blob IS NOT NULL"
+            "SELECT state_blob FROM checkpoint_states WHERE state_blob IS NOT NULL"
         )
     )
     return used

@@ -642,6 +642,7 @@ class Store:
                 conn.execute(f"DELETE FROM steps WHERE run_id IN ({done})", (workflow,))
                 conn.execute(f"DELETE FROM cells WHERE run_id IN ({done})", (workflow,))
                 conn.execute(f"DELETE FROM checkpoints WHERE run_id IN ({done})", (workflow,))
+                conn.execute("DELETE FROM checkpoint_states WHERE workflow = ?", (workflow,))
                 count = conn.execute(
                     "DELETE FROM runs WHERE workflow = ? AND status != 'running'", (workflow,)
                 ).rowcount
@@ -655,9 +656,10 @@ class Store:
                 count = conn.execute(
                     "DELETE FROM steps WHERE workflow = ? AND name = ?", (workflow, step)
                 ).rowcount
-                conn.execute(
-                    "DELETE FROM checkpoints WHERE workflow = ? AND name = ?", (workflow, step)
-                )
+                for table in ("checkpoints", "checkpoint_states"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE workflow = ? AND name = ?", (workflow, step)
+                    )
                 # The cell's saved outputs depend on the step: the cell must run again.
                 conn.execute(
                     "DELETE FROM cells WHERE run_id IN (SELECT id FROM runs WHERE workflow = ?)",

@@ -166,7 +166,7 @@ class Call:
         fmt = encoded.format
         signature = sign(fmt, payload) if payload is not None else sign_blob(fmt, blob)
         return CheckpointRow(
-            run.id, run.workflow, scope, name, digest, occurrence, self.digest.value,
+            run.workflow, scope, name, digest, occurrence, run.id, self.digest.value,
             self.attempt, seq, self.started, time.time(), shown, params, fmt, blob,
             encoded.size, bytes(payload) if payload is not None else None, metrics, signature,
             self.keep,

@@ -26,9 +26,13 @@ def checkpoints(
     with opened(log) as store:
         try:
             rows = store.conn.execute(
-                "SELECT run_id, workflow, name, args_repr, attempt, seq, created_at, "
-                "state_size, state_format IS NOT NULL, metrics FROM checkpoints "
-                "WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR name = ?2) ORDER BY id",
+                "SELECT c.run_id, c.workflow, c.name, c.args_repr, c.attempt, c.seq, "
+                "c.created_at, c.state_size, EXISTS (SELECT 1 FROM checkpoint_states s WHERE "
+                "s.workflow = c.workflow AND s.name = c.name AND s.args_digest = c.args_digest "
+                "AND s.scope = c.scope AND s.occurrence = c.occurrence AND s.run_id = c.run_id "
+                "AND s.attempt = c.attempt AND s.seq = c.seq), c.metrics FROM checkpoints c "
+                "WHERE (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.name = ?2) "
+                "ORDER BY c.id",
                 (workflow, step),
             ).fetchall()
         except sqlite3.OperationalError as exc:  # a log older than checkpoints, read-only
