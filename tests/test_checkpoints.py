@@ -562,3 +562,86 @@ def test_experiments_show_a_rerun_cut_short_after_an_older_version_completed(
         ns["train"](5)  # type: ignore[operator]
     shown = durable_nb.experiments("e")
     assert shown["progress"].tolist()[-1] == "checkpoint 3 (run failed)"
+
+
+KERNEL_STEPS = """
+import asyncio, os
+import durable_nb
+from durable_nb import step
+
+def fit_one_epoch(x):
+    return x + 1
+
+def note(epoch):
+    with open("epochs.txt", "a") as f:
+        f.write(f"{epoch}\\n")
+
+@step(retries=1, retry_delay=0)
+def train(epochs):
+    state = durable_nb.last_checkpoint()
+    start, x = (state["epoch"] + 1, state["x"]) if state else (0, 0)
+    for epoch in range(start, epochs):
+        if epoch == 5 and os.environ.get("GPU_FAILS"):  # every attempt
+            raise MemoryError("out of GPU memory")
+        x = fit_one_epoch(x)
+        durable_nb.checkpoint({"epoch": epoch, "x": x})
+        note(epoch)
+        if epoch == 5 and os.environ.pop("GPU_FAILS_ONCE", None):
+            raise MemoryError("out of GPU memory")
+    return x
+
+@step
+async def crawl(pages):
+    state = durable_nb.last_checkpoint()
+    done = state or []
+    for page in range(len(done), pages):
+        await asyncio.sleep(0.15)
+        done = [*done, page]
+        durable_nb.checkpoint(done)
+        note(100 + page)
+    return len(done)
+"""
+
+
+def test_in_a_kernel_retries_async_steps_and_a_changed_helper(tmp_path: Path) -> None:
+    """The other acceptance cases in real kernels: a retry after an exception goes on from
+    epoch 6; an async step killed with its kernel goes on in a fresh kernel; a changed helper
+    starts the call from 0, and the step's reason says why."""
+    env = kernel_env(tmp_path / "nb.ipynb")
+    kernel = Kernel(tmp_path, env)
+    try:
+        kernel.execute("%load_ext durable_nb")
+        assert kernel.execute(KERNEL_STEPS).status == "ok"
+        kernel.execute("import os; os.environ['GPU_FAILS_ONCE'] = '1'")
+        retried = kernel.execute("%%durable retry\nx = train(10)\nprint('x', x)")
+        assert "x 10" in retried.stdout, retried.stderr
+        assert sorted(epochs(tmp_path)) == list(range(10))  # 0-5 once each: resumed at 6
+        assert all(n == 1 for n in epochs(tmp_path).values())
+        kernel.send("%%durable crawler\nn = await crawl(12)\nprint('pages', n)")
+        wait_for_epochs(tmp_path, 10 + 5)  # five pages checkpointed
+    finally:
+        kernel.kill()
+    fresh = Kernel(tmp_path, env)
+    try:
+        fresh.execute("%load_ext durable_nb")
+        fresh.execute(KERNEL_STEPS)
+        crawled = fresh.execute("%%durable crawler\nn = await crawl(12)\nprint('pages', n)")
+        assert "pages 12" in crawled.stdout, crawled.stderr
+        pages = Counter(e for e in epochs(tmp_path).elements() if e >= 100)
+        assert sorted(pages) == list(range(100, 112))
+        assert max(pages.values()) == 1  # none of the checkpointed pages ran again
+        # a changed helper: the state saved by the old code is not resumed
+        fresh.execute("import os; os.environ['GPU_FAILS'] = '1'")
+        failed = fresh.execute("%%durable changed\ny = train(8)")  # both attempts fail at 5
+        assert failed.status == "error"
+        fresh.execute("del os.environ['GPU_FAILS']\ndef fit_one_epoch(x):\n    return x + 2\n")
+        (tmp_path / "epochs.txt").unlink()
+        again = fresh.execute("%%durable changed\ny = train(8)\nprint('y', y)")
+        reasons = fresh.execute(
+            "print(durable_nb.steps(workflow='changed')['reason'].dropna().tolist())"
+        )
+    finally:
+        fresh.close()
+    assert "y 16" in again.stdout, again.stderr
+    assert sorted(epochs(tmp_path)) == list(range(8))  # from 0 again
+    assert "not used" in reasons.stdout and "fit_one_epoch" in reasons.stdout, reasons.stdout
