@@ -300,7 +300,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
 @pytest.mark.parametrize(
     ("code", "needles"),
     [
-        ("%%durable --bogus\nx = 1\n", ("unrecognized arguments: --bogus",)),
+        ("%%durable --bogus\nx = 1\n", ("unrecognized arguments: --bogus", "[--fresh] [--plan]")),
         ("%%durable 'bad name!'\nx = 1\n", ("invalid workflow name", "%%durable my-sweep")),
         ("%durable frobnicate", ("invalid choice", "frobnicate")),
         ("%durable forget no-such-flow", ("no workflow 'no-such-flow'", "%durable info")),

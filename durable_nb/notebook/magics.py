@@ -425,7 +425,12 @@ class Extension:
 
     def parse_cell_args(self, line: str) -> argparse.Namespace:
         __tracebackhide__ = True
-        opts = parse_argstring(DurableMagics.durable_cell, line)
+        try:
+            opts = parse_argstring(DurableMagics.durable_cell, line)
+        except UsageError as exc:  # e.g. unrecognized arguments: --frsh
+            raise UsageError(
+                f"{exc}; usage: %%durable [NAME] [--force] [--fresh] [--plan]"
+            ) from None
         if opts.name is not None and not _NAME.match(opts.name):
             raise UsageError(
                 f"invalid workflow name {opts.name!r}: use letters, digits and - _ . : "
