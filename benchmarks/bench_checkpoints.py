@@ -19,13 +19,13 @@ import argparse
 import gc
 import os
 import shutil
-import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_steps import raw_commit_us  # the same baseline as the steps'
 
 import durable_nb
 from durable_nb import Store, checkpoint, last_checkpoint, step, workflow
@@ -55,23 +55,6 @@ def np_load(folder: Path, mmap: bool = False) -> float:
     t0 = time.perf_counter()
     float(np.load(folder / "state.npy", mmap_mode="r" if mmap else None).sum())
     return time.perf_counter() - t0
-
-
-def raw_commit_us(folder: Path, n: int) -> float:
-    settle()
-    conn = sqlite3.connect(folder / "raw.db")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, k TEXT, v BLOB)")
-    conn.commit()
-    payload = b"\x80\x05K*." * 20
-    t0 = time.perf_counter()
-    for i in range(n):
-        conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"k{i}", payload))
-        conn.commit()
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    return elapsed / n * 1e6
 
 
 # Timings leave the steps through the environment, which replay does not read (a global

@@ -29,6 +29,14 @@ def cli(
     )  # fmt: skip
 
 
+def start_run(path: Path, cwd: Path) -> subprocess.Popen[str]:
+    """``durable-nb run PATH`` in the background, its output in pipes."""
+    return subprocess.Popen(
+        [*CLI, "run", str(path)], cwd=cwd, env=kernel_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def test_run_streams_what_steps_print_as_they_print_it(tmp_path: Path) -> None:
     """Item 3: four steps printing once a second show up one by one, not all at the end;
     a kernel that dies mid-cell has shown what its finished steps printed."""
@@ -39,10 +47,7 @@ def test_run_streams_what_steps_print_as_they_print_it(tmp_path: Path) -> None:
         "for i in range(4):\n    tick(i)\nif not os.path.exists('ok'):\n    os._exit(1)\n"
     )
     nbformat.write(notebook("%load_ext durable_nb", sweep), str(path))
-    proc = subprocess.Popen(
-        [*CLI, "run", str(path)], cwd=tmp_path, env=kernel_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_run(path, tmp_path)
     assert proc.stdout is not None
     seen: dict[str, float] = {}
     for line in proc.stdout:
@@ -252,10 +257,7 @@ def test_ctrl_c_stops_run_with_status_130_and_the_next_run_resumes(tmp_path: Pat
         "ticks = [tick(i) for i in range(6)]\n"
     )
     nbformat.write(notebook("%load_ext durable_nb", sweep), str(path))
-    proc = subprocess.Popen(
-        [*CLI, "run", str(path)], cwd=tmp_path, env=kernel_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_run(path, tmp_path)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("tick 2"):

@@ -14,7 +14,7 @@ from .sql import CHECKPOINT_CALL, SAVE_CHECKPOINT
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["finish", "kept_keys", "newest", "save", "unfinished_rows"]
+__all__ = ["finish", "history_rows", "kept_keys", "newest", "save", "unfinished_rows"]
 
 
 def _call(workflow: str, key: StepKey) -> tuple[str, str, str, str, int]:
@@ -64,15 +64,37 @@ def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> lis
     interrupted), from their newest checkpoint, in the shape of ``experiment_rows``:
     (workflow, scope, name, args digest, occurrence, run, the run's status, checkpoint
     number, params JSON, metrics JSON, when the attempt started, the checkpoint's time)."""
+    return _rows(
+        store,
+        "SELECT c.workflow, c.scope, c.name, c.args_digest, c.occurrence, c.run_id, "
+        "r.status, c.seq, c.params, c.metrics, c.started_at, c.created_at "
+        "FROM checkpoint_states c JOIN runs r ON r.id = c.run_id WHERE c.done = 0 "
+        "AND (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.name = ?2) "
+        "ORDER BY c.created_at",
+        (workflow, step),
+    )
+
+
+def history_rows(store: Store, workflow: str | None, step: str | None) -> list[tuple[Any, ...]]:
+    """Every checkpoint of ``workflow``'s calls of ``step`` (None: all), oldest first: (run,
+    workflow, step, args, attempt, number, time, state size, whether its state is kept,
+    metrics JSON)."""
+    return _rows(
+        store,
+        "SELECT c.run_id, c.workflow, c.name, c.args_repr, c.attempt, c.seq, "
+        "c.created_at, c.state_size, EXISTS (SELECT 1 FROM checkpoint_states s WHERE "
+        "s.workflow = c.workflow AND s.name = c.name AND s.args_digest = c.args_digest "
+        "AND s.scope = c.scope AND s.occurrence = c.occurrence AND s.run_id = c.run_id "
+        "AND s.attempt = c.attempt AND s.seq = c.seq), c.metrics FROM checkpoints c "
+        "WHERE (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.name = ?2) "
+        "ORDER BY c.id",
+        (workflow, step),
+    )
+
+
+def _rows(store: Store, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     try:
-        return store.conn.execute(
-            "SELECT c.workflow, c.scope, c.name, c.args_digest, c.occurrence, c.run_id, "
-            "r.status, c.seq, c.params, c.metrics, c.started_at, c.created_at "
-            "FROM checkpoint_states c JOIN runs r ON r.id = c.run_id WHERE c.done = 0 "
-            "AND (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.name = ?2) "
-            "ORDER BY c.created_at",
-            (workflow, step),
-        ).fetchall()
+        return store.conn.execute(sql, params).fetchall()
     except sqlite3.OperationalError as exc:  # a log older than checkpoints, read-only
         if "no such table" not in str(exc):
             raise
