@@ -115,7 +115,8 @@ def one_run(folder: Path, k: int) -> dict[str, float]:
     with workflow("bench", store=store):
         assert big_state(f"r{k}") == BIG  # resumed, not recomputed
     figures["load"] = timing("LOAD")
-    figures["raw_us"] = raw_commit_us(folder, SMALL_N)
+    (folder / f"raw{k}").mkdir()
+    figures["raw_us"] = raw_commit_us(folder / f"raw{k}", SMALL_N)
     with workflow("small", store=store):
         small_states(f"r{k}", SMALL_N)
     figures["small_us"] = timing("SMALL")

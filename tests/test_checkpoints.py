@@ -645,3 +645,45 @@ def test_in_a_kernel_retries_async_steps_and_a_changed_helper(tmp_path: Path) ->
     assert "y 16" in again.stdout, again.stderr
     assert sorted(epochs(tmp_path)) == list(range(8))  # from 0 again
     assert "not used" in reasons.stdout and "fit_one_epoch" in reasons.stdout, reasons.stdout
+
+
+def test_a_kept_state_survives_a_later_rerun_and_forget_spares_a_running_run(
+    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second review's cases: a fresh rerun that checkpoints and fails leaves the state
+    a completed keep_checkpoints call kept; forget() while a run is running keeps that
+    run's state, so it still resumes."""
+    import os
+
+    monkeypatch.setenv("EPOCHS", str(tmp_path / "epochs.txt"))
+
+    @step(keep_checkpoints=True)
+    def kept(n: int) -> int:
+        state = last_checkpoint()
+        for i in range(state + 1 if state is not None else 0, n):
+            checkpoint(i)
+            with open(os.environ["EPOCHS"], "a") as f:
+                f.write(f"{i}\n")
+            if i == 1 and os.environ.get("FAIL"):
+                if os.environ.get("FORGET"):
+                    durable_nb.get_store().forget("forget")  # from another "process"
+                raise RuntimeError("stop")
+        return n
+
+    with workflow("keep"):
+        kept(3)
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(RuntimeError), workflow("keep", fresh=True):
+        kept(3)
+    conn = sqlite3.connect(log_path)
+    rows = conn.execute("SELECT run_id, seq, done FROM checkpoint_states ORDER BY id").fetchall()
+    assert rows == [(1, 3, 1), (2, 2, 0)]  # the kept state of run 1 is still there
+
+    monkeypatch.setenv("FORGET", "1")
+    (tmp_path / "epochs.txt").unlink()
+    with pytest.raises(RuntimeError), workflow("forget"):
+        kept(4)
+    monkeypatch.delenv("FAIL")
+    with workflow("forget"):
+        assert kept(4) == 4
+    assert (tmp_path / "epochs.txt").read_text().split() == ["0", "1", "2", "3"]  # resumed

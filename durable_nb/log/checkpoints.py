@@ -52,11 +52,11 @@ def kept_keys(store: Store, workflow: str) -> set[StepKey]:
 def finish(store: Store, workflow: str, key: StepKey) -> None:
     """A call completed (or replayed a completed record): its state is dropped, its blob
     left to ``gc`` (with ``keep_checkpoints``, kept and marked done: never resumed)."""
-    call = _call(workflow, key)
-    with store.transaction() as conn:
-        conn.execute(f"UPDATE checkpoint_states SET done = 1 WHERE {CHECKPOINT_CALL} AND keep",
-                     call)  # fmt: skip
-        conn.execute(f"DELETE FROM checkpoint_states WHERE {CHECKPOINT_CALL} AND NOT keep", call)
+    call = _call(workflow, key)  # (one row at most: one of the two statements changes it)
+    store.write(f"DELETE FROM checkpoint_states WHERE {CHECKPOINT_CALL} AND done = 0 AND NOT "
+                "keep", call)  # fmt: skip
+    store.write(f"UPDATE OR REPLACE checkpoint_states SET done = 1 WHERE {CHECKPOINT_CALL} AND "
+                "done = 0 AND keep", call)  # fmt: skip
 
 
 def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> list[tuple[Any, ...]]:

@@ -382,15 +382,10 @@ def sign_values(conn: sqlite3.Connection) -> int:
     ]
     conn.executemany("UPDATE cells SET signature = ? WHERE run_id = ?", cells)
     states = [
-        (sign_blob(fmt, blob) if blob else sign(fmt, payload or b""), *call)
-        for *call, fmt, payload, blob in conn.execute(
-            "SELECT workflow, name, args_digest, scope, occurrence, state_format, state, "
-            "state_blob FROM checkpoint_states"
+        (sign_blob(fmt, blob) if blob else sign(fmt, payload or b""), row_id)
+        for row_id, fmt, payload, blob in conn.execute(
+            "SELECT id, state_format, state, state_blob FROM checkpoint_states"
         ).fetchall()
     ]
-    conn.executemany(
-        "UPDATE checkpoint_states SET signature = ? WHERE workflow = ? AND name = ? "
-        "AND args_digest = ? AND scope = ? AND occurrence = ?",
-        states,
-    )
+    conn.executemany("UPDATE checkpoint_states SET signature = ? WHERE id = ?", states)
     return len(steps) + len(cells) + len(states)

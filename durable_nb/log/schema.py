@@ -245,17 +245,20 @@ MIGRATIONS: list[str] = [
     ALTER TABLE cells ADD COLUMN signature BLOB;
     """,
     # 11: checkpoints inside a step (``checkpoint()`` / ``last_checkpoint()``). The state a
-    # call may resume lives in checkpoint_states, one row per call (keyed like its step rows):
+    # call may resume lives in checkpoint_states, one row per call (keyed like its step rows,
+    # and one more for the state a completed call kept with keep_checkpoints):
     # a new checkpoint replaces it in one statement, which also appends its history row
     # (time, metrics: kept after the state is dropped) to checkpoints. done: the call
     # completed and keep_checkpoints kept its state (never resumed).
     f"""
     CREATE TABLE checkpoint_states (
+        id            INTEGER PRIMARY KEY,
         workflow      TEXT NOT NULL,
         scope         TEXT NOT NULL,
         name          TEXT NOT NULL,
         args_digest   TEXT NOT NULL,
         occurrence    INTEGER NOT NULL,
+        done          INTEGER NOT NULL DEFAULT 0,
         run_id        INTEGER NOT NULL,
         code_digest   TEXT NOT NULL,          -- the call's dependency digest
         attempt       INTEGER NOT NULL,
@@ -267,13 +270,13 @@ MIGRATIONS: list[str] = [
         state_format  TEXT NOT NULL,
         state_blob    TEXT,
         state_size    INTEGER NOT NULL,
-        state         BLOB,
         metrics       TEXT,
         signature     BLOB,
         keep          INTEGER NOT NULL DEFAULT 0,  -- @step(keep_checkpoints=True)
-        done          INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (workflow, name, args_digest, scope, occurrence)
-    ) WITHOUT ROWID;
+        state         BLOB,    -- last: a large inline state is read only when asked for
+        -- a running call's state (done = 0), and the one a completed call kept (done = 1)
+        UNIQUE (workflow, name, args_digest, scope, occurrence, done)
+    );
     CREATE TABLE checkpoints (
         id            INTEGER PRIMARY KEY,
         run_id        INTEGER NOT NULL,

@@ -642,7 +642,7 @@ class Store:
                 conn.execute(f"DELETE FROM steps WHERE run_id IN ({done})", (workflow,))
                 conn.execute(f"DELETE FROM cells WHERE run_id IN ({done})", (workflow,))
                 conn.execute(f"DELETE FROM checkpoints WHERE run_id IN ({done})", (workflow,))
-                conn.execute("DELETE FROM checkpoint_states WHERE workflow = ?", (workflow,))
+                conn.execute(f"DELETE FROM checkpoint_states WHERE run_id IN ({done})", (workflow,))
                 count = conn.execute(
                     "DELETE FROM runs WHERE workflow = ? AND status != 'running'", (workflow,)
                 ).rowcount
