@@ -687,3 +687,23 @@ def test_a_kept_state_survives_a_later_rerun_and_forget_spares_a_running_run(
     with workflow("forget"):
         assert kept(4) == 4
     assert (tmp_path / "epochs.txt").read_text().split() == ["0", "1", "2", "3"]  # resumed
+
+
+def test_a_state_row_gone_meanwhile_is_saved_again(log_path: Path) -> None:
+    """Each checkpoint after a call's first updates its row in place; if that row went
+    (another process replaced or forgot it), the checkpoint inserts it again."""
+
+    @step
+    def twice() -> int:
+        checkpoint(1)
+        with sqlite3.connect(log_path) as conn:
+            conn.execute("DELETE FROM checkpoint_states")
+        checkpoint(2)
+        checkpoint(3)
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError), workflow("gone"):
+        twice()
+    conn = sqlite3.connect(log_path)
+    assert conn.execute("SELECT seq, state_size > 0 FROM checkpoint_states").fetchall() == [(3, 1)]
+    assert [r[0] for r in conn.execute("SELECT seq FROM checkpoints ORDER BY id")] == [1, 2, 3]

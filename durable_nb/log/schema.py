@@ -303,6 +303,14 @@ MIGRATIONS: list[str] = [
                 NEW.occurrence, NEW.code_digest, NEW.attempt, NEW.seq, NEW.started_at,
                 NEW.created_at, NEW.args_repr, NEW.params, NEW.state_size, NEW.metrics);
     END;
+    CREATE TRIGGER checkpoint_history_next AFTER UPDATE OF seq ON checkpoint_states BEGIN
+        INSERT INTO checkpoints (run_id, workflow, scope, name, args_digest, occurrence,
+                                 code_digest, attempt, seq, started_at, created_at, args_repr,
+                                 params, state_size, metrics)
+        VALUES (NEW.run_id, NEW.workflow, NEW.scope, NEW.name, NEW.args_digest,
+                NEW.occurrence, NEW.code_digest, NEW.attempt, NEW.seq, NEW.started_at,
+                NEW.created_at, NEW.args_repr, NEW.params, NEW.state_size, NEW.metrics);
+    END;
     DROP VIEW events;
     {_EVENTS_VIEW_11}
     """,

@@ -17,6 +17,7 @@ __all__ = [
     "INSERT_STEP",
     "IN_WORKFLOW",
     "MARK_CRASHED",
+    "NEXT_CHECKPOINT",
     "PRELOAD_MAX_BYTES",
     "RUN_COLUMNS",
     "SAVE_CHECKPOINT",
@@ -43,10 +44,17 @@ INSERT_COMPLETED = (
 # A call's checkpoints: the same workflow and key (scope, name, argument digest, occurrence).
 CHECKPOINT_CALL = "workflow = ? AND name = ? AND args_digest = ? AND scope = ? AND occurrence = ?"
 # A call's newest state in place of its older one (its history row: trigger
-# checkpoint_history).
+# checkpoint_history); the next ones of the same call update that row in place (cheaper: its
+# key does not change), by its id (trigger checkpoint_history_next).
 SAVE_CHECKPOINT = (
     f"INSERT OR REPLACE INTO checkpoint_states ({', '.join(CheckpointRow._fields)}) "
     f"VALUES ({', '.join('?' * len(CheckpointRow._fields))})"
+)
+_KEY = ("workflow", "scope", "name", "args_digest", "occurrence")
+NEXT_CHECKPOINT = (
+    "UPDATE checkpoint_states SET "
+    + ", ".join(f"{f} = ?" for f in CheckpointRow._fields if f not in _KEY)
+    + " WHERE id = ? AND done = 0"
 )
 
 

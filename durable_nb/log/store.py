@@ -131,9 +131,16 @@ class Store:
             finally:
                 self._depth -= 1
 
-    def write(self, sql: str, params: tuple[Any, ...]) -> int:
-        """One statement (of ``sql``), one atomic commit; the new rowid, if any."""
-        return self._write(sql, params)
+    def write(self, sql: str, params: tuple[Any, ...], *, changed: bool = False) -> int:
+        """One statement (of ``sql``), one atomic commit; the new rowid, if any (with
+        ``changed``: how many rows it changed)."""
+        if not changed:
+            return self._write(sql, params)
+        try:
+            with self._lock:
+                return self._cursor.execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise fail(self.path, exc, "write") from None
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         """One statement, one atomic commit (autocommit mode); returns the new rowid."""

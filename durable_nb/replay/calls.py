@@ -61,7 +61,7 @@ class Call:
     """One call of a step in a run: its key, its digest, its arguments, why it runs."""
 
     __slots__ = ("args", "arguments", "attempt", "checkpoints", "digest", "keep", "key",
-                 "kwargs", "name", "reason", "run", "shown", "started")  # fmt: skip
+                 "kwargs", "name", "reason", "run", "shown", "started", "state_row")  # fmt: skip
 
     def __init__(
         self,
@@ -83,6 +83,7 @@ class Call:
         self.reason: str | None = None
         self.attempt = 1
         self.started = 0.0  # when the running attempt started
+        self.state_row: int | None = None  # the id of the state it saved last
         self.checkpoints = 0  # number of its newest checkpoint (saved, or resumed from)
         self.keep = False  # keep its checkpoints' states once it completes
         self.shown: tuple[str, str | None] | None = None  # (args repr, params), once needed

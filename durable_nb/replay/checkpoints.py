@@ -61,7 +61,7 @@ def checkpoint(state: Any, **metrics: Any) -> None:
     call.checkpoints = max(call.checkpoints, 0) + 1
     row = call.checkpoint_row(call.checkpoints, encoded, blob, metrics_document(metrics))
     run.store.remember_digest(row.code_digest, call.document)
-    stored.save(run.store, row)
+    call.state_row = stored.save(run.store, row, call.state_row)
 
 
 def last_checkpoint() -> Any:
