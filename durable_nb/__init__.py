@@ -25,7 +25,7 @@ from .log.current_log import get_store, open_log
 from .log.store import Store
 from .log.trust import trust
 from .replay.accept import accept
-from .replay.checkpoints import checkpoint, last_checkpoint
+from .replay.checkpoints import acheckpoint, checkpoint, last_checkpoint
 from .replay.context import current_run
 from .replay.engine import Step, step
 from .replay.executors import use_executor  # dask is imported by the user, never here
@@ -61,6 +61,7 @@ __all__ = [
     "Store",
     "WorkflowBusyError",
     "accept",
+    "acheckpoint",
     "checkpoint",
     "checkpoints",
     "compare",

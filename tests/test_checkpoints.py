@@ -707,3 +707,49 @@ def test_a_state_row_gone_meanwhile_is_saved_again(log_path: Path) -> None:
     conn = sqlite3.connect(log_path)
     assert conn.execute("SELECT seq, state_size > 0 FROM checkpoint_states").fetchall() == [(3, 1)]
     assert [r[0] for r in conn.execute("SELECT seq FROM checkpoints ORDER BY id")] == [1, 2, 3]
+
+
+def test_an_async_steps_acheckpoint_lets_the_loop_go_on(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``await acheckpoint(state)`` writes from a worker thread: another task on the loop
+    runs meanwhile (``checkpoint()`` would hold the loop), and the state resumes as any.
+    (The ticks go through the environment, which replay does not read.)"""
+    import os
+
+    monkeypatch.setenv("TICKS", "0")
+    monkeypatch.setenv("WAITED", "")
+
+    async def ticker(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            os.environ["TICKS"] = str(int(os.environ["TICKS"]) + 1)
+            await asyncio.sleep(0)
+
+    @step
+    async def train(n: int) -> int:
+        state = last_checkpoint()
+        start = state["epoch"] + 1 if state else 0
+        for epoch in range(start, n):
+            before = int(os.environ["TICKS"])
+            await durable_nb.acheckpoint({"epoch": epoch, "w": np.ones(2_000_000)}, epoch=epoch)
+            os.environ["WAITED"] += f"{int(os.environ['TICKS']) - before > 0:d}"
+            if epoch == 1 and state is None:
+                raise RuntimeError("stop")
+        return n
+
+    async def flow() -> int:
+        stop = asyncio.Event()
+        beat = asyncio.create_task(ticker(stop))
+        try:
+            async with workflow("async-ck"):
+                return await train(3)
+        finally:
+            stop.set()
+            await beat
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(flow())
+    assert asyncio.run(flow()) == 3
+    assert os.environ["WAITED"] == "111"  # the loop went on during each of the three
+    rows = durable_nb.checkpoints("async-ck")
+    assert rows["epoch"].tolist() == [0, 1, 2] and rows["run"].tolist() == [1, 1, 2]

@@ -11,6 +11,7 @@ unpickled. The log keeps the newest state of a call, and drops it when the call 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..errors import BlobError, CheckpointError
@@ -21,7 +22,7 @@ from ..log.signing import NotSigned
 from .calls import Call
 from .context import current, worker
 
-__all__ = ["checkpoint", "last_checkpoint"]
+__all__ = ["acheckpoint", "checkpoint", "last_checkpoint"]
 
 
 def _never(row: int) -> bytes:
@@ -47,8 +48,19 @@ def checkpoint(state: Any, **metrics: Any) -> None:
     """Save ``state`` for the running step call, committed before this returns (a large
     state as a blob file first, replicated and signed like any stored value); the keyword
     ``metrics`` (numbers, strings) are kept as JSON beside it, readable without unpickling
-    (``durable_nb.checkpoints()``). Only the newest state of a call is kept."""
-    call = _running("checkpoint")
+    (``durable_nb.checkpoints()``). Only the newest state of a call is kept. In an async
+    step, ``await acheckpoint(...)`` writes it without holding up the event loop."""
+    _save(_running("checkpoint"), state, metrics)
+
+
+async def acheckpoint(state: Any, **metrics: Any) -> None:
+    """``checkpoint()`` for async steps: the state is pickled and written from a worker
+    thread, so the event loop, and the other steps on it, go on meanwhile. Do not change
+    ``state`` until this returns."""
+    await asyncio.to_thread(_save, _running("acheckpoint"), state, metrics)
+
+
+def _save(call: Call, state: Any, metrics: dict[str, Any]) -> None:
     try:
         encoded = serialization.encode(state, large=True)  # (arrays out of band at once)
     except serialization.NotSerializable as exc:
