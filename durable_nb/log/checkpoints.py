@@ -10,7 +10,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from .records import CheckpointRow, StepKey, StoredCheckpoint
-from .sql import CHECKPOINT_CALL, NEXT_CHECKPOINT, SAVE_CHECKPOINT
+from .sql import CHECKPOINT_CALL, CHECKPOINT_UPDATED, NEXT_CHECKPOINT, SAVE_CHECKPOINT
 
 if TYPE_CHECKING:
     from .store import Store
@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["finish", "history_rows", "kept_keys", "newest", "save", "unfinished_rows"]
 
 
-_KEY = frozenset(("workflow", "scope", "name", "args_digest", "occurrence"))
-_UPDATED = operator.itemgetter(*(i for i, f in enumerate(CheckpointRow._fields) if f not in _KEY))
+_UPDATED = operator.itemgetter(*CHECKPOINT_UPDATED)  # a row's values NEXT_CHECKPOINT sets
 
 
 def _call(workflow: str, key: StepKey) -> tuple[str, str, str, str, int]:
@@ -31,9 +30,10 @@ def save(store: Store, row: CheckpointRow, state_row: int | None = None) -> int:
     """Commit ``row`` (its blob, if any, is written already) in place of the call's older
     state, its history row with it: one statement, one commit. ``state_row``: the id of the
     row this call saved last, updated in place if it is still there. Returns the row's id."""
-    in_place = (*_UPDATED(row), state_row)
-    if state_row is not None and store.write(NEXT_CHECKPOINT, in_place, changed=True):
-        return state_row
+    if state_row is not None:
+        in_place = (*_UPDATED(row), state_row)
+        if store.write(NEXT_CHECKPOINT, in_place, changed=True):
+            return state_row
     return store.write(SAVE_CHECKPOINT, tuple(row))
 
 

@@ -78,6 +78,16 @@ _EVENTS_VIEW_11 = _EVENTS_VIEW.replace(
 )
 assert _EVENTS_VIEW_11 != _EVENTS_VIEW
 
+# A checkpoint's history row, from the checkpoint_states row just written (two triggers).
+_HISTORY_COLUMNS = (
+    "run_id, workflow, scope, name, args_digest, occurrence, code_digest, attempt, seq, "
+    "started_at, created_at, args_repr, params, state_size, metrics"
+)
+_CHECKPOINT_HISTORY = (
+    f"INSERT INTO checkpoints ({_HISTORY_COLUMNS}) "
+    f"VALUES ({', '.join('NEW.' + c for c in _HISTORY_COLUMNS.split(', '))});"
+)
+
 MIGRATIONS: list[str] = [
     # 1: initial schema
     f"""
@@ -296,20 +306,10 @@ MIGRATIONS: list[str] = [
         metrics       TEXT
     );
     CREATE TRIGGER checkpoint_history AFTER INSERT ON checkpoint_states BEGIN
-        INSERT INTO checkpoints (run_id, workflow, scope, name, args_digest, occurrence,
-                                 code_digest, attempt, seq, started_at, created_at, args_repr,
-                                 params, state_size, metrics)
-        VALUES (NEW.run_id, NEW.workflow, NEW.scope, NEW.name, NEW.args_digest,
-                NEW.occurrence, NEW.code_digest, NEW.attempt, NEW.seq, NEW.started_at,
-                NEW.created_at, NEW.args_repr, NEW.params, NEW.state_size, NEW.metrics);
+        {_CHECKPOINT_HISTORY}
     END;
     CREATE TRIGGER checkpoint_history_next AFTER UPDATE OF seq ON checkpoint_states BEGIN
-        INSERT INTO checkpoints (run_id, workflow, scope, name, args_digest, occurrence,
-                                 code_digest, attempt, seq, started_at, created_at, args_repr,
-                                 params, state_size, metrics)
-        VALUES (NEW.run_id, NEW.workflow, NEW.scope, NEW.name, NEW.args_digest,
-                NEW.occurrence, NEW.code_digest, NEW.attempt, NEW.seq, NEW.started_at,
-                NEW.created_at, NEW.args_repr, NEW.params, NEW.state_size, NEW.metrics);
+        {_CHECKPOINT_HISTORY}
     END;
     DROP VIEW events;
     {_EVENTS_VIEW_11}

@@ -10,6 +10,7 @@ from .serialization import PICKLE
 
 __all__ = [
     "CHECKPOINT_CALL",
+    "CHECKPOINT_UPDATED",
     "END_RUN",
     "INDEXED",
     "INDEX_RUN",
@@ -50,10 +51,13 @@ SAVE_CHECKPOINT = (
     f"INSERT OR REPLACE INTO checkpoint_states ({', '.join(CheckpointRow._fields)}) "
     f"VALUES ({', '.join('?' * len(CheckpointRow._fields))})"
 )
-_KEY = ("workflow", "scope", "name", "args_digest", "occurrence")
+CHECKPOINT_UPDATED = tuple(  # the fields of CheckpointRow other than the call's key
+    i for i, f in enumerate(CheckpointRow._fields)
+    if f not in ("workflow", "scope", "name", "args_digest", "occurrence")
+)  # fmt: skip
 NEXT_CHECKPOINT = (
     "UPDATE checkpoint_states SET "
-    + ", ".join(f"{f} = ?" for f in CheckpointRow._fields if f not in _KEY)
+    + ", ".join(f"{CheckpointRow._fields[i]} = ?" for i in CHECKPOINT_UPDATED)
     + " WHERE id = ? AND done = 0"
 )
 

@@ -132,21 +132,12 @@ class Store:
                 self._depth -= 1
 
     def write(self, sql: str, params: tuple[Any, ...], *, changed: bool = False) -> int:
-        """One statement (of ``sql``), one atomic commit; the new rowid, if any (with
-        ``changed``: how many rows it changed)."""
-        if not changed:
-            return self._write(sql, params)
+        """One statement (of ``sql``), one atomic commit (autocommit mode); the new rowid,
+        if any (with ``changed``: how many rows it changed)."""
         try:
             with self._lock:
-                return self._cursor.execute(sql, params).rowcount
-        except sqlite3.Error as exc:
-            raise fail(self.path, exc, "write") from None
-
-    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
-        """One statement, one atomic commit (autocommit mode); returns the new rowid."""
-        try:
-            with self._lock:
-                return self._cursor.execute(sql, params).lastrowid or 0
+                cursor = self._cursor.execute(sql, params)
+                return cursor.rowcount if changed else cursor.lastrowid or 0
         except sqlite3.Error as exc:
             raise fail(self.path, exc, "write") from None
 
@@ -447,7 +438,7 @@ class Store:
     def insert(self, row: StepRow | CompletedRow) -> int:
         """Record one finished attempt of a step in a single commit."""
         if type(row) is CompletedRow:  # bound as a plain tuple: 2 us less than a NamedTuple
-            return self._write(INSERT_COMPLETED, tuple(row))
+            return self.write(INSERT_COMPLETED, tuple(row))
         return self.insert_step(row)  # type: ignore[arg-type]
 
     def remember_digest(self, digest: str, document: Callable[[], str]) -> None:
@@ -455,7 +446,7 @@ class Store:
         if digest in self._digests:
             return
         sql = "INSERT OR IGNORE INTO digests (digest, doc) VALUES (?, ?)"
-        self._write(sql, (digest, document()))
+        self.write(sql, (digest, document()))
         self._digests.add(digest)
 
     def digest_document(self, digest: str) -> dict[str, Any] | None:
@@ -526,7 +517,7 @@ class Store:
 
     def insert_step(self, row: StepRow) -> int:
         """Record one finished attempt of a step in a single commit."""
-        return self._write(INSERT_STEP, tuple(row))
+        return self.write(INSERT_STEP, tuple(row))
 
     def step_value_ref(
         self, workflow: str, step: str, occurrence: int | None = None, args: str | None = None
@@ -599,7 +590,7 @@ class Store:
         step: str | None = None,
     ) -> None:
         """Add an event that is not a run or step state change."""
-        self._write(
+        self.write(
             "INSERT INTO notes (ts, workflow, run_id, step, kind, detail) VALUES (?,?,?,?,?,?)",
             (time.time(), workflow, run_id, step, kind, detail),
         )

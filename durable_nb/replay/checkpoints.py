@@ -25,10 +25,6 @@ from .context import current, worker
 __all__ = ["acheckpoint", "checkpoint", "last_checkpoint"]
 
 
-def _never(row: int) -> bytes:
-    raise AssertionError("a checkpoint's inline state is read with its row")
-
-
 def _running(what: str) -> Call:
     scope = current.get()
     if scope is not None and scope.call is not None:
@@ -95,7 +91,7 @@ def last_checkpoint() -> Any:
         return None
     try:
         state = run.stored_value(found.state_format, found.state_blob, found.signature,
-                                 found.state, _never, 0)  # fmt: skip
+                                 found.state)  # fmt: skip
     except Exception as exc:  # unsigned, a lost blob, a class that is gone: it starts over
         known = isinstance(exc, (BlobError, NotSigned))
         call.reason = f"{where} not used: {exc if known else f'state unreadable: {exc}'}"

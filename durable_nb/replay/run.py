@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DurableWarning, PlanStop, user_stacklevel
@@ -189,24 +188,24 @@ class Run:
         return time.perf_counter() - self.started
 
     def load(self, record: StoredStep) -> Any:
-        """The stored value of a completed step (see ``stored_value``)."""
-        return self.stored_value(record.result_format, record.result_blob, record.signature,
-                                 record.payload, self.store.step_payload, record.id)  # fmt: skip
+        """The stored value of a completed step (see ``stored_value``); an inline one not
+        loaded with the index is read now."""
+        payload, blob = record.payload, record.result_blob
+        if payload is None and blob is None:
+            payload = self.store.step_payload(record.id)
+        return self.stored_value(record.result_format, blob, record.signature, payload)
 
     def stored_value(
-        self, fmt: str, blob: str | None, signature: bytes | None, payload: bytes | None,
-        fetch: Callable[[int], bytes], row: int,
-    ) -> Any:  # fmt: skip
-        """A stored value (a step's result, a checkpoint's state), unpickled only when it
-        carries the user's signature (``NotSigned`` otherwise); a blob's content digest is
-        checked as it is read. An inline value not loaded yet is ``fetch``ed by row id."""
+        self, fmt: str, blob: str | None, signature: bytes | None, payload: bytes | None
+    ) -> Any:
+        """A stored value (a step's result, a checkpoint's state): in ``blob``, or inline
+        (``payload``), unpickled only when it carries the user's signature (``NotSigned``
+        otherwise); a blob's content digest is checked as it is read."""
         if blob is not None:
             if not valid(signature, fmt, blob=blob):
                 raise NotSigned()
             return serialization.decode(fmt, self.store.blobs.read(blob))
-        if payload is None:
-            payload = fetch(row)
-        if not valid(signature, fmt, payload):
+        if payload is None or not valid(signature, fmt, payload):
             raise NotSigned()
         return serialization.decode(fmt, (payload,))
 
