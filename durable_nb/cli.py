@@ -27,17 +27,14 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.notebook} is not a notebook (.ipynb)")
     result = run_notebook(args.notebook, timeout=args.timeout, output=args.output)
     log = f"log: {result.log}" if result.log else "log: none (no durable cell ran)"
-    if result.interrupted:
-        print(f"durable-nb run: {result.error}", file=sys.stderr)
-        print(f"{log} (run again to resume)" if result.log else log, file=sys.stderr)
-        return 130
-    if result.error:
-        keep = "" if args.output else " (-o OUT.ipynb keeps the executed notebook and traceback)"
-        print(f"durable-nb run: {result.error}{keep}", file=sys.stderr)
-        print(f"{log} (run again to resume)" if result.log else log, file=sys.stderr)
-        return 1
-    print(log)
-    return 0
+    if not result.error:
+        print(log)
+        return 0
+    keep = args.output or result.interrupted  # (-o: a failed cell's traceback is kept)
+    hint = "" if keep else " (-o OUT.ipynb keeps the executed notebook and traceback)"
+    print(f"durable-nb run: {result.error}{hint}", file=sys.stderr)
+    print(f"{log} (run again to resume)" if result.log else log, file=sys.stderr)
+    return 130 if result.interrupted else 1
 
 
 def _for_people(df: Any) -> Any:
