@@ -5,6 +5,9 @@
 1. First pull into an empty cache + ``Fleet.runs()`` (target <= 10 s on a 2-core machine).
    Baseline, in the same run: restoring the 100 one after another with the litestream CLI.
 2. A second pull with nothing changed (target <= 1 s): one listing, nothing downloaded.
+3. ``Fleet.runs()`` reading the replicas in place (Litestream's VFS, nothing pulled): cold, in
+   a fresh process (loading the VFS included; target <= 2 s), and warm, the same fleet asked
+   again (target <= 0.3 s); side by side with 1 (pull + runs) and 2 (second pull + runs).
 
 Medians of several runs. Usage: python benchmarks/bench_fleet.py [--logs 100] [--steps 1000]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -28,6 +33,7 @@ from bench_replication import start_moto, use_moto
 
 import durable_nb
 from durable_nb import step, workflow
+from durable_nb.backup.inplace import unavailable
 from durable_nb.backup.litestream import litestream_binary
 from durable_nb.backup.replica import child_environment, parse_url
 from durable_nb.log.current_log import close_log, open_log
@@ -91,6 +97,35 @@ def sequential_cli(root: str, names: list[str], folder: Path) -> float:
     return time.perf_counter() - start
 
 
+COLD = """
+import json, sys, time
+import pandas, durable_nb
+from durable_nb.backup.inplace import unavailable
+start = time.perf_counter()
+unavailable()
+load = time.perf_counter() - start
+fleet = durable_nb.fleet(sys.argv[1])
+runs = fleet.runs()
+cold = time.perf_counter() - start
+assert len(runs) == int(sys.argv[2]), runs
+warm = []
+for _ in range(5):
+    start = time.perf_counter()
+    assert len(fleet.runs()) == int(sys.argv[2])
+    warm.append(time.perf_counter() - start)
+print(json.dumps({"load": load, "cold": cold, "warm": warm}))
+"""
+
+
+def in_place_cold(root: str, xdg: Path, logs: int) -> dict[str, Any]:
+    """Cold and warm ``runs()`` in place, in a fresh process (its cache folder unused)."""
+    out = subprocess.run(
+        [sys.executable, "-c", COLD, root, str(logs)],
+        env={**os.environ, "XDG_CACHE_HOME": str(xdg)}, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--logs", type=int, default=100)
@@ -113,11 +148,15 @@ def main() -> None:
             print(f"{len(names)} logs of {args.steps} steps made in {made:.1f} s and replicated")
 
             baseline, first, again = [], [], []
+            cold_in_place: list[dict[str, list[float]]] = []
+            warm_in_place: list[float] = []
+            if unavailable() is not None:
+                sys.exit(f"cannot read replicas in place here: {unavailable()}")
             for r in range(args.runs):
                 out = folder / f"cli{r}"
                 out.mkdir()
                 baseline.append(sequential_cli(root, names, out))
-                fleet = durable_nb.fleet(root, cache=folder / f"cache{r}")
+                fleet = durable_nb.fleet(root, cache=folder / f"cache{r}", in_place=False)
                 start = time.perf_counter()
                 pulled = fleet.pull(progress=False)
                 runs = fleet.runs()
@@ -127,13 +166,25 @@ def main() -> None:
                 for _ in range(3):
                     start = time.perf_counter()
                     second = fleet.pull(progress=False)
+                    assert len(fleet.runs()) == len(names)
                     again.append(time.perf_counter() - start)
                     assert (second["action"] == "unchanged").all()
+                cold_in_place.append(in_place_cold(root, folder / f"xdg{r}", len(names)))
+                warm_in_place.extend(cold_in_place[-1].pop("warm"))
+                assert not (folder / f"xdg{r}").exists()  # in place: nothing written
             b, f, a = (statistics.median(x) for x in (baseline, first, again))
             print(f"baseline: {len(names)} litestream restores one after another: {b:.2f} s")
             print(f"first pull + runs(): {f:.2f} s (target <= 10 s), {f / b:.2f}x the baseline")
-            print(f"second pull, nothing changed: {a:.3f} s (target <= 1 s)")
+            print(f"second pull, nothing changed, + runs(): {a:.3f} s (target <= 1 s)")
+            cold = statistics.median(c["cold"] for c in cold_in_place)
+            load = statistics.median(c["load"] for c in cold_in_place)
+            warm = statistics.median(warm_in_place)
+            print(f"runs() in place, cold (fresh process, VFS load {load:.2f} s included): "
+                  f"{cold:.2f} s (target <= 2 s), {cold / f:.2f}x first pull + runs()")  # fmt: skip
+            print(f"runs() in place, warm: {warm:.3f} s (target <= 0.3 s), "
+                  f"{warm / a:.2f}x second pull + runs()")  # fmt: skip
             print(f"  runs: baseline {baseline}, first {first}, again {again}")
+            print(f"  in place: cold {cold_in_place}, warm {warm_in_place}")
     finally:
         moto.send_signal(signal.SIGTERM)
         moto.wait()

@@ -32,16 +32,20 @@ from .replay.executors import use_executor  # dask is imported by the user, neve
 from .replay.plan import Plan
 from .replay.run import Run
 from .replay.workflow import plan, workflow
-from .views.experiments import compare, experiments  # pandas is imported when they are called
+from .views.experiments import compare  # pandas is imported when it is called
 
 __version__ = "0.1.0"
 
 _LAZY = {  # name -> module: these import pandas / boto3, so they load on first use
-    **dict.fromkeys(("events", "result", "runs", "steps", "timeline"), "views.frames"),
+    **dict.fromkeys(
+        ("checkpoints", "events", "experiments", "runs", "steps", "timeline"),
+        "backup.replica_views",  # a log, or a replica read in place
+    ),
+    "result": "views.frames",
     **dict.fromkeys(("replicate", "replication_status", "stop_replication"), "backup.replication"),
     **dict.fromkeys(("restore", "restore_points"), "backup.restore"),
+    "FleetPanel": "notebook.fleet_panel",
     "RestorePanel": "notebook.panel",
-    "checkpoints": "views.checkpoints",
 }
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "DurableError",
     "DurableWarning",
     "Fleet",
+    "FleetPanel",
     "LogFileError",
     "Plan",
     "PlanStop",

@@ -192,3 +192,78 @@ def test_restore_panel_in_jupyterlab(tmp_path: Path, lab: tuple[str, str]) -> No
     assert len(copies) == 1
     assert durable_nb.runs(log=copies[0])["workflow"].tolist() == ["sweep"]
     assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fleet_panel_in_jupyterlab(tmp_path: Path, lab: tuple[str, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from .test_fleet import name, run_agents
+
+    root, agents = f"file://{tmp_path / 'fleet'}/", tmp_path / "agents"
+    run_agents(root, agents, [4, 5])  # agent 5 fails at step 5
+    failing = name(5, agents)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            f"import os\nos.environ['XDG_CACHE_HOME'] = {str(tmp_path / 'xdg')!r}\n"
+            "import durable_nb\n%load_ext durable_nb"
+        ),
+        nbformat.v4.new_code_cell(f"%durable fleet {root}"),
+        nbformat.v4.new_code_cell(
+            "print('current:', durable_nb.get_store().path)\n"
+            "print(durable_nb.runs()[['workflow', 'status']].to_string())"
+        ),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}  # fmt: skip
+    nbformat.write(nb, str(tmp_path / "fleet.ipynb"))
+    shot = SCREENSHOT.with_name("fleet-panel.png")
+
+    url, token = lab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            table = page.locator("table.durable-fleet")
+            for attempt in range(3):  # JupyterLab now and then drops a starting page's run
+                run_first_cell(page, f"{url}/lab/tree/fleet.ipynb?token={token}", url, token)
+                page.keyboard.press("Shift+Enter")  # the panel's cell
+                try:
+                    expect(table).to_contain_text(failing, timeout=30_000)
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
+            # one row per log, the failed one with its error
+            expect(table).to_contain_text(name(4, agents))
+            expect(table).to_contain_text("RuntimeError: agent failed at step 5")
+            page.locator(".widget-select select").select_option(label=failing)
+            expect(page.locator("table.durable-fleet-runs")).to_contain_text("failed")
+            page.locator(".widget-dropdown select").select_option(label="run 1 · agent · failed")
+            error = page.locator("pre.durable-fleet-error")
+            expect(error).to_contain_text("step work(5) failed", timeout=30_000)
+            expect(error).to_contain_text("RuntimeError: agent failed at step 5")
+            expect(page.locator("img.widget-image")).to_be_visible()  # the run's timeline
+            page.locator(".widget-button", has_text="Open here").click()
+            expect(page.get_by_text("is the current log now")).to_be_visible(timeout=30_000)
+            shot.parent.mkdir(exist_ok=True)
+            page.locator(".widget-vbox").first.screenshot(path=str(shot))
+            # the next cell runs in the log the panel opened: agent 5's, failed at step 5
+            page.locator(".jp-Cell").nth(2).click()
+            page.keyboard.press("Escape")
+            page.keyboard.press("Shift+Enter")
+            output = page.locator(".jp-Cell").nth(2).locator(".jp-OutputArea")
+            expect(output).to_contain_text(f"/open/{failing}.db", timeout=30_000)
+            expect(output).to_contain_text("agent  failed")
+        except Exception:
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot.with_name("fleet-panel-failure.png")))
+            raise
+        finally:
+            browser.close()
+    assert shot.read_bytes()[:4] == b"\x89PNG"

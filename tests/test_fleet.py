@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import pandas as pd
 import pytest
 
 import durable_nb
@@ -74,7 +76,7 @@ def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield "s3://fleet/team/"
 
 
-def test_twenty_agents_pulled_incrementally_one_corrupt_and_one_replayed_here(
+def test_twenty_agents_read_in_place_pulled_incrementally_one_corrupt_and_one_replayed_here(
     root: str, tmp_path: Path
 ) -> None:
     agents = tmp_path / "agents"
@@ -86,33 +88,55 @@ def test_twenty_agents_pulled_incrementally_one_corrupt_and_one_replayed_here(
     assert (listed["txid"] > 0).all() and (listed["size"] > 0).all()
     assert listed["pulled_txid"].isna().all()  # the listing alone: nothing pulled
 
+    # read in place: nothing pulled, nothing written; the corrupt replica named, once
     corrupt(root, name(19, agents))
-    with pytest.warns(DurableWarning, match=rf"1 of 20 logs .* {name(19, agents)}: "):
-        first = fleet.pull(progress=False)
-    assert (first["action"] == "pulled").sum() == AGENTS - 1
-    assert first.set_index("log").loc[name(19, agents), "action"] == "failed"
-    assert fleet.logs().set_index("log").loc[name(19, agents), "error"]
-
-    runs = fleet.runs()
+    unread = rf"1 of 20 logs .* could not be read .*{name(19, agents)}: .*invalid LTX file"
+    with pytest.warns(DurableWarning, match=unread) as said:
+        runs = fleet.runs()
+    assert len(said) == 1
+    assert not (tmp_path / "cache").exists()
     assert sorted(runs["log"].unique()) == [name(i, agents) for i in range(AGENTS - 1)]
     status = dict(zip(runs["log"], runs["status"].astype(str), strict=True))
     assert status == {name(i, agents): "failed" if i in FAILING else "completed" for i in range(19)}
+    assert "invalid LTX file" in fleet.logs().set_index("log").loc[name(19, agents), "error"]
     failing = [name(i, agents) for i in sorted(FAILING)]
-    assert list(fleet.runs(status="failed")["log"].astype(str)) == failing
-    failed_steps = fleet.steps(status="failed")
+    with pytest.warns(DurableWarning, match=name(19, agents)):
+        assert list(fleet.runs(status="failed")["log"].astype(str)) == failing
+        failed_steps = fleet.steps(status="failed")
+        assert fleet.runs(since="2100-01-01").empty
     assert sorted(failed_steps["log"].astype(str)) == failing
     assert (failed_steps["error_message"] == "agent failed at step 5").all()
-    assert fleet.runs(since="2100-01-01").empty
+    assert not (tmp_path / "cache").exists()
 
-    # two agents run again (two more steps each): exactly those two are downloaded again
+    unpulled = rf"1 of 20 logs .* could not be pulled .*{name(19, agents)}: "
+    with pytest.warns(DurableWarning, match=unpulled):
+        first = fleet.pull(progress=False)
+    assert (first["action"] == "pulled").sum() == AGENTS - 1
+    assert first.set_index("log").loc[name(19, agents), "action"] == "failed"
+    # the views in place give what the views of the pulled copies give
+    pulled = durable_nb.fleet(root, cache=tmp_path / "cache", in_place=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DurableWarning)  # (agent 19, said above)
+        for view in ("runs", "steps", "events", "experiments", "checkpoints"):
+            in_place, copies = getattr(fleet, view)(), getattr(pulled, view)()
+            pd.testing.assert_frame_equal(in_place, copies, obj=view)
+    between = pd.Timestamp.now(tz="UTC")
+    time.sleep(1.1)
+
+    # two agents run again (two more steps each): seen in place at once, then exactly those
+    # two are downloaded again; as_of shows the fleet as it was before
     run_agents(root, agents, [1, 2], STEPS="12")
+    with pytest.warns(DurableWarning, match=name(19, agents)):
+        runs = fleet.runs()
+        before = fleet.runs(as_of=between)
+    assert len(runs[runs["log"] == name(1, agents)]) == 2 and len(runs) == AGENTS - 1 + 2
+    assert len(before[before["log"] == name(1, agents)]) == 1 and len(before) == AGENTS - 1
     with pytest.warns(DurableWarning, match=name(19, agents)):  # still corrupt: tried, reported
         second = fleet.pull(progress=False)
     actions = second.set_index("log")["action"]
     assert sorted(actions[actions == "pulled"].index) == [name(1, agents), name(2, agents)]
     assert (actions == "unchanged").sum() == AGENTS - 3
-    runs = fleet.runs()
-    assert len(runs[runs["log"] == name(1, agents)]) == 2
+    fleet.close()
 
     # the observer pulls agent 0 (failed at step 5) and finishes its workflow here
     observer = subprocess.run(
@@ -165,14 +189,24 @@ def test_the_terminal_and_the_notebook_show_the_fleet(tmp_path: Path) -> None:
         assert kernel.execute("%load_ext durable_nb").status == "ok"
         reply = kernel.execute(f"%durable fleet {root}")
         assert reply.status == "ok", reply.error
-        assert f"2 logs under {root.rstrip('/')}: 2 pulled, 0 unchanged, 0 failed" in reply.stdout
-        table = reply.results[-1]["text/plain"]  # after the progress bar (a widget)
-        assert name(4, agents) in table and name(5, agents) in table and "failed" in table
+        views = [r for r in reply.results if "application/vnd.jupyter.widget-view+json" in r]
+        assert len(views) == 1  # the panel; test_browser clicks it
+        model = views[0]["application/vnd.jupyter.widget-view+json"]["model_id"]
+        reply = kernel.execute(
+            "import time\nfrom ipywidgets.widgets.widget import _instances\n"
+            f"panel = _instances[{model!r}]\n"
+            "while 'refreshed' not in panel.summary.value: time.sleep(0.1)\n"
+            "print(panel.summary.value, panel.table.value)\n"
+            "panel.close()\nprint('thread alive:', panel._thread.is_alive())"
+        )
+        assert reply.status == "ok", reply.error
+        assert "2 logs, 0 runs running, 1 failed" in reply.stdout  # read in place: no pull
+        assert name(5, agents) in reply.stdout and "agent failed at step 5" in reply.stdout
+        assert "thread alive: False" in reply.stdout
         reply = kernel.execute("%durable fleet")
         assert reply.status == "error" and "usage: %durable fleet ROOT" in reply.stderr
     finally:
         kernel.close()
-    assert list((tmp_path / "xdg" / "durable_nb" / "fleet").iterdir())  # the user's cache
 
 
 def test_an_empty_root_a_missing_folder_and_a_dead_endpoint_are_one_line(
@@ -220,7 +254,9 @@ def test_wrong_credentials_are_one_line_without_the_secret(
         proc.wait()
 
 
-def test_a_log_of_an_older_schema_is_migrated_in_its_pulled_copy(tmp_path: Path) -> None:
+def test_a_log_of_an_older_schema_is_read_in_place_and_migrated_in_its_pulled_copy(
+    tmp_path: Path,
+) -> None:
     from .conftest import old_log
 
     root = f"file://{tmp_path / 'fleet'}/"
@@ -234,10 +270,14 @@ def test_a_log_of_an_older_schema_is_migrated_in_its_pulled_copy(tmp_path: Path)
             time.sleep(0.2)
     finally:
         durable_nb.stop_replication(log=log)
-    assert fleet.pull(progress=False)["action"].tolist() == ["pulled"]
-    runs = fleet.runs()
+    runs = fleet.runs()  # in place: read through a migrated copy in memory
     assert runs[["workflow", "status"]].astype(str).values.tolist() == [["w", "completed"]]
     assert fleet.steps()["step"].tolist() == ["train"]
+    assert not (tmp_path / "cache").exists()
+    pulled = durable_nb.fleet(root, cache=tmp_path / "cache", in_place=False)
+    assert pulled.pull(progress=False)["action"].tolist() == ["pulled"]
+    pd.testing.assert_frame_equal(pulled.runs(), runs)
+    assert pulled.steps()["step"].tolist() == ["train"]
 
 
 def test_a_root_url_places_each_log_at_host_folder_stem(tmp_path: Path) -> None:

@@ -18,12 +18,14 @@ the others are still served; views never unpickle a stored value.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import sqlite3
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -35,11 +37,12 @@ from ..errors import DurableError, DurableWarning, ReplicationError
 from ..log import current_log
 from ..log.records import RUN_STATUSES
 from ..log.store import Store
-from . import restore
+from . import inplace, restore
 from .replica import Listed, Replica, parse_url, private_dirs
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 __all__ = ["Fleet", "fleet"]
 
@@ -60,12 +63,33 @@ def _cache_for(root: Replica) -> Path:
 class Fleet:
     """The logs replicated under one root, and a local cache of their pulled copies."""
 
-    def __init__(self, root: str, *, cache: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, root: str, *, cache: str | os.PathLike[str] | None = None, in_place: bool = True,
+        jobs: int = 16,
+    ) -> None:  # fmt: skip
         self.root = parse_url(root)
         self.url = self.root.url
         self.cache = Path(cache).expanduser().absolute() if cache else _cache_for(self.root)
+        self.in_place = in_place
+        self.jobs = jobs
         self.last_pull: pd.DataFrame | None = None
         self._errors: dict[str, str] = {}  # log -> why its newest copy is missing
+        self._readers: dict[str, inplace.ReplicaLog] = {}  # replicas kept open in place
+        self._lock = threading.Lock()
+        self._fell_back = False
+        self._listed: list[Listed] | None = None  # the newest listing
+
+    def close(self) -> None:
+        """Close the replicas kept open in place (the next view opens them again)."""
+        with self._lock:
+            while self._readers:
+                self._readers.popitem()[1].close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"<Fleet {self.url} cache={self.cache}>"
@@ -79,6 +103,7 @@ class Fleet:
             if self.root.scheme == "s3":
                 self.root.check()  # a short timeout: a dead endpoint is one line, not minutes
             found = self.root.listing()
+        self._listed = found
         if not found:
             missing = self.root.scheme == "file" and not Path(self.root.path).is_dir()
             warnings.warn(
@@ -94,14 +119,18 @@ class Fleet:
     def logs(self) -> pd.DataFrame:
         """One row per replica, from the listing alone: ``log`` (its name), ``url``,
         ``txid`` (newest), ``replicated`` (when that was written), ``size`` (bytes), and
-        from the cache ``pulled_txid`` and ``error`` (why the last pull of it failed)."""
+        ``pulled_txid`` (of its copy in the cache) and ``error`` (why it could not be read
+        or pulled last time)."""
+        return self._logs_frame(self._listing())
+
+    def _logs_frame(self, listing: list[Listed]) -> pd.DataFrame:
         import pandas as pd
 
         state = self._state()
         rows = [
             (item.name, self.root.child(item.name).url, item.txid, item.replicated_at,
              item.size, state.get(item.name), self._errors.get(item.name))
-            for item in self._listing()
+            for item in listing
         ]  # fmt: skip
         df = pd.DataFrame.from_records(
             rows, columns=["log", "url", "txid", "replicated", "size", "pulled_txid", "error"]
@@ -216,9 +245,125 @@ class Fleet:
 
     # -- the views ---------------------------------------------------------------------
 
+    def _serving(self) -> bool:
+        """Whether views read replicas in place (else pulled copies); a fallback said once."""
+        if not self.in_place:
+            return False
+        why = inplace.unavailable()
+        if why is not None and not self._fell_back:
+            self._fell_back = True
+            warnings.warn(
+                f"the fleet's views read pulled copies of its logs, not the replicas in place: "
+                f"{why}",
+                DurableWarning,
+                stacklevel=4,
+            )
+        return why is None
+
+    def _readers_for(self, listing: dict[str, Listed], names: list[str]) -> dict[str, Any]:
+        """A kept replica opened in place for each of ``names``: new ones opened (in
+        parallel), ones behind the listing opened again; those gone from the root closed.
+        Values are ``ReplicaLog``s or the error that kept one from opening."""
+        with self._lock:
+            for gone in set(self._readers) - set(listing):
+                self._readers.pop(gone).close()
+            stale = []
+            for name in names:
+                reader = self._readers.get(name)
+                if reader is not None and (
+                    not reader.alive or reader.txid() < listing[name].txid
+                ):  # its process ended, or it is behind (it polls only once a day: ask it)
+                    stale.append(name)
+            for name in stale:
+                self._readers.pop(name).close()
+            wanted = [name for name in names if name not in self._readers]
+            opened = self._in_parallel(
+                lambda name: inplace.ReplicaLog(self.root.child(name)), wanted
+            )
+            for name, reader in opened.items():
+                if not isinstance(reader, Exception):
+                    self._readers[name] = reader
+            return {name: opened.get(name, self._readers.get(name)) for name in names}
+
+    def _in_parallel(self, work: Callable[[str], Any], names: list[str]) -> dict[str, Any]:
+        """``work(name)`` of each name, ``self.jobs`` at a time; a failure is its value."""
+        results: dict[str, Any] = {}
+        if not names:
+            return results
+        with ThreadPoolExecutor(max_workers=max(1, min(self.jobs, len(names)))) as pool:
+            futures = {pool.submit(work, name): name for name in names}
+            for future in as_completed(futures):
+                try:
+                    results[futures[future]] = future.result()
+                except (DurableError, sqlite3.Error, OSError) as exc:
+                    results[futures[future]] = exc
+        return results
+
+    def _gather(self, read: Callable[[Store], Any], log: str | None, as_of: Any) -> list[Any]:
+        """``read`` of each log (or of ``log`` alone), as ``(name, value)`` pairs in name
+        order: replicas read in place, or (without the VFS) pulled copies. A log that
+        cannot be read is left out and named in one warning (and in ``logs()``)."""
+        if self.in_place:
+            inplace.start()  # (it loads while the root is listed)
+        if not self._serving():
+            if as_of is not None:
+                raise ReplicationError(
+                    f"as_of= reads replicas in place, which is not possible here: "
+                    f"{inplace.unavailable()}; restore(URL, timestamp=...) a log instead"
+                )
+            names = self._pulled()
+            if log is not None:
+                if log not in names:
+                    raise ReplicationError(
+                        f"no pulled copy of log {log!r} of {self.url}; Fleet.logs() lists them"
+                    )
+                names = [log]
+            values = {name: self._read(name, read) for name in names}
+            return [(name, values[name]) for name in names if values[name] is not None]
+        listing = {item.name: item for item in self._listing()}
+        if log is not None and log not in listing:
+            raise ReplicationError(f"no replica {log!r} under {self.url}; Fleet.logs() lists them")
+        names = sorted(listing) if log is None else [log]
+        if as_of is None:
+            readers = self._readers_for(listing, names)
+
+            def one(name: str) -> Any:
+                reader = readers[name]
+                if isinstance(reader, Exception):
+                    raise reader
+                return read(reader.store)
+        else:
+
+            def one(name: str) -> Any:
+                try:
+                    reader = inplace.ReplicaLog(self.root.child(name), as_of=as_of)
+                except inplace.NothingThen:
+                    return None  # the log began later: nothing of it then
+                try:
+                    return read(reader.store)
+                finally:
+                    reader.close()
+
+        values = self._in_parallel(one, names)
+        failed = [(n, v) for n, v in sorted(values.items()) if isinstance(v, Exception)]
+        for name, _ in failed:
+            self._errors[name] = str(values[name])
+        for name in set(names) - {name for name, _ in failed}:
+            self._errors.pop(name, None)
+        if failed:
+            warnings.warn(
+                f"{len(failed)} of {len(names)} logs under {self.url} could not be read "
+                f"(the others are served): {failed[0][0]}: {failed[0][1]}",
+                DurableWarning,
+                stacklevel=4,
+            )
+        return [(n, values[n]) for n in names if values[n] is not None and n not in dict(failed)]
+
     def _pulled(self) -> list[str]:
         if self.last_pull is None and not self._state():
             self.pull()  # nothing pulled yet, here or before: pull once
+        elif self.in_place:  # in place was the plan: keep the copies as fresh as replicas
+            self.pull(progress=False)
         return sorted(self._state())
 
     def _read(self, name: str, read: Callable[[Store], Any]) -> Any:
@@ -228,19 +373,19 @@ class Fleet:
                 return read(store)
         except DurableError as exc:
             self._errors[name] = str(exc)
-            warnings.warn(f"log {name} skipped: {exc}", DurableWarning, stacklevel=4)
+            warnings.warn(f"log {name} skipped: {exc}", DurableWarning, stacklevel=5)
             return None
 
-    def _each(self, view: Callable[[Store], pd.DataFrame]) -> pd.DataFrame:
-        """``view`` of every pulled log, concatenated, with a ``log`` column first."""
+    def _each(
+        self, view: Callable[[Store], pd.DataFrame], log: str | None, as_of: Any
+    ) -> pd.DataFrame:
+        """``view`` of every log (or of ``log``), concatenated, with a ``log`` column first."""
         import pandas as pd
 
         frames = []
-        for name in self._pulled():
-            df = self._read(name, view)
-            if df is not None:
-                df.insert(0, "log", name)
-                frames.append(df)
+        for name, df in self._gather(view, log, as_of):
+            df.insert(0, "log", name)
+            frames.append(df)
         if not frames:
             with (
                 tempfile.TemporaryDirectory() as empty,  # the columns of an empty log
@@ -253,8 +398,12 @@ class Fleet:
         df["log"] = df["log"].astype("category")
         return df
 
-    def runs(self, *, status: str | None = None, since: Any = None) -> pd.DataFrame:
-        """Every pulled log's runs (``durable_nb.runs``), with a ``log`` column."""
+    def runs(
+        self, *, log: str | None = None, status: str | None = None, since: Any = None,
+        as_of: Any = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Every log's runs (``durable_nb.runs``), with a ``log`` column; ``log``: one log's
+        only; ``as_of``: as the replicas were at that time (a log begun later has none)."""
         import pandas as pd
 
         from ..views import frames
@@ -264,45 +413,92 @@ class Fleet:
         since = since_seconds(since)
         logs: list[str] = []
         rows: list[tuple[Any, ...]] = []
-        for name in self._pulled():  # rows of all logs, then one frame: 100 logs in ~0.1 s
-            found = self._read(name, lambda store: frames.run_rows(store, status, since))
-            if found:
-                logs.extend([name] * len(found))
-                rows.extend(found)
+        read = functools.partial(frames.run_rows, status=status, since=since)
+        for name, found in self._gather(read, log, as_of):  # rows of all logs, one frame
+            logs.extend([name] * len(found))
+            rows.extend(found)
         df = frames.runs_frame(rows)
         df.insert(0, "log", pd.Categorical(logs) if logs else pd.Series(dtype="object"))
         return df
 
     def steps(
-        self, workflow: str | None = None, *, status: str | None = None, since: Any = None
+        self, workflow: str | None = None, *, log: str | None = None, status: str | None = None,
+        since: Any = None, as_of: Any = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Every log's step attempts (``durable_nb.steps``), with a ``log`` column."""
+        from ..views import frames
+
+        view = functools.partial(frames.steps, workflow, status=status, since=since)
+        return self._each(lambda store: view(log=store), log, as_of)
+
+    def events(
+        self, *, log: str | None = None, since: Any = None, as_of: Any = None
     ) -> pd.DataFrame:
-        """Every pulled log's step attempts (``durable_nb.steps``), with a ``log`` column."""
+        """Every log's events (``durable_nb.events``), with a ``log`` column."""
         from ..views import frames
 
-        return self._each(
-            lambda store: frames.steps(workflow, log=store, status=status, since=since)
-        )
-
-    def events(self, *, since: Any = None) -> pd.DataFrame:
-        """Every pulled log's events (``durable_nb.events``), with a ``log`` column."""
-        from ..views import frames
-
-        return self._each(lambda store: frames.events(store, since=since))
+        return self._each(lambda store: frames.events(store, since=since), log, as_of)
 
     def experiments(
-        self, workflow: str | None = None, step: str | None = None, *, latest: bool = True
-    ) -> pd.DataFrame:
-        """Every pulled log's calls (``durable_nb.experiments``), with a ``log`` column."""
+        self, workflow: str | None = None, step: str | None = None, *, log: str | None = None,
+        latest: bool = True, as_of: Any = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Every log's calls (``durable_nb.experiments``), with a ``log`` column."""
         from ..views.experiments import experiments
 
-        return self._each(lambda store: experiments(workflow, step, latest=latest, log=store))
+        view = functools.partial(experiments, workflow, step, latest=latest)
+        return self._each(lambda store: view(log=store), log, as_of)
 
-    def checkpoints(self, workflow: str | None = None, step: str | None = None) -> pd.DataFrame:
-        """Every pulled log's checkpoints (``durable_nb.checkpoints``: an agent's progress
-        inside its long calls), with a ``log`` column."""
+    def checkpoints(
+        self, workflow: str | None = None, step: str | None = None, *, log: str | None = None,
+        as_of: Any = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Every log's checkpoints (``durable_nb.checkpoints``: an agent's progress inside
+        its long calls), with a ``log`` column."""
         from ..views.checkpoints import checkpoints
 
-        return self._each(lambda store: checkpoints(workflow, step, log=store))
+        return self._each(lambda store: checkpoints(workflow, step, log=store), log, as_of)
+
+    def timeline(
+        self, log: str, workflow: str | None = None, run: int | None = None, *, as_of: Any = None
+    ) -> Figure:
+        """The steps of log ``log`` over time (``durable_nb.timeline``)."""
+        from ..views.frames import timeline
+
+        found = self._gather(lambda store: timeline(workflow, run, log=store), log, as_of)
+        if not found:
+            raise ReplicationError(f"log {log} could not be read; Fleet.logs() says why")
+        return found[0][1]
+
+    def overview(self, *, as_of: Any = None) -> pd.DataFrame:
+        """One row per log: ``log``, ``runs``, ``running``, ``failed``, ``activity`` (its
+        newest run's start or end), ``replicated`` (the replica's newest write), ``lag``
+        (how long ago that was), ``last_error`` (of its newest failed run) and ``error``
+        (why it could not be read)."""
+        import pandas as pd
+
+        runs = self.runs(as_of=as_of)
+        listed = self._logs_frame(self._listed or [])  # the listing runs() read, its errors
+        grouped = runs.groupby("log", observed=True)
+        failed = runs[runs["status"] == "failed"].groupby("log", observed=True)
+        columns = {
+            "runs": grouped.size(),
+            "running": (runs["status"] == "running").groupby(runs["log"], observed=True).sum(),
+            "failed": failed.size(),
+            "activity": grouped[["started", "ended"]].max().max(axis=1),
+            "last_error": failed["error"].last(),
+        }
+        df = listed[["log", "replicated", "error"]].set_index("log")
+        for column, values in columns.items():
+            df[column] = values.reindex(df.index)
+        counts = ["runs", "running", "failed"]
+        df[counts] = df[counts].fillna(0).astype("int64")
+        df["activity"] = pd.to_datetime(df["activity"], utc=True)
+        df["lag"] = pd.Timestamp.now(tz="UTC") - df["replicated"]
+        for column in ("error", "last_error"):
+            df[column] = df[column].astype(object).where(df[column].notna(), None)
+        return df[["runs", "running", "failed", "activity", "replicated", "lag", "last_error",
+                   "error"]].reset_index()  # fmt: skip
 
     # -- replay here -------------------------------------------------------------------
 
@@ -327,8 +523,11 @@ class Fleet:
         return target
 
 
-def fleet(root: str, *, cache: str | os.PathLike[str] | None = None) -> Fleet:
+def fleet(
+    root: str, *, cache: str | os.PathLike[str] | None = None, in_place: bool = True
+) -> Fleet:
     """The fleet of logs replicated under ``root`` (``s3://bucket/prefix/`` or
-    ``file:///dir/``); pulled copies are kept in ``cache`` (default: under the user's cache
+    ``file:///dir/``). Its views read the replicas in place (``in_place=False``: the copies
+    ``pull()`` keeps); pulled copies are kept in ``cache`` (default: under the user's cache
     folder, one per root)."""
-    return Fleet(root, cache=cache)
+    return Fleet(root, cache=cache, in_place=in_place)

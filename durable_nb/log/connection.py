@@ -21,7 +21,7 @@ from ..errors import DurableWarning, LogFileError, SchemaTooNewError, user_stack
 from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SIGNED
 from .signing import CELL, sign, sign_blob
 
-__all__ = ["connect", "fail", "pragmas", "sign_values"]
+__all__ = ["connect", "fail", "migrated_image", "pragmas", "sign_values"]
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,21 @@ def _migrated_copy(conn: sqlite3.Connection) -> sqlite3.Connection:
         raise
     finally:
         conn.close()
+    return copy
+
+
+def migrated_image(image: bytes) -> sqlite3.Connection:
+    """A log of an older schema that cannot be migrated where it is (a replica read in
+    place), given as its serialized bytes: a migrated copy of it in memory."""
+    data = bytearray(image)
+    data[18:20] = b"\x01\x01"  # a rollback-journal image: memory cannot hold a WAL
+    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        copy.deserialize(bytes(data))
+        _migrate(copy, quiet=True)
+    except BaseException:
+        copy.close()
+        raise
     return copy
 
 

@@ -64,10 +64,15 @@ class Store:
     """One durable_nb log file: runs, steps, cells and notes, plus its blob folder."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, readonly: bool = False, recover: bool = True
-    ) -> None:
-        self.path = Path(path).expanduser().absolute()
-        self.readonly = readonly
+        self, path: str | os.PathLike[str], *, readonly: bool = False, recover: bool = True,
+        conn: Any = None,
+    ) -> None:  # fmt: skip
+        """Open the log at ``path`` (``readonly``: never written). ``conn``: a connection
+        opened elsewhere (a replica read in place: ``path`` is its URL), read-only; it needs
+        ``execute(sql, params)`` with ``fetchall()`` / ``fetchone()``, and ``close()``."""
+        self.local = conn is None  # a file of this machine (not a replica read in place)
+        self.path = Path(path).expanduser().absolute() if self.local else Path(path)
+        self.readonly = readonly = readonly or not self.local
         self.blobs = BlobStore(blob_folder(self.path))
         self._lock = threading.RLock()
         self._depth = 0
@@ -77,8 +82,9 @@ class Store:
         self._closed = threading.Event()
         self._me = owners.current_owner()
         self._digests: set[str] = set()  # digests whose document is stored (this process)
-        self.conn = connect(self.path, readonly=readonly)
-        self._cursor = self.conn.cursor()  # writes share one (a cursor per statement: +1 us)
+        self.conn = connect(self.path, readonly=readonly) if self.local else conn
+        self._cursor = self.conn.cursor() if self.local else None  # writes share one (+1 us
+        # a statement with a cursor of its own)
         self._checkpointer = None if readonly else Checkpointer(self.path)
         self._recovered = False
         if not readonly and recover:  # else at the first run (a --plan writes nothing)

@@ -487,8 +487,9 @@ class DurableMagics(Magics):
         "log [NAME]: the steps as a table; experiments [NAME] [STEP]: one row per call, "
         "its parameters and results; timeline [NAME]: the steps over time; "
         "replicate [URL]: back the log up with Litestream; replication: its state; "
-        "restore [URL]: the restore panel; fleet ROOT: pull the logs replicated under "
-        "ROOT and show their runs; trust [PATH]: sign a log from elsewhere with your key",
+        "restore [URL]: the restore panel; fleet ROOT: a live panel of the logs replicated "
+        "under ROOT (open one here to replay it); trust [PATH]: sign a log from elsewhere "
+        "with your key",
     )
     @argument("args", nargs="*", help="PATH, NAME or URL, as the command needs")
     @argument("--step", help="with forget or accept: only this step's records")
@@ -580,18 +581,11 @@ class DurableMagics(Magics):
     def _fleet(self, opts: argparse.Namespace) -> None:
         from IPython.display import display
 
-        from ..backup.fleet import fleet
+        from .fleet_panel import FleetPanel
 
         if len(opts.args) != 1:
             raise UsageError("usage: %durable fleet ROOT (s3://bucket/prefix/ or file:///dir/)")
-        observed = fleet(opts.args[0])
-        pulled = observed.pull()
-        counts = pulled["action"].value_counts()
-        print(
-            f"{len(pulled)} logs under {observed.url}: {counts.get('pulled', 0)} pulled, "
-            f"{counts.get('unchanged', 0)} unchanged, {counts.get('failed', 0)} failed"
-        )
-        display(observed.runs().set_index("log"))
+        display(FleetPanel(opts.args[0]))
 
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:

@@ -92,7 +92,7 @@ _TEXT_DTYPE = pd.Series([""]).dtype  # pandas' default for strings: "str" (panda
 
 def _step_frame(store: Store, columns: str, workflow: str | None, run: int | None,
                 status: str | None, since: float | None) -> pd.DataFrame:  # fmt: skip
-    if workflow is None and run is None:
+    if workflow is None and run is None and store.local:  # (Arrow reads files, not replicas)
         ids = store.step_ids()
         if ids[1] - ids[0] >= COLUMNAR_ROWS:
             sql, params = store.all_steps_query(columns, status=status, since=since)
