@@ -208,8 +208,17 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace) -> int:
     from .backup.fleet import fleet
+    from .backup.inplace import moment
 
-    observed = fleet(args.root, cache=args.cache)
+    if args.as_of is not None:
+        try:
+            moment(args.as_of)
+        except ValueError:
+            raise UsageError(
+                f"--as-of {args.as_of!r} is not a time: give an ISO 8601 time, e.g. "
+                "2026-12-07T10:00Z"
+            ) from None
+    observed = fleet(args.root, cache=args.cache, in_place=not args.pull)
     with warnings.catch_warnings():  # (its warning says what the error below says)
         warnings.simplefilter("ignore")
         nothing = observed.logs().empty
@@ -226,7 +235,7 @@ def _fleet(args: argparse.Namespace) -> int:
             f"{counts.get('unchanged', 0)} unchanged, {counts.get('failed', 0)} failed",
             file=sys.stderr,
         )
-    df = observed.runs(status=args.status)
+    df = observed.runs(status=args.status, as_of=args.as_of)
     if args.format == "table":
         df = df.drop(columns=["pid"])
     _emit(df, args.format)
@@ -337,11 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
     fl = sub.add_parser(
         "fleet", help="the runs of every log replicated under a root",
         description="Print the runs of every log replicated under ROOT (a URL ending in /), "
-        "from a local cache of their copies; --pull brings the cache up to date first "
-        "(only the logs that changed are downloaded; the first look pulls by itself).",
+        "read where they are (Litestream's VFS: nothing restored); --pull reads a local cache "
+        "of their copies instead, brought up to date first (only the logs that changed are "
+        "downloaded).",
     )  # fmt: skip
     fl.add_argument("root", help="s3://bucket/prefix/ or file:///dir/")
-    fl.add_argument("--pull", action="store_true", help="pull the logs that changed first")
+    fl.add_argument(
+        "--pull",
+        action="store_true",
+        help="pull the logs that changed into the cache, and read the copies",
+    )
+    fl.add_argument(
+        "--as-of",
+        metavar="TIME",
+        help="the runs as they were at TIME (ISO 8601, e.g. 2026-12-07T10:00Z)",
+    )
     fl.add_argument("--status", choices=RUN_STATUSES, help="only runs of this status")
     fl.add_argument("--cache", help="the folder of the pulled copies (default: per root, "
                     "under the user's cache folder)")  # fmt: skip

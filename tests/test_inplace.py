@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +20,7 @@ import durable_nb
 from durable_nb import DurableWarning, ReplicationError
 from durable_nb.backup import inplace
 
+from .conftest import ROOT
 from .test_fleet import name, run_agents
 
 
@@ -42,6 +45,19 @@ def test_one_replica_read_in_place_now_and_as_it_was(tmp_path: Path) -> None:
     durable_nb.restore(url, to=copy)
     pd.testing.assert_frame_equal(durable_nb.steps(log=url), durable_nb.steps(log=copy))
     pd.testing.assert_frame_equal(durable_nb.events(log=url), durable_nb.events(log=copy))
+
+    # the terminal: the runs of the fleet as they were
+    cli = [sys.executable, "-m", "durable_nb.cli", "fleet", root, "--format", "csv"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    then = subprocess.run([*cli, "--as-of", between.isoformat()], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert then.returncode == 0, then.stderr
+    assert len(then.stdout.splitlines()) == 2  # the header and run 1
+    bad = subprocess.run([*cli, "--as-of", "soon"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr == (
+        "durable-nb fleet: --as-of 'soon' is not a time: give an ISO 8601 time, e.g. "
+        "2026-12-07T10:00Z\n"
+    )
 
     with pytest.raises(ReplicationError, match=r"holds nothing at or before 2000-01-01T00:00:00"):
         durable_nb.runs(url, as_of="2000-01-01")

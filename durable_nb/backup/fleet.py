@@ -303,6 +303,8 @@ class Fleet:
         """``read`` of each log (or of ``log`` alone), as ``(name, value)`` pairs in name
         order: replicas read in place, or (without the VFS) pulled copies. A log that
         cannot be read is left out and named in one warning (and in ``logs()``)."""
+        if as_of is not None:
+            as_of = inplace.moment(as_of)  # a bad time fails first, logs or none
         if self.in_place:
             inplace.start()  # (it loads while the root is listed)
         if not self._serving():
