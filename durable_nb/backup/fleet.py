@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DurableError, DurableWarning, ReplicationError
-from ..log import current_log
+from ..log import current_log, queries
 from ..log.records import RUN_STATUSES
 from ..log.store import Store
 from . import inplace, restore
@@ -415,7 +415,7 @@ class Fleet:
         since = since_seconds(since)
         logs: list[str] = []
         rows: list[tuple[Any, ...]] = []
-        read = functools.partial(frames.run_rows, status=status, since=since)
+        read = functools.partial(queries.run_rows, status=status, since=since)
         for name, found in self._gather(read, log, as_of):  # rows of all logs, one frame
             logs.extend([name] * len(found))
             rows.extend(found)

@@ -8,14 +8,13 @@ machine is safe to look at. ``result()`` loads one value, explicitly. Every view
 
 from __future__ import annotations
 
-import json
 import operator
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ..errors import LogFileError
-from ..log import serialization
+from ..log import queries, serialization
 from ..log.records import RUN_STATUSES, STEP_STATUSES
 from ..log.signing import valid
 from ..log.store import Store
@@ -34,16 +33,6 @@ STATUS_COLOURS = {
     "not_durable": "#6a1b9a",
     "running": "#1565c0",
 }
-
-
-def run_rows(store: Store, status: str | None = None, since: Any = None) -> list[tuple[Any, ...]]:
-    """The rows behind ``runs()`` (of ``status`` / started at or after ``since``), in SQL."""
-    return store.conn.execute(
-        "SELECT id, workflow, status, started_at, ended_at, steps_run, steps_replayed, pid, "
-        "error FROM runs WHERE (:status IS NULL OR status = :status) "
-        "AND (:since IS NULL OR started_at >= :since) ORDER BY id",
-        {"status": status, "since": since_seconds(since)},
-    ).fetchall()
 
 
 def runs_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
@@ -67,7 +56,7 @@ def runs(log: LogArg = None, *, status: str | None = None, since: Any = None) ->
     only runs of ``status`` / started at or after ``since`` when given (filtered in SQL)."""
     check_status(status, RUN_STATUSES)
     with opened(log) as store:
-        return runs_frame(run_rows(store, status, since))
+        return runs_frame(queries.run_rows(store, status, since_seconds(since)))
 
 
 _STEP_COLUMNS = {
@@ -119,12 +108,7 @@ def steps(
     with opened(log) as store:
         columns = ", ".join(_STEP_COLUMNS)
         df = _step_frame(store, columns, workflow, run, status, since_seconds(since))
-        of_workflow = "AND workflow = ?" if workflow is not None else ""
-        replays = store.conn.execute(
-            "SELECT replayed_steps FROM runs WHERE replayed_steps IS NOT NULL "
-            f"AND replayed_steps != '[]' {of_workflow}",
-            () if workflow is None else (workflow,),
-        ).fetchall()
+        replays = queries.replayed_ids(store, workflow)
     for column in _TEXT:  # the same dtypes from sqlite3 and from Arrow
         if df[column].dtype != _TEXT_DTYPE:
             df[column] = df[column].astype(_TEXT_DTYPE)
@@ -132,7 +116,7 @@ def steps(
     df["started"] = times(df["started"])
     df["ended"] = times(df["ended"])
     df["duration"] = df["ended"] - df["started"]
-    counts = pd.Series([i for (text,) in replays for i in json.loads(text)], dtype="int64")
+    counts = pd.Series(replays, dtype="int64")
     df["replayed"] = df["id"].map(counts.value_counts()).fillna(0).astype("int64")
     df["result_size"] = df["result_size"].astype("Int64")
     return df.astype({"id": "int64", "run": "int64", "occurrence": "int64", "attempt": "int64"})
@@ -143,11 +127,7 @@ def events(log: LogArg = None, *, since: Any = None) -> pd.DataFrame:
     at or after ``since`` when given."""
     start = since_seconds(since)
     with opened(log) as store:
-        rows = store.conn.execute(
-            "SELECT * FROM events WHERE ? IS NULL OR ts >= strftime('%Y-%m-%dT%H:%M:%f', ?, "
-            "'unixepoch') ORDER BY ts",
-            (start, start),
-        ).fetchall()
+        rows = queries.event_rows(store, start)
     df = pd.DataFrame.from_records(
         rows, columns=["ts", "workflow", "run", "step", "kind", "detail"]
     )
