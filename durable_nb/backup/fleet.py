@@ -1,18 +1,21 @@
-"""The fleet observer: every log replicated under one root, pulled and seen as one.
+"""The fleet observer: every log replicated under one root, read where it is and seen as one.
 
 Many notebooks and agents each write their own log, and Litestream replicates each under a
 shared root (``replicate("s3://bucket/team/")`` or ``DURABLE_NB_REPLICA_ROOT`` puts a log at
 ``<root>/<host>/<folder>-<hash>/<stem>``). ``fleet(root)`` is the third part of that architecture:
 
 - ``Fleet.logs()``: the replicas, from one paginated listing (nothing is downloaded);
-- ``Fleet.pull()``: restores, with the real ``litestream restore`` and in parallel, each
-  replica whose newest transaction differs from the one pulled last, into a local cache;
-- ``Fleet.runs()`` / ``steps()`` / ``events()`` / ``experiments()`` / ``checkpoints()``: the
-  one-log views over every pulled log, concatenated, with a ``log`` column (filters run in SQL);
+- ``Fleet.runs()`` / ``steps()`` / ``events()`` / ``experiments()`` / ``checkpoints()`` /
+  ``overview()`` / ``timeline(log)``: the one-log views over every log, concatenated, with a
+  ``log`` column (filters run in SQL), read from the replicas in place (``inplace``: the
+  pages a query needs, nothing restored), or ``as_of`` a moment;
+- ``Fleet.pull()``: offline copies: restores, with the real ``litestream restore`` and in
+  parallel, each replica whose newest transaction differs from the one pulled last, into a
+  local cache (the views read those with ``in_place=False``, or where the VFS cannot load);
 - ``Fleet.open(name)``: that log with its blobs, made the current log, so rerunning its
   workflow here replays what finished there and runs only the rest.
 
-A replica that cannot be pulled (corrupt, unreadable) is reported by name with its error and
+A replica that cannot be read (corrupt, unreadable) is reported by name with its error and
 the others are still served; views never unpickle a stored value.
 """
 
