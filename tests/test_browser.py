@@ -211,7 +211,8 @@ def test_fleet_panel_in_jupyterlab(tmp_path: Path, lab: tuple[str, str]) -> None
         nbformat.v4.new_code_cell(f"%durable fleet {root}"),
         nbformat.v4.new_code_cell(
             "print('current:', durable_nb.get_store().path)\n"
-            "print(durable_nb.runs()[['workflow', 'status']].to_string())"
+            "print(durable_nb.runs()[['workflow', 'status']].to_string())\n"
+            "%durable info"
         ),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -260,6 +261,7 @@ def test_fleet_panel_in_jupyterlab(tmp_path: Path, lab: tuple[str, str]) -> None
             output = page.locator(".jp-Cell").nth(2).locator(".jp-OutputArea")
             expect(output).to_contain_text(f"/open/{failing}.db", timeout=30_000)
             expect(output).to_contain_text("agent  failed")
+            expect(output).to_contain_text("found by: opened from Python")
         except Exception:
             shot.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(shot.with_name("fleet-panel-failure.png")))

@@ -510,6 +510,8 @@ class DurableMagics(Magics):
         loc = self.ext.location
         store = self.ext.store()
         print(f"log: {store.path}")
+        if Path(store.path) != Path(loc.path):  # opened from Python (open_log, Fleet.open)
+            loc = LogLocation(store.path, None, "opened from Python (open_log, Fleet.open)")
         print(f"found by: {loc.how}" + (f" ({loc.notebook})" if loc.notebook else ""))
         log, wal, blobs, files = store.sizes()
         print(f"size: log {_size(log)} (WAL {_size(wal)}), blobs {_size(blobs)} in {files} files")
