@@ -6,6 +6,7 @@ the real litestream; the fleet over 20 replicas is in ``test_fleet``."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,3 +109,28 @@ def test_without_the_vfs_the_views_pull_and_say_so_once(
         assert len(fleet.runs()) == 2  # pulled again (what changed), not said again
     with pytest.raises(ReplicationError, match="as_of= reads replicas in place, which is not"):
         fleet.runs(as_of="2026-01-01")
+
+
+def test_a_replica_gone_after_the_listing_or_at_an_unreadable_path_is_named_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, agents = f"file://{tmp_path / 'fleet'}/", tmp_path / "agents"
+    run_agents(root, agents, [1, 2])
+    odd = tmp_path / "fleet" / "odd" / "sp ace" / "a"  # a path the VFS cannot open
+    shutil.copytree(tmp_path / "fleet" / name(2, agents), odd)
+    monkeypatch.setattr(inplace, "TIMEOUT", 3.0)
+    fleet = durable_nb.fleet(root, cache=tmp_path / "cache")
+    assert len(fleet.logs()) == 3
+    shutil.rmtree(tmp_path / "fleet" / name(2, agents))  # gone after the listing
+    start = time.monotonic()
+    with pytest.warns(DurableWarning, match=r"2 of 3 logs .* could not be read") as said:
+        runs = fleet.runs()  # (the listing of a moment ago is reused)
+    assert time.monotonic() - start < 20
+    assert list(runs["log"]) == [name(1, agents)]
+    errors = fleet.logs().set_index("log")["error"]  # a new listing: agent 2 is gone
+    assert "spaces, letters beyond ASCII or '?'" in errors["odd/sp ace/a"]
+    assert len(said) == 1
+    time.sleep(1.1)
+    with pytest.warns(DurableWarning, match=r"1 of 2 logs .* odd/sp ace/a"):
+        assert list(fleet.runs()["log"]) == [name(1, agents)]  # a new VFS process serves
+    fleet.close()

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DurableError, DurableWarning, ReplicationError
+from ..errors import DurableError, DurableWarning, ReplicationError, user_stacklevel
 from ..log import current_log, queries
 from ..log.records import RUN_STATUSES
 from ..log.store import Store
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["Fleet", "fleet"]
 
 _STATE = "pulled.json"
+LISTING_REUSE = 1.0
+"""Seconds a view may reuse the root's last listing (one panel refresh makes several)."""
 
 
 def _cache_home() -> Path:
@@ -80,13 +82,14 @@ class Fleet:
         self._readers: dict[str, inplace.ReplicaLog] = {}  # replicas kept open in place
         self._lock = threading.Lock()
         self._fell_back = False
-        self._listed: list[Listed] | None = None  # the newest listing
+        self._listed: list[Listed] | None = None  # the newest listing, and when it was made
+        self._listed_at = 0.0
 
     def close(self) -> None:
         """Close the replicas kept open in place (the next view opens them again)."""
         with self._lock:
             while self._readers:
-                self._readers.popitem()[1].close()
+                self._readers.popitem()[1].retire()  # (closed when a read under way ends)
 
     def __enter__(self) -> Fleet:
         return self
@@ -99,14 +102,18 @@ class Fleet:
 
     # -- the listing -------------------------------------------------------------------
 
-    def _listing(self) -> list[Listed]:
+    def _listing(self, *, reuse: float = 0.0) -> list[Listed]:
+        """The replicas under the root (``reuse``: the last listing, if that many seconds
+        old at most: a panel's refresh and its detail ask for it several times at once)."""
+        if reuse and self._listed is not None and time.monotonic() - self._listed_at < reuse:
+            return self._listed
         if self.root.scheme == "file" and not Path(self.root.path).is_dir():
             found: list[Listed] = []
         else:
             if self.root.scheme == "s3":
                 self.root.check()  # a short timeout: a dead endpoint is one line, not minutes
             found = self.root.listing()
-        self._listed = found
+        self._listed, self._listed_at = found, time.monotonic()
         if not found:
             missing = self.root.scheme == "file" and not Path(self.root.path).is_dir()
             warnings.warn(
@@ -115,7 +122,7 @@ class Fleet:
                 + "; a fleet root is the URL logs replicate under (replicate(ROOT/)), "
                 "not one log's replica",
                 DurableWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         return found
 
@@ -239,7 +246,7 @@ class Fleet:
                 f"{len(failed)} of {len(rows)} logs under {self.url} could not be pulled "
                 f"(the others are served): {first[0]}: {first[4]}",
                 DurableWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         self.last_pull = pd.DataFrame.from_records(
             sorted(rows.values()), columns=["log", "action", "txid", "seconds", "error"]
@@ -259,34 +266,46 @@ class Fleet:
                 f"the fleet's views read pulled copies of its logs, not the replicas in place: "
                 f"{why}",
                 DurableWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         return why is None
 
     def _readers_for(self, listing: dict[str, Listed], names: list[str]) -> dict[str, Any]:
-        """A kept replica opened in place for each of ``names``: new ones opened (in
-        parallel), ones behind the listing opened again; those gone from the root closed.
-        Values are ``ReplicaLog``s or the error that kept one from opening."""
+        """A kept replica opened in place for each of ``names``, in use (``done()`` after
+        reading it): new ones opened (in parallel), ones whose replica moved since opened
+        again (and those whose process ended); those gone from the root retired. Values are
+        ``ReplicaLog``s or the error that kept one from opening."""
         with self._lock:
             for gone in set(self._readers) - set(listing):
-                self._readers.pop(gone).close()
-            stale = []
+                self._readers.pop(gone).retire()
             for name in names:
                 reader = self._readers.get(name)
                 if reader is not None and (
-                    not reader.alive or reader.txid() < listing[name].txid
-                ):  # its process ended, or it is behind (it polls only once a day: ask it)
-                    stale.append(name)
-            for name in stale:
-                self._readers.pop(name).close()
+                    not reader.alive or reader.txid() != listing[name].txid
+                ):  # it moved (or began again), or its process ended: open it again
+                    self._readers.pop(name).retire()
             wanted = [name for name in names if name not in self._readers]
-            opened = self._in_parallel(
-                lambda name: inplace.ReplicaLog(self.root.child(name)), wanted
-            )
-            for name, reader in opened.items():
+            opened = self._open_in_place(wanted)
+            # a process stopped meanwhile (an open in it hung): what it served, once more
+            dead = [n for n in names if n in self._readers and not self._readers[n].alive]
+            dead += [n for n, r in opened.items() if getattr(r, "kind", None) == "stopped"]
+            for name in dead:
+                if name in self._readers:
+                    self._readers.pop(name).retire()
+            opened |= self._open_in_place(dead)
+            found = {name: opened.get(name, self._readers.get(name)) for name in names}
+            for reader in found.values():
                 if not isinstance(reader, Exception):
-                    self._readers[name] = reader
-            return {name: opened.get(name, self._readers.get(name)) for name in names}
+                    reader.use()  # (under the lock: not retired before)
+            return found
+
+    def _open_in_place(self, names: list[str]) -> dict[str, Any]:
+        """``names`` opened in place (in parallel), kept; a failure is its value."""
+        opened = self._in_parallel(lambda name: inplace.ReplicaLog(self.root.child(name)), names)
+        for name, reader in opened.items():
+            if not isinstance(reader, Exception):
+                self._readers[name] = reader
+        return opened
 
     def _in_parallel(self, work: Callable[[str], Any], names: list[str]) -> dict[str, Any]:
         """``work(name)`` of each name, ``self.jobs`` at a time; a failure is its value."""
@@ -325,7 +344,7 @@ class Fleet:
                 names = [log]
             values = {name: self._read(name, read) for name in names}
             return [(name, values[name]) for name in names if values[name] is not None]
-        listing = {item.name: item for item in self._listing()}
+        listing = {item.name: item for item in self._listing(reuse=LISTING_REUSE)}
         if log is not None and log not in listing:
             raise ReplicationError(f"no replica {log!r} under {self.url}; Fleet.logs() lists them")
         names = sorted(listing) if log is None else [log]
@@ -336,7 +355,10 @@ class Fleet:
                 reader = readers[name]
                 if isinstance(reader, Exception):
                     raise reader
-                return read(reader.store)
+                try:
+                    return read(reader.store)
+                finally:
+                    reader.done()
         else:
 
             def one(name: str) -> Any:
@@ -360,7 +382,7 @@ class Fleet:
                 f"{len(failed)} of {len(names)} logs under {self.url} could not be read "
                 f"(the others are served): {failed[0][0]}: {failed[0][1]}",
                 DurableWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         return [(n, values[n]) for n in names if values[n] is not None and n not in dict(failed)]
 
@@ -378,7 +400,9 @@ class Fleet:
                 return read(store)
         except DurableError as exc:
             self._errors[name] = str(exc)
-            warnings.warn(f"log {name} skipped: {exc}", DurableWarning, stacklevel=5)
+            warnings.warn(
+                f"log {name} skipped: {exc}", DurableWarning, stacklevel=user_stacklevel()
+            )
             return None
 
     def _each(
@@ -472,7 +496,8 @@ class Fleet:
 
         found = self._gather(lambda store: timeline(workflow, run, log=store), log, as_of)
         if not found:
-            raise ReplicationError(f"log {log} could not be read; Fleet.logs() says why")
+            why = self._errors.get(log, f"it holds nothing at or before {as_of}")
+            raise ReplicationError(f"no timeline of log {log}: {why}")
         return found[0][1]
 
     def overview(self, *, as_of: Any = None) -> pd.DataFrame:
@@ -483,7 +508,7 @@ class Fleet:
         import pandas as pd
 
         runs = self.runs(as_of=as_of)
-        listed = self._logs_frame(self._listed or [])  # the listing runs() read, its errors
+        listed = self._logs_frame(self._listing(reuse=LISTING_REUSE))  # (with runs()' errors)
         grouped = runs.groupby("log", observed=True)
         failed = runs[runs["status"] == "failed"].groupby("log", observed=True)
         columns = {

@@ -16,10 +16,14 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import numbers
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -38,13 +42,16 @@ from .vfs_server import read_message, write_message
 __all__ = ["NothingThen", "ReplicaLog", "in_place", "moment", "unavailable"]
 
 _SERVER = str(Path(__file__).with_name("vfs_server.py"))
-TIMEOUT = 120.0
-"""Seconds to wait for one answer of the VFS process (an open, a query)."""
+TIMEOUT = 60.0
+"""Seconds to wait for one answer of the VFS process (an open, a query). It waits for a
+replica that is not there (one deleted since the root was listed): past this, the process is
+stopped (the next view starts another) and that replica is named as unreadable."""
 POLL = "24h"
 """How often an open replica asks its object store for new transactions by itself: rarely.
 Each poll is a request per replica (100 replicas polled each second saturate a server and
 bill a million requests a day); instead a view compares the root's one listing with what
 each replica has and opens again only those that changed (``Fleet``)."""
+_SETTINGS = ("PYTHONPATH",)  # besides the AWS ones: where this Python finds apsw and the VFS
 
 
 class _Server:
@@ -52,15 +59,20 @@ class _Server:
 
     def __init__(self, environment: dict[str, str]) -> None:
         self.environment = environment
+        self.scratch = tempfile.mkdtemp(prefix="durable-nb-vfs-")
         self.proc = subprocess.Popen(
-            [sys.executable, _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=environment,
+            [sys.executable, _SERVER, self.scratch], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**environment, "TMPDIR": self.scratch},
         )  # fmt: skip
         self._ids = itertools.count(1)
         self._ready: Future[Any] = Future()  # the server's first word: loaded, or why not
         self._waiting: dict[int, Future[Any]] = {0: self._ready}
         self._send = threading.Lock()
         self.stopped: str | None = None
+        self.retired = False  # the AWS settings changed: no new opens here
+        self.handles = 0  # replicas open here
+        self._counting = threading.Lock()
         threading.Thread(target=self._answers, name="durable-nb vfs answers", daemon=True).start()
 
     def _answers(self) -> None:
@@ -75,23 +87,42 @@ class _Server:
         for future in list(self._waiting.values()):
             future.set_result((False, ("stopped", self.stopped)))
         self._waiting.clear()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def close(self) -> None:
-        """End the process (its stdin closed: it finishes what it was asked and exits)."""
+    def close(self, *, kill: bool = False) -> None:
+        """End the process: its stdin closed, it exits (``kill``: at once)."""
         with self._send:
             if self.proc.stdin is not None and not self.proc.stdin.closed:
                 with contextlib.suppress(OSError):
                     self.proc.stdin.close()
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=0 if kill else 5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if kill and not self.stopped:  # (its answers' thread says so too, a moment later)
+            self.stopped = "the process reading replicas in place was stopped (an open hung)"
 
     def ready(self) -> str | None:
         """None once the VFS is loaded; else why it cannot be."""
-        ok, value = self._ready.result()
+        try:
+            ok, value = self._ready.result(timeout=TIMEOUT)
+        except TimeoutError:
+            self.close(kill=True)
+            return f"its process did not start in {TIMEOUT:.0f} s"
         return None if ok else value[1]
+
+    def cannot_load(self) -> bool:
+        """Whether it said the VFS cannot load here (not: it stopped, or was stopped)."""
+        if not self._ready.done():
+            return False
+        ok, value = self._ready.result()
+        return not ok and value[0] == "unavailable"
+
+    @property
+    def usable(self) -> bool:
+        """Running, loaded, and the one new opens go to."""
+        return not (self.stopped or self.retired)
 
     def call(self, *request: Any) -> Any:
         """Send ``request`` and wait for its answer; a failure as (kind, message) raised."""
@@ -104,17 +135,27 @@ class _Server:
             with self._send:
                 assert self.proc.stdin is not None
                 write_message(self.proc.stdin, (rid, request))
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: its stdin closed meanwhile)
             self._waiting.pop(rid, None)
             raise _Failed("stopped", "the process reading replicas in place stopped") from None
         try:
             ok, value = future.result(timeout=TIMEOUT)
-        except TimeoutError:
+        except TimeoutError:  # stuck (waiting for a replica that is not there): stop it
             self._waiting.pop(rid, None)
+            self.close(kill=True)
             raise _Failed("timeout", f"no answer in {TIMEOUT:.0f} s") from None
         if not ok:
             raise _Failed(*value)
         return value
+
+    def count(self, change: int) -> None:
+        """A replica was opened here (+1) or closed (-1); a retired process ends with its
+        last one."""
+        with self._counting:
+            self.handles += change
+            last = self.retired and self.handles <= 0
+        if last:
+            self.close()
 
 
 class _Failed(Exception):
@@ -123,23 +164,25 @@ class _Failed(Exception):
         self.kind = kind
 
 
+_READABLE = re.compile(r"[A-Za-z0-9._~/#%+=,@-]*")  # what the VFS finds a replica at
 _names = itertools.count(1)  # a database name per open: the VFS's log lines name it
 _starting = threading.Lock()
-_servers: list[_Server] = []  # the newest serves; older ones end with this process
+_servers: list[_Server] = []  # the newest serves; older ones end with their last replica
 
 
 def _server() -> _Server:
-    """The VFS process for the AWS settings as they are now (started if needed)."""
+    """The VFS process for the AWS settings as they are now (started if needed: again if it
+    ended, unless because the VFS cannot load here)."""
     environment = child_environment()
-    if "PYTHONPATH" in os.environ:  # where this Python finds apsw and the VFS
-        environment["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    environment |= {key: os.environ[key] for key in _SETTINGS if key in os.environ}
     with _starting:
         newest = _servers[-1] if _servers else None
-        if (
-            newest is None
-            or newest.environment != environment
-            or (newest.stopped and newest.ready() is None)  # ended after loading: again
-        ):
+        if newest is not None and newest.environment != environment:
+            newest.retired = True  # its replicas are opened again on the new one
+            if newest.handles <= 0:
+                newest.close()
+            newest = None
+        if newest is None or (not newest.usable and not newest.cannot_load()):
             _servers.append(_Server(environment))
         return _servers[-1]
 
@@ -164,15 +207,18 @@ def start() -> None:
 
 
 def moment(as_of: Any) -> str:
-    """A time (datetime, pandas Timestamp, ISO 8601 text, Unix seconds; UTC unless it says
-    otherwise) as the VFS takes it: ``2026-12-07T10:00:00.000000Z``."""
+    """A time (datetime, pandas Timestamp, ISO 8601 text, Unix seconds, ``"now"``; UTC
+    unless it says otherwise) as the VFS takes it: ``2026-12-07T10:00:00.000000Z``."""
     import pandas as pd
 
     try:
-        when = (
-            pd.Timestamp(as_of, unit="s") if isinstance(as_of, int | float) else pd.Timestamp(as_of)
-        )
-    except (ValueError, TypeError):
+        if isinstance(as_of, numbers.Real) and not isinstance(as_of, bool):
+            when = pd.Timestamp(float(as_of), unit="s", tz="UTC")  # (numpy integers too)
+        elif isinstance(as_of, str) and as_of.strip().lower() in ("now", "today"):
+            when = pd.Timestamp.now(tz="UTC")  # (pandas reads "now" as local wall time)
+        else:
+            when = pd.Timestamp(as_of)
+    except (ValueError, TypeError, OverflowError):
         when = pd.NaT
     if when is pd.NaT:
         raise ValueError(
@@ -214,6 +260,7 @@ class _Connection:
             self._closed = True
             with contextlib.suppress(_Failed):  # (if the process ended, nothing is open)
                 self.server.call("close", self._handle)
+            self.server.count(-1)
 
 
 class _Rows:
@@ -227,8 +274,10 @@ class _Rows:
         return self._rows[0] if self._rows else None
 
 
-def _failed(url: str, exc: BaseException) -> ReplicationError:
-    return ReplicationError(f"cannot read the replica {url} in place: {exc}", url=url)
+def _failed(url: str, exc: _Failed) -> ReplicationError:
+    return ReplicationError(
+        f"cannot read the replica {url} in place: {exc}", url=url, kind=exc.kind
+    )
 
 
 class NothingThen(ReplicationError):
@@ -237,11 +286,24 @@ class NothingThen(ReplicationError):
 
 class ReplicaLog:
     """One replica opened in place, read-only, as a ``Store`` (``.store``) for the views;
-    kept open, it follows the replica. ``as_of``: the log as it was at that moment."""
+    ``as_of``: the log as it was at that moment. It shows the transactions its replica had
+    when it was opened (it does not poll: ``POLL``); open it again to see newer ones.
+
+    Kept by a ``Fleet`` and read from several threads: ``use()`` / ``done()`` around each
+    read, and ``retire()`` instead of ``close()``, so that it closes when its last read ends."""
 
     def __init__(self, replica: Replica, *, as_of: Any = None) -> None:
         self.url = replica.url
         self.as_of = None if as_of is None else moment(as_of)
+        if not _READABLE.fullmatch(replica.path):
+            raise ReplicationError(
+                f"cannot read {self.url} in place: Litestream's VFS cannot open a replica whose "
+                "path has spaces, letters beyond ASCII or '?' in it",
+                url=self.url,
+            )
+        self._users = 0
+        self._retired = False
+        self._using = threading.Lock()
         server = _server()
         why = server.ready()
         if why is not None:
@@ -261,6 +323,7 @@ class ReplicaLog:
                     url=self.url,
                 ) from None
             raise _failed(self.url, exc) from None
+        server.count(+1)
         self._conn = _Connection(server, handle, self.url)
         try:
             if app_id != APPLICATION_ID:
@@ -282,8 +345,32 @@ class ReplicaLog:
 
     @property
     def alive(self) -> bool:
-        """Whether the process that reads it still runs."""
-        return self._conn.server.stopped is None
+        """Whether the process that reads it still runs, and is the one that serves."""
+        return self._conn.server.usable
+
+    def use(self) -> bool:
+        """One more read of it begins (False if it is retired: open it again)."""
+        with self._using:
+            if self._retired:
+                return False
+            self._users += 1
+            return True
+
+    def done(self) -> None:
+        """A read of it ended (a retired replica closes with its last)."""
+        with self._using:
+            self._users -= 1
+            last = self._retired and self._users == 0
+        if last:
+            self.close()
+
+    def retire(self) -> None:
+        """No new reads; closed now, or when the reads under way end."""
+        with self._using:
+            self._retired = True
+            idle = self._users == 0
+        if idle:
+            self.close()
 
     def txid(self) -> int:
         """The newest transaction this connection has of the replica."""

@@ -1,6 +1,6 @@
 """The process that reads replicas in place: run by ``inplace`` as a script, it loads
 Litestream's VFS into apsw's SQLite and answers requests on stdin, each a length-prefixed
-pickle, on stdout, many at once (one thread per request, one query at a time per replica).
+pickle, on stdout, many at once (a pool of threads, one query at a time per replica).
 
 It is a process of its own because the VFS (Go code) must not live in a notebook kernel: it
 reads the environment as it was when its process started (AWS settings a notebook set later
@@ -16,17 +16,18 @@ An answer is ``(id, True, value)`` or ``(id, False, (kind, message))``.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import pickle
 import re
+import shutil
 import struct
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 _HEADER = struct.Struct(">I")
 
@@ -48,7 +49,7 @@ def write_message(stream: BinaryIO, message: Any) -> None:
 
 
 class _Replicas:
-    def __init__(self) -> None:
+    def __init__(self, scratch: str) -> None:
         import apsw
         import litestream_vfs
 
@@ -58,27 +59,22 @@ class _Replicas:
         self.anchor.load_extension(os.path.splitext(litestream_vfs.loadable_path())[0])
         self.open: dict[int, tuple[Any, threading.Lock]] = {}
         self.handles = itertools.count(1)
-        self.first = threading.Lock()
-        self.sacrifice: Any = None
-
-    def _sacrifice(self, uri: str) -> None:
-        """Give the VFS's first file to a connection never used. (litestream-vfs 0.5.17: an
-        open that fails closes the file with id 0, the first one opened in the process, so
-        that connection then fails with "vfs file not found: id=0".)"""
-        with self.first:
-            if self.sacrifice is None:
-                apsw = self.apsw
-                flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
-                with contextlib.suppress(apsw.Error):  # (the open below fails as well)
-                    self.sacrifice = apsw.Connection(uri.replace("file:", "file:first-", 1), flags)
+        # litestream-vfs 0.5.17: an open that fails closes the file with id 0, the first
+        # one opened in the process, whose connection then fails ("vfs file not found:
+        # id=0"). So the first file is one never read: a new, empty, writable database whose
+        # replica is a folder of this process's own (opening it waits for nothing).
+        folder = os.path.join(scratch, "first")
+        self.sacrifice = apsw.Connection(
+            "file:first.db?vfs=litestream&write_enabled=true&poll_interval=24h&replica_url="
+            + quote(f"file://{folder}", safe=""),
+            flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI,
+        )
 
     def handle(self, request: tuple[Any, ...]) -> Any:
         kind, *args = request
         if kind == "open":
             uri, as_of = args
             apsw = self.apsw
-            if self.sacrifice is None:
-                self._sacrifice(uri)
             conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
             try:
                 if as_of is not None:
@@ -152,8 +148,9 @@ def main() -> int:
     errors: dict[str, str] = {}
     _capture_logs(errors)
     lock = threading.Lock()
+    scratch = sys.argv[1]  # this process's own folder (TMPDIR too: the VFS's buffers)
     try:
-        replicas = _Replicas()
+        replicas = _Replicas(scratch)
     except Exception as exc:  # (ImportError, apsw.Error): the VFS cannot load here
         write_message(stdout, (0, False, ("unavailable", str(exc).split("\n")[0])))
         return 1
@@ -168,11 +165,12 @@ def main() -> int:
         with lock:
             write_message(stdout, message)
 
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        while (message := read_message(stdin)) is not None:
-            rid, request = message
-            pool.submit(answer, rid, request)
-    return 0
+    pool = ThreadPoolExecutor(max_workers=64)
+    while (message := read_message(stdin)) is not None:
+        rid, request = message
+        pool.submit(answer, rid, request)
+    shutil.rmtree(scratch, ignore_errors=True)
+    os._exit(0)  # at once: an open stuck waiting for a replica must not keep the process
 
 
 if __name__ == "__main__":
