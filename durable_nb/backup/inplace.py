@@ -1,10 +1,11 @@
 """Logs read where they are replicated: Litestream's VFS opens a replica read-only and
 fetches its pages on demand, so the views read it without restoring it and write nothing to
-disk; an open replica follows its replica (the VFS polls for new transactions), and one
-opened ``as_of`` a moment shows the log as it was then (``litestream_set_time``).
+disk. An open replica shows the transactions its replica had when it was opened (it does
+not poll: ``POLL``; a ``Fleet`` opens again those that moved), and one opened ``as_of`` a
+moment shows the log as it was then (``litestream_set_time``).
 
 The VFS runs in a process of its own (``vfs_server``), started with this process's AWS
-settings as they are now (one again when they change), and the views' queries go to it:
+settings as they are now (another one when they change), and the views' queries go to it:
 each answered with all its rows, several replicas at once.
 """
 
@@ -12,9 +13,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
-import functools
-import inspect
 import itertools
 import numbers
 import os
@@ -25,9 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,10 +32,10 @@ from ..errors import LogFileError, ReplicationError, SchemaTooNewError
 from ..log.connection import migrated_image
 from ..log.schema import APPLICATION_ID, SCHEMA_VERSION
 from ..log.store import Store
-from .replica import Replica, child_environment, parse_url
+from .replica import Replica, child_environment
 from .vfs_server import read_message, write_message
 
-__all__ = ["NothingThen", "ReplicaLog", "in_place", "moment", "unavailable"]
+__all__ = ["NothingThen", "ReplicaLog", "moment", "start", "unavailable"]
 
 _SERVER = str(Path(__file__).with_name("vfs_server.py"))
 TIMEOUT = 60.0
@@ -381,56 +377,3 @@ class ReplicaLog:
         """Close its connection."""
         self.store.close()
         self._conn.close()
-
-
-@contextmanager
-def _opened(url: str, as_of: Any) -> Iterator[Store]:
-    replica = parse_url(url)
-    start()
-    parent, _, name = replica.path.rpartition("/")
-    if name not in {item.name for item in dataclasses.replace(replica, path=parent).listing()}:
-        raise ReplicationError(  # (the VFS would wait for it to appear)
-            f"nothing is replicated at {replica.url}; check the URL (durable_nb.fleet(ROOT)"
-            ".logs() lists the replicas under a root)",
-            url=replica.url,
-        )
-    reader = ReplicaLog(replica, as_of=as_of)
-    try:
-        yield reader.store
-    finally:
-        reader.close()
-
-
-def _is_url(log: Any) -> bool:
-    return isinstance(log, str) and "://" in log
-
-
-def in_place(view: Callable[..., Any]) -> Callable[..., Any]:
-    """``view`` that also reads a replica in place: ``log=`` a replica URL (``s3://…``,
-    ``file:///…``), at ``as_of`` a moment if given (without restoring it)."""
-    signature = inspect.signature(view)
-    as_of = inspect.Parameter("as_of", inspect.Parameter.KEYWORD_ONLY, default=None)
-
-    @functools.wraps(view)
-    def reading(*args: Any, as_of: Any = None, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        log = bound.arguments.get("log")
-        if not _is_url(log):
-            if as_of is not None:
-                raise ValueError(
-                    "as_of= shows a replica as it was at a moment: give its URL as log= "
-                    "(s3://bucket/prefix or file:///dir), or Fleet views as_of="
-                )
-            return view(*args, **kwargs)
-        with _opened(log, as_of) as store:
-            bound.arguments["log"] = store
-            return view(*bound.args, **bound.kwargs)
-
-    reading.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[*signature.parameters.values(), as_of]
-    )
-    reading.__doc__ = (view.__doc__ or "") + (
-        "\n\n    ``log`` may be a replica's URL: it is read in place (nothing restored), as it "
-        "was at ``as_of`` (a time) when given."
-    )
-    return reading

@@ -4,12 +4,76 @@ shows that log as it was then, without restoring it."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import ReplicationError
+from ..log.store import Store
 from ..views import checkpoints as _checkpoints
 from ..views import experiments as _experiments
 from ..views import frames
-from .inplace import in_place
+from . import inplace
+from .replica import parse_url
 
-__all__ = ["checkpoints", "events", "experiments", "runs", "steps", "timeline"]
+__all__ = ["checkpoints", "events", "experiments", "in_place", "runs", "steps", "timeline"]
+
+
+@contextmanager
+def _read_in_place(url: str, as_of: Any) -> Iterator[Store]:
+    replica = parse_url(url)
+    inplace.start()
+    parent, _, name = replica.path.rpartition("/")
+    if name not in {item.name for item in dataclasses.replace(replica, path=parent).listing()}:
+        raise ReplicationError(  # (the VFS would wait for it to appear)
+            f"nothing is replicated at {replica.url}; check the URL (durable_nb.fleet(ROOT)"
+            ".logs() lists the replicas under a root)",
+            url=replica.url,
+        )
+    reader = inplace.ReplicaLog(replica, as_of=as_of)
+    try:
+        yield reader.store
+    finally:
+        reader.close()
+
+
+def _is_url(log: Any) -> bool:
+    return isinstance(log, str) and "://" in log
+
+
+def in_place(view: Callable[..., Any]) -> Callable[..., Any]:
+    """``view`` that also reads a replica in place: ``log=`` a replica URL (``s3://…``,
+    ``file:///…``), at ``as_of`` a moment if given (without restoring it)."""
+    signature = inspect.signature(view)
+    as_of = inspect.Parameter("as_of", inspect.Parameter.KEYWORD_ONLY, default=None)
+
+    @functools.wraps(view)
+    def reading(*args: Any, as_of: Any = None, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        log = bound.arguments.get("log")
+        if not _is_url(log):
+            if as_of is not None:
+                raise ValueError(
+                    "as_of= shows a replica as it was at a moment: give its URL as log= "
+                    "(s3://bucket/prefix or file:///dir), or Fleet views as_of="
+                )
+            return view(*args, **kwargs)
+        with _read_in_place(log, as_of) as store:
+            bound.arguments["log"] = store
+            return view(*bound.args, **bound.kwargs)
+
+    reading.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), as_of]
+    )
+    reading.__doc__ = (view.__doc__ or "") + (
+        "\n\n    ``log`` may be a replica's URL: it is read in place (nothing restored), as it "
+        "was at ``as_of`` (a time) when given."
+    )
+    return reading
+
 
 runs = in_place(frames.runs)
 steps = in_place(frames.steps)
