@@ -280,9 +280,7 @@ class Fleet:
                 self._readers.pop(gone).retire()
             for name in names:
                 reader = self._readers.get(name)
-                if reader is not None and (
-                    not reader.alive or reader.txid() != listing[name].txid
-                ):  # it moved (or began again), or its process ended: open it again
+                if reader is not None and not self._current(reader, listing[name]):
                     self._readers.pop(name).retire()
             wanted = [name for name in names if name not in self._readers]
             opened = self._open_in_place(wanted)
@@ -298,6 +296,15 @@ class Fleet:
                 if not isinstance(reader, Exception):
                     reader.use()  # (under the lock: not retired before)
             return found
+
+    @staticmethod
+    def _current(reader: inplace.ReplicaLog, listed: Listed) -> bool:
+        """Whether a kept replica is still served and has what the listing shows (not: it
+        moved, or began again, or its process ended)."""
+        try:
+            return reader.alive and reader.txid() == listed.txid
+        except ReplicationError:  # its process ended just now
+            return False
 
     def _open_in_place(self, names: list[str]) -> dict[str, Any]:
         """``names`` opened in place (in parallel), kept; a failure is its value."""
@@ -357,8 +364,17 @@ class Fleet:
                     raise reader
                 try:
                     return read(reader.store)
+                except ReplicationError as exc:
+                    if getattr(exc, "kind", None) != "stopped":
+                        raise
                 finally:
                     reader.done()
+                # its process was stopped meanwhile (an open in it hung): once more, anew
+                fresh = inplace.ReplicaLog(self.root.child(name))
+                try:
+                    return read(fresh.store)
+                finally:
+                    fresh.close()
         else:
 
             def one(name: str) -> Any:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -65,6 +65,7 @@ class _Server:
         self._ready: Future[Any] = Future()  # the server's first word: loaded, or why not
         self._waiting: dict[int, Future[Any]] = {0: self._ready}
         self._send = threading.Lock()
+        self._registry = threading.Lock()  # _waiting and stopped, together
         self.stopped: str | None = None
         self.retired = False  # the AWS settings changed: no new opens here
         self.handles = 0  # replicas open here
@@ -75,18 +76,26 @@ class _Server:
         assert self.proc.stdout is not None
         while (message := read_message(self.proc.stdout)) is not None:
             rid, ok, value = message
-            future = self._waiting.pop(rid, None)
+            with self._registry:
+                future = self._waiting.pop(rid, None)
             if future is not None:
-                future.set_result((ok, value))
+                _settle(future, (ok, value))
         self.proc.stdout.close()
-        self.stopped = f"the process reading replicas in place stopped (exit {self.proc.wait()})"
-        for future in list(self._waiting.values()):
-            future.set_result((False, ("stopped", self.stopped)))
-        self._waiting.clear()
+        code = self.proc.wait()
+        with self._registry:
+            self.stopped = (
+                self.stopped or f"the process reading replicas in place stopped (exit {code})"
+            )
+            left, self._waiting = list(self._waiting.values()), {}
+        for future in left:
+            _settle(future, (False, ("stopped", self.stopped)))
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def close(self, *, kill: bool = False) -> None:
-        """End the process: its stdin closed, it exits (``kill``: at once)."""
+    def close(self, *, kill: str | None = None) -> None:
+        """End the process: its stdin closed, it exits (``kill``: at once, for this reason)."""
+        if kill:
+            with self._registry:  # first: no request goes to it from now on
+                self.stopped = self.stopped or f"the process reading replicas in place was {kill}"
         with self._send:
             if self.proc.stdin is not None and not self.proc.stdin.closed:
                 with contextlib.suppress(OSError):
@@ -96,16 +105,15 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if kill and not self.stopped:  # (its answers' thread says so too, a moment later)
-            self.stopped = "the process reading replicas in place was stopped (an open hung)"
 
     def ready(self) -> str | None:
         """None once the VFS is loaded; else why it cannot be."""
         try:
             ok, value = self._ready.result(timeout=TIMEOUT)
         except TimeoutError:
-            self.close(kill=True)
-            return f"its process did not start in {TIMEOUT:.0f} s"
+            _settle(self._ready, (False, ("unavailable", f"it did not load in {TIMEOUT:.0f} s")))
+            self.close(kill="stopped (it did not load)")
+            ok, value = self._ready.result()
         return None if ok else value[1]
 
     def cannot_load(self) -> bool:
@@ -122,11 +130,12 @@ class _Server:
 
     def call(self, *request: Any) -> Any:
         """Send ``request`` and wait for its answer; a failure as (kind, message) raised."""
-        if self.stopped:
-            raise _Failed("stopped", self.stopped)
         rid = next(self._ids)
         future: Future[Any] = Future()
-        self._waiting[rid] = future
+        with self._registry:
+            if self.stopped:
+                raise _Failed("stopped", self.stopped)
+            self._waiting[rid] = future
         try:
             with self._send:
                 assert self.proc.stdin is not None
@@ -134,12 +143,20 @@ class _Server:
         except (OSError, ValueError):  # (ValueError: its stdin closed meanwhile)
             self._waiting.pop(rid, None)
             raise _Failed("stopped", "the process reading replicas in place stopped") from None
+        opening = request[0] == "open"
         try:
-            ok, value = future.result(timeout=TIMEOUT)
-        except TimeoutError:  # stuck (waiting for a replica that is not there): stop it
-            self._waiting.pop(rid, None)
-            self.close(kill=True)
-            raise _Failed("timeout", f"no answer in {TIMEOUT:.0f} s") from None
+            ok, value = future.result(timeout=TIMEOUT if opening else 10 * TIMEOUT)
+        except TimeoutError:
+            with self._registry:
+                self._waiting.pop(rid, None)
+            if not opening:  # a long query (a whole old-schema log from S3): it alone fails
+                raise _Failed("timeout", f"no answer in {10 * TIMEOUT:.0f} s") from None
+            # an open waiting for a replica that is not there (it never gives up): stop the
+            # process; the fleet opens what it served again, in another
+            self.close(kill="stopped (an open of a replica that is not there hung)")
+            raise _Failed(
+                "timeout", f"no answer in {TIMEOUT:.0f} s (was it deleted meanwhile?)"
+            ) from None
         if not ok:
             raise _Failed(*value)
         return value
@@ -152,6 +169,13 @@ class _Server:
             last = self.retired and self.handles <= 0
         if last:
             self.close()
+
+
+def _settle(future: Future[Any], answer: tuple[bool, Any]) -> None:
+    """``answer`` as the future's result, unless it has one (a timeout and the process's
+    end can both settle it)."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(answer)
 
 
 class _Failed(Exception):

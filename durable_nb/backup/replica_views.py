@@ -61,7 +61,14 @@ def in_place(view: Callable[..., Any]) -> Callable[..., Any]:
                     "(s3://bucket/prefix or file:///dir), or Fleet views as_of="
                 )
             return view(*args, **kwargs)
-        with _read_in_place(log, as_of) as store:
+        try:
+            with _read_in_place(log, as_of) as store:
+                bound.arguments["log"] = store
+                return view(*bound.args, **bound.kwargs)
+        except ReplicationError as exc:
+            if getattr(exc, "kind", None) != "stopped":
+                raise
+        with _read_in_place(log, as_of) as store:  # its process was stopped meanwhile: anew
             bound.arguments["log"] = store
             return view(*bound.args, **bound.kwargs)
 

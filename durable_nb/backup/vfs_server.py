@@ -16,6 +16,7 @@ An answer is ``(id, True, value)`` or ``(id, False, (kind, message))``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
@@ -147,13 +148,22 @@ def main() -> int:
     stdout = os.fdopen(os.dup(1), "wb")  # the answers; fd 1 itself is for the VFS's logs
     errors: dict[str, str] = {}
     _capture_logs(errors)
-    lock = threading.Lock()
     scratch = sys.argv[1]  # this process's own folder (TMPDIR too: the VFS's buffers)
+    try:
+        with contextlib.suppress(BrokenPipeError):  # (the process that asked is gone)
+            _serve(stdin, stdout, errors, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    os._exit(0)  # at once: an open stuck waiting for a replica must not keep the process
+
+
+def _serve(stdin: BinaryIO, stdout: BinaryIO, errors: dict[str, str], scratch: str) -> None:
+    lock = threading.Lock()
     try:
         replicas = _Replicas(scratch)
     except Exception as exc:  # (ImportError, apsw.Error): the VFS cannot load here
         write_message(stdout, (0, False, ("unavailable", str(exc).split("\n")[0])))
-        return 1
+        return
     write_message(stdout, (0, True, "ready"))
 
     def answer(rid: int, request: tuple[Any, ...]) -> None:
@@ -162,15 +172,13 @@ def main() -> int:
         except Exception as exc:
             name = request[1].partition("?")[0][5:-3] if request[0] == "open" else None
             message = (rid, False, (_kind(exc), _message(exc, name, errors)))
-        with lock:
+        with lock, contextlib.suppress(BrokenPipeError):
             write_message(stdout, message)
 
     pool = ThreadPoolExecutor(max_workers=64)
     while (message := read_message(stdin)) is not None:
         rid, request = message
         pool.submit(answer, rid, request)
-    shutil.rmtree(scratch, ignore_errors=True)
-    os._exit(0)  # at once: an open stuck waiting for a replica must not keep the process
 
 
 if __name__ == "__main__":
