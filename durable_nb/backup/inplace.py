@@ -39,9 +39,10 @@ __all__ = ["NothingThen", "ReplicaLog", "moment", "start", "unavailable"]
 
 _SERVER = str(Path(__file__).with_name("vfs_server.py"))
 TIMEOUT = 60.0
-"""Seconds to wait for one answer of the VFS process (an open, a query). It waits for a
-replica that is not there (one deleted since the root was listed): past this, the process is
-stopped (the next view starts another) and that replica is named as unreadable."""
+"""Seconds to wait for the VFS process to load, and for an open's answer (a query's: ten
+times that). An open waits for a replica that is not there (one deleted since the root was
+listed) forever: past this, the process is stopped, that replica is named as unreadable, and
+what the process served is opened again in another."""
 POLL = "24h"
 """How often an open replica asks its object store for new transactions by itself: rarely.
 Each poll is a request per replica (100 replicas polled each second saturate a server and
