@@ -104,6 +104,16 @@ def wait_for_idle_kernel(url: str, token: str, timeout: float = 90) -> None:
     raise AssertionError("the notebook's kernel never became idle")
 
 
+def launch(playwright: Any) -> Any:
+    """Debian's Chromium, headless, quiet (no sandbox: tests run as root)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update",
+              "--disable-sync"],
+    )  # fmt: skip
+
+
 def run_first_cell(page: Any, address: str, url: str, token: str) -> None:
     """Open the notebook and run its first cell; a page that lost its kernel connection
     while starting (seen now and then) is loaded again."""
@@ -151,12 +161,7 @@ def test_restore_panel_in_jupyterlab(tmp_path: Path, lab: tuple[str, str]) -> No
 
     url, token = lab
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-        )  # fmt: skip
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             for attempt in range(3):  # JupyterLab now and then drops a starting page's run
@@ -222,12 +227,7 @@ def test_fleet_panel_in_jupyterlab(tmp_path: Path, lab: tuple[str, str]) -> None
 
     url, token = lab
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-        )  # fmt: skip
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             table = page.locator("table.durable-fleet")

@@ -150,6 +150,9 @@ class Fleet:
 
     # -- pulling -----------------------------------------------------------------------
 
+    def _no_replica(self, name: str) -> ReplicationError:
+        return ReplicationError(f"no replica {name!r} under {self.url}; Fleet.logs() lists them")
+
     def _state(self) -> dict[str, int]:
         try:
             return {k: int(v) for k, v in json.loads((self.cache / _STATE).read_text()).items()}
@@ -187,9 +190,7 @@ class Fleet:
         wanted = list(listing) if names is None else list(names)
         unknown = [name for name in wanted if name not in listing]
         if unknown:
-            raise ReplicationError(
-                f"no replica {unknown[0]!r} under {self.url}; Fleet.logs() lists them"
-            )
+            raise self._no_replica(unknown[0])
         state = self._state()
         if names is None:  # a replica gone from the root leaves the cache too
             for gone in set(state) - set(listing):
@@ -255,10 +256,11 @@ class Fleet:
 
     # -- the views ---------------------------------------------------------------------
 
-    def _serving(self) -> bool:
-        """Whether views read replicas in place (else pulled copies); a fallback said once."""
+    def _not_in_place(self) -> str | None:
+        """None if views read replicas in place; else why they read pulled copies (a
+        fallback is said once)."""
         if not self.in_place:
-            return False
+            return "this fleet reads pulled copies (in_place=False)"
         why = inplace.unavailable()
         if why is not None and not self._fell_back:
             self._fell_back = True
@@ -268,7 +270,7 @@ class Fleet:
                 DurableWarning,
                 stacklevel=user_stacklevel(),
             )
-        return why is None
+        return why
 
     def _readers_for(self, listing: dict[str, Listed], names: list[str]) -> dict[str, Any]:
         """A kept replica opened in place for each of ``names``, in use (``done()`` after
@@ -336,11 +338,12 @@ class Fleet:
             as_of = inplace.moment(as_of)  # a bad time fails first, logs or none
         if self.in_place:
             inplace.start()  # (it loads while the root is listed)
-        if not self._serving():
+        why = self._not_in_place()
+        if why is not None:
             if as_of is not None:
                 raise ReplicationError(
-                    f"as_of= reads replicas in place, which is not possible here: "
-                    f"{inplace.unavailable()}; restore(URL, timestamp=...) a log instead"
+                    f"as_of= reads replicas in place, which is not possible here: {why}; "
+                    "restore(URL, timestamp=...) a log instead"
                 )
             names = self._pulled()
             if log is not None:
@@ -353,7 +356,7 @@ class Fleet:
             return [(name, values[name]) for name in names if values[name] is not None]
         listing = {item.name: item for item in self._listing(reuse=LISTING_REUSE)}
         if log is not None and log not in listing:
-            raise ReplicationError(f"no replica {log!r} under {self.url}; Fleet.logs() lists them")
+            raise self._no_replica(log)
         names = sorted(listing) if log is None else [log]
         if as_of is None:
             readers = self._readers_for(listing, names)
@@ -369,23 +372,15 @@ class Fleet:
                         raise
                 finally:
                     reader.done()
-                # its process was stopped meanwhile (an open in it hung): once more, anew
-                fresh = inplace.ReplicaLog(self.root.child(name))
-                try:
-                    return read(fresh.store)
-                finally:
-                    fresh.close()
+                # its process was stopped meanwhile (an open in it hung): anew
+                return inplace.read_once(self.root.child(name), read)
         else:
 
             def one(name: str) -> Any:
                 try:
-                    reader = inplace.ReplicaLog(self.root.child(name), as_of=as_of)
+                    return inplace.read_once(self.root.child(name), read, as_of=as_of)
                 except inplace.NothingThen:
                     return None  # the log began later: nothing of it then
-                try:
-                    return read(reader.store)
-                finally:
-                    reader.close()
 
         values = self._in_parallel(one, names)
         failed = [(n, v) for n, v in sorted(values.items()) if isinstance(v, Exception)]
@@ -556,7 +551,7 @@ class Fleet:
         ``current=False``: then pass the returned path as ``log=``). Rerunning its
         workflow here replays its completed steps and runs the rest."""
         if name not in {item.name for item in self._listing()}:
-            raise ReplicationError(f"no replica {name!r} under {self.url}; Fleet.logs() lists them")
+            raise self._no_replica(name)
         target = Path(to).expanduser().absolute() if to else self.cache / "open" / f"{name}.db"
         private_dirs(target.parent)
         url = self.root.child(name).url

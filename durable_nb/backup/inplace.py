@@ -23,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from ..errors import LogFileError, ReplicationError, SchemaTooNewError
@@ -35,7 +36,9 @@ from ..log.store import Store
 from .replica import Replica, child_environment
 from .vfs_server import read_message, write_message
 
-__all__ = ["NothingThen", "ReplicaLog", "moment", "start", "unavailable"]
+__all__ = ["NothingThen", "ReplicaLog", "moment", "read_once", "start", "unavailable"]
+
+T = TypeVar("T")
 
 _SERVER = str(Path(__file__).with_name("vfs_server.py"))
 TIMEOUT = 60.0
@@ -402,3 +405,19 @@ class ReplicaLog:
         """Close its connection."""
         self.store.close()
         self._conn.close()
+
+
+def read_once(replica: Replica, read: Callable[[Store], T], *, as_of: Any = None) -> T:
+    """``read`` of ``replica`` opened in place for it alone (closed after): once more, in a
+    new process, if the process serving it was stopped meanwhile (an open in it hung)."""
+    for attempt in (1, 2):
+        try:
+            reader = ReplicaLog(replica, as_of=as_of)
+            try:
+                return read(reader.store)
+            finally:
+                reader.close()
+        except ReplicationError as exc:
+            if attempt == 2 or getattr(exc, "kind", None) != "stopped":
+                raise
+    raise AssertionError("unreachable")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ReplicationError
@@ -17,27 +16,20 @@ from ..views import checkpoints as _checkpoints
 from ..views import experiments as _experiments
 from ..views import frames
 from . import inplace
-from .replica import parse_url
+from .replica import Replica, parse_url
 
 __all__ = ["checkpoints", "events", "experiments", "in_place", "runs", "steps", "timeline"]
 
 
-@contextmanager
-def _read_in_place(url: str, as_of: Any) -> Iterator[Store]:
-    replica = parse_url(url)
-    inplace.start()
+def _check_replicated(replica: Replica) -> None:
+    """A one-line error if nothing is replicated at ``replica`` (the VFS would wait for it)."""
     parent, _, name = replica.path.rpartition("/")
     if name not in {item.name for item in dataclasses.replace(replica, path=parent).listing()}:
-        raise ReplicationError(  # (the VFS would wait for it to appear)
+        raise ReplicationError(
             f"nothing is replicated at {replica.url}; check the URL (durable_nb.fleet(ROOT)"
             ".logs() lists the replicas under a root)",
             url=replica.url,
         )
-    reader = inplace.ReplicaLog(replica, as_of=as_of)
-    try:
-        yield reader.store
-    finally:
-        reader.close()
 
 
 def _is_url(log: Any) -> bool:
@@ -61,16 +53,15 @@ def in_place(view: Callable[..., Any]) -> Callable[..., Any]:
                     "(s3://bucket/prefix or file:///dir), or Fleet views as_of="
                 )
             return view(*args, **kwargs)
-        try:
-            with _read_in_place(log, as_of) as store:
-                bound.arguments["log"] = store
-                return view(*bound.args, **bound.kwargs)
-        except ReplicationError as exc:
-            if getattr(exc, "kind", None) != "stopped":
-                raise
-        with _read_in_place(log, as_of) as store:  # its process was stopped meanwhile: anew
+        replica = parse_url(log)
+        inplace.start()  # (it loads while the replica's folder is listed)
+        _check_replicated(replica)
+
+        def read(store: Store) -> Any:
             bound.arguments["log"] = store
             return view(*bound.args, **bound.kwargs)
+
+        return inplace.read_once(replica, read, as_of=as_of)
 
     reading.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[*signature.parameters.values(), as_of]
