@@ -6,14 +6,13 @@ the views. SQL text is in ``sql``; the row is built by ``replay.calls.Call.check
 from __future__ import annotations
 
 import operator
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from .records import CheckpointRow, StepKey, StoredCheckpoint
-from .sql import CHECKPOINT_CALL, CHECKPOINT_UPDATED, NEXT_CHECKPOINT, SAVE_CHECKPOINT
+from .sql import CHECKPOINT_CALL, CHECKPOINT_UPDATED, NEXT_CHECKPOINT
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .logstore import LogStore as Store
 
 __all__ = ["finish", "history_rows", "kept_keys", "newest", "save", "unfinished_rows"]
 
@@ -34,7 +33,7 @@ def save(store: Store, row: CheckpointRow, state_row: int | None = None) -> int:
         in_place = (*_UPDATED(row), state_row)
         if store.write(NEXT_CHECKPOINT, in_place, changed=True):
             return state_row
-    return store.write(SAVE_CHECKPOINT, tuple(row))
+    return store.write(store.SAVE_CHECKPOINT, tuple(row))
 
 
 def newest(store: Store, workflow: str, key: StepKey) -> StoredCheckpoint | None:
@@ -64,8 +63,8 @@ def finish(store: Store, workflow: str, key: StepKey) -> None:
     call = _call(workflow, key)  # (one row at most: one of the two statements changes it)
     store.write(f"DELETE FROM checkpoint_states WHERE {CHECKPOINT_CALL} AND done = 0 AND NOT "
                 "keep", call)  # fmt: skip
-    store.write(f"UPDATE OR REPLACE checkpoint_states SET done = 1 WHERE {CHECKPOINT_CALL} AND "
-                "done = 0 AND keep", call)  # fmt: skip
+    for sql in store.KEEP_FINISHED:  # its kept state in place of an older kept one
+        store.write(sql, call)
 
 
 def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> list[tuple[Any, ...]]:
@@ -78,9 +77,8 @@ def unfinished_rows(store: Store, workflow: str | None, step: str | None) -> lis
         "SELECT c.workflow, c.scope, c.name, c.args_digest, c.occurrence, c.run_id, "
         "r.status, c.seq, c.params, c.metrics, c.started_at, c.created_at "
         "FROM checkpoint_states c JOIN runs r ON r.id = c.run_id WHERE c.done = 0 "
-        "AND (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.name = ?2) "
-        "ORDER BY c.created_at",
-        (workflow, step),
+        f"{_of(workflow, step)}ORDER BY c.created_at",
+        {"workflow": workflow, "step": step},
     )
 
 
@@ -95,16 +93,22 @@ def history_rows(store: Store, workflow: str | None, step: str | None) -> list[t
         "s.workflow = c.workflow AND s.name = c.name AND s.args_digest = c.args_digest "
         "AND s.scope = c.scope AND s.occurrence = c.occurrence AND s.run_id = c.run_id "
         "AND s.attempt = c.attempt AND s.seq = c.seq), c.metrics FROM checkpoints c "
-        "WHERE (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.name = ?2) "
-        "ORDER BY c.id",
-        (workflow, step),
+        f"WHERE TRUE {_of(workflow, step)}ORDER BY c.id",
+        {"workflow": workflow, "step": step},
     )
 
 
-def _rows(store: Store, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+def _of(workflow: str | None, step: str | None) -> str:
+    """The conditions for checkpoints ``c`` of ``workflow`` / ``step`` (None: any)."""
+    return ("AND c.workflow = :workflow " if workflow is not None else "") + (
+        "AND c.name = :step " if step is not None else ""
+    )
+
+
+def _rows(store: Store, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     try:
         return store.conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:  # a log older than checkpoints, read-only
+    except store.ERRORS as exc:  # a log older than checkpoints, read-only
         if "no such table" not in str(exc):
             raise
         return []

@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .logstore import LogStore as Store
 
 __all__ = ["event_rows", "replayed_ids", "run_rows"]
 
@@ -42,7 +42,5 @@ def event_rows(store: Store, since: float | None = None) -> list[Any]:
     if since is None:
         return store.conn.execute("SELECT * FROM events ORDER BY ts").fetchall()
     return store.conn.execute(
-        "SELECT * FROM events WHERE ts >= strftime('%Y-%m-%dT%H:%M:%f', ?, 'unixepoch') "
-        "ORDER BY ts",
-        (since,),
+        f"SELECT * FROM events WHERE ts >= {store.ISO_TIME} ORDER BY ts", (since,)
     ).fetchall()

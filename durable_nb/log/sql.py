@@ -3,7 +3,7 @@ queries that find a workflow's rows. Nothing here does I/O."""
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
 from .records import CheckpointRow, CompletedRow, StepRow
 from .serialization import PICKLE
@@ -11,7 +11,6 @@ from .serialization import PICKLE
 __all__ = [
     "CHECKPOINT_CALL",
     "CHECKPOINT_UPDATED",
-    "END_RUN",
     "INDEXED",
     "INDEX_RUN",
     "INSERT_COMPLETED",
@@ -21,7 +20,9 @@ __all__ = [
     "NEXT_CHECKPOINT",
     "PRELOAD_MAX_BYTES",
     "RUN_COLUMNS",
-    "SAVE_CHECKPOINT",
+    "SAVE_CHECKPOINT_REPLACING",
+    "end_run",
+    "last_used",
     "referenced_blobs",
     "workflow_rows",
 ]
@@ -47,7 +48,7 @@ CHECKPOINT_CALL = "workflow = ? AND name = ? AND args_digest = ? AND scope = ? A
 # A call's newest state in place of its older one (its history row: trigger
 # checkpoint_history); the next ones of the same call update that row in place (cheaper: its
 # key does not change), by its id (trigger checkpoint_history_next).
-SAVE_CHECKPOINT = (
+SAVE_CHECKPOINT_REPLACING = (  # SQLite's (PostgreSQL: an upsert)
     f"INSERT OR REPLACE INTO checkpoint_states ({', '.join(CheckpointRow._fields)}) "
     f"VALUES ({', '.join('?' * len(CheckpointRow._fields))})"
 )
@@ -62,12 +63,26 @@ NEXT_CHECKPOINT = (
 )
 
 
-END_RUN = (
-    "UPDATE runs SET status = :status, ended_at = :ended, steps_run = :ran, "
-    "steps_replayed = :replayed, replayed_steps = :ids, error = :error, "
-    "environment = :environment, indexed = 1, first_step = min(coalesce("
-    "first_step, :first), coalesce(:first, first_step)) WHERE id = :run"
-)
+def end_run(smaller: str) -> str:
+    """How a run ended; ``smaller``: the backend's scalar minimum (``min``, ``least``)."""
+    return (
+        "UPDATE runs SET status = :status, ended_at = :ended, steps_run = :ran, "
+        "steps_replayed = :replayed, replayed_steps = :ids, error = :error, "
+        f"environment = :environment, indexed = 1, first_step = {smaller}(coalesce("
+        "first_step, :first), coalesce(:first, first_step)) WHERE id = :run"
+    )
+
+
+def last_used(greater: str, replayed: str) -> str:
+    """The completed records of step :step of workflow :workflow with the newest run that
+    used each (made or replayed it); ``greater``: the backend's scalar maximum,
+    ``replayed``: rows (run, step) of the runs' replayed step ids."""
+    return (
+        "SELECT s.id, s.code_digest, s.scope, s.args_digest, s.occurrence, "
+        f"{greater}(s.run_id, coalesce(max(r.run), 0)) FROM steps s LEFT JOIN ({replayed}) "
+        "AS r ON r.step = s.id WHERE s.workflow = :workflow AND s.name = :step "
+        "AND s.status = 'completed' GROUP BY s.id"
+    )
 # A crashed run keeps its record: when its last step ended (not when the crash was
 # noticed) and how many steps it ran.
 MARK_CRASHED = (
@@ -80,8 +95,9 @@ MARK_CRASHED = (
 # A run's steps into workflow_steps (when it ends, or is found crashed): its rows lie from
 # runs.first_step on, so this reads only what was written since it started.
 INDEX_RUN = (
-    "INSERT OR IGNORE INTO workflow_steps (workflow, step) SELECT workflow, id FROM steps "
-    "WHERE id >= coalesce((SELECT first_step FROM runs WHERE id = ?1), 0) AND run_id = ?1"
+    "INSERT INTO workflow_steps (workflow, step) SELECT workflow, id FROM steps "
+    "WHERE id >= coalesce((SELECT first_step FROM runs WHERE id = :run), 0) "
+    "AND run_id = :run ON CONFLICT DO NOTHING"
 )
 INDEXED = "UPDATE runs SET indexed = 1 WHERE id = ?"
 
@@ -103,7 +119,7 @@ def workflow_rows(columns: str, extra: str = "") -> str:
     return f"SELECT {columns} FROM steps WHERE {IN_WORKFLOW} {extra} ORDER BY id"
 
 
-def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
+def referenced_blobs(conn: Any) -> set[str]:
     """The digests of every blob a log's rows point to (step results, cell variables and
     checkpoint states)."""
     used = {

@@ -88,9 +88,7 @@ class Run:
     async def async_store(self) -> AsyncStore:
         """The aiosqlite twin of the store, opened by the first async step that needs it."""
         if self._aio_ready is None:
-            from ..log.store_async import AsyncStore
-
-            self._aio = AsyncStore(self.store.path)
+            self._aio = self.store.async_twin()
             self._aio_ready = asyncio.ensure_future(self._aio.open())
         return await asyncio.shield(self._aio_ready)  # a cancelled step does not cancel it
 
