@@ -17,6 +17,8 @@ import pytest
 import durable_nb
 from durable_nb.log.current_log import close_log
 
+from .postgres import PostgresServer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The user's signing key (``durable_nb.log.signing``) lives in a folder of the test session's
@@ -112,3 +114,21 @@ def old_log(path: Path, version: int, step: str = "train", result: object = None
     conn.commit()
     conn.close()
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (``tests.postgres``), started the first time a test asks for it
+    and stopped at the end of the session. Raises if PostgreSQL is not installed."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database on ``postgres_server``, dropped after the test."""
+    with postgres_server.fresh_database() as url:
+        yield url
