@@ -129,9 +129,9 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from .log.store import Store
+    from .log.stores import open_store
 
-    with Store(resolve_log(args.path)) as store:
+    with open_store(resolve_log(args.path)) as store:
         print(f"{store.collect_blobs(grace=args.grace)} from {store.blobs.folder}")
     return 0
 

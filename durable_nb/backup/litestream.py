@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ReplicationError
 from ..log import current_log
+from ..log.location import is_database_url
 from .replica import Replica, child_environment, is_root, layout_name, parse_url
 
 __all__ = [
@@ -67,12 +68,19 @@ def replica_url_for(url: str | None, log_path: Path) -> str:
 
 def log_path(log: str | os.PathLike[str] | None, *, open_log: bool = True) -> Path:
     """The path of ``log``, or of the current log (opened, or created, unless ``open_log``
-    is False: a read of a replica leaves no log behind)."""
-    if log is not None:
-        return Path(log).absolute()
-    if open_log:
-        return current_log.get_store().path
-    return (current_log.current_store_path() or current_log.default_log_path()).absolute()
+    is False: a read of a replica leaves no log behind). A PostgreSQL log has no replica
+    of Litestream's: ``ReplicationError`` says what applies instead."""
+    if log is None and open_log:
+        log = current_log.get_store().path
+    elif log is None:
+        log = current_log.current_store_path() or current_log.default_log_path()
+    if is_database_url(log):
+        raise ReplicationError(
+            f"{log} is a PostgreSQL log: Litestream's replicas and restore points are for "
+            "SQLite logs; the database's own replication and backups apply (streaming "
+            "replication, pg_dump / pg_basebackup, your provider's snapshots)"
+        )
+    return Path(log).absolute()
 
 
 def run_litestream(

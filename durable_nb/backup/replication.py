@@ -27,7 +27,9 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import DurableWarning, ReplicationError
+from ..log import current_log
 from ..log.blobs import blob_folder, set_mirror
+from ..log.location import is_database_url
 from .litestream import (
     die_with_parent,
     litestream_binary,
@@ -412,6 +414,8 @@ def replication_status(log: str | os.PathLike[str] | None = None) -> Replication
 def stop_replication(log: str | os.PathLike[str] | None = None, *, timeout: float = 30) -> None:
     """Stop replicating a log: returns once the replica holds the log's newest change and
     every blob file, or after ``timeout`` seconds, saying in a warning what it lacks."""
+    if is_database_url(log if log is not None else current_log.current_store_path()):
+        return  # (never replicated by Litestream)
     replicator = replicators.pop(log_path(log), None)
     if replicator is not None:
         _say_missing(replicator, replicator.stop(timeout))

@@ -18,12 +18,13 @@ import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
 from ..errors import BlobError
 
-__all__ = ["BlobStore", "blob_folder", "set_mirror"]
+__all__ = ["BlobStore", "blob_folder", "pack", "set_mirror", "unpack"]
 
 _MAGIC = b"DNBBLOB2"  # (``DNBBLOB1``: the same without padding)
 _ALIGN = 64
@@ -31,6 +32,45 @@ _ALIGN = 64
 
 def _padding(offset: int) -> int:
     return -offset % _ALIGN
+
+
+def pack(segments: Iterable[bytes | memoryview]) -> tuple[str, list[bytes | memoryview]]:
+    """A blob's digest and its bytes in order (header, then each segment, aligned)."""
+    parts = [memoryview(s).cast("B") for s in segments]
+    header = _MAGIC + struct.pack(f"<I{len(parts)}Q", len(parts), *(p.nbytes for p in parts))
+    chunks: list[bytes | memoryview] = [header]
+    offset = len(header)
+    for p in parts:
+        pad = _padding(offset)
+        chunks += [bytes(pad), p]
+        offset += pad + p.nbytes
+    hasher = xxhash.xxh3_128()
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest(), chunks
+
+
+def unpack(data: Any, digest: str, where: str) -> list[memoryview]:
+    """The segments of a blob's bytes, after checking its digest (``BlobError`` naming
+    ``where`` if they do not match)."""
+    if xxhash.xxh3_128_hexdigest(data) != digest:
+        raise BlobError(
+            f"blob {where} is damaged (digest mismatch); the step will run again "
+            "(restore the blob folder from your replica to keep its value)",
+            digest=digest,
+        )
+    view = memoryview(data)
+    aligned = view[: len(_MAGIC)] == _MAGIC
+    (count,) = struct.unpack_from("<I", view, len(_MAGIC))
+    lengths = struct.unpack_from(f"<{count}Q", view, len(_MAGIC) + 4)
+    pos = len(_MAGIC) + 4 + 8 * count
+    segments = []
+    for n in lengths:
+        if aligned:
+            pos += _padding(pos)
+        segments.append(view[pos : pos + n])
+        pos += n
+    return segments
 
 
 def blob_folder(log: Path) -> Path:
@@ -63,18 +103,7 @@ class BlobStore:
 
     def write(self, segments: Iterable[bytes | memoryview]) -> str:
         """Store ``segments`` atomically and return their digest (existing blobs are reused)."""
-        parts = [memoryview(s).cast("B") for s in segments]
-        header = _MAGIC + struct.pack(f"<I{len(parts)}Q", len(parts), *(p.nbytes for p in parts))
-        chunks: list[bytes | memoryview] = [header]
-        offset = len(header)
-        for p in parts:
-            pad = _padding(offset)
-            chunks += [bytes(pad), p]
-            offset += pad + p.nbytes
-        hasher = xxhash.xxh3_128()
-        for chunk in chunks:
-            hasher.update(chunk)
-        digest = hasher.hexdigest()
+        digest, chunks = pack(segments)
         target = self.path(digest)
         mirror = _mirrors.get(self.folder)
         if target.exists():
@@ -120,21 +149,4 @@ class BlobStore:
                 "(restore the blob folder from your replica to keep its value)",
                 digest=digest,
             ) from None
-        if xxhash.xxh3_128_hexdigest(data) != digest:
-            raise BlobError(
-                f"blob {path} is damaged (digest mismatch); the step will run again "
-                "(restore the blob folder from your replica to keep its value)",
-                digest=digest,
-            )
-        view = memoryview(data)
-        aligned = view[: len(_MAGIC)] == _MAGIC
-        (count,) = struct.unpack_from("<I", view, len(_MAGIC))
-        lengths = struct.unpack_from(f"<{count}Q", view, len(_MAGIC) + 4)
-        pos = len(_MAGIC) + 4 + 8 * count
-        segments = []
-        for n in lengths:
-            if aligned:
-                pos += _padding(pos)
-            segments.append(view[pos : pos + n])
-            pos += n
-        return segments
+        return unpack(data, digest, str(path))

@@ -7,8 +7,9 @@ import os
 import threading
 from pathlib import Path
 
-from .location import locate_log
-from .store import Store
+from .location import is_database_url, locate_log
+from .logstore import LogStore as Store
+from .stores import log_target, open_store
 
 __all__ = [
     "close_log",
@@ -22,16 +23,16 @@ __all__ = [
 
 _store_lock = threading.Lock()
 _store: Store | None = None
-_default_path: Path | None = None
+_default_path: Path | str | None = None
 
 
-def default_log_path() -> Path:
+def default_log_path() -> Path | str:
     """Where the log is when nobody said: ``DURABLE_NB_DB``, else the set default, else
     the notebook's log if the environment names the notebook, else ``.durable/default.db``
     in the working directory."""
     env = os.environ.get("DURABLE_NB_DB")
     if env:
-        return Path(env)
+        return env if is_database_url(env) else Path(env)
     return _default_path or locate_log().path  # DURABLE_NB_NOTEBOOK, JPY_SESSION_NAME, ...
 
 
@@ -40,10 +41,10 @@ def open_log(path: str | os.PathLike[str] | None = None, *, recover: bool = True
     (``recover=False``: runs of dead processes are marked crashed at the first run)."""
     global _store, _default_path
     with _store_lock:
-        target = Path(path).expanduser().absolute() if path else default_log_path().absolute()
+        target = log_target(path or default_log_path())
         if _store is not None and _store.path == target:
             return _store
-        new = Store(target, recover=recover)
+        new = open_store(target, recover=recover)
         if _store is not None:
             _store.close()
         _store, _default_path = new, target
@@ -54,7 +55,7 @@ def set_default_log_path(path: str | os.PathLike[str]) -> None:
     """Use ``path`` as the log from now on unless ``DURABLE_NB_DB`` says otherwise."""
     global _default_path, _store
     with _store_lock:
-        _default_path = Path(path).expanduser().absolute()
+        _default_path = log_target(path)
         if _store is not None and _store.path != _default_path:
             _store.close()
             _store = None
@@ -73,7 +74,7 @@ def current_store() -> Store | None:
     return _store
 
 
-def current_store_path() -> Path | None:
+def current_store_path() -> Path | str | None:
     """The path of the open current log, if one is open."""
     store = _store
     return store.path if store is not None else None

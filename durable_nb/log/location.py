@@ -17,16 +17,21 @@ from typing import Any
 
 from ..errors import LogFileError
 
-__all__ = ["LogLocation", "locate_log", "log_path_for", "resolve_log"]
+__all__ = ["LogLocation", "is_database_url", "locate_log", "log_path_for", "resolve_log"]
 
 
 @dataclass(frozen=True)
 class LogLocation:
     """A log path and how it was found (said aloud by ``%durable info``)."""
 
-    path: Path
+    path: Path | str  # (a PostgreSQL log: its URL)
     notebook: Path | None
     how: str
+
+
+def is_database_url(log: object) -> bool:
+    """Whether ``log`` names a PostgreSQL log (``postgresql://...`` or ``postgres://...``)."""
+    return isinstance(log, str) and log.startswith(("postgresql://", "postgres://"))
 
 
 def log_path_for(notebook: str | os.PathLike[str]) -> Path:
@@ -35,8 +40,11 @@ def log_path_for(notebook: str | os.PathLike[str]) -> Path:
     return nb.parent / ".durable" / f"{nb.stem}.db"
 
 
-def resolve_log(log: str | os.PathLike[str]) -> Path:
-    """The log file a path names: a ``.db`` file, or a notebook's ``.durable/<stem>.db``."""
+def resolve_log(log: str | os.PathLike[str]) -> Path | str:
+    """The log a path names: a ``.db`` file, or a notebook's ``.durable/<stem>.db`` (a
+    PostgreSQL URL: itself)."""
+    if is_database_url(log):
+        return str(log)
     path = Path(log).expanduser()
     if path.suffix == ".ipynb":
         path = log_path_for(path)
@@ -72,7 +80,10 @@ def locate_log(
     environ = os.environ if environ is None else environ
     namespace = namespace or {}
     if environ.get("DURABLE_NB_DB"):
-        return LogLocation(Path(environ["DURABLE_NB_DB"]).absolute(), None, "DURABLE_NB_DB")
+        env = environ["DURABLE_NB_DB"]
+        return LogLocation(
+            env if is_database_url(env) else Path(env).absolute(), None, "DURABLE_NB_DB"
+        )
     notebook, source = _notebook_hint(namespace, environ)
     if notebook:
         nb = _resolve(Path(notebook))

@@ -499,9 +499,7 @@ class LogStore:
     def last_used(self, workflow: str, step: str) -> list[tuple[int, str]]:
         """(id, digest) of the completed records of a step that its workflow used last: per
         call, the record the newest run replayed or made."""
-        rows = self.conn.execute(
-            self.LAST_USED, {"workflow": workflow, "step": step}
-        ).fetchall()
+        rows = self.conn.execute(self.LAST_USED, {"workflow": workflow, "step": step}).fetchall()
         newest: dict[tuple[str, str, int], tuple[tuple[int, int], int, str]] = {}
         for step_id, digest, scope, args, occurrence, used in rows:
             key = (scope, args, occurrence)

@@ -83,6 +83,8 @@ def last_used(greater: str, replayed: str) -> str:
         "AS r ON r.step = s.id WHERE s.workflow = :workflow AND s.name = :step "
         "AND s.status = 'completed' GROUP BY s.id"
     )
+
+
 # A crashed run keeps its record: when its last step ended (not when the crash was
 # noticed) and how many steps it ran.
 MARK_CRASHED = (

@@ -7,7 +7,7 @@ import os
 from . import current_log
 from .connection import sign_values
 from .location import resolve_log
-from .store import Store
+from .stores import log_target, open_store
 
 __all__ = ["trust"]
 
@@ -18,8 +18,8 @@ def trust(log: str | os.PathLike[str] | None = None) -> int:
     how many. Only for a log you trust (a restored backup, a colleague's): its pickles will
     be loaded, and a pickle can run code."""
     current = current_log.current_store()
-    path = resolve_log(log).absolute() if log is not None else current_log.get_store().path
-    store = current if current is not None and current.path == path else Store(path)
+    path = log_target(resolve_log(log)) if log is not None else current_log.get_store().path
+    store = current if current is not None and current.path == path else open_store(path)
     try:
         with store.transaction() as conn:
             count = sign_values(conn)

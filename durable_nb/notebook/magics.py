@@ -27,7 +27,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..errors import DurableError
 from ..log import current_log
 from ..log.connection import no_folder
-from ..log.location import LogLocation, locate_log
+from ..log.location import LogLocation, is_database_url, locate_log
 from ..log.trust import trust
 from ..replay import capture
 from ..replay.accept import accept
@@ -100,7 +100,9 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _show_path(path: Path) -> str:
+def _show_path(path: Path | str) -> str:
+    if not isinstance(path, Path):  # a PostgreSQL log's URL, its blobs table
+        return path
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -510,7 +512,7 @@ class DurableMagics(Magics):
         loc = self.ext.location
         store = self.ext.store()
         print(f"log: {store.path}")
-        if Path(store.path) != Path(loc.path):  # opened from Python (open_log, Fleet.open)
+        if str(store.path) != str(loc.path):  # opened from Python (open_log, Fleet.open)
             loc = LogLocation(store.path, None, "opened from Python (open_log, Fleet.open)")
         print(f"found by: {loc.how}" + (f" ({loc.notebook})" if loc.notebook else ""))
         log, wal, blobs, files = store.sizes()
@@ -591,8 +593,9 @@ class DurableMagics(Magics):
 
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:
-            raise UsageError("usage: %durable open PATH")
-        existed = Path(opts.args[0]).expanduser().exists()
+            raise UsageError("usage: %durable open PATH (or postgresql://user@host/dbname)")
+        database = is_database_url(opts.args[0])  # (it says itself if it holds a log)
+        existed = database or Path(opts.args[0]).expanduser().exists()
         missing = None if existed else no_folder(opts.args[0])
         if missing is not None:  # a typo in PATH is not a new history in a new folder
             raise missing

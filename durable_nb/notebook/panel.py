@@ -19,9 +19,8 @@ import ipywidgets as w
 import pandas as pd
 
 from ..backup import restore
-from ..backup.litestream import replica_url_for
+from ..backup.litestream import log_path, replica_url_for
 from ..errors import DurableError
-from ..log import current_log
 from ..views import frames
 
 __all__ = ["RestorePanel", "diff_logs"]
@@ -55,7 +54,7 @@ class RestorePanel:
     """Pick a restore point of a replica, preview it against the live log, restore it."""
 
     def __init__(self, url: str | None = None, *, log: str | Path | None = None) -> None:
-        self.log = Path(log).absolute() if log is not None else current_log.get_store().path
+        self.log = log_path(log)  # (one line for a PostgreSQL log: no Litestream replicas)
         self.url = w.Text(
             value=url or replica_url_for(None, self.log),
             description="Replica",

@@ -13,7 +13,8 @@ import pandas as pd
 
 from ..log.current_log import get_store
 from ..log.location import resolve_log
-from ..log.store import Store
+from ..log.logstore import LogStore as Store
+from ..log.stores import open_store
 
 __all__ = ["LogArg", "check_status", "opened", "since_seconds", "times"]
 
@@ -30,7 +31,7 @@ def opened(log: LogArg) -> Iterator[Store]:
     elif isinstance(log, Store):
         yield log
     else:
-        store = Store(resolve_log(log), readonly=True)
+        store = open_store(resolve_log(log), readonly=True)
         try:
             yield store
         finally:
