@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +133,29 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     """The URL of a new, empty database on ``postgres_server``, dropped after the test."""
     with postgres_server.fresh_database() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a fresh log goes, on each backend in turn: a SQLite file's path, then a
+    PostgreSQL database's URL (on ``postgres_server``)."""
+    if request.param == "sqlite":
+        return tmp_path / ".durable" / "test.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def any_log(log_target: Path | str) -> Iterator[Path | str]:
+    """A fresh log on each backend in turn (``log_target``), the process's current log."""
+    with current_log(log_target) as log:  # type: ignore[arg-type]
+        yield log
+
+
+def log_sql(log: Path | str) -> Any:
+    """A connection of the test's own to a log of either backend (``execute(sql)`` with
+    ``fetchall`` / ``fetchone``; no parameters: psycopg's placeholders are not SQLite's)."""
+    if isinstance(log, str):
+        import psycopg
+
+        return psycopg.connect(log, autocommit=True, options="-c search_path=durable_nb")
+    return sqlite3.connect(log)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import executions, integrity, python
+from .conftest import executions, integrity, log_sql, python
 
 # Each step appends its number to a side file before working: the count of lines per
 # number is how many times it really executed, whatever the log says.
@@ -17,9 +17,10 @@ SCRIPT = r"""
 import os, sys, time
 import durable_nb
 from durable_nb import step, workflow
+from durable_nb.log.stores import open_store
 
 log, counter = sys.argv[1], sys.argv[2]
-store = durable_nb.Store(log)
+store = open_store(log)
 
 @step
 def work(i):
@@ -28,7 +29,7 @@ def work(i):
     print(f"start {i}", flush=True)
     time.sleep(0.02)
     if i % 10 == 7:
-        return bytes([i]) * (1_200_000 + i)     # stored as a blob file
+        return bytes([i]) * (1_200_000 + i)     # stored as a blob
     return {"i": i, "square": i * i}
 
 with workflow("fifty", store=store) as run:
@@ -39,9 +40,9 @@ print("digest", hashlib.sha256(repr(results).encode()).hexdigest())
 """
 
 
-def run_until(tmp_path: Path, kill_at: int | None) -> str:
+def run_until(tmp_path: Path, kill_at: int | None, log: Path | str = "x.db") -> str:
     """Run the workflow; SIGKILL it once step ``kill_at`` has started. Returns stdout."""
-    proc = python(SCRIPT, "x.db", "counter.txt", cwd=tmp_path)
+    proc = python(SCRIPT, str(log), "counter.txt", cwd=tmp_path)
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
@@ -58,15 +59,20 @@ def run_until(tmp_path: Path, kill_at: int | None) -> str:
 
 
 @pytest.mark.parametrize("kill_points", [(0,), (5, 17, 18), (7, 27, 49)])
-def test_kill_and_resume(tmp_path: Path, kill_points: tuple[int, ...]) -> None:
+def test_kill_and_resume(
+    tmp_path: Path, log_target: Path | str, kill_points: tuple[int, ...]
+) -> None:
+    """On SQLite and on PostgreSQL (whose killed session's lock frees the run at once)."""
     reference = tmp_path / "reference"
     reference.mkdir()
     expected = run_until(reference, None).splitlines()[-1]
+    log = log_target if isinstance(log_target, str) else tmp_path / "x.db"
 
     for point in kill_points:
-        run_until(tmp_path, point)
-        assert integrity(tmp_path / "x.db") == "ok"
-    out = run_until(tmp_path, None)
+        run_until(tmp_path, point, log)
+        if isinstance(log, Path):
+            assert integrity(log) == "ok"
+    out = run_until(tmp_path, None, log)
     done, digest_line = out.splitlines()[-2:]
     assert digest_line == expected  # same results as an uninterrupted run
 
@@ -78,10 +84,11 @@ def test_kill_and_resume(tmp_path: Path, kill_points: tuple[int, ...]) -> None:
     steps_before_last_kill = max(kill_points)
     assert done == f"done {50 - steps_before_last_kill} {steps_before_last_kill}"
 
-    conn = sqlite3.connect(tmp_path / "x.db")
+    conn = log_sql(log)
     statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY id")]
     assert statuses == ["crashed"] * len(kill_points) + ["completed"]
-    assert integrity(tmp_path / "x.db") == "ok"
+    if isinstance(log, Path):
+        assert integrity(log) == "ok"
 
 
 def test_a_crashed_run_keeps_its_record(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import warnings
 from pathlib import Path
 
@@ -14,8 +13,10 @@ from durable_nb import DurableWarning, step, workflow
 from durable_nb.replay.capture import REPLAY_MARK
 from durable_nb.replay.engine import decide
 
+from .conftest import current_log, log_sql
 
-def test_completed_steps_replay_without_running(log_path: Path) -> None:
+
+def test_completed_steps_replay_without_running(any_log: Path | str) -> None:
     calls: list[int] = []
 
     @step
@@ -34,7 +35,7 @@ def test_completed_steps_replay_without_running(log_path: Path) -> None:
     assert (run2.steps_run, run2.steps_replayed) == (2, 5)
 
 
-def test_repeated_calls_are_distinct_occurrences(log_path: Path) -> None:
+def test_repeated_calls_are_distinct_occurrences(any_log: Path | str) -> None:
     import random
 
     @step
@@ -50,7 +51,7 @@ def test_repeated_calls_are_distinct_occurrences(log_path: Path) -> None:
 
 
 def test_keyword_order_and_set_order_do_not_change_the_key_but_dict_order_does(
-    log_path: Path,
+    any_log: Path | str,
 ) -> None:
     calls: list[object] = []
 
@@ -69,7 +70,7 @@ def test_keyword_order_and_set_order_do_not_change_the_key_but_dict_order_does(
     assert len(calls) == 2
 
 
-def test_failed_step_is_recorded_and_runs_again(log_path: Path) -> None:
+def test_failed_step_is_recorded_and_runs_again(any_log: Path | str) -> None:
     calls: list[int] = []
 
     @step
@@ -84,7 +85,7 @@ def test_failed_step_is_recorded_and_runs_again(log_path: Path) -> None:
     with workflow("flaky"):
         assert flaky(3) == 3
     assert calls == [3, 3]
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     rows = conn.execute(
         "SELECT status, error_type, error_message, error_traceback LIKE '%boom%' FROM steps "
         "ORDER BY id"
@@ -94,7 +95,7 @@ def test_failed_step_is_recorded_and_runs_again(log_path: Path) -> None:
     assert statuses == ["failed", "completed"]
 
 
-def test_retries_log_every_attempt(log_path: Path) -> None:
+def test_retries_log_every_attempt(any_log: Path | str) -> None:
     attempts: list[int] = []
 
     @step(retries=3, retry_delay=0.0)
@@ -106,35 +107,35 @@ def test_retries_log_every_attempt(log_path: Path) -> None:
 
     with workflow("retry"):
         assert shaky() == "ok"
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     rows = conn.execute("SELECT attempt, status FROM steps ORDER BY id").fetchall()
     assert rows == [(1, "failed"), (2, "failed"), (3, "completed")]
 
 
-def test_retries_give_up_after_the_last_attempt(log_path: Path) -> None:
+def test_retries_give_up_after_the_last_attempt(any_log: Path | str) -> None:
     @step(retries=1, retry_delay=0.0)
     def always() -> None:
         raise RuntimeError("no")
 
     with pytest.raises(RuntimeError), workflow("giveup"):
         always()
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     assert conn.execute("SELECT count(*) FROM steps WHERE status = 'failed'").fetchone() == (2,)
 
 
-def test_keyboard_interrupt_marks_step_and_run_interrupted(log_path: Path) -> None:
+def test_keyboard_interrupt_marks_step_and_run_interrupted(any_log: Path | str) -> None:
     @step
     def stop() -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt), workflow("ctrl-c"):
         stop()
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     assert conn.execute("SELECT status FROM steps").fetchone() == ("interrupted",)
     assert conn.execute("SELECT status FROM runs").fetchone() == ("interrupted",)
 
 
-def test_nested_steps_replay_with_their_parent(log_path: Path) -> None:
+def test_nested_steps_replay_with_their_parent(any_log: Path | str) -> None:
     calls: list[str] = []
 
     @step
@@ -156,11 +157,11 @@ def test_nested_steps_replay_with_their_parent(log_path: Path) -> None:
         assert outer(1) == 4
         assert inner(1) == 2
     assert calls == []
-    scopes = sqlite3.connect(log_path).execute("SELECT DISTINCT scope FROM steps").fetchall()
+    scopes = log_sql(any_log).execute("SELECT DISTINCT scope FROM steps").fetchall()
     assert len(scopes) == 2  # top level and inside outer(1)
 
 
-def test_nested_steps_of_a_failed_parent_replay(log_path: Path) -> None:
+def test_nested_steps_of_a_failed_parent_replay(any_log: Path | str) -> None:
     calls: list[str] = []
     parents: list[int] = []
 
@@ -186,7 +187,7 @@ def test_nested_steps_of_a_failed_parent_replay(log_path: Path) -> None:
 
 
 def test_stdout_is_captured_and_reemitted_marked(
-    log_path: Path, capsys: pytest.CaptureFixture[str]
+    any_log: Path | str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     @step
     def chatty(x: int) -> int:
@@ -202,7 +203,7 @@ def test_stdout_is_captured_and_reemitted_marked(
     assert capsys.readouterr().out == f"{REPLAY_MARK}working on 1\n{REPLAY_MARK}done\n"
 
 
-def test_unpicklable_result_returns_warns_once_and_runs_again(log_path: Path) -> None:
+def test_unpicklable_result_returns_warns_once_and_runs_again(any_log: Path | str) -> None:
     calls: list[int] = []
 
     @step
@@ -226,7 +227,7 @@ def test_unpicklable_result_returns_warns_once_and_runs_again(log_path: Path) ->
         with workflow("lock"):
             make_lock(1)
     assert calls == [1, 2, 1]
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     rows = conn.execute("SELECT DISTINCT status, reason LIKE '%pickle%' FROM steps").fetchall()
     assert rows == [("not_durable", 1)]
 
@@ -269,16 +270,42 @@ def test_damaged_blob_is_detected_and_the_step_runs_again(log_path: Path) -> Non
     assert calls == [1, 1]
 
 
-def test_step_outside_a_workflow_is_a_plain_call(log_path: Path) -> None:
+def test_large_result_lives_in_the_database_and_damage_is_detected(pg_url: str) -> None:
+    """On PostgreSQL a large value is rows of table ``blobs`` (a backup of the database is
+    the whole log), committed with its step; a damaged one is said and the step runs again."""
+    calls: list[int] = []
+    data = bytes(range(256)) * (5 * 4096)  # 5 MiB
+
+    @step
+    def big() -> bytes:
+        calls.append(1)
+        return data
+
+    with current_log(pg_url):  # type: ignore[arg-type]
+        with workflow("big"):
+            big()
+        conn = log_sql(pg_url)
+        ((digest, size),) = conn.execute("SELECT result_blob, result_size FROM steps").fetchall()
+        assert conn.execute("SELECT sum(length(data)) FROM blobs").fetchone()[0] > size > 5e6
+        with workflow("big"):
+            assert big() == data
+        assert calls == [1]
+        conn.execute(f"UPDATE blobs SET data = 'x' || data WHERE digest = '{digest}'")
+        with pytest.warns(DurableWarning, match="damaged"), workflow("big"):
+            assert big() == data
+        assert calls == [1, 1]
+
+
+def test_step_outside_a_workflow_is_a_plain_call(any_log: Path | str) -> None:
     @step
     def plain(x: int) -> int:
         return x + 1
 
     assert plain(1) == 2
-    assert sqlite3.connect(log_path).execute("SELECT count(*) FROM steps").fetchone() == (0,)
+    assert log_sql(any_log).execute("SELECT count(*) FROM steps").fetchone() == (0,)
 
 
-def test_adhoc_step_call(log_path: Path) -> None:
+def test_adhoc_step_call(any_log: Path | str) -> None:
     calls: list[int] = []
 
     def add(a: int, b: int) -> int:
@@ -292,7 +319,7 @@ def test_adhoc_step_call(log_path: Path) -> None:
     assert calls == [1]
 
 
-def test_workflow_decorator_sync_and_async(log_path: Path) -> None:
+def test_workflow_decorator_sync_and_async(any_log: Path | str) -> None:
     calls: list[str] = []
 
     @step
@@ -321,7 +348,7 @@ def test_workflow_decorator_sync_and_async(log_path: Path) -> None:
     assert names == ["sync_flow", "named-async"]
 
 
-def test_fresh_ignores_the_log(log_path: Path) -> None:
+def test_fresh_ignores_the_log(any_log: Path | str) -> None:
     calls: list[int] = []
 
     @step
@@ -338,7 +365,7 @@ def test_fresh_ignores_the_log(log_path: Path) -> None:
     assert calls == [1, 1]
 
 
-def test_same_workflow_twice_in_one_process_is_refused(log_path: Path) -> None:
+def test_same_workflow_twice_in_one_process_is_refused(any_log: Path | str) -> None:
     with (
         workflow("busy"),
         pytest.raises(durable_nb.WorkflowBusyError, match="this process"),
@@ -382,7 +409,7 @@ def test_code_digest_ignores_comments_docstrings_and_decorators(tmp_path: Path) 
     assert load("def f(x):\n    return x + 2\n") != base
 
 
-def test_code_changed_back_replays_the_older_record(log_path: Path) -> None:
+def test_code_changed_back_replays_the_older_record(any_log: Path | str) -> None:
     calls: list[str] = []
 
     def version_a(x: int) -> str:
@@ -397,5 +424,5 @@ def test_code_changed_back_replays_the_older_record(log_path: Path) -> None:
         with workflow("flip"):
             assert durable_nb.Step(fn, name="f")(1) == expected
     assert calls == ["a", "b"]
-    reasons = sqlite3.connect(log_path).execute("SELECT reason FROM steps ORDER BY id").fetchall()
+    reasons = log_sql(any_log).execute("SELECT reason FROM steps ORDER BY id").fetchall()
     assert reasons == [(None,), ("code of f changed since run 1",)]

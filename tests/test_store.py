@@ -14,6 +14,7 @@ import pytest
 
 from durable_nb import LogFileError, SchemaTooNewError, Store, WorkflowBusyError, step, workflow
 from durable_nb.log.schema import SCHEMA_VERSION
+from durable_nb.log.stores import open_store
 
 from .conftest import python
 
@@ -135,11 +136,14 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     assert digest(path) == before
 
 
-def test_dead_owner_run_becomes_crashed_and_live_one_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "x.db"
+def test_dead_owner_run_becomes_crashed_and_live_one_is_refused(
+    tmp_path: Path, log_target: Path | str
+) -> None:
+    path = log_target
     holder = python(
         "import sys, time, durable_nb\n"
-        "store = durable_nb.Store(sys.argv[1])\n"
+        "from durable_nb.log.stores import open_store\n"
+        "store = open_store(sys.argv[1])\n"
         "with durable_nb.workflow('long', store=store):\n"
         "    print('holding', flush=True)\n"
         "    time.sleep(60)\n",
@@ -149,7 +153,7 @@ def test_dead_owner_run_becomes_crashed_and_live_one_is_refused(tmp_path: Path) 
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "holding"
-        with Store(path) as store:
+        with open_store(path) as store:
             with (
                 pytest.raises(WorkflowBusyError, match=f"process {holder.pid}") as info,
                 workflow("long", store=store),
@@ -161,7 +165,7 @@ def test_dead_owner_run_becomes_crashed_and_live_one_is_refused(tmp_path: Path) 
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with Store(path) as store:
+    with open_store(path) as store:
         runs = {r.workflow: r for r in store.runs()}
         assert runs["long"].status == "crashed"
         with workflow("long", store=store):  # the lease is free again
@@ -178,7 +182,7 @@ def test_recycled_pid_is_not_taken_for_the_owner(tmp_path: Path) -> None:
     assert not owner.is_alive(f"other-host:{boot}:{pid}:{ticks}")
 
 
-def test_forget_drops_a_workflow_or_one_step(tmp_path: Path) -> None:
+def test_forget_drops_a_workflow_or_one_step(log_target: Path | str) -> None:
     calls: list[str] = []
 
     @step
@@ -191,7 +195,7 @@ def test_forget_drops_a_workflow_or_one_step(tmp_path: Path) -> None:
         calls.append("b")
         return 2
 
-    with Store(tmp_path / "x.db") as store:
+    with open_store(log_target) as store:
         with workflow("w", store=store):
             a(), b()
         assert store.forget("w", step="b") == 1

@@ -13,6 +13,7 @@ import pytest
 
 import durable_nb
 from durable_nb import LogFileError, Store, step, workflow
+from durable_nb.log.stores import open_store
 from durable_nb.views import columnar
 from durable_nb.views import frames as frame_views
 
@@ -20,9 +21,10 @@ from .conftest import ROOT, python
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Path:
-    """A log with completed, failed, retried, replayed and not-durable steps."""
-    path = tmp_path / ".durable" / "views.db"
+def log(tmp_path: Path, log_target: Path | str) -> Path | str:
+    """A log with completed, failed, retried, replayed and not-durable steps (a SQLite
+    file, then a PostgreSQL database)."""
+    path = log_target if isinstance(log_target, str) else tmp_path / ".durable" / "views.db"
 
     @step
     def train(lr: float) -> dict[str, float]:
@@ -40,7 +42,7 @@ def log(tmp_path: Path) -> Path:
     def broken() -> None:
         raise ValueError("bad row 7")
 
-    with Store(path) as store:
+    with open_store(path) as store:
         with workflow("sweep", store=store):
             train(0.1), train(0.2), flaky(3)
         with workflow("sweep", store=store):
@@ -204,6 +206,7 @@ def test_views_of_a_foreign_log_never_unpickle(tmp_path: Path) -> None:
     assert marker.exists()  # only result() unpickles
 
 
+@pytest.mark.parametrize("log_target", ["sqlite"], indirect=True)
 def test_views_accept_a_notebook_path(log: Path) -> None:
     notebook = log.parent.parent / "views.ipynb"
     assert len(durable_nb.runs(log=notebook)) == 3

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ReplicationError
+from ..log.location import is_database_url
 from ..log.store import Store
 from ..views import checkpoints as _checkpoints
 from ..views import experiments as _experiments
@@ -33,7 +34,8 @@ def _check_replicated(replica: Replica) -> None:
 
 
 def _is_url(log: Any) -> bool:
-    return isinstance(log, str) and "://" in log
+    """Whether ``log`` is a replica's URL (a PostgreSQL log's is read as any log)."""
+    return isinstance(log, str) and "://" in log and not is_database_url(log)
 
 
 def in_place(view: Callable[..., Any]) -> Callable[..., Any]:
