@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import durable_nb
+from durable_nb.log import current_log as current_log_module
 from durable_nb.log.current_log import close_log
 
 from .postgres import PostgresServer
@@ -30,14 +31,16 @@ os.environ.pop("DURABLE_NB_KEY", None)
 
 @contextmanager
 def current_log(path: Path) -> Iterator[Path]:
-    """``path`` as the process's current log; afterwards its replication (if any) is stopped
-    and the log closed."""
+    """``path`` as the process's current log; afterwards its replication (if any) is stopped,
+    the log closed and the default log what it was."""
+    default = current_log_module._default_path
     durable_nb.open_log(path)
     try:
         yield path
     finally:
         durable_nb.stop_replication(log=path)
         close_log()
+        current_log_module._default_path = default
 
 
 @pytest.fixture
@@ -152,10 +155,21 @@ def any_log(log_target: Path | str) -> Iterator[Path | str]:
 
 
 def log_sql(log: Path | str) -> Any:
-    """A connection of the test's own to a log of either backend (``execute(sql)`` with
-    ``fetchall`` / ``fetchone``; no parameters: psycopg's placeholders are not SQLite's)."""
+    """A connection of the test's own to a log of either backend, taking SQLite's SQL
+    (``?`` parameters) on both: ``execute`` with ``fetchall`` / ``fetchone``; ``with conn:``
+    commits (PostgreSQL: each statement commits)."""
     if isinstance(log, str):
         import psycopg
 
-        return psycopg.connect(log, autocommit=True, options="-c search_path=durable_nb")
+        from durable_nb.log.store_postgres import _Connection
+
+        class Connection(_Connection):
+            def __enter__(self) -> Connection:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+        pg = psycopg.connect(log, autocommit=True, options="-c search_path=durable_nb")
+        return Connection(pg)
     return sqlite3.connect(log)

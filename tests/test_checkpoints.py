@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import pytest
 import durable_nb
 from durable_nb import CheckpointError, checkpoint, last_checkpoint, step, workflow
 
-from .conftest import python
+from .conftest import log_sql, python
 from .kernels import Kernel, kernel_env
 
 # One epoch of "training": the state carries an array (a blob file once it is big enough).
@@ -113,7 +112,7 @@ def test_ctrl_c_during_a_step_then_rerun_resumes(tmp_path: Path) -> None:
     assert f"result {UNINTERRUPTED}" in reply.stdout
 
 
-def test_a_retry_after_an_exception_resumes_and_the_reason_says_so(log_path: Path) -> None:
+def test_a_retry_after_an_exception_resumes_and_the_reason_says_so(any_log: Path | str) -> None:
     ran: list[int] = []
 
     @step(retries=1, retry_delay=0)
@@ -180,7 +179,7 @@ def test_an_async_step_killed_mid_way_resumes(tmp_path: Path) -> None:
 
 
 def test_a_changed_helper_starts_from_0_and_says_why(
-    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    any_log: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The notebook's helper cell is edited between the crash and the rerun: the saved
     state was made by other code, so the call starts over, saying what changed."""
@@ -257,7 +256,7 @@ def test_a_checkpoint_survives_a_litestream_restore_onto_a_new_folder(tmp_path: 
     assert min(on_server) >= 6, on_server  # went on from the laptop's newest checkpoint
 
 
-def test_checkpoint_outside_a_step_or_on_a_worker_is_one_line(log_path: Path) -> None:
+def test_checkpoint_outside_a_step_or_on_a_worker_is_one_line(any_log: Path | str) -> None:
     with pytest.raises(CheckpointError, match="inside a running @step call"):
         checkpoint({"epoch": 1})
     with pytest.raises(CheckpointError, match="inside a running @step call"):
@@ -272,7 +271,7 @@ def test_checkpoint_outside_a_step_or_on_a_worker_is_one_line(log_path: Path) ->
         remote.map([1, 2], executor=ThreadPoolExecutor(2))
 
 
-def test_keep_checkpoints_keeps_the_newest_state(log_path: Path) -> None:
+def test_keep_checkpoints_keeps_the_newest_state(any_log: Path | str) -> None:
     @step(keep_checkpoints=True)
     def kept(n: int) -> int:
         for i in range(n):
@@ -291,14 +290,14 @@ def test_keep_checkpoints_keeps_the_newest_state(log_path: Path) -> None:
     rows = durable_nb.checkpoints(workflow="keep")
     assert rows.groupby("step")["kept"].sum().to_dict() == {"dropped": 0, "kept": 1}
     assert rows["i"].tolist() == [0, 1, 2, 0, 1, 2]
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     assert conn.execute("SELECT count(*) FROM checkpoint_states").fetchone() == (1,)
     kinds = [k for (k,) in conn.execute("SELECT kind FROM events WHERE kind LIKE '%checkpoint'")]
     assert kinds == ["step checkpoint"] * 6
 
 
 def test_a_tampered_checkpoint_state_is_never_unpickled(
-    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    any_log: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os
     import pickle
@@ -321,7 +320,7 @@ def test_a_tampered_checkpoint_state_is_never_unpickled(
     with pytest.raises(RuntimeError), workflow("tamper"):
         long(5)
     evil = pickle.dumps(Counter)  # any other pickle: it must never be loaded unsigned
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     with conn:
         conn.execute("UPDATE checkpoint_states SET state = ?", (evil,))
     monkeypatch.delenv("FAIL")
@@ -333,7 +332,7 @@ def test_a_tampered_checkpoint_state_is_never_unpickled(
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_last_checkpoint_is_none_on_a_fresh_call(log_path: Path, kind: str) -> None:
+def test_last_checkpoint_is_none_on_a_fresh_call(any_log: Path | str, kind: str) -> None:
     seen: list[object] = []
 
     if kind == "sync":
@@ -361,7 +360,7 @@ def test_last_checkpoint_is_none_on_a_fresh_call(log_path: Path, kind: str) -> N
 
 
 def test_experiments_and_the_timeline_show_a_call_cut_short(
-    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    any_log: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crashed (here: failed) call is a row of experiments() with its newest checkpoint's
     metrics, and the timeline ticks each checkpoint on its attempt's bar."""
@@ -484,7 +483,7 @@ def starts(tmp_path: Path) -> list[int]:
 
 
 def test_what_resumes_and_what_does_not(
-    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_module: object
+    any_log: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_module: object
 ) -> None:
     """The review's cases: a call that completes without touching its checkpoints drops
     them; a fresh run does not resume; a result that is not durable keeps them (it runs
@@ -509,15 +508,15 @@ def test_what_resumes_and_what_does_not(
     with workflow("b"):
         assert train(5) == -1  # type: ignore[operator]
     assert not durable_nb.checkpoints("b")["kept"].any()  # dropped as the call completed
-    conn = sqlite3.connect(log_path)  # as if the process died between its row and the drop:
+    conn = log_sql(any_log)  # as if the process died between its row and the drop:
     with conn:
         conn.execute(
             "INSERT INTO checkpoint_states (workflow, scope, name, args_digest, occurrence, "
             "run_id, code_digest, attempt, seq, started_at, created_at, args_repr, "
             "state_format, state_size, state) SELECT workflow, scope, name, args_digest, "
             "occurrence, run_id, code_digest, attempt, seq, started_at, created_at, args_repr, "
-            "'pickle', 5, x'80054b012e' FROM checkpoints WHERE workflow = 'b' "
-            "ORDER BY id DESC LIMIT 1"
+            "'pickle', 5, ? FROM checkpoints WHERE workflow = 'b' ORDER BY id DESC LIMIT 1",
+            (bytes.fromhex("80054b012e"),),
         )
     assert durable_nb.checkpoints("b")["kept"].any()
     with workflow("b"):
@@ -548,7 +547,7 @@ def test_what_resumes_and_what_does_not(
 
 
 def test_experiments_show_a_rerun_cut_short_after_an_older_version_completed(
-    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_module: object
+    any_log: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_module: object
 ) -> None:
     monkeypatch.setenv("EPOCHS", str(tmp_path / "epochs.txt"))
     ns = _edges(tmp_path)
@@ -648,7 +647,7 @@ def test_in_a_kernel_retries_async_steps_and_a_changed_helper(tmp_path: Path) ->
 
 
 def test_a_kept_state_survives_a_later_rerun_and_forget_spares_a_running_run(
-    log_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    any_log: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The second review's cases: a fresh rerun that checkpoints and fails leaves the state
     a completed keep_checkpoints call kept; forget() while a run is running keeps that
@@ -675,7 +674,7 @@ def test_a_kept_state_survives_a_later_rerun_and_forget_spares_a_running_run(
     monkeypatch.setenv("FAIL", "1")
     with pytest.raises(RuntimeError), workflow("keep", fresh=True):
         kept(3)
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     rows = conn.execute("SELECT run_id, seq, done FROM checkpoint_states ORDER BY id").fetchall()
     assert rows == [(1, 3, 1), (2, 2, 0)]  # the kept state of run 1 is still there
 
@@ -689,14 +688,14 @@ def test_a_kept_state_survives_a_later_rerun_and_forget_spares_a_running_run(
     assert (tmp_path / "epochs.txt").read_text().split() == ["0", "1", "2", "3"]  # resumed
 
 
-def test_a_state_row_gone_meanwhile_is_saved_again(log_path: Path) -> None:
+def test_a_state_row_gone_meanwhile_is_saved_again(any_log: Path | str) -> None:
     """Each checkpoint after a call's first updates its row in place; if that row went
     (another process replaced or forgot it), the checkpoint inserts it again."""
 
     @step
     def twice() -> int:
         checkpoint(1)
-        with sqlite3.connect(log_path) as conn:
+        with log_sql(any_log) as conn:
             conn.execute("DELETE FROM checkpoint_states")
         checkpoint(2)
         checkpoint(3)
@@ -704,13 +703,13 @@ def test_a_state_row_gone_meanwhile_is_saved_again(log_path: Path) -> None:
 
     with pytest.raises(RuntimeError), workflow("gone"):
         twice()
-    conn = sqlite3.connect(log_path)
+    conn = log_sql(any_log)
     assert conn.execute("SELECT seq, state_size > 0 FROM checkpoint_states").fetchall() == [(3, 1)]
     assert [r[0] for r in conn.execute("SELECT seq FROM checkpoints ORDER BY id")] == [1, 2, 3]
 
 
 def test_an_async_steps_acheckpoint_lets_the_loop_go_on(
-    log_path: Path, monkeypatch: pytest.MonkeyPatch
+    any_log: Path | str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``await acheckpoint(state)`` writes from a worker thread: another task on the loop
     runs meanwhile (``checkpoint()`` would hold the loop), and the state resumes as any.

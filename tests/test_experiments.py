@@ -22,7 +22,7 @@ from durable_nb import step, workflow
 from durable_nb.errors import DurableError
 from durable_nb.log.documents import MAX_FIELDS
 
-from .conftest import ROOT, python
+from .conftest import ROOT, log_sql, python
 from .kernels import Kernel, kernel_env
 
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
@@ -36,7 +36,7 @@ def make_train(scale: float) -> object:
     return train
 
 
-def test_a_sweep_is_a_table_of_parameters_and_results(log_path: Path) -> None:
+def test_a_sweep_is_a_table_of_parameters_and_results(any_log: Path | str) -> None:
     train = make_train(2.0)
     with workflow("sweep"):
         for lr in LRS:
@@ -60,7 +60,7 @@ def test_a_sweep_is_a_table_of_parameters_and_results(log_path: Path) -> None:
     assert len(every) == 12 and set(every["status"]) == {"completed"}
 
 
-def test_failed_calls_with_latest_false_and_clashing_names(log_path: Path) -> None:
+def test_failed_calls_with_latest_false_and_clashing_names(any_log: Path | str) -> None:
     @step
     def fit(lr: float) -> dict[str, object]:
         if lr > 0.5:
@@ -79,7 +79,7 @@ def test_failed_calls_with_latest_false_and_clashing_names(log_path: Path) -> No
     assert every["error"].tolist()[1] == "ValueError: diverged"
 
 
-def test_parameters_named_like_the_fixed_columns_keep_both(log_path: Path) -> None:
+def test_parameters_named_like_the_fixed_columns_keep_both(any_log: Path | str) -> None:
     @step
     def sched(step: int, run: int, duration: float) -> dict[str, object]:
         return {"step": step * 2, "workflow": "w", "loss": 0.5}
@@ -96,7 +96,7 @@ def test_parameters_named_like_the_fixed_columns_keep_both(log_path: Path) -> No
 
 
 def test_text_with_the_word_nan_stays_text_and_non_finite_numbers_are_numbers(
-    log_path: Path,
+    any_log: Path | str,
 ) -> None:
     @step
     def opt(name: str, score: float) -> float:
@@ -139,7 +139,7 @@ class Frozen(Mapping[str, float]):
         return len(self._items)
 
 
-def test_every_kind_of_result_gives_its_fields(log_path: Path) -> None:
+def test_every_kind_of_result_gives_its_fields(any_log: Path | str) -> None:
     kinds = {
         "series": pd.Series({"loss": 0.25, "acc": 0.5}),
         "namedtuple": Scores(0.25, 0.5),
@@ -184,7 +184,7 @@ class Unset:
     later: int = dataclasses.field(init=False)
 
 
-def test_nested_fields_are_flattened_and_none_is_lost(log_path: Path) -> None:
+def test_nested_fields_are_flattened_and_none_is_lost(any_log: Path | str) -> None:
     @step
     def shaped(kind: str) -> object:
         if kind == "nested":
@@ -204,7 +204,7 @@ def test_nested_fields_are_flattened_and_none_is_lost(log_path: Path) -> None:
     assert df.loc["unset", "v"] == 2 and "Unset" in df.loc["unset", "part"]
 
 
-def test_integers_past_64_bits_are_kept_exact(log_path: Path) -> None:
+def test_integers_past_64_bits_are_kept_exact(any_log: Path | str) -> None:
     @step
     def big(n: int) -> dict[str, int]:
         return {"v": n + 1}
@@ -215,13 +215,13 @@ def test_integers_past_64_bits_are_kept_exact(log_path: Path) -> None:
     df = durable_nb.experiments("ints", "big")
     assert df["n"].tolist() == [2**70, 5] and df["v"].tolist() == [2**70 + 1, 6]
     out = subprocess.run(
-        [sys.executable, "-m", "durable_nb.cli", "experiments", str(log_path), "--format", "csv"],
+        [sys.executable, "-m", "durable_nb.cli", "experiments", str(any_log), "--format", "csv"],
         capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )  # fmt: skip
     assert out.returncode == 0 and str(2**70 + 1) in out.stdout, out.stderr
 
 
-def test_odd_arguments_become_short_reprs(log_path: Path) -> None:
+def test_odd_arguments_become_short_reprs(any_log: Path | str) -> None:
     @step
     def use(data: object, frame: object, n: object = np.int64(3)) -> float:
         return 1.5
@@ -284,7 +284,7 @@ def test_the_one_pass_texts_match_repr_and_json(value: object) -> None:
         assert arguments.documents(args, {}) == expected
 
 
-def test_a_result_too_long_to_print_is_kept_and_replayed(log_path: Path) -> None:
+def test_a_result_too_long_to_print_is_kept_and_replayed(any_log: Path | str) -> None:
     @step
     def power(n: int) -> int:
         return 10**n  # more digits than Python turns into text
@@ -293,7 +293,7 @@ def test_a_result_too_long_to_print_is_kept_and_replayed(log_path: Path) -> None
         with workflow("huge") as run:
             assert power(5000) == 10**5000
     assert run.steps_replayed == 1
-    row = sqlite3.connect(log_path).execute("SELECT result_repr, metrics FROM steps").fetchone()
+    row = log_sql(any_log).execute("SELECT result_repr, metrics FROM steps").fetchone()
     assert row == ("<int of 16610 bits>", '{"result":"<int of 16610 bits>"}')
     from durable_nb.log.documents import metrics_document
 
@@ -336,7 +336,7 @@ def test_results_of_a_module_gone_are_still_read_and_pickles_never_run(tmp_path:
     assert not (tmp_path / "pwned").exists()
 
 
-def test_compare_says_what_a_change_did(log_path: Path) -> None:
+def test_compare_says_what_a_change_did(any_log: Path | str) -> None:
     train = make_train(2.0)
     with workflow("cmp") as a:
         for lr in LRS[:3]:
