@@ -24,7 +24,7 @@ import durable_nb  # noqa: E402
 from durable_nb import DurableWarning  # noqa: E402
 from durable_nb.log.current_log import close_log  # noqa: E402
 
-from .conftest import ROOT, current_log  # noqa: E402
+from .conftest import ROOT, current_log, log_sql  # noqa: E402
 from .dask_tasks import dies, fails, flaky, sweep, work  # noqa: E402
 from .kernels import Kernel, kernel_env  # noqa: E402
 
@@ -79,8 +79,10 @@ def client(cluster: distributed.LocalCluster) -> Iterator[distributed.Client]:
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Iterator[Path]:
-    with current_log(tmp_path / ".durable" / "dask.db") as path:
+def log(tmp_path: Path, log_target: Path | str) -> Iterator[Path | str]:
+    """The current log: a SQLite file, then a PostgreSQL database."""
+    target = log_target if isinstance(log_target, str) else tmp_path / ".durable" / "dask.db"
+    with current_log(target) as path:  # type: ignore[arg-type]
         yield path
 
 
@@ -99,8 +101,8 @@ def committed_so_far(log: Path) -> int:
         return 0
 
 
-def rows(log: Path, status: str) -> list[str]:
-    conn = sqlite3.connect(log)
+def rows(log: Path | str, status: str) -> list[str]:
+    conn = log_sql(log)
     try:
         query = "SELECT args_repr FROM steps WHERE status = ? ORDER BY id"
         return [args.split(",")[0] for (args,) in conn.execute(query, (status,))]
@@ -178,7 +180,7 @@ def test_one_failing_call_of_forty_fails_alone_and_the_map_raises_after_the_rest
     steps = durable_nb.steps()
     failed = steps[steps["status"] == "failed"].iloc[0]
     assert failed["args"].startswith("17,") and failed["error_type"] == "ValueError"
-    conn = sqlite3.connect(log)
+    conn = log_sql(log)
     trace, stdout = conn.execute(
         "SELECT error_traceback, stdout FROM steps WHERE status = 'failed'"
     ).fetchone()
@@ -243,7 +245,7 @@ def test_a_failed_call_is_submitted_again_after_its_retry_delay(
     with durable_nb.workflow("flaky"):
         assert flaky.map([1, 2], [counter] * 2) == [1, 2]
         assert flaky.submit(3, counter).result(timeout=60) == 3
-    conn = sqlite3.connect(log)
+    conn = log_sql(log)
     for i in (1, 2, 3):
         attempts = conn.execute(
             "SELECT attempt, status, started_at, ended_at FROM steps WHERE args_repr LIKE ? "
