@@ -37,9 +37,13 @@ def ran(folder: Path) -> list[str]:
     return names
 
 
-def run(folder: Path, *cells: str) -> list[str]:
-    """Run All in a fresh kernel; the text of each cell."""
-    nb = run_all(notebook(SETUP, *cells), folder, kernel_env(folder / "nb.ipynb"))
+def run(folder: Path, *cells: str, log: Path | str | None = None) -> list[str]:
+    """Run All in a fresh kernel (its log: the notebook's, or the PostgreSQL database at
+    ``log``); the text of each cell."""
+    env = kernel_env(folder / "nb.ipynb")
+    if isinstance(log, str):
+        env["DURABLE_NB_DB"] = log
+    nb = run_all(notebook(SETUP, *cells), folder, env)
     return [cell_text(c) for c in nb.cells]
 
 
@@ -53,7 +57,7 @@ def test_a_name_read_and_assigned_is_an_input(tmp_path: Path) -> None:
     assert ": skipped" not in out[3] and out[-1] == "x is 101\n" and ran(tmp_path) == ["inc"]
 
 
-def test_changes_made_in_place_are_restored(tmp_path: Path) -> None:
+def test_changes_made_in_place_are_restored(tmp_path: Path, log_target: Path | str) -> None:
     state = (
         "import pandas as pd\n"
         "class Box:\n    def fit(self, w):\n        self.w = w\n"
@@ -64,12 +68,12 @@ def test_changes_made_in_place_are_restored(tmp_path: Path) -> None:
         "df.loc[1, 'a'] = inc(4)\n"
     )
     show = "print(results, d, box.w, df['a'].tolist())"
-    first = run(tmp_path, DEFS, state, cell, show)
+    first = run(tmp_path, DEFS, state, cell, show, log=log_target)
     assert first[-1] == "[2] {'k': 3} 4 [0, 5]\n" and len(ran(tmp_path)) == 4
-    again = run(tmp_path, DEFS, state, cell, show)
+    again = run(tmp_path, DEFS, state, cell, show, log=log_target)
     assert "mut: skipped" in again[3] and "4 variables restored" in again[3]
     assert again[-1] == "[2] {'k': 3} 4 [0, 5]\n" and ran(tmp_path) == []
-    changed = run(tmp_path, DEFS, state.replace("[0, 0]", "[7, 7]"), cell, show)
+    changed = run(tmp_path, DEFS, state.replace("[0, 0]", "[7, 7]"), cell, show, log=log_target)
     assert ": skipped" not in changed[3] and changed[-1] == "[2] {'k': 3} 4 [7, 5]\n"
 
 
@@ -244,7 +248,9 @@ def test_a_cell_that_changes_what_its_step_reads_is_still_skipped(tmp_path: Path
     assert "tune: skipped" in again[3] and again[-1] == "1.0 {'lr': 0.5}\n"
 
 
-def test_a_dataframe_restored_by_a_skip_lets_the_next_cell_skip_too(tmp_path: Path) -> None:
+def test_a_dataframe_restored_by_a_skip_lets_the_next_cell_skip_too(
+    tmp_path: Path, log_target: Path | str
+) -> None:
     cells = (
         DEFS,
         "import pandas as pd",
@@ -252,8 +258,8 @@ def test_a_dataframe_restored_by_a_skip_lets_the_next_cell_skip_too(tmp_path: Pa
         "%%durable use\ntotal = int(df['a'].sum()) + inc(0)\n",
         "print(total)",
     )
-    run(tmp_path, *cells)
-    second = run(tmp_path, *cells)
+    run(tmp_path, *cells, log=log_target)
+    second = run(tmp_path, *cells, log=log_target)
     assert "make: skipped" in second[3] and "use: skipped" in second[4]
     assert second[-1] == "8\n"
 
