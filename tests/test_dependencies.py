@@ -28,7 +28,7 @@ from durable_nb import DurableWarning, Step, step, workflow
 from durable_nb.replay import walk
 from durable_nb.replay.digests import args_digest, legacy_digest, value_digest
 
-from .conftest import python
+from .conftest import log_sql, python
 
 
 @pytest.fixture
@@ -52,10 +52,8 @@ def module(tmp_path: Path, log_path: Path) -> Iterator[object]:
         sys.modules.pop(name, None)
 
 
-def reasons(log: Path, name: str) -> list[str | None]:
-    rows = sqlite3.connect(log).execute(
-        "SELECT reason FROM steps WHERE name = ? ORDER BY id", (name,)
-    )
+def reasons(log: Path | str, name: str) -> list[str | None]:
+    rows = log_sql(log).execute("SELECT reason FROM steps WHERE name = ? ORDER BY id", (name,))
     return [r[0] for r in rows]
 
 
@@ -366,7 +364,7 @@ def test_plan_writes_nothing_and_names_the_first_step_to_run(module, log_path: P
     assert nb.calls == [1, 2, 3]  # the plan ran no step
 
 
-def test_accept_makes_changed_steps_replay_and_leaves_a_note(module, log_path: Path) -> None:
+def test_accept_makes_changed_steps_replay_and_leaves_a_note(module, any_log: Path | str) -> None:
     nb = module("nb_accept", NOTEBOOK)
     with workflow("acc"):
         Step(nb.s)(1)
@@ -377,7 +375,7 @@ def test_accept_makes_changed_steps_replay_and_leaves_a_note(module, log_path: P
     with workflow("acc") as run:
         assert s(1) == 20
     assert run.steps_replayed == 1 and nb.calls == []
-    note = sqlite3.connect(log_path).execute("SELECT kind, detail FROM notes").fetchone()
+    note = log_sql(any_log).execute("SELECT kind, detail FROM notes").fetchone()
     assert note[0] == "accept" and "1 records accepted for digests " in note[1]
     assert f"{getpass.getuser()}@{socket.gethostname()}" in note[1]  # who accepted
     durable_nb.get_store().forget("acc", "s")  # undone: the accepted record is gone
@@ -451,7 +449,7 @@ def test_package_versions_are_recorded_and_tracked_on_demand(tmp_path: Path) -> 
     assert outputs[1][2] == "fakepkg 1.0 -> 2.0 since run 1"
 
 
-def test_accept_takes_the_record_the_last_run_used(module, log_path: Path) -> None:
+def test_accept_takes_the_record_the_last_run_used(module, any_log: Path | str) -> None:
     """v*1, then v*2, then v*1 again (its old record replays); after a rename, accept must
     bring back the v*1 result that the last run used, not the newer v*2 one."""
     src = "def f(v):\n    return v * 1\n"
@@ -467,7 +465,9 @@ def test_accept_takes_the_record_the_last_run_used(module, log_path: Path) -> No
     assert run.steps_replayed == 1
 
 
-def test_accepted_records_still_see_the_code_of_their_arguments(module, log_path: Path) -> None:
+def test_accepted_records_still_see_the_code_of_their_arguments(
+    module, any_log: Path | str
+) -> None:
     nb = module("nb_cb", "def apply(fn, v):\n    return fn(v)\ndef cb(v):\n    return v * 2\n")
     with workflow("cb"):
         assert Step(nb.apply)(nb.cb, 3) == 6
