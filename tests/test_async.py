@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from durable_nb import Store, step, workflow
+from durable_nb.log.stores import open_store
 
-from .conftest import executions, integrity, python
+from .conftest import executions, integrity, log_sql, python
 from .kernels import Kernel, cell_text, kernel_env, notebook, run_all
 
 
-def test_occurrences_follow_call_order_not_finish_order(tmp_path: Path) -> None:
+def test_occurrences_follow_call_order_not_finish_order(log_target: Path | str) -> None:
     calls: list[int] = []
 
     @step
@@ -30,14 +31,14 @@ def test_occurrences_follow_call_order_not_finish_order(tmp_path: Path) -> None:
         async with workflow("draws", store=store):
             return await asyncio.gather(*(draw("same") for _ in range(20)))
 
-    with Store(tmp_path / "x.db") as store:
+    with open_store(log_target) as store:
         first = asyncio.run(flow(store))
         second = asyncio.run(flow(store))
     assert second == first
     assert len(calls) == 20
 
 
-def test_async_retries_and_sync_steps_inside(tmp_path: Path) -> None:
+def test_async_retries_and_sync_steps_inside(tmp_path: Path, log_target: Path | str) -> None:
     attempts = tmp_path / "attempts.txt"  # a file: what the step reads of it is not a dependency
 
     @step(retries=2, retry_delay=0.0)
@@ -56,7 +57,7 @@ def test_async_retries_and_sync_steps_inside(tmp_path: Path) -> None:
         async with workflow("mix", store=store):
             return await shaky(), plain(1)
 
-    with Store(tmp_path / "x.db") as store:
+    with open_store(log_target) as store:
         assert asyncio.run(flow(store)) == ("ok", 2)
         assert asyncio.run(flow(store)) == ("ok", 2)
         rows = store.conn.execute("SELECT name, attempt, status FROM steps ORDER BY id").fetchall()
@@ -69,7 +70,7 @@ def test_async_retries_and_sync_steps_inside(tmp_path: Path) -> None:
     ]
 
 
-def test_cancelled_step_is_interrupted_and_completed_ones_stay(tmp_path: Path) -> None:
+def test_cancelled_step_is_interrupted_and_completed_ones_stay(log_target: Path | str) -> None:
     @step
     async def quick(i: int) -> int:
         return i
@@ -86,7 +87,7 @@ def test_cancelled_step_is_interrupted_and_completed_ones_stay(tmp_path: Path) -
             task.cancel()
             await task
 
-    with Store(tmp_path / "x.db") as store:
+    with open_store(log_target) as store:
         with pytest.raises(asyncio.CancelledError):
             asyncio.run(flow(store))
         rows = store.conn.execute("SELECT name, status FROM steps ORDER BY id").fetchall()
@@ -99,6 +100,7 @@ SCRIPT = r"""
 import asyncio, sys, hashlib
 import durable_nb
 from durable_nb import step, workflow
+from durable_nb.log.stores import open_store
 
 log, counter = sys.argv[1], sys.argv[2]
 
@@ -111,7 +113,7 @@ async def call(i):
     return {"i": i, "answer": i * 3}
 
 async def main():
-    async with workflow("agents", store=durable_nb.Store(log)) as run:
+    async with workflow("agents", store=open_store(log)) as run:
         sem = asyncio.Semaphore(25)
         async def limited(i):
             async with sem:
@@ -124,8 +126,8 @@ asyncio.run(main())
 """
 
 
-def run_script(folder: Path, kill_after: int | None) -> str:
-    proc = python(SCRIPT, "x.db", "counter.txt", cwd=folder)
+def run_script(folder: Path, kill_after: int | None, log: Path | str = "x.db") -> str:
+    proc = python(SCRIPT, str(log), "counter.txt", cwd=folder)
     assert proc.stdout is not None
     out = []
     done = 0
@@ -139,26 +141,29 @@ def run_script(folder: Path, kill_after: int | None) -> str:
     return "".join(out)
 
 
-def test_200_concurrent_steps_killed_and_resumed(tmp_path: Path) -> None:
+def test_200_concurrent_steps_killed_and_resumed(tmp_path: Path, log_target: Path | str) -> None:
     reference = tmp_path / "reference"
     reference.mkdir()
     expected = run_script(reference, None).splitlines()[-1]
+    log = log_target if isinstance(log_target, str) else tmp_path / "x.db"
 
-    run_script(tmp_path, 90)
-    assert integrity(tmp_path / "x.db") == "ok"
-    conn = sqlite3.connect(tmp_path / "x.db")
+    run_script(tmp_path, 90, log)
+    if isinstance(log, Path):
+        assert integrity(log) == "ok"
+    conn = log_sql(log)
     committed = {
         int(a) for (a,) in conn.execute("SELECT args_repr FROM steps WHERE status = 'completed'")
     }
     conn.close()
     assert 80 <= len(committed) < 200
-    out = run_script(tmp_path, None)
+    out = run_script(tmp_path, None, log)
     assert out.splitlines()[-1] == expected
     assert out.splitlines()[-2] == f"replayed {len(committed)} run {200 - len(committed)}"
     seen = executions(tmp_path)
     assert sorted(seen) == list(range(200))
     assert all(seen[i] == 1 for i in committed)  # completed ones were not executed again
-    assert integrity(tmp_path / "x.db") == "ok"
+    if isinstance(log, Path):
+        assert integrity(log) == "ok"
 
 
 def test_top_level_await_concurrent_steps_survive_a_kernel_kill(tmp_path: Path) -> None:
