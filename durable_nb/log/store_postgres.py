@@ -238,7 +238,7 @@ class PostgresStore(LogStore):
         ``url`` (``postgresql://user@host:port/dbname``; the password comes from
         ``PGPASSWORD``, ``~/.pgpass`` or ``PGSERVICE``, never from the URL)."""
         if psycopg is None:
-            raise LogFileError("a PostgreSQL log needs psycopg: pip install 'durable-nb[postgres]'")
+            raise LogFileError("a PostgreSQL log needs psycopg 3: pip install 'psycopg[binary]'")
         self.path = url
         try:
             info = conninfo.conninfo_to_dict(url)
