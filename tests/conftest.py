@@ -123,8 +123,16 @@ def old_log(path: Path, version: int, step: str = "train", result: object = None
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL server (``tests.postgres``), started the first time a test asks for it
-    and stopped at the end of the session. Raises if PostgreSQL is not installed."""
-    server = PostgresServer().start()
+    and stopped at the end of the session. Without Debian's postgresql package the tests that
+    need it are skipped, saying how to get it; under CI (``CI=true``) that is a failure."""
+    try:
+        server = PostgresServer().start()
+    except RuntimeError as exc:
+        if "apt-get install" not in str(exc):
+            raise
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{exc} (.ci/run installs it)")
+        pytest.skip(str(exc))
     try:
         yield server
     finally:
