@@ -87,12 +87,13 @@ def test_steps_columns_filters_and_replay_counts(log: Path) -> None:
 
 
 def test_a_large_log_reads_through_arrow_into_the_same_frame(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, log_target: Path | str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From COLUMNAR_ROWS rows on, steps() of a whole log reads through ADBC/Arrow on threads;
-    the frame equals the sqlite3 one, also where a text column is NULL in a partition's first
-    thousand rows (the driver infers a column's type there) and text further on."""
-    path = tmp_path / "big.db"
+    """From COLUMNAR_ROWS rows on, steps() of a whole log reads through ADBC/Arrow (SQLite: on
+    threads of a child process; PostgreSQL: its driver's binary COPY); the frame equals the
+    sqlite3 / psycopg one, also where a text column is NULL in a partition's first thousand
+    rows (the SQLite driver infers a column's type there) and text further on."""
+    path = log_target if isinstance(log_target, str) else tmp_path / "big.db"
 
     @step
     def fails(i: int) -> None:
@@ -102,16 +103,19 @@ def test_a_large_log_reads_through_arrow_into_the_same_frame(
     def fine(i: int) -> dict[str, int]:
         return {"i": i}
 
-    with Store(path) as store, workflow("big", store=store):
+    with open_store(path) as store, workflow("big", store=store):
         for i in range(1200):  # a partition's first rows: results NULL, errors set
             with pytest.raises(ValueError):
                 fails(i)
         for i in range(1800):  # then results set, errors NULL
             fine(i)
-    with Store(path, readonly=True) as store:
+    with open_store(path, readonly=True) as store:
         columns = frame_views._STEP_COLUMNS
         sql, params = store.all_steps_query(", ".join(columns))
-        frame = columnar.read_frame(store.path, sql, params, store.step_ids(), columns)
+        if isinstance(path, Path):
+            frame = columnar.read_frame(store.path, sql, params, store.step_ids(), columns)
+        else:
+            frame = store.arrow_table(sql, [*store.step_ids(), *params]).to_pandas()
     assert frame is not None and len(frame) == 3000 and frame["id"].is_monotonic_increasing
     cut = durable_nb.steps(log=path)["started"].iloc[2000]
     frames = {}

@@ -117,6 +117,12 @@ class LogStore:
         ``stop``)."""
         raise NotImplementedError
 
+    def arrow_table(self, sql: str, params: list[Any]) -> Any | None:
+        """The rows of ``sql`` (``?`` parameters) as an Arrow table, read by the database's
+        ADBC driver, or None where the backend has none (a SQLite file is read by the
+        views' child process, ``views.columnar``) or it fails (then: ``conn``)."""
+        return None
+
     def sizes(self) -> tuple[int, int, int, int]:
         """(log bytes, WAL bytes, blob bytes, blob count)."""
         raise NotImplementedError

@@ -81,13 +81,17 @@ _TEXT_DTYPE = pd.Series([""]).dtype  # pandas' default for strings: "str" (panda
 
 def _step_frame(store: Store, columns: str, workflow: str | None, run: int | None,
                 status: str | None, since: float | None) -> pd.DataFrame:  # fmt: skip
-    if workflow is None and run is None and store.local:  # (Arrow reads files, not replicas)
+    if workflow is None and run is None:  # (Arrow reads files and databases, not replicas)
         ids = store.step_ids()
         if ids[1] - ids[0] >= COLUMNAR_ROWS:
             sql, params = store.all_steps_query(columns, status=status, since=since)
-            frame = columnar.read_frame(
-                store.path, sql, params, ids, _STEP_COLUMNS, categorical=("status",)
-            )
+            frame = None
+            if store.local:
+                frame = columnar.read_frame(
+                    store.path, sql, params, ids, _STEP_COLUMNS, categorical=("status",)
+                )
+            elif (table := store.arrow_table(sql, [*ids, *params])) is not None:
+                frame = table.to_pandas()
             if frame is not None:
                 return frame.rename(columns=_STEP_NAMES)
     rows = store.step_rows(columns, workflow, run, status=status, since=since)
