@@ -3,7 +3,6 @@ database (``pg_url``), ownership by advisory lock, a ``kill -9`` taken over at o
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def wait_for_step(folder: Path, i: int, timeout: float = 60) -> None:
 def run_statuses(url: str) -> list[tuple[str, str, int]]:
     """(workflow, status, pid) of every run, oldest first, read by this test process."""
     df = durable_nb.runs(log=url)
-    return list(zip(df["workflow"], df["status"].astype(str), df["pid"].astype(int)))
+    return list(zip(df["workflow"], df["status"].astype(str), df["pid"].astype(int), strict=True))
 
 
 def test_two_kernels_share_a_postgres_log_and_a_killed_owner_is_taken_over(
@@ -90,7 +89,7 @@ def test_two_kernels_share_a_postgres_log_and_a_killed_owner_is_taken_over(
         # The same workflow, while A runs it (blocked in step 4): refused in B, naming A's pid.
         a.send(SHARED)
         wait_for_step(tmp_path, 4)
-        busy = b.execute(SHARED)
+        busy = b.execute(SHARED, timeout=20)  # (a wrong run of it would wait for release)
         assert busy.status == "error" and busy.error is not None
         assert busy.error["traceback"] == [
             f"WorkflowBusyError: workflow 'shared' is already running in process {pid_a}; "
@@ -136,6 +135,7 @@ from durable_nb import step, workflow
 
 url, name, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 durable_nb.open_log(url)
+open(f"ready-{name}", "w").close()
 
 @step
 def work(i):
@@ -156,16 +156,12 @@ def test_sixteen_processes_write_one_postgres_log(tmp_path: Path, pg_url: str) -
     total = sum(i * i for i in range(steps))
     procs = [python(WORKER, pg_url, f"w{k:02}", str(steps), cwd=tmp_path) for k in range(n)]
     try:
-        # every process has opened the log (and created or found its schema) before "go"
+        # every process has opened the log (created or found its schema) before "go"
         deadline = time.monotonic() + 60
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            while conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = 'durable_nb'"
-            ).fetchone() != (n,):
-                assert all(p.poll() is None for p in procs), "a worker exited early"
-                assert time.monotonic() < deadline, "the workers did not open the log"
-                time.sleep(0.05)
+        while len(list(tmp_path.glob("ready-*"))) < n:
+            assert all(p.poll() is None for p in procs), "a worker exited early"
+            assert time.monotonic() < deadline, "the workers did not open the log"
+            time.sleep(0.02)
         started = time.monotonic()
         (tmp_path / "go").touch()
         outs = [p.communicate(timeout=120) for p in procs]
@@ -175,7 +171,7 @@ def test_sixteen_processes_write_one_postgres_log(tmp_path: Path, pg_url: str) -
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert out == f"done {steps} 0 {total}\n"
         assert err == ""

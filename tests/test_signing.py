@@ -45,6 +45,31 @@ def test_the_key_is_created_user_only_on_first_use(log_path: Path) -> None:
     assert len(bytes.fromhex(path.read_text().strip())) == 32
 
 
+def test_processes_starting_at_once_make_one_key_and_none_signs_with_an_empty_one(
+    tmp_path: Path,
+) -> None:
+    """Twelve processes sign their first value at the same moment in a folder with no key:
+    they all use one key (the file appears whole); an empty key file (left by an older
+    durable_nb killed while writing it) is one line saying what to do, never a key."""
+    child = (
+        "import os, sys, time\nfrom durable_nb.log import signing\n"
+        "while not os.path.exists(sys.argv[1]):\n    time.sleep(0.001)\n"
+        "print(signing._key().hex())\n"
+    )
+    config = {"XDG_CONFIG_HOME": str(tmp_path)}
+    procs = [python(child, str(tmp_path / "go"), cwd=tmp_path, env_extra=config)
+             for _ in range(12)]  # fmt: skip
+    for p in procs:  # each has imported durable_nb and waits
+        assert p.poll() is None
+    (tmp_path / "go").touch()
+    keys = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(keys) == 1 and len(next(iter(keys))) == 64
+    (tmp_path / "durable_nb" / "key").write_text("")
+    empty = python(child, str(tmp_path / "go"), cwd=tmp_path, env_extra=config)
+    _, err = empty.communicate(timeout=60)
+    assert "the signing key file" in err and "is empty: delete it" in err
+
+
 def test_a_tampered_pickle_in_a_row_is_never_executed(log_path: Path, tmp_path: Path) -> None:
     calls.clear()
     with workflow("t"):

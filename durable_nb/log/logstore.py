@@ -110,7 +110,7 @@ class LogStore:
         """In ``begin_run``'s transaction: this process owns run ``run_id`` from now on."""
 
     def _release(self, run_id: int) -> None:
-        """Run ``run_id`` ended here: its ownership is let go."""
+        """Run ``run_id`` ended here and its end is written: its ownership is let go."""
 
     def async_twin(self) -> Any:
         """A store whose ``insert`` async steps await (``open``, ``insert``, ``close``,
@@ -271,7 +271,6 @@ class LogStore:
             "run": run_id,
         }
         self._active.discard(run_id)
-        self._release(run_id)
         if not self._write_ends():
             warnings.warn(
                 f"the end of run {run_id} could not be written to {self.name} yet (the "
@@ -294,6 +293,8 @@ class LogStore:
             except (LogFileError, *self.ERRORS) as exc:  # (closed meanwhile)
                 log.warning("cannot record the end of runs of %s yet: %s", self.path, exc)
                 return False
+            for run_id in self._unended:  # held until its end is written: never seen crashed
+                self._release(run_id)
             self._unended.clear()
             return True
 

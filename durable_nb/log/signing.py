@@ -14,12 +14,17 @@ file created user-only on first use, ``$XDG_CONFIG_HOME/durable_nb/key`` (by def
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+from ..errors import DurableError
 
 __all__ = ["CELL", "KEY_ENV", "NotSigned", "forget_key", "key_path", "sign", "sign_blob", "valid"]
 
@@ -51,17 +56,35 @@ def _key() -> bytes:
         return hashlib.blake2b(text.encode(), digest_size=32, person=b"durable_nb key").digest()
     path = key_path()
     try:
-        return bytes.fromhex(path.read_text().strip())
+        return _read_key(path)
     except FileNotFoundError:
         pass
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:  # user-only from the start; two processes at once: whoever comes second reads it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    return bytes.fromhex(path.read_text().strip())
+    # Written whole in a file of its own (user-only from the start), then linked into place:
+    # a process that starts meanwhile reads no key or the whole key, never an empty one;
+    # two processes at once: the second link fails and that one reads the first's key.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".key-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(temp, path)
+    finally:
+        os.unlink(temp)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    """The key in ``path``; an empty file is one an older durable_nb is writing (it created
+    the file, then wrote it): read again for a second before saying so."""
+    for _ in range(20):
+        text = path.read_text().strip()
+        if text:
+            return bytes.fromhex(text)
+        time.sleep(0.05)
+    raise DurableError(
+        f"the signing key file {path} is empty: delete it (a new key is made) or set DURABLE_NB_KEY"
+    )
 
 
 _prefixed: dict[str, Any] = {}  # format -> a keyed hasher that has read it: copied per value
