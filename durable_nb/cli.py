@@ -131,7 +131,7 @@ def _runs(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from .log.stores import open_store
 
-    with open_store(resolve_log(args.path)) as store:
+    with open_store(resolve_log(args.path), create=False) as store:
         print(f"{store.collect_blobs(grace=args.grace)} from {store.blobs.folder}")
     return 0
 

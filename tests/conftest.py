@@ -167,17 +167,14 @@ def log_sql(log: Path | str) -> Any:
     (``?`` parameters) on both: ``execute`` with ``fetchall`` / ``fetchone``; ``with conn:``
     commits (PostgreSQL: each statement commits)."""
     if isinstance(log, str):
-        import psycopg
+        from durable_nb.log.connection_postgres import PgConnection
 
-        from durable_nb.log.store_postgres import _Connection
-
-        class Connection(_Connection):
+        class Connection(PgConnection):
             def __enter__(self) -> Connection:
                 return self
 
             def __exit__(self, *exc: object) -> None:
                 return None
 
-        pg = psycopg.connect(log, autocommit=True, options="-c search_path=durable_nb")
-        return Connection(pg)
+        return Connection(log)
     return sqlite3.connect(log)

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 import durable_nb
+from durable_nb.log.current_log import close_log
 
 from .conftest import executions, python
 from .kernels import Kernel, kernel_env
@@ -131,6 +133,7 @@ def test_two_kernels_share_a_postgres_log_and_a_killed_owner_is_taken_over(
 WORKER = r"""
 import os, sys, time
 import durable_nb
+from durable_nb.log.current_log import close_log
 from durable_nb import step, workflow
 
 url, name, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -266,3 +269,96 @@ def test_a_notebook_on_postgres_replays_skips_and_refuses_what_does_not_apply(
     shown = "".join(r.stdout + r.stderr + str(r.error) + str(r.results) for r in replies)
     assert "secret" not in shown
     assert not (tmp_path / ".durable").exists()  # nothing written beside the notebook
+
+
+def test_a_session_the_server_closed_is_opened_again_and_keeps_its_runs(pg_url: str) -> None:
+    """The server (a restart, an idle timeout of a proxy) ends the kernel's session in the
+    middle of a run: the next step opens a new one, the run's lock is taken again (another
+    opener still finds it held) and the run completes."""
+    from durable_nb.log.stores import open_store
+
+    @durable_nb.step
+    def double(i: int) -> int:
+        return 2 * i
+
+    store = durable_nb.open_log(pg_url)
+    admin = psycopg.connect(pg_url, autocommit=True)
+    try:
+        with durable_nb.workflow("lost") as run:
+            double(1)
+            admin.execute("SELECT pg_terminate_backend(%s)", (store.conn.pg.info.backend_pid,))
+            assert double(2) == 4  # on a new session
+            with open_store(pg_url) as other:
+                held = other.conn.execute("SELECT id, owner FROM runs").fetchone()
+                assert other._held(*held)  # (not taken for a dead kernel's)
+        assert run.steps_run == 2
+        assert durable_nb.runs()["status"].tolist() == ["completed"]
+    finally:
+        admin.close()
+        close_log()
+
+
+def test_gc_spares_a_large_value_whose_row_is_not_committed_yet(pg_url: str) -> None:
+    """A blob is written in the transaction of the row that points to it: until that row
+    commits, ``gc`` (here from another thread, as the panel's or a second cell's) must not
+    take it; and text PostgreSQL cannot hold (a NUL) is logged, not an error."""
+    import threading
+
+    import numpy as np
+
+    store = durable_nb.open_log(pg_url)
+    written = threading.Event()
+    go_on = threading.Event()
+    write = store.blobs.write
+
+    def paused(segments: object) -> str:  # the same write, then a pause before the row
+        digest = write(segments)  # type: ignore[arg-type]
+        written.set()
+        go_on.wait(30)
+        return digest
+
+    @durable_nb.step
+    def big(i: int) -> object:
+        print("a NUL \0 in what a step shows")
+        return np.arange(400_000) * i
+
+    def work() -> None:
+        with durable_nb.workflow("big"):
+            big(3)
+
+    try:
+        store.blobs.write = paused  # type: ignore[method-assign]
+        worker = threading.Thread(target=work)
+        worker.start()
+        assert written.wait(30)
+        assert store.collect_blobs(grace=0).files == 0
+        go_on.set()
+        worker.join(30)
+        store.blobs.write = write  # type: ignore[method-assign]
+        assert (durable_nb.result("big", "big") == np.arange(400_000) * 3).all()
+        assert durable_nb.steps()["status"].tolist() == ["completed"]
+        store.forget("big")
+        assert store.collect_blobs(grace=0).files == 1  # now nothing points to it
+    finally:
+        go_on.set()
+        close_log()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "postgresql+psycopg://durable:hunter2@127.0.0.1/x",
+        "host=127.0.0.1 user=durable password=hunter2",
+        "postgresql://durable:hunter2@127.0.0.1/x",
+        "postgresql://durable:hunter2%zz@127.0.0.1/x",
+        " POSTGRESQL://durable:hunter2@127.0.0.1/x",
+    ],
+)
+def test_what_is_not_a_log_url_is_one_line_that_never_repeats_it(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(durable_nb.LogFileError) as info:
+        durable_nb.open_log(name)
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no file made under that name

@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from .location import is_database_url, locate_log
+from .location import database_url, is_database_url, locate_log
 from .logstore import LogStore as Store
 from .stores import log_target, open_store
 
@@ -32,7 +32,7 @@ def default_log_path() -> Path | str:
     in the working directory."""
     env = os.environ.get("DURABLE_NB_DB")
     if env:
-        return env if is_database_url(env) else Path(env)
+        return database_url(env) if is_database_url(env) else Path(env)
     return _default_path or locate_log().path  # DURABLE_NB_NOTEBOOK, JPY_SESSION_NAME, ...
 
 

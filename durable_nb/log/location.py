@@ -10,6 +10,7 @@ working directory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,15 @@ from typing import Any
 
 from ..errors import LogFileError
 
-__all__ = ["LogLocation", "is_database_url", "locate_log", "log_path_for", "resolve_log"]
+__all__ = [
+    "LogLocation",
+    "check_name",
+    "database_url",
+    "is_database_url",
+    "locate_log",
+    "log_path_for",
+    "resolve_log",
+]
 
 
 @dataclass(frozen=True)
@@ -29,9 +38,34 @@ class LogLocation:
     how: str
 
 
+_DATABASE = re.compile(r"\s*(postgresql|postgres)://", re.IGNORECASE)
+_OTHER_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+_CONNINFO = re.compile(r"\s*(host|hostaddr|port|dbname|user|password|service)\s*=")
+
+
 def is_database_url(log: object) -> bool:
     """Whether ``log`` names a PostgreSQL log (``postgresql://...`` or ``postgres://...``)."""
-    return isinstance(log, str) and log.startswith(("postgresql://", "postgres://"))
+    return isinstance(log, str) and _DATABASE.match(log) is not None
+
+
+def database_url(log: str) -> str:
+    """A PostgreSQL log's URL as libpq reads it: no spaces around, its scheme in lower case."""
+    match = _DATABASE.match(log)
+    assert match is not None
+    return match.group(1).lower() + "://" + log[match.end() :].strip()
+
+
+def check_name(log: str | os.PathLike[str]) -> None:
+    """One line (never repeating what was given: it may hold a password) when ``log`` looks
+    like a URL or connection string of something that is not a log, instead of a file
+    created under that name."""
+    text = os.fspath(log)
+    other = isinstance(text, str) and (_OTHER_URL.match(text) or _CONNINFO.match(text))
+    if other and not is_database_url(text):
+        raise LogFileError(
+            "not a log: give a .db file, a notebook, or a PostgreSQL URL "
+            "(postgresql://user@host:port/dbname)"
+        )
 
 
 def log_path_for(notebook: str | os.PathLike[str]) -> Path:
@@ -44,7 +78,8 @@ def resolve_log(log: str | os.PathLike[str]) -> Path | str:
     """The log a path names: a ``.db`` file, or a notebook's ``.durable/<stem>.db`` (a
     PostgreSQL URL: itself)."""
     if is_database_url(log):
-        return str(log)
+        return database_url(str(log))
+    check_name(log)
     path = Path(log).expanduser()
     if path.suffix == ".ipynb":
         path = log_path_for(path)
@@ -82,7 +117,9 @@ def locate_log(
     if environ.get("DURABLE_NB_DB"):
         env = environ["DURABLE_NB_DB"]
         return LogLocation(
-            env if is_database_url(env) else Path(env).absolute(), None, "DURABLE_NB_DB"
+            database_url(env) if is_database_url(env) else Path(env).absolute(),
+            None,
+            "DURABLE_NB_DB",
         )
     notebook, source = _notebook_hint(namespace, environ)
     if notebook:

@@ -41,6 +41,8 @@ def event_rows(store: Store, since: float | None = None) -> list[Any]:
     """The ``events`` view (at or after ``since``, Unix time), in time order."""
     if since is None:
         return store.conn.execute("SELECT * FROM events ORDER BY ts").fetchall()
+    since = min(max(since, 0.0), 253402300799.0) if since == since else 253402300799.0  # (a
+    # time both backends can write as text: years 1970 to 9999; NaN: after every event)
     return store.conn.execute(
         f"SELECT * FROM events WHERE ts >= {store.ISO_TIME} ORDER BY ts", (since,)
     ).fetchall()

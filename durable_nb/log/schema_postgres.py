@@ -163,11 +163,14 @@ MIGRATIONS: list[str] = [
     $$;
     CREATE TRIGGER checkpoint_history AFTER INSERT OR UPDATE OF seq ON checkpoint_states
         FOR EACH ROW EXECUTE FUNCTION checkpoint_history();
-    -- Large values: a blob's bytes (blobs.pack's layout) in chunks, in order.
+    -- Large values: a blob's bytes (blobs.pack's layout) in chunks, in order; created:
+    -- when it was last written (gc spares young blobs: their row may not have committed).
     CREATE TABLE blobs (
         digest        text NOT NULL,
         seq           integer NOT NULL,
         data          bytea NOT NULL,
+        created       double precision NOT NULL
+                          DEFAULT extract(epoch FROM statement_timestamp()),
         PRIMARY KEY (digest, seq)
     );
     CREATE VIEW events (ts, workflow, run, step, kind, detail) AS

@@ -1,17 +1,17 @@
 """The log in a PostgreSQL database: ``PostgresStore`` is ``LogStore``'s I/O for psycopg 3.
 
-What differs from SQLite, and only that, is here:
+What differs from SQLite, and only that, is here (the session and the translation of the
+shared SQL: ``connection_postgres``; large values: ``blobs_postgres``):
 
-- SQL: the shared statements are written with ``?`` and ``:name`` parameters; ``_translate``
-  turns them into psycopg's ``%s`` / ``%(name)s`` (outside string literals), and adds
-  ``RETURNING id`` to an insert into a table with ids (psycopg has no ``lastrowid``).
+- SQL: the statements of ``LogStore`` that differ, as class attributes.
 - Ownership: a run is held by a session-level advisory lock taken in ``begin_run``'s
   transaction; a kernel that dies anywhere loses its session and the lock with it, so the
   next opener finds the run's lock free and marks it crashed. Two openers of one workflow
   serialize on a transaction-level lock of its name.
-- Large values: in table ``blobs`` (chunks of ``CHUNK`` bytes), written in the transaction
-  of the row that points to them (``DatabaseBlobs`` keeps them until then), so that a backup
-  of the database is the whole log.
+- Large values: in table ``blobs``, written in the transaction of the row that points to
+  them, so that a backup of the database is the whole log.
+- A lost session (a server restart, an idle timeout): the connection opens a new one and
+  the runs running here take their locks again (``_relock``).
 - Credentials: never in the URL (refused); libpq reads ``PGPASSWORD``, ``~/.pgpass`` or
   ``PGSERVICE``.
 """
@@ -22,13 +22,13 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
-from ..errors import BlobError, LogFileError
-from .blobs import pack, unpack
+from ..errors import LogFileError
+from .blobs_postgres import DatabaseBlobs
+from .connection_postgres import PgConnection, check_url
 from .logstore import LogStore
 from .records import BlobsCollected, CheckpointRow
 from .schema_postgres import LOCK_KEY, MIGRATIONS, SCHEMA, SCHEMA_VERSION
@@ -36,7 +36,6 @@ from .sql import end_run, last_used, referenced_blobs
 
 try:
     import psycopg
-    from psycopg import conninfo
 except ImportError:  # pragma: no cover - the extra is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -46,122 +45,6 @@ log = logging.getLogger(__name__)
 
 _RUN_KEY = 0x444E4231 << 32  # advisory lock of run n: _RUN_KEY + n ("DNB1")
 _WORKFLOW_KEY = 0x444E4232  # with hashtext(workflow): begin_run's look at a workflow
-_ID_TABLES = ("runs", "steps", "notes", "checkpoint_states", "checkpoints")
-_TOKENS = re.compile(r"'(?:[^']|'')*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
-
-
-@lru_cache(maxsize=512)
-def _translate(sql: str) -> str:
-    """``sql`` with psycopg's placeholders (and ``RETURNING id`` on an insert with ids)."""
-
-    def token(match: re.Match[str]) -> str:
-        text = match.group(0)
-        if text.startswith("'"):
-            return text.replace("%", "%%")
-        if text == "?":
-            return "%s"
-        if text == "%":
-            return "%%"
-        return f"%({match.group(1)})s"
-
-    out = _TOKENS.sub(token, sql)
-    insert = re.match(r"\s*INSERT INTO (\w+)", out)
-    if insert and insert.group(1) in _ID_TABLES and "RETURNING" not in out:
-        out += " RETURNING id"
-    return out
-
-
-if psycopg is not None:
-
-    class _Cursor(psycopg.Cursor):  # type: ignore[misc]
-        """A cursor whose ``lastrowid`` is the id an insert returned."""
-
-        @property
-        def lastrowid(self) -> int | None:
-            row = self.fetchone()
-            return row[0] if row else None
-
-
-class _Connection:
-    """A psycopg connection that takes the log's shared SQL (``?``, ``:name``)."""
-
-    def __init__(self, pg: Any) -> None:
-        self.pg = pg
-
-    def execute(self, sql: str, params: Any = None) -> Any:
-        return self.pg.execute(_translate(sql), params if params is not None else ())
-
-    def executemany(self, sql: str, seq: Iterable[Any]) -> Any:
-        cursor = self.pg.cursor()
-        cursor.executemany(_translate(sql), list(seq))
-        return cursor
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-
-    def close(self) -> None:
-        self.pg.close()
-
-
-class DatabaseBlobs:
-    """Large values in table ``blobs``: ``write`` keeps a blob until the store's next write
-    (or transaction) puts it in the same transaction as the row that points to it."""
-
-    CHUNK = 32 << 20  # bytes per row
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        self._pending: dict[str, bytes] = {}
-        self.folder = f"{store.name} (table blobs)"
-
-    def write(self, segments: Iterable[bytes | memoryview]) -> str:
-        """Keep ``segments`` for the next commit; their digest."""
-        digest, chunks = pack(segments)
-        if digest not in self._pending:
-            self._pending[digest] = b"".join(chunks)
-        return digest
-
-    def flush(self, conn: Any) -> dict[str, bytes]:
-        """Insert the kept blobs through ``conn`` (in a transaction); those it took."""
-        taken = {}
-        for digest in list(self._pending):
-            data = self._pending.pop(digest, None)
-            if data is None:
-                continue
-            taken[digest] = data
-            conn.executemany(
-                "INSERT INTO blobs (digest, seq, data) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                [
-                    (digest, i, data[start : start + self.CHUNK])
-                    for i, start in enumerate(range(0, max(len(data), 1), self.CHUNK))
-                ],
-            )
-        return taken
-
-    def keep(self, taken: dict[str, bytes]) -> None:
-        """Blobs taken by a transaction that rolled back: kept for the next one."""
-        for digest, data in taken.items():
-            self._pending.setdefault(digest, data)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
-    def read(self, digest: str) -> list[memoryview]:
-        """The segments of a blob; ``BlobError`` if missing or damaged."""
-        data = self._pending.get(digest)
-        if data is None:
-            rows = self._store.conn.execute(
-                "SELECT data FROM blobs WHERE digest = ? ORDER BY seq", (digest,)
-            ).fetchall()
-            if not rows:
-                raise BlobError(
-                    f"blob {digest} is missing from {self._store.name}; the step will run again",
-                    digest=digest,
-                )
-            data = rows[0][0] if len(rows) == 1 else b"".join(r[0] for r in rows)
-        return unpack(bytearray(data), digest, f"{digest} in {self._store.name}")
 
 
 class _ThreadTwin:
@@ -236,48 +119,28 @@ class PostgresStore(LogStore):
         "args_digest = ? AND scope = ? AND occurrence = ? AND done = 0 AND keep",
     )
 
-    def __init__(self, url: str, *, readonly: bool = False, recover: bool = True) -> None:
-        """Open (and, unless ``readonly``, create or migrate) the log in the database at
-        ``url`` (``postgresql://user@host:port/dbname``; the password comes from
+    def __init__(
+        self, url: str, *, readonly: bool = False, recover: bool = True, create: bool = True
+    ) -> None:
+        """Open (and, unless ``readonly``, migrate; with ``create``, create) the log in the
+        database at ``url`` (``postgresql://user@host:port/dbname``; the password comes from
         ``PGPASSWORD``, ``~/.pgpass`` or ``PGSERVICE``, never from the URL)."""
-        if psycopg is None:
-            raise LogFileError("a PostgreSQL log needs psycopg 3: pip install 'psycopg[binary]'")
+        info = check_url(url)
         self.path = url
-        try:
-            info = conninfo.conninfo_to_dict(url)
-        except psycopg.Error as exc:
-            raise LogFileError(f"not a PostgreSQL URL: {_one_line(exc)}") from None
-        if info.get("password"):
-            raise LogFileError(
-                "the log's URL holds a password: remove it from the URL (and the notebook) "
-                "and give it in PGPASSWORD, ~/.pgpass or a PGSERVICE entry"
-            )
         self.name = f"{info.get('dbname', '')}@{info.get('host', 'localhost')}"
         self.readonly = readonly
         self.local = False  # (not a file of this machine)
         self.blobs = DatabaseBlobs(self)
-        options = f"-c search_path={SCHEMA}"
-        if readonly:
-            options += " -c default_transaction_read_only=on"
+        self.conn = PgConnection(url, readonly=readonly)
         try:
-            pg = psycopg.connect(
-                url, autocommit=True, options=options, cursor_factory=_Cursor,
-                application_name="durable_nb",
-            )  # fmt: skip
-        except psycopg.Error as exc:
-            raise LogFileError(
-                f"cannot open the PostgreSQL log {url}: {_one_line(exc)} (is the server up, "
-                "and the password in PGPASSWORD or ~/.pgpass?)"
-            ) from None
-        self.conn = _Connection(pg)
-        try:
-            self._migrate(pg)
+            self._migrate(self.conn.pg, create=create and not readonly)
         except BaseException:
-            pg.close()
+            self.conn.close()
             raise
+        self.conn.reconnected = self._relock
         self._begin(recover=recover)
 
-    def _migrate(self, pg: Any) -> None:
+    def _migrate(self, pg: Any, *, create: bool) -> None:
         """Create the log's schema or bring it to this version, once among openers."""
         version = _version(pg)
         if version > SCHEMA_VERSION:
@@ -287,8 +150,13 @@ class PostgresStore(LogStore):
             )
         if version == SCHEMA_VERSION:
             return
-        if self.readonly:
+        if version == 0 and not create:
             raise LogFileError(f"no durable_nb log in {self.path} (no schema {SCHEMA} there)")
+        if self.readonly:
+            raise LogFileError(
+                f"the log in {self.path} has schema {version}, older than this durable_nb's "
+                f"({SCHEMA_VERSION}): open it for writing once to bring it up to date"
+            )
         with pg.transaction():
             pg.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             pg.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -306,14 +174,16 @@ class PostgresStore(LogStore):
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         """BEGIN ... COMMIT with the blobs written since the last commit, a SAVEPOINT when
-        nested; rollback on any exception."""
-        with self._lock, super().transaction() as conn:
-            taken = self.blobs.flush(conn) if self._depth == 1 else {}
-            try:
+        nested; rollback on any exception (the blobs it took wait for the next commit)."""
+        taken: dict[str, bytes] = {}
+        try:
+            with self._lock, super().transaction() as conn:
+                if self._depth == 1:
+                    self.blobs.flush(taken)
                 yield conn
-            except BaseException:
-                self.blobs.keep(taken)
-                raise
+        except BaseException:
+            self.blobs.keep(taken)
+            raise
 
     def write(self, sql: str, params: Any, *, changed: bool = False) -> int:
         """One statement, one commit (with the blobs written since the last one); the new
@@ -327,6 +197,8 @@ class PostgresStore(LogStore):
                     cursor = self.conn.execute(sql, params)
                 except psycopg.Error as exc:
                     raise self._fail(exc, "write") from None
+                if cursor is None:  # (a statement that ends a transaction already lost)
+                    return 0
             if changed:
                 return cursor.rowcount
             return (cursor.lastrowid or 0) if cursor.description else 0
@@ -343,8 +215,27 @@ class PostgresStore(LogStore):
         try:
             with self._lock:
                 self.conn.execute("SELECT pg_advisory_unlock(?)", (_RUN_KEY + run_id,))
-        except psycopg.Error:  # the session is gone: so is the lock
+        except (LogFileError, psycopg.Error):  # the session is gone: so is the lock
             pass
+
+    def _relock(self) -> None:
+        """On a new session (the server closed the old one): the runs running here are
+        held again; one another process marked crashed meanwhile is said once."""
+        for run_id in sorted(self._active):
+            self.conn.execute("SELECT pg_advisory_lock(?)", (_RUN_KEY + run_id,))
+        lost = [
+            run_id
+            for run_id in sorted(self._active)
+            if self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            != ("running",)
+        ]
+        if lost:
+            log.warning(
+                "the PostgreSQL log %s was out of reach long enough for another process to "
+                "mark runs %s crashed; their steps go on being logged",
+                self.path,
+                lost,
+            )
 
     def _held(self, run_id: int, owner: str) -> bool:
         """A run is held while its session holds its lock (this store: its own runs)."""
@@ -360,7 +251,7 @@ class PostgresStore(LogStore):
 
     # -- backend ---------------------------------------------------------------------------
 
-    def async_twin(self) -> _ThreadTwin:
+    def async_twin(self) -> Any:
         """Async steps' writes: this store's, on a worker thread."""
         return _ThreadTwin(self)
 
@@ -394,16 +285,29 @@ class PostgresStore(LogStore):
         return int(log or 0), 0, int(blob_bytes), int(count)
 
     def collect_blobs(self, grace: float = 60.0) -> BlobsCollected:
-        """Delete the blobs no row refers to (left by ``forget``). A blob is committed with
-        the row that points to it, so none is young: ``grace`` is not needed here."""
+        """Delete the blobs no row refers to (left by ``forget``), once older than ``grace``
+        seconds: a blob is written (or written again) in the transaction of the row that
+        points to it, and that row may not have committed when this looks."""
+        waiting = self.blobs.waiting()  # (this process's, for rows still to commit)
         with self.transaction() as conn:
-            used = referenced_blobs(conn)
             stored = conn.execute(
-                "SELECT digest, sum(length(data)) FROM blobs GROUP BY digest"
+                "SELECT digest, sum(length(data)) FROM blobs GROUP BY digest HAVING "
+                "max(created) < extract(epoch FROM statement_timestamp()) - ?",
+                (grace,),
             ).fetchall()
-            unused = [(digest, size) for digest, size in stored if digest not in used]
-            conn.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d, _ in unused])
-            removed, size = len(unused), sum(int(s) for _, s in unused)
+            used = referenced_blobs(conn) | waiting  # (read after: sees any newer row)
+            removed = size = 0
+            for digest, length in stored:
+                if digest in used:
+                    continue
+                gone = conn.execute(  # unless written again since (its created is new)
+                    "DELETE FROM blobs WHERE digest = ? AND created < "
+                    "extract(epoch FROM statement_timestamp()) - ?",
+                    (digest, grace),
+                ).rowcount
+                if gone:
+                    removed += 1
+                    size += int(length)
             if removed:
                 conn.execute(
                     "INSERT INTO notes (ts, kind, detail) VALUES (?, 'collect blobs', ?)",

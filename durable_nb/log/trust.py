@@ -19,7 +19,8 @@ def trust(log: str | os.PathLike[str] | None = None) -> int:
     be loaded, and a pickle can run code."""
     current = current_log.current_store()
     path = log_target(resolve_log(log)) if log is not None else current_log.get_store().path
-    store = current if current is not None and current.path == path else open_store(path)
+    mine = current is not None and current.path == path
+    store = current if mine else open_store(path, create=False)
     try:
         with store.transaction() as conn:
             count = sign_values(conn)

@@ -27,7 +27,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..errors import DurableError
 from ..log import current_log
 from ..log.connection import no_folder
-from ..log.location import LogLocation, is_database_url, locate_log
+from ..log.location import LogLocation, check_name, is_database_url, locate_log
 from ..log.trust import trust
 from ..replay import capture
 from ..replay.accept import accept
@@ -594,6 +594,7 @@ class DurableMagics(Magics):
     def _open(self, opts: argparse.Namespace) -> None:
         if len(opts.args) != 1:
             raise UsageError("usage: %durable open PATH (or postgresql://user@host/dbname)")
+        check_name(opts.args[0])  # (a URL of something else: one line, not a new folder)
         database = is_database_url(opts.args[0])  # (it says itself if it holds a log)
         existed = database or Path(opts.args[0]).expanduser().exists()
         missing = None if existed else no_folder(opts.args[0])
