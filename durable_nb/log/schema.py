@@ -38,45 +38,48 @@ _ISO = (
     "|| substr(printf('%.6f', {col} - CAST({col} AS INTEGER)), 2) || 'Z')"
 )
 
-_EVENTS_VIEW = f"""
+
+def events_view(iso: str, *, checkpoints: bool = True) -> str:
+    """``CREATE VIEW events``: every state change in time order, its time written by
+    ``iso`` (a template of a Unix time column ``{col}`` as ISO 8601 UTC text, the backend's);
+    with ``checkpoints``, one more kind of event: 'step checkpoint'."""
+    last = f"SELECT {iso.format(col='ts')}, workflow, run_id, step, kind, detail FROM notes"
+    if checkpoints:
+        last += (
+            "\n        UNION ALL\n"
+            f"        SELECT {iso.format(col='created_at')}, workflow, run_id, name, "
+            "'step checkpoint', '(' || args_repr || ') #' || seq || coalesce(' ' || metrics, '') "
+            "FROM checkpoints"
+        )
+    return f"""
     CREATE VIEW events (ts, workflow, run, step, kind, detail) AS
-        SELECT {_ISO.format(col="started_at")}, workflow, id, NULL, 'run started',
+        SELECT {iso.format(col="started_at")}, workflow, id, NULL, 'run started',
                'pid ' || pid
           FROM runs
         UNION ALL
-        SELECT {_ISO.format(col="ended_at")}, workflow, id, NULL, 'run ' || status,
+        SELECT {iso.format(col="ended_at")}, workflow, id, NULL, 'run ' || status,
                steps_run || ' run, ' || steps_replayed || ' replayed'
                || coalesce('; ' || error, '')
           FROM runs WHERE ended_at IS NOT NULL
         UNION ALL
-        SELECT {_ISO.format(col="started_at")}, workflow, run_id, name,
+        SELECT {iso.format(col="started_at")}, workflow, run_id, name,
                'step started', '(' || args_repr || ')'
                || CASE WHEN attempt > 1 THEN ' attempt ' || attempt ELSE '' END
                || coalesce(' -- ' || reason, '')
           FROM steps
         UNION ALL
-        SELECT {_ISO.format(col="ended_at")}, workflow, run_id, name, 'step ' || status,
+        SELECT {iso.format(col="ended_at")}, workflow, run_id, name, 'step ' || status,
                CASE WHEN error_type IS NOT NULL THEN error_type || ': ' || error_message
                     ELSE coalesce('-> ' || result_type || ' ' || result_repr, '')
                          || coalesce(' -- ' || reason, '') END
           FROM steps
         UNION ALL
-        SELECT {_ISO.format(col="ts")}, workflow, run_id, step, kind, detail FROM notes;
+        {last};
 """
 
-# The events view once checkpoints exist: one more kind of event, 'step checkpoint'.
-_EVENTS_VIEW_11 = _EVENTS_VIEW.replace(
-    "SELECT {ts}, workflow, run_id, step, kind, detail FROM notes;".format(
-        ts=_ISO.format(col="ts")
-    ),
-    "SELECT {ts}, workflow, run_id, step, kind, detail FROM notes\n"
-    "        UNION ALL\n"
-    "        SELECT {created}, workflow, run_id, name, 'step checkpoint', '(' || args_repr || ') "
-    "#' || seq || coalesce(' ' || metrics, '') FROM checkpoints;".format(
-        ts=_ISO.format(col="ts"), created=_ISO.format(col="created_at")
-    ),
-)
-assert _EVENTS_VIEW_11 != _EVENTS_VIEW
+
+_EVENTS_VIEW = events_view(_ISO, checkpoints=False)
+_EVENTS_VIEW_11 = events_view(_ISO)  # (once checkpoints exist)
 
 # A checkpoint's history row, from the checkpoint_states row just written (two triggers).
 _HISTORY_COLUMNS = (

@@ -14,17 +14,14 @@ A released migration is never edited; a change is a new entry at the end.
 
 from __future__ import annotations
 
+from .schema import _HISTORY_COLUMNS, events_view
+
 __all__ = ["LOCK_KEY", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION"]
 
 SCHEMA = "durable_nb"
 LOCK_KEY = 0x444E4230  # the advisory lock of migrations ("DNB0")
 
 _ISO = "to_char(to_timestamp({col}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-
-_HISTORY_COLUMNS = (
-    "run_id, workflow, scope, name, args_digest, occurrence, code_digest, attempt, seq, "
-    "started_at, created_at, args_repr, params, state_size, metrics"
-)
 
 MIGRATIONS: list[str] = [
     f"""
@@ -173,34 +170,7 @@ MIGRATIONS: list[str] = [
                           DEFAULT extract(epoch FROM statement_timestamp()),
         PRIMARY KEY (digest, seq)
     );
-    CREATE VIEW events (ts, workflow, run, step, kind, detail) AS
-        SELECT {_ISO.format(col="started_at")}, workflow, id, NULL, 'run started',
-               'pid ' || pid
-          FROM runs
-        UNION ALL
-        SELECT {_ISO.format(col="ended_at")}, workflow, id, NULL, 'run ' || status,
-               steps_run || ' run, ' || steps_replayed || ' replayed'
-               || coalesce('; ' || error, '')
-          FROM runs WHERE ended_at IS NOT NULL
-        UNION ALL
-        SELECT {_ISO.format(col="started_at")}, workflow, run_id, name,
-               'step started', '(' || args_repr || ')'
-               || CASE WHEN attempt > 1 THEN ' attempt ' || attempt ELSE '' END
-               || coalesce(' -- ' || reason, '')
-          FROM steps
-        UNION ALL
-        SELECT {_ISO.format(col="ended_at")}, workflow, run_id, name, 'step ' || status,
-               CASE WHEN error_type IS NOT NULL THEN error_type || ': ' || error_message
-                    ELSE coalesce('-> ' || result_type || ' ' || result_repr, '')
-                         || coalesce(' -- ' || reason, '') END
-          FROM steps
-        UNION ALL
-        SELECT {_ISO.format(col="ts")}, workflow, run_id, step, kind, detail FROM notes
-        UNION ALL
-        SELECT {_ISO.format(col="created_at")}, workflow, run_id, name, 'step checkpoint',
-               '(' || args_repr || ') #' || seq || coalesce(' ' || metrics, '')
-          FROM checkpoints;
-    """,
+    {events_view(_ISO)}    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
