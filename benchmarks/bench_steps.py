@@ -8,7 +8,19 @@
    checkpoint overhead per call vs a raw commit (target <= 2.5x), replay per call, and the
    first call of a run (which hashes the array once).
 
+With --store postgresql (bench_postgres.py: the server, the baseline, DBOS), the log is a
+PostgreSQL database on the server at --url or on a throw-away one with default durability
+(fsync on), a fresh database per run:
+
+1. Checkpoint overhead vs a raw psycopg autocommit INSERT of a small row (and the same with
+   RETURNING id, as the log inserts), timed in turns of 100 steps and 100 rows. Target
+   ratio <= 1.5.
+2. Replay cost per completed step (target <= 50 us) and a 10,000-step replay.
+3 and 4 (numpy arrays and dependencies) are SQLite's only. With --dbos-python, the
+interpreter of an environment that has dbos, DBOS's step and replay on the same server.
+
 Usage: python benchmarks/bench_steps.py [--repeat 7]
+       python benchmarks/bench_steps.py --store postgresql [--url URL] [--dbos-python PY]
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from joblib import Memory
 
 import durable_nb
 from durable_nb import Store, step, workflow
+from durable_nb.log.logstore import LogStore
+from durable_nb.log.stores import open_store
 
 
 def settle() -> None:
@@ -63,6 +77,11 @@ def small(i: int) -> dict[str, float]:
 durable_small = step(small)
 
 
+def open_at(where: Path | str, name: str) -> LogStore:
+    """The log ``name`` in a folder (a SQLite file), or the log in a PostgreSQL database."""
+    return open_store(where) if isinstance(where, str) else Store(where / f"{name}.db")
+
+
 def step_overhead_us(folder: Path, n: int) -> tuple[float, float]:
     """(per-step cost inside a workflow, per-call cost of the plain function)."""
     store = Store(folder / "steps.db")
@@ -80,9 +99,9 @@ def step_overhead_us(folder: Path, n: int) -> tuple[float, float]:
     return durable, plain
 
 
-def replay_cost(folder: Path, n: int) -> tuple[float, float]:
+def replay_cost(where: Path | str, n: int) -> tuple[float, float]:
     """(us per replayed step, seconds for a whole n-step workflow replay incl. its start)."""
-    store = Store(folder / "replay.db")
+    store = open_at(where, "replay")
     with workflow("replay", store=store):
         for i in range(n):
             durable_small(i)
@@ -185,11 +204,92 @@ def big_joblib(folder: Path, i: int) -> tuple[float, float]:
     return stored, loaded
 
 
+def checkpoint_vs_raw_us(url: str, n: int) -> tuple[float, float, float, float]:
+    """(us per step inside a workflow, per plain call, per raw INSERT, per raw INSERT ...
+    RETURNING id) on the PostgreSQL log at ``url``, the steps and the INSERTs in turns."""
+    import bench_postgres as pg  # beside this file
+
+    store = open_at(url, "steps")
+    raw = pg.RawInsert(url)
+    settle()
+    t0 = time.perf_counter()
+    for i in range(n):
+        small(i)
+    plain = (time.perf_counter() - t0) / n * 1e6
+
+    def steps(start: int, count: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(start, start + count):
+            durable_small(i)
+        return time.perf_counter() - t0
+
+    with workflow("overhead", store=store):
+        durable, raw_us, returning_us = pg.interleave(n, steps, raw)
+    raw.close()
+    store.close()
+    return durable, plain, raw_us, returning_us
+
+
+def main_postgres(args: argparse.Namespace) -> None:
+    """Sections 1 and 2 on a PostgreSQL log, and DBOS's figures beside them."""
+    import bench_postgres as pg  # beside this file
+
+    raw, raw_ret, ours, plain, replay_us, replay_10k = [], [], [], [], [], []
+    with pg.server(args.url) as admin:
+        print(f"durable_nb {durable_nb.__version__}, {pg.describe(admin)}, "
+              f"median of {args.repeat} runs, a fresh database each")  # fmt: skip
+        for _ in range(args.repeat):
+            with pg.fresh_database(admin, "bench_steps") as url:
+                d, p, b, b_ret = checkpoint_vs_raw_us(url, args.n)
+                ours.append(d)
+                plain.append(p)
+                raw.append(b)
+                raw_ret.append(b_ret)
+                us, total = replay_cost(url, 10_000)
+                replay_us.append(us)
+                replay_10k.append(total)
+        dbos = pg.run_dbos(args.dbos_python, admin, args.n, args.repeat)
+
+    med = statistics.median
+    overhead = med(ours) - med(plain)
+    ratios = sorted((o - p) / b for o, p, b in zip(ours, plain, raw, strict=True))
+    ratio = med(ratios)
+    ratio_ret = med((o - p) / b for o, p, b in zip(ours, plain, raw_ret, strict=True))
+    print("\n1. checkpoint of a step with a small result (one INSERT ... RETURNING id, autocommit)")
+    print(f"   raw psycopg INSERT (autocommit, one commit a row): {med(raw):8.1f} us")
+    print(f"   the same with RETURNING id (as the log inserts):   {med(raw_ret):8.1f} us")
+    print(f"   durable step overhead (call {med(ours):.1f} us - plain {med(plain):.2f} us): "
+          f"{overhead:8.1f} us")  # fmt: skip
+    print(f"   ratio (median of the {len(raw)} runs' ratios, {ratios[0]:.2f} to "
+          f"{ratios[-1]:.2f}): {ratio:.2f}   (target <= 1.5); vs the INSERT ... RETURNING id: "
+          f"{ratio_ret:.2f}")  # fmt: skip
+    print("\n2. replay")
+    print(f"   per completed step: {med(replay_us):.2f} us   (target <= 50 us; the runs' "
+          f"{min(replay_us):.2f} to {max(replay_us):.2f})")  # fmt: skip
+    print(f"   10,000-step workflow, start to end: {med(replay_10k):.3f} s")
+    print("\n3, 4. numpy results and dependencies: measured on SQLite only (without --store)")
+    pg.print_dbos(dbos, overhead, ratio, med(replay_us))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("-n", type=int, default=3000, help="steps per overhead measurement")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--url",
+        help="postgresql://user@host:port/db of a server whose user may CREATE DATABASE "
+        "(default: a throw-away server with PostgreSQL's default durability)",
+    )
+    parser.add_argument(
+        "--dbos-python", help="with --store postgresql: an interpreter that has dbos"
+    )
     args = parser.parse_args()
+    if args.store != "postgresql" and (args.url or args.dbos_python):
+        parser.error("--url and --dbos-python need --store postgresql")
+    if args.store == "postgresql":
+        main_postgres(args)
+        return
     print(f"durable_nb {durable_nb.__version__}, sqlite {sqlite3.sqlite_version}, "
           f"median of {args.repeat} runs")  # fmt: skip
 
