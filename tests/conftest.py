@@ -146,6 +146,13 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def pg_log(pg_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL log (its URL), the process's current log for the test."""
+    with current_log(pg_url) as url:  # type: ignore[arg-type]
+        yield url  # type: ignore[misc]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def log_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
     """Where a fresh log goes, on each backend in turn: a SQLite file's path, then a

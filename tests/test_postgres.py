@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 import durable_nb
-from durable_nb.log.current_log import close_log
 
 from .conftest import executions, python
 from .kernels import Kernel, kernel_env
@@ -271,7 +270,7 @@ def test_a_notebook_on_postgres_replays_skips_and_refuses_what_does_not_apply(
     assert not (tmp_path / ".durable").exists()  # nothing written beside the notebook
 
 
-def test_a_session_the_server_closed_is_opened_again_and_keeps_its_runs(pg_url: str) -> None:
+def test_a_session_the_server_closed_is_opened_again_and_keeps_its_runs(pg_log: str) -> None:
     """The server (a restart, an idle timeout of a proxy) ends the kernel's session in the
     middle of a run: the next step opens a new one, the run's lock is taken again (another
     opener still finds it held) and the run completes."""
@@ -281,7 +280,7 @@ def test_a_session_the_server_closed_is_opened_again_and_keeps_its_runs(pg_url: 
     def double(i: int) -> int:
         return 2 * i
 
-    store = durable_nb.open_log(pg_url)
+    pg_url, store = pg_log, durable_nb.get_store()
     admin = psycopg.connect(pg_url, autocommit=True)
     try:
         with durable_nb.workflow("lost") as run:
@@ -295,10 +294,9 @@ def test_a_session_the_server_closed_is_opened_again_and_keeps_its_runs(pg_url: 
         assert durable_nb.runs()["status"].tolist() == ["completed"]
     finally:
         admin.close()
-        close_log()
 
 
-def test_gc_spares_a_large_value_whose_row_is_not_committed_yet(pg_url: str) -> None:
+def test_gc_spares_a_large_value_whose_row_is_not_committed_yet(pg_log: str) -> None:
     """A blob is written in the transaction of the row that points to it: until that row
     commits, ``gc`` (here from another thread, as the panel's or a second cell's) must not
     take it; and text PostgreSQL cannot hold (a NUL) is logged, not an error."""
@@ -306,7 +304,7 @@ def test_gc_spares_a_large_value_whose_row_is_not_committed_yet(pg_url: str) -> 
 
     import numpy as np
 
-    store = durable_nb.open_log(pg_url)
+    store = durable_nb.get_store()
     written = threading.Event()
     go_on = threading.Event()
     write = store.blobs.write
@@ -341,7 +339,6 @@ def test_gc_spares_a_large_value_whose_row_is_not_committed_yet(pg_url: str) -> 
         assert store.collect_blobs(grace=0).files == 1  # now nothing points to it
     finally:
         go_on.set()
-        close_log()
 
 
 @pytest.mark.parametrize(
