@@ -158,7 +158,7 @@ class PgConnection:
                 self._in_transaction = False
                 raise LogFileError(
                     f"the PostgreSQL log {self.url} closed the session in a transaction "
-                    f"({_one_line(exc)}); nothing of it was written"
+                    f"({_one_line(exc)}); what it was writing is lost (it runs again)"
                 ) from None
             self._reconnect(pg, exc)
             return self.execute(sql, params)
