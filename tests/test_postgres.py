@@ -359,3 +359,27 @@ def test_what_is_not_a_log_url_is_one_line_that_never_repeats_it(
         durable_nb.open_log(name)
     assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []  # no file made under that name
+
+
+def test_a_session_a_ctrl_c_left_in_the_middle_of_a_command_is_replaced(pg_log: str) -> None:
+    """A Ctrl-C between a command and its answer leaves the session mid-command (every later
+    command failed: "another command is already in progress"): it is replaced, the run's
+    lock taken again, and the run goes on; a transaction it was in is rolled back."""
+
+    @durable_nb.step
+    def double(i: int) -> int:
+        return 2 * i
+
+    store = durable_nb.get_store()
+    with durable_nb.workflow("stuck") as run:
+        double(1)
+        store.conn.pg.pgconn.send_query(b"SELECT 1")  # (sent, its answer never read)
+        assert double(2) == 4
+        with pytest.raises(KeyboardInterrupt), store.transaction() as conn:
+            conn.execute("INSERT INTO notes (ts, kind, detail) VALUES (0, 'x', 'lost')")
+            store.conn.pg.pgconn.send_query(b"SELECT 1")
+            raise KeyboardInterrupt
+        assert double(3) == 6
+    assert run.steps_run == 3
+    assert durable_nb.runs()["status"].tolist() == ["completed"]
+    assert store.conn.execute("SELECT count(*) FROM notes WHERE detail = 'lost'").fetchone() == (0,)

@@ -142,13 +142,19 @@ class PgConnection:
         """Run one statement of the log's SQL; its cursor."""
         query, values = translate(sql), () if params is None else params
         pg = self.pg
+        if sql.startswith(_ENDS) and self._stuck(pg):  # the transaction went with it
+            self._replace(pg)
+            return None
         try:
-            cursor = pg.execute(query, values)
+            cursor = self._send(pg, query, values)
         except psycopg.DataError as exc:
             if "NUL" not in str(exc):
                 raise
             cursor = pg.execute(query, _without_nul(values))
         except psycopg.OperationalError as exc:
+            if not pg.broken and not self._in_transaction and self._stuck(pg):
+                self._replace(pg)  # (left mid-command by a Ctrl-C in a cursor of its own)
+                return self.execute(sql, params)
             if not pg.broken:
                 raise
             if sql.startswith(_ENDS):  # the server ended the transaction with the session
@@ -167,6 +173,35 @@ class PgConnection:
         elif sql in ("COMMIT", "ROLLBACK"):
             self._in_transaction = False
         return cursor
+
+    def _send(self, pg: Any, query: str, values: Any) -> Any:
+        """``pg.execute``; a Ctrl-C that leaves the session in the middle of a command (sent,
+        its answer not read: every later command would fail) replaces the session."""
+        try:
+            return pg.execute(query, values)
+        except (KeyboardInterrupt, SystemExit):
+            if self._stuck(pg):
+                self._replace(pg)
+            raise
+
+    @staticmethod
+    def _stuck(pg: Any) -> bool:
+        """Whether ``pg`` is in the middle of a command no thread is running (psycopg's
+        lock held: not another thread's command under way)."""
+        with pg.lock:
+            return pg.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+
+    def _replace(self, stuck: Any) -> None:
+        """A new session in place of one stuck mid-command; its transaction, if any, is
+        rolled back by the server as the old one closes."""
+        with self._lock:
+            if self.pg is not stuck:
+                return
+            stuck.close()
+            self._in_transaction = False
+            self.pg = self._connect()
+        if self.reconnected is not None:
+            self.reconnected()
 
     def _reconnect(self, broken: Any, exc: BaseException) -> None:
         """A new session in place of ``broken`` (once, whichever thread comes first)."""
