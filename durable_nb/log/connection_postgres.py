@@ -138,8 +138,9 @@ class PgConnection:
                 "up, and the password in PGPASSWORD or ~/.pgpass?)"
             ) from None
 
-    def execute(self, sql: str, params: Any = None) -> Any:
-        """Run one statement of the log's SQL; its cursor."""
+    def execute(self, sql: str, params: Any = None, *, again: bool = True) -> Any:
+        """Run one statement of the log's SQL; its cursor (sent once more on a new session
+        when ``again`` and the old one was lost)."""
         query, values = translate(sql), () if params is None else params
         pg = self.pg
         if sql.startswith(_ENDS) and self._stuck(pg):  # the transaction went with it
@@ -152,9 +153,10 @@ class PgConnection:
                 raise
             cursor = pg.execute(query, _without_nul(values))
         except psycopg.OperationalError as exc:
-            if not pg.broken and not self._in_transaction and self._stuck(pg):
+            stuck = not pg.broken and not self._in_transaction and self._stuck(pg)
+            if stuck and again:
                 self._replace(pg)  # (left mid-command by a Ctrl-C in a cursor of its own)
-                return self.execute(sql, params)
+                return self.execute(sql, params, again=False)
             if not pg.broken:
                 raise
             if sql.startswith(_ENDS):  # the server ended the transaction with the session
@@ -166,8 +168,11 @@ class PgConnection:
                     f"the PostgreSQL log {self.url} closed the session in a transaction "
                     f"({_one_line(exc)}); what it was writing is lost (it runs again)"
                 ) from None
+            if not again:  # (a new session lost at once)
+                lost = f"lost the PostgreSQL log {self.url}: {_one_line(exc)}"
+                raise LogFileError(lost) from None
             self._reconnect(pg, exc)
-            return self.execute(sql, params)
+            return self.execute(sql, params, again=False)
         if sql in ("BEGIN", "BEGIN IMMEDIATE"):
             self._in_transaction = True
         elif sql in ("COMMIT", "ROLLBACK"):
