@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - the extra is not installed
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["PgConnection", "check_url", "translate"]
+__all__ = ["PgConnection", "check_url", "one_line", "translate"]
 
 _ID_TABLES = ("runs", "steps", "notes", "checkpoint_states", "checkpoints")
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
@@ -81,7 +81,8 @@ def check_url(url: str) -> dict[str, Any]:
     return info
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of a driver's error, for a one-line message."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -114,7 +115,7 @@ class PgConnection:
     other loss of the server in one line (``LogFileError``)."""
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
-        info = check_url(url)
+        self.info = info = check_url(url)  # (its parameters: no password among them)
         self.url = url
         self.readonly = readonly
         self.settings = {k: v for k, v in _SESSION.items() if k not in info}
@@ -134,7 +135,7 @@ class PgConnection:
             )  # fmt: skip
         except psycopg.Error as exc:
             raise LogFileError(
-                f"cannot open the PostgreSQL log {self.url}: {_one_line(exc)} (is the server "
+                f"cannot open the PostgreSQL log {self.url}: {one_line(exc)} (is the server "
                 "up, and the password in PGPASSWORD or ~/.pgpass?)"
             ) from None
 
@@ -166,10 +167,10 @@ class PgConnection:
                 self._in_transaction = False
                 raise LogFileError(
                     f"the PostgreSQL log {self.url} closed the session in a transaction "
-                    f"({_one_line(exc)}); what it was writing is lost (it runs again)"
+                    f"({one_line(exc)}); what it was writing is lost (it runs again)"
                 ) from None
             if not again:  # (a new session lost at once)
-                lost = f"lost the PostgreSQL log {self.url}: {_one_line(exc)}"
+                lost = f"lost the PostgreSQL log {self.url}: {one_line(exc)}"
                 raise LogFileError(lost) from None
             self._reconnect(pg, exc)
             return self.execute(sql, params, again=False)
@@ -217,7 +218,7 @@ class PgConnection:
                 self.pg = self._connect()
             except LogFileError:
                 raise LogFileError(
-                    f"lost the PostgreSQL log {self.url}: {_one_line(exc)}; it cannot be "
+                    f"lost the PostgreSQL log {self.url}: {one_line(exc)}; it cannot be "
                     "reached now (the server down?): run again once it is back"
                 ) from None
         if self.reconnected is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "is_database_url",
     "locate_log",
     "log_path_for",
+    "log_target",
     "resolve_log",
 ]
 
@@ -72,6 +73,15 @@ def log_path_for(notebook: str | os.PathLike[str]) -> Path:
     """The log file of a notebook: ``.durable/<stem>.db`` in the notebook's folder."""
     nb = Path(notebook).expanduser().absolute()
     return nb.parent / ".durable" / f"{nb.stem}.db"
+
+
+def log_target(log: str | os.PathLike[str]) -> Path | str:
+    """How a log is named once opened: a database URL as libpq reads it, a file's absolute
+    path."""
+    if is_database_url(log):
+        return database_url(str(log))
+    check_name(log)
+    return Path(log).expanduser().absolute()
 
 
 def resolve_log(log: str | os.PathLike[str]) -> Path | str:

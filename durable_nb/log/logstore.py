@@ -63,7 +63,7 @@ class LogStore:
     # The statements that differ between backends (the rest is shared: ``sql``).
     BEGIN: ClassVar[str]
     END_RUN: ClassVar[str]
-    REPLAYED_BY_RUN: ClassVar[str]  # ids of the steps run ?1 replayed, one per row
+    REPLAYED_BY_RUN: ClassVar[str]  # ids of the steps run :run replayed, one per row
     LAST_USED: ClassVar[str]
     ISO_TIME: ClassVar[str]  # the ISO 8601 UTC text of a Unix time ?, as the events view
     SAVE_CHECKPOINT: ClassVar[str]  # a call's newest state in place of its older one

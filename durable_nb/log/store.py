@@ -20,7 +20,13 @@ from .checkpoint import Checkpointer
 from .connection import connect, fail
 from .logstore import LogStore
 from .records import BlobsCollected
-from .sql import SAVE_CHECKPOINT_REPLACING, end_run, last_used, referenced_blobs
+from .sql import (
+    CHECKPOINT_CALL,
+    SAVE_CHECKPOINT_REPLACING,
+    end_run,
+    last_used,
+    referenced_blobs,
+)
 
 __all__ = ["Store"]
 
@@ -44,8 +50,8 @@ class Store(LogStore):
     ISO_TIME = "strftime('%Y-%m-%dT%H:%M:%f', ?, 'unixepoch')"
     SAVE_CHECKPOINT = SAVE_CHECKPOINT_REPLACING
     KEEP_FINISHED = (
-        "UPDATE OR REPLACE checkpoint_states SET done = 1 WHERE workflow = ? AND name = ? AND "
-        "args_digest = ? AND scope = ? AND occurrence = ? AND done = 0 AND keep",
+        f"UPDATE OR REPLACE checkpoint_states SET done = 1 WHERE {CHECKPOINT_CALL} AND done = 0 "
+        "AND keep",
     )
 
     def __init__(

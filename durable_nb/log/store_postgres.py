@@ -28,11 +28,11 @@ from typing import Any
 
 from ..errors import LogFileError
 from .blobs_postgres import DatabaseBlobs
-from .connection_postgres import PgConnection, check_url
+from .connection_postgres import PgConnection, one_line
 from .logstore import LogStore
 from .records import BlobsCollected, CheckpointRow
 from .schema_postgres import LOCK_KEY, MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from .sql import end_run, last_used, referenced_blobs
+from .sql import CHECKPOINT_CALL, CHECKPOINT_UPDATED, end_run, last_used, referenced_blobs
 
 try:
     import psycopg
@@ -77,10 +77,6 @@ def _version(pg: Any) -> int:
     return int(pg.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0])
 
 
-def _one_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 class PostgresStore(LogStore):
     """One durable_nb log in a PostgreSQL database (schema ``durable_nb``)."""
 
@@ -103,20 +99,17 @@ class PostgresStore(LogStore):
         f"VALUES ({', '.join('?' * len(CheckpointRow._fields))}) "
         "ON CONFLICT (workflow, name, args_digest, scope, occurrence, done) DO UPDATE SET "
         + ", ".join(
-            f"{f} = excluded.{f}"
-            for f in CheckpointRow._fields
-            if f not in ("workflow", "name", "args_digest", "scope", "occurrence", "done")
+            f"{CheckpointRow._fields[i]} = excluded.{CheckpointRow._fields[i]}"
+            for i in CHECKPOINT_UPDATED
         )
     )
     KEEP_FINISHED = (
         # the older kept state of the call, if this one is kept too (SQLite: OR REPLACE)
-        "DELETE FROM checkpoint_states o WHERE workflow = ? AND name = ? AND args_digest = ? "
-        "AND scope = ? AND occurrence = ? AND done = 1 AND EXISTS (SELECT 1 FROM "
-        "checkpoint_states k WHERE k.workflow = o.workflow AND k.name = o.name AND "
-        "k.args_digest = o.args_digest AND k.scope = o.scope AND k.occurrence = o.occurrence "
-        "AND k.done = 0 AND k.keep)",
-        "UPDATE checkpoint_states SET done = 1 WHERE workflow = ? AND name = ? AND "
-        "args_digest = ? AND scope = ? AND occurrence = ? AND done = 0 AND keep",
+        f"DELETE FROM checkpoint_states o WHERE {CHECKPOINT_CALL} AND done = 1 AND EXISTS "
+        "(SELECT 1 FROM checkpoint_states k WHERE k.workflow = o.workflow AND k.name = o.name "
+        "AND k.args_digest = o.args_digest AND k.scope = o.scope AND k.occurrence = "
+        "o.occurrence AND k.done = 0 AND k.keep)",
+        f"UPDATE checkpoint_states SET done = 1 WHERE {CHECKPOINT_CALL} AND done = 0 AND keep",
     )
 
     def __init__(
@@ -125,13 +118,13 @@ class PostgresStore(LogStore):
         """Open (and, unless ``readonly``, migrate; with ``create``, create) the log in the
         database at ``url`` (``postgresql://user@host:port/dbname``; the password comes from
         ``PGPASSWORD``, ``~/.pgpass`` or ``PGSERVICE``, never from the URL)."""
-        info = check_url(url)
+        self.conn = PgConnection(url, readonly=readonly)  # (the URL checked first)
         self.path = url
+        info = self.conn.info
         self.name = f"{info.get('dbname', '')}@{info.get('host', 'localhost')}"
         self.readonly = readonly
         self.local = False  # (not a file of this machine)
         self.blobs = DatabaseBlobs(self)
-        self.conn = PgConnection(url, readonly=readonly)
         try:
             self._migrate(self.conn.pg, create=create and not readonly)
         except BaseException:
@@ -169,7 +162,7 @@ class PostgresStore(LogStore):
             )
 
     def _fail(self, exc: BaseException, action: str) -> LogFileError:
-        return LogFileError(f"cannot {action} the PostgreSQL log {self.path}: {_one_line(exc)}")
+        return LogFileError(f"cannot {action} the PostgreSQL log {self.path}: {one_line(exc)}")
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
